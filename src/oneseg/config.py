@@ -1,0 +1,257 @@
+"""The experiment spec: one typed schema for every action.
+
+Each field carries its meaning in ``help`` and, where it has one, its range (``ge``/``le``/``gt``).
+`oneseg.spec` loads YAML and dotted overrides into these dataclasses, refusing unknown keys,
+wrong types and values out of range; it also renders the commented template and the JSON Schema.
+Defaults follow the published OneFormer configs. Counts mean what they say.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal
+
+ACTIONS = ("train", "evaluate", "inference", "export", "gen_trt_engine", "quantize")
+TASKS = ("semantic", "instance", "panoptic")
+Task = Literal["semantic", "instance", "panoptic"]
+
+
+def f(default, help: str, **bounds):
+    """A dataclass field with a help text and optional numeric bounds (ge, le, gt)."""
+    meta = {"help": help, **bounds}
+    if isinstance(default, (list, dict)):
+        return field(default_factory=lambda: type(default)(default), metadata=meta)
+    return field(default=default, metadata=meta)
+
+
+def sub(cls, help: str):
+    return field(default_factory=cls, metadata={"help": help})
+
+
+@dataclass
+class PixelDecoderConfig:
+    conv_dim: int = f(256, "channels of the pixel decoder", ge=1)
+    mask_dim: int = f(256, "channels of the mask features", ge=1)
+    enc_layers: int = f(6, "deformable-attention encoder layers", ge=0)
+    enc_heads: int = f(8, "attention heads in the encoder", ge=1)
+    enc_points: int = f(4, "sampling points per head, level and query", ge=1)
+    enc_ffn_dim: int = f(1024, "hidden width of the encoder feed-forward", ge=1)
+    dropout: float = f(0.1, "dropout in the encoder (active only in training)", ge=0.0, le=1.0)
+    norm_groups: int = f(32, "GroupNorm groups of the FPN convolutions", ge=1)
+
+
+@dataclass
+class TextEncoderConfig:
+    width: int = f(256, "width of the CLIP-style text transformer", ge=1)
+    layers: int = f(6, "layers of the text transformer", ge=1)
+    context_length: int = f(77, "token sequence length of each text entry", ge=2)
+    n_ctx: int = f(16, "learned context embeddings appended to the text list", ge=0)
+    proj_layers: int = f(2, "layers of the text projector MLP", ge=1)
+    vocab_size: int = f(49408, "CLIP BPE vocabulary size", ge=1)
+
+
+@dataclass
+class LossConfig:
+    class_weight: float = f(2.0, "weight of the classification loss", ge=0.0)
+    mask_weight: float = f(5.0, "weight of the point-sampled mask BCE", ge=0.0)
+    dice_weight: float = f(5.0, "weight of the point-sampled dice loss", ge=0.0)
+    contrastive_weight: float = f(0.5, "weight of the query-text contrastive loss", ge=0.0)
+    contrastive_temperature: float = f(0.07, "initial temperature of the contrastive loss", gt=0.0)
+    no_object_weight: float = f(0.1, "class weight of the no-object class", ge=0.0)
+    train_num_points: int = f(12544, "points sampled per mask for matching and losses", ge=1)
+    oversample_ratio: float = f(3.0, "oversampling of candidate points", ge=1.0)
+    importance_sample_ratio: float = f(0.75, "share of points taken where uncertain", ge=0.0, le=1.0)
+    deep_supervision: bool = f(True, "supervise the prediction after every decoder layer")
+
+
+@dataclass
+class ModelConfig:
+    arch: Literal["oneformer", "mask2former"] = f(
+        "oneformer", "oneformer (task token + text branch) or mask2former (neither)"
+    )
+    backbone: str = f(
+        "swin_tiny",
+        "backbone name: swin_tiny|swin_small|swin_base|swin_large|convnext_tiny|convnext_small|"
+        "convnext_base|convnext_large|resnet50|efficientnet_b0|efficientnet_lite0",
+    )
+    pretrained: str = f("", "weights to start from: our checkpoint or a transformers OneFormer dir")
+    num_classes: int = f(0, "classes without no-object; 0 takes the count from dataset.label_map",
+                         ge=0)
+    hidden_dim: int = f(256, "width of the transformer decoder", ge=1)
+    num_queries: int = f(150, "queries, the task token included", ge=2)
+    nheads: int = f(8, "attention heads of the transformer decoder", ge=1)
+    dim_feedforward: int = f(2048, "feed-forward width of the transformer decoder", ge=1)
+    dec_layers: int = f(9, "masked-attention decoder layers", ge=1)
+    query_dec_layers: int = f(2, "layers of the query transformer", ge=1)
+    dropout: float = f(0.0, "dropout in the transformer decoder", ge=0.0, le=1.0)
+    pre_norm: bool = f(False, "pre-norm decoder layers")
+    enforce_input_proj: bool = f(False, "always project decoder inputs, even at equal width")
+    task_seq_len: int = f(77, "CLIP token ids of the task text", ge=2)
+    size_divisibility: int = f(32, "pad images to a multiple of this", ge=1)
+    pixel_mean: list[float] = f([123.675, 116.28, 103.53], "RGB mean on the 0-255 scale")
+    pixel_std: list[float] = f([58.395, 57.12, 57.375], "RGB std on the 0-255 scale")
+    object_mask_threshold: float = f(0.8, "panoptic/instance: keep queries scoring above",
+                                     ge=0.0, le=1.0)
+    overlap_threshold: float = f(0.8, "panoptic: keep a segment if this share survives overlap",
+                                 ge=0.0, le=1.0)
+    test_topk_per_image: int = f(150, "instance: detections kept per image", ge=1)
+    pixel_decoder: PixelDecoderConfig = sub(PixelDecoderConfig, "multi-scale pixel decoder")
+    text_encoder: TextEncoderConfig = sub(TextEncoderConfig, "training-only text branch")
+    loss: LossConfig = sub(LossConfig, "loss weights and point sampling")
+
+
+@dataclass
+class DataSource:
+    images: str = f("", "folder of images")
+    annotations: str = f("", "COCO panoptic or instance JSON")
+    panoptic: str = f("", "folder of panoptic PNGs (coco_panoptic)")
+    labels: str = f("", "folder of label PNGs (semantic)")
+
+
+@dataclass
+class AugmentationConfig:
+    train_min_size: list[int] = f([512], "shortest-edge sizes to choose from in training")
+    train_max_size: int = f(2048, "longest edge after resize in training", ge=1)
+    eval_min_size: int = f(512, "shortest edge at evaluation", ge=1)
+    eval_max_size: int = f(2048, "longest edge at evaluation", ge=1)
+    crop_size: list[int] = f([512, 512], "training crop [height, width]; [] for no crop")
+    lsj: bool = f(False, "large-scale jitter (scale then crop) instead of shortest-edge resize")
+    lsj_scale: list[float] = f([0.1, 2.0], "scale range of large-scale jitter")
+    hflip: float = f(0.5, "probability of a horizontal flip", ge=0.0, le=1.0)
+    color_jitter: float = f(0.2, "strength of brightness/contrast/saturation jitter", ge=0.0)
+
+
+@dataclass
+class CalibrationDataConfig:
+    images_dir: str = f("", "images used to calibrate INT8 quantization")
+
+
+@dataclass
+class DatasetConfig:
+    type: Literal["coco_panoptic", "coco", "semantic"] = f("coco_panoptic", "annotation format")
+    train: list[DataSource] = field(
+        default_factory=lambda: [DataSource()], metadata={"help": "training sources, concatenated"}
+    )
+    val: DataSource = sub(DataSource, "validation source")
+    test: DataSource = sub(DataSource, "test source")
+    label_map: str = f("", "JSON list of {id, name, isthing, color}; default: the categories")
+    contiguous_id: bool = f(True, "map category ids to contiguous class indices in order")
+    ignore_value: int = f(255, "label of ignored pixels", ge=0)
+    task_prob: dict[str, float] = f(
+        {"semantic": 0.33, "instance": 0.33, "panoptic": 0.34},
+        "probability of each task when sampling a training target",
+    )
+    text_list_len: int = f(0, "entries of each text list; 0 = num_queries - n_ctx", ge=0)
+    batch_size: int = f(2, "images per batch per process", ge=1)
+    workers: int = f(2, "data loader worker processes", ge=0)
+    pin_memory: bool = f(True, "pin host memory for faster copies to the GPU")
+    on_error: Literal["raise", "skip"] = f("raise", "a bad image stops the run or is skipped")
+    augmentation: AugmentationConfig = sub(AugmentationConfig, "training and eval transforms")
+    quant_calibration_dataset: CalibrationDataConfig = sub(
+        CalibrationDataConfig, "data for INT8 calibration"
+    )
+
+
+@dataclass
+class OptimConfig:
+    type: Literal["adamw"] = f("adamw", "optimizer")
+    lr: float = f(1e-4, "base learning rate", gt=0.0)
+    weight_decay: float = f(0.05, "weight decay (none on norms, embeddings, position tables)",
+                            ge=0.0)
+    backbone_multiplier: float = f(0.1, "backbone learning rate = lr x this", ge=0.0)
+    lr_scheduler: Literal["poly", "cosine", "constant"] = f("poly", "schedule after warmup")
+    poly_power: float = f(0.9, "power of the poly schedule", ge=0.0)
+    warmup_steps: int = f(0, "linear warmup steps", ge=0)
+    warmup_factor: float = f(1.0, "warmup starts at lr x this", gt=0.0, le=1.0)
+
+
+@dataclass
+class TrainConfig:
+    num_gpus: int = f(1, "GPUs per node (ignored on CPU)", ge=1)
+    gpu_ids: list[int] = f([0], "GPU indices to use")
+    num_nodes: int = f(1, "nodes; multi-node reads WORLD_SIZE, NODE_RANK, MASTER_ADDR/PORT", ge=1)
+    num_processes_cpu: int = f(1, "processes when training on CPU (DDP over gloo)", ge=1)
+    accelerator: Literal["auto", "cpu", "gpu"] = f("auto", "device type")
+    num_epochs: int = f(50, "training epochs", ge=1)
+    max_steps: int = f(-1, "stop after this many steps; -1 = no limit", ge=-1)
+    checkpoint_interval: int = f(1, "save a checkpoint every this many units", ge=1)
+    checkpoint_interval_unit: Literal["epoch", "step"] = f("epoch", "unit of checkpoint_interval")
+    validation_interval: int = f(1, "validate every this many epochs", ge=1)
+    resume_training_checkpoint_path: str = f("", "resume from this checkpoint; '' = latest found")
+    pretrained_model: str = f("", "load these weights (weights only) before training")
+    pretrained_backbone: str = f("", "local file of backbone weights; '' = none")
+    precision: Literal["32", "16-mixed", "bf16-mixed"] = f(
+        "32", "numeric precision (mixed only on GPU)"
+    )
+    clip_grad_norm: float = f(0.01, "full-model gradient-norm clip; 0 = off", ge=0.0)
+    seed: int = f(1234, "random seed", ge=0)
+    log_every_n_steps: int = f(10, "logging interval in steps", ge=1)
+    freeze_backbone: bool = f(False, "keep the backbone weights fixed")
+    optim: OptimConfig = sub(OptimConfig, "optimizer and schedule")
+
+
+@dataclass
+class EvaluateConfig:
+    checkpoint: str = f("", "checkpoint to evaluate")
+    tasks: list[str] = f(list(TASKS), "tasks to evaluate: semantic, instance, panoptic")
+    split: Literal["val", "test"] = f("val", "dataset split")
+    batch_size: int = f(1, "images per batch", ge=1)
+    iou_per_class: bool = f(True, "write per-class tables and the bar chart")
+
+
+@dataclass
+class InferenceConfig:
+    checkpoint: str = f("", "checkpoint to run")
+    images: str = f("", "a folder, a glob, a text file listing images, or one image")
+    tasks: list[str] = f(["panoptic"], "tasks to run: semantic, instance, panoptic")
+    semantic_ids: Literal["category", "contiguous"] = f("category", "ids in semantic PNGs")
+    overlay: bool = f(True, "write overlay pictures")
+    overwrite: bool = f(False, "redo images whose outputs exist")
+    batch_size: int = f(1, "images per batch", ge=1)
+
+
+@dataclass
+class ExportConfig:
+    checkpoint: str = f("", "checkpoint to export")
+    onnx_file: str = f("", "output ONNX file; '' = results_dir/export/model.onnx")
+    task: Literal["semantic", "instance", "panoptic"] = f("panoptic", "task baked into the graph")
+    input_height: int = f(512, "input height", ge=32)
+    input_width: int = f(512, "input width", ge=32)
+    batch_size: int = f(1, "batch size; -1 = dynamic", ge=-1)
+    opset_version: int = f(17, "ONNX opset", ge=13)
+    postprocess: bool = f(True, "put post-processing inside the graph")
+    overwrite: bool = f(False, "replace an existing file")
+
+
+@dataclass
+class GenTrtEngineConfig:
+    onnx_file: str = f("", "ONNX model to build from")
+    trt_engine: str = f("", "engine file to write; '' = results_dir/gen_trt_engine/model.engine")
+    data_type: Literal["fp32", "fp16", "int8"] = f("fp16", "engine precision")
+    workspace_size_mb: int = f(4096, "builder workspace in MiB", ge=1)
+    min_batch_size: int = f(1, "smallest batch of the profile", ge=1)
+    opt_batch_size: int = f(1, "batch the engine is tuned for", ge=1)
+    max_batch_size: int = f(1, "largest batch of the profile", ge=1)
+    calibration_cache: str = f("", "INT8 calibration cache file")
+
+
+@dataclass
+class QuantizeConfig:
+    onnx_file: str = f("", "float ONNX model to quantize")
+    output_file: str = f("", "quantized ONNX; '' = results_dir/quantize/model_int8.onnx")
+    mode: Literal["static", "dynamic"] = f("static", "static (calibrated) or dynamic INT8")
+    num_calibration_images: int = f(32, "calibration images", ge=1)
+    overwrite: bool = f(False, "replace an existing file")
+
+
+@dataclass
+class ExperimentConfig:
+    results_dir: str = f("results", "every action writes into results_dir/ACTION/")
+    model: ModelConfig = sub(ModelConfig, "the network")
+    dataset: DatasetConfig = sub(DatasetConfig, "data and augmentation")
+    train: TrainConfig = sub(TrainConfig, "training")
+    evaluate: EvaluateConfig = sub(EvaluateConfig, "evaluation")
+    inference: InferenceConfig = sub(InferenceConfig, "inference")
+    export: ExportConfig = sub(ExportConfig, "ONNX export")
+    gen_trt_engine: GenTrtEngineConfig = sub(GenTrtEngineConfig, "TensorRT engine build")
+    quantize: QuantizeConfig = sub(QuantizeConfig, "INT8 quantization")
