@@ -60,7 +60,9 @@ class LossConfig:
     no_object_weight: float = f(0.1, "class weight of the no-object class", ge=0.0)
     train_num_points: int = f(12544, "points sampled per mask for matching and losses", ge=1)
     oversample_ratio: float = f(3.0, "oversampling of candidate points", ge=1.0)
-    importance_sample_ratio: float = f(0.75, "share of points taken where uncertain", ge=0.0, le=1.0)
+    importance_sample_ratio: float = f(
+        0.75, "share of points taken where uncertain", ge=0.0, le=1.0
+    )
     deep_supervision: bool = f(True, "supervise the prediction after every decoder layer")
 
 
@@ -75,8 +77,9 @@ class ModelConfig:
         "convnext_base|convnext_large|resnet50|efficientnet_b0|efficientnet_lite0",
     )
     pretrained: str = f("", "weights to start from: our checkpoint or a transformers OneFormer dir")
-    num_classes: int = f(0, "classes without no-object; 0 takes the count from dataset.label_map",
-                         ge=0)
+    num_classes: int = f(
+        0, "classes without no-object; 0 takes the count from dataset.label_map", ge=0
+    )
     hidden_dim: int = f(256, "width of the transformer decoder", ge=1)
     num_queries: int = f(150, "queries, the task token included", ge=2)
     nheads: int = f(8, "attention heads of the transformer decoder", ge=1)
@@ -90,10 +93,12 @@ class ModelConfig:
     size_divisibility: int = f(32, "pad images to a multiple of this", ge=1)
     pixel_mean: list[float] = f([123.675, 116.28, 103.53], "RGB mean on the 0-255 scale")
     pixel_std: list[float] = f([58.395, 57.12, 57.375], "RGB std on the 0-255 scale")
-    object_mask_threshold: float = f(0.8, "panoptic/instance: keep queries scoring above",
-                                     ge=0.0, le=1.0)
-    overlap_threshold: float = f(0.8, "panoptic: keep a segment if this share survives overlap",
-                                 ge=0.0, le=1.0)
+    object_mask_threshold: float = f(
+        0.8, "panoptic/instance: keep queries scoring above", ge=0.0, le=1.0
+    )
+    overlap_threshold: float = f(
+        0.8, "panoptic: keep a segment if this share survives overlap", ge=0.0, le=1.0
+    )
     test_topk_per_image: int = f(150, "instance: detections kept per image", ge=1)
     pixel_decoder: PixelDecoderConfig = sub(PixelDecoderConfig, "multi-scale pixel decoder")
     text_encoder: TextEncoderConfig = sub(TextEncoderConfig, "training-only text branch")
@@ -156,8 +161,9 @@ class DatasetConfig:
 class OptimConfig:
     type: Literal["adamw"] = f("adamw", "optimizer")
     lr: float = f(1e-4, "base learning rate", gt=0.0)
-    weight_decay: float = f(0.05, "weight decay (none on norms, embeddings, position tables)",
-                            ge=0.0)
+    weight_decay: float = f(
+        0.05, "weight decay (none on norms, embeddings, position tables)", ge=0.0
+    )
     backbone_multiplier: float = f(0.1, "backbone learning rate = lr x this", ge=0.0)
     lr_scheduler: Literal["poly", "cosine", "constant"] = f("poly", "schedule after warmup")
     poly_power: float = f(0.9, "power of the poly schedule", ge=0.0)
@@ -193,7 +199,7 @@ class TrainConfig:
 @dataclass
 class EvaluateConfig:
     checkpoint: str = f("", "checkpoint to evaluate")
-    tasks: list[str] = f(list(TASKS), "tasks to evaluate: semantic, instance, panoptic")
+    tasks: list[Task] = f(list(TASKS), "tasks to evaluate")
     split: Literal["val", "test"] = f("val", "dataset split")
     batch_size: int = f(1, "images per batch", ge=1)
     iou_per_class: bool = f(True, "write per-class tables and the bar chart")
@@ -203,7 +209,7 @@ class EvaluateConfig:
 class InferenceConfig:
     checkpoint: str = f("", "checkpoint to run")
     images: str = f("", "a folder, a glob, a text file listing images, or one image")
-    tasks: list[str] = f(["panoptic"], "tasks to run: semantic, instance, panoptic")
+    tasks: list[Task] = f(["panoptic"], "tasks to run")
     semantic_ids: Literal["category", "contiguous"] = f("category", "ids in semantic PNGs")
     overlay: bool = f(True, "write overlay pictures")
     overwrite: bool = f(False, "redo images whose outputs exist")

@@ -1,0 +1,287 @@
+"""From mask-classification outputs to semantic, instance and panoptic results.
+
+The model predicts, per image, Q queries each with class logits `[Q, K+1]` (the last class is
+"no object") and mask logits `[Q, h, w]` at a fraction of the padded input size. The functions
+here follow the original OneFormer inference (SHI-Labs/OneFormer, `oneformer_model.py`):
+
+- masks are upsampled to the padded input, cropped to the unpadded image, then resized to the
+  size the caller wants results at (`resize_mask_logits`);
+- semantic: per-class score map = sum over queries of p(class) * sigmoid(mask);
+- instance: top-k (query, class) pairs by class probability, mask = logit > 0, score scaled by
+  the mean mask probability inside the mask;
+- panoptic: confident queries compete per pixel by p(class) * sigmoid(mask); a query keeps its
+  pixels only when it wins most of its own mask; stuff of one class becomes one segment.
+
+Where transformers' `OneFormerImageProcessor` does otherwise, the docstrings below say so; we
+follow the original because the published numbers were measured with it.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+TASKS = ("semantic", "instance", "panoptic")
+
+
+def resize_mask_logits(
+    mask_logits: Tensor,
+    padded_size: tuple[int, int],
+    image_size: tuple[int, int],
+    output_size: tuple[int, int],
+) -> Tensor:
+    """Mask logits at the model's resolution -> logits over the original image.
+
+    Arguments:
+        mask_logits: [B, Q, h, w] logits predicted for the padded input batch.
+        padded_size: (H_pad, W_pad), size of the input tensor the model saw.
+        image_size: (h_img, w_img), the part of the padded input that is image (top-left).
+        output_size: (H_out, W_out), size of the original image to report results at.
+    Returns:
+        [B, Q, H_out, W_out] logits.
+
+    Cropping before the final resize keeps padding out of the result; transformers' semantic
+    post-processing resizes the padded logits directly, which stretches the padding into the
+    image.
+    """
+    logits = F.interpolate(mask_logits, size=tuple(padded_size), mode="bilinear", align_corners=False)
+    logits = logits[..., : image_size[0], : image_size[1]]
+    if tuple(logits.shape[-2:]) != tuple(output_size):
+        logits = F.interpolate(logits, size=tuple(output_size), mode="bilinear", align_corners=False)
+    return logits
+
+
+def semantic_inference(class_logits: Tensor, mask_logits: Tensor) -> Tensor:
+    """Per-class score maps.
+
+    Arguments:
+        class_logits: [..., Q, K+1].
+        mask_logits: [..., Q, H, W].
+    Returns:
+        [..., K, H, W] scores; `.argmax(-3)` is the label map (contiguous class ids).
+    """
+    class_probs = class_logits.softmax(-1)[..., :-1]  # drop no-object
+    return torch.einsum("...qk,...qhw->...khw", class_probs, mask_logits.sigmoid())
+
+
+def instance_inference(
+    class_logits: Tensor,
+    mask_logits: Tensor,
+    num_classes: int,
+    topk: int = 150,
+    thing_classes: list[int] | None = None,
+    score_threshold: float | None = None,
+) -> dict[str, Tensor]:
+    """Top-k detections of one image.
+
+    Arguments:
+        class_logits: [Q, K+1].
+        mask_logits: [Q, H, W], already at the output size.
+        num_classes: K (checked against `class_logits`).
+        topk: number of (query, class) pairs kept among all Q*K, as the original's
+            `DETECTIONS_PER_IMAGE`. A query may appear under several classes.
+        thing_classes: contiguous ids of thing classes; when given, detections of other classes
+            are dropped after the top-k (so fewer than `topk` may remain), as the original does
+            for models that also do panoptic.
+        score_threshold: if given, drop pairs whose class probability is not above it, before
+            the thing filter (the original's demo mode). None keeps all (evaluation).
+    Returns:
+        dict with `masks` [N, H, W] bool, `scores` [N] (class probability * mean mask
+        probability inside the mask), `labels` [N] long (contiguous class ids) and `queries`
+        [N] long (the query each detection comes from), in decreasing class probability.
+
+    transformers' `post_process_instance_segmentation` differs: it takes top-Q instead of
+    top-k, keeps only class probability > 0.5 by default (`is_demo=True`), turns the detections
+    into a non-overlapping segment map via the panoptic argmax, does not rescale scores by
+    mask probability, and filters things only for `task_type="panoptic"`.
+    """
+    _check_num_classes(class_logits, num_classes)
+    class_probs = class_logits.softmax(-1)[:, :-1]  # [Q, K]
+    k = min(topk, class_probs.numel())
+    pair_scores, pair_indices = class_probs.flatten().topk(k)  # [Q, K] -> [Q*K] -> [k]
+    labels = pair_indices % num_classes
+    queries = pair_indices // num_classes
+
+    keep = torch.ones_like(pair_scores, dtype=torch.bool)
+    if score_threshold is not None:
+        keep &= pair_scores > score_threshold
+    if thing_classes is not None:
+        things = torch.as_tensor(thing_classes, dtype=labels.dtype, device=labels.device)
+        keep &= torch.isin(labels, things)
+    pair_scores, labels, queries = pair_scores[keep], labels[keep], queries[keep]
+
+    logits = mask_logits[queries]  # [N, H, W]
+    masks = logits > 0
+    probs_inside = (logits.sigmoid() * masks).flatten(1).sum(1)  # [N, H, W] -> [N]
+    mask_scores = probs_inside / (masks.flatten(1).sum(1) + 1e-6)
+    return {
+        "masks": masks,
+        "scores": pair_scores * mask_scores,
+        "labels": labels,
+        "queries": queries,
+    }
+
+
+def panoptic_inference(
+    class_logits: Tensor,
+    mask_logits: Tensor,
+    num_classes: int,
+    isthing: list[bool],
+    object_mask_threshold: float = 0.8,
+    overlap_threshold: float = 0.8,
+    require_own_mask: bool = True,
+) -> tuple[Tensor, list[dict]]:
+    """Panoptic segmentation of one image.
+
+    Arguments:
+        class_logits: [Q, K+1].
+        mask_logits: [Q, H, W], already at the output size.
+        num_classes: K (checked against `class_logits`).
+        isthing: [K] whether each contiguous class is a thing (stuff is merged per class).
+        object_mask_threshold: queries whose top class probability is not above this (or whose
+            top class is no-object) take no part.
+        overlap_threshold: a query whose won pixels are less than this fraction of its own mask
+            (sigmoid >= 0.5) is dropped.
+        require_own_mask: a pixel joins the query that wins it only where that query's own
+            sigmoid >= 0.5 (OneFormer); False lets the argmax alone decide (Mask2Former and
+            transformers), so no pixel inside the kept queries' reach stays void.
+    Returns:
+        segment_ids: [H, W] int32, 0 = void, segments numbered from 1 in query order.
+        segments: one dict per segment: `id`, `label` (contiguous class), `isthing`, `score`
+            (class probability; the highest among the queries of a merged stuff segment) and
+            `area` (pixels).
+
+    transformers' `post_process_panoptic_segmentation` differs: it merges only the classes in
+    `label_ids_to_fuse` (none by default) and lists a merged segment once per query; it tests
+    the overlap on probabilities already multiplied by the class score (so masks look smaller
+    and more queries pass), drops a query whose ratio equals the threshold, and returns a map
+    of -1 when no query is confident.
+    """
+    _check_num_classes(class_logits, num_classes)
+    height, width = mask_logits.shape[-2:]
+    segment_ids = torch.zeros((height, width), dtype=torch.int32, device=mask_logits.device)
+
+    scores, labels = class_logits.softmax(-1).max(-1)  # [Q]
+    keep = labels.ne(num_classes) & (scores > object_mask_threshold)
+    scores, labels = scores[keep], labels[keep]
+    mask_probs = mask_logits[keep].sigmoid()  # [N, H, W]
+    n = len(scores)
+    if n == 0:
+        return segment_ids, []
+
+    winner = (scores[:, None, None] * mask_probs).argmax(0)  # [H, W] index into the N kept
+    won = winner.flatten()
+    if require_own_mask:
+        own = mask_probs.gather(0, winner[None])[0] >= 0.5  # [H, W]
+    else:
+        own = torch.ones_like(winner, dtype=torch.bool)
+    won_area = torch.bincount(won, minlength=n)  # [N]
+    own_area = (mask_probs >= 0.5).flatten(1).sum(1)  # [N]
+    final_area = torch.bincount(won[own.flatten()], minlength=n)  # [N]
+    valid = (won_area > 0) & (own_area > 0) & (final_area > 0)
+    valid &= won_area >= overlap_threshold * own_area.clamp(min=1)
+
+    # Number the surviving queries; stuff queries of one class share the first one's id.
+    query_to_segment = torch.zeros(n, dtype=torch.int32, device=mask_logits.device)
+    segments: list[dict] = []
+    stuff_segment: dict[int, dict] = {}
+    for k in torch.nonzero(valid).flatten().tolist():
+        label, score, area = int(labels[k]), float(scores[k]), int(final_area[k])
+        thing = bool(isthing[label])
+        if not thing and label in stuff_segment:
+            segment = stuff_segment[label]
+            segment["score"] = max(segment["score"], score)
+            segment["area"] += area
+        else:
+            segment = {
+                "id": len(segments) + 1,
+                "label": label,
+                "isthing": thing,
+                "score": score,
+                "area": area,
+            }
+            segments.append(segment)
+            if not thing:
+                stuff_segment[label] = segment
+        query_to_segment[k] = segment["id"]
+
+    segment_ids = torch.where(own, query_to_segment[winner], segment_ids)
+    return segment_ids, segments
+
+
+def postprocess(
+    outputs: dict[str, Tensor],
+    task: str,
+    padded_size: tuple[int, int],
+    image_sizes: list[tuple[int, int]],
+    output_sizes: list[tuple[int, int]] | None = None,
+    *,
+    num_classes: int | None = None,
+    isthing: list[bool] | None = None,
+    topk: int = 150,
+    object_mask_threshold: float = 0.8,
+    overlap_threshold: float = 0.8,
+    score_threshold: float | None = None,
+) -> list[dict]:
+    """Results for each image of a batch.
+
+    Arguments:
+        outputs: `pred_logits` [B, Q, K+1] and `pred_masks` [B, Q, h, w].
+        task: "semantic", "instance" or "panoptic".
+        padded_size: (H_pad, W_pad) of the input batch tensor.
+        image_sizes: B x (h_img, w_img), the unpadded part of each input.
+        output_sizes: B x (H_out, W_out), the original image sizes; default `image_sizes`.
+        num_classes: K; default read from `pred_logits`.
+        isthing: [K] thing flags. Needed for panoptic; for instance, non-things are dropped.
+        topk, score_threshold: see `instance_inference`.
+        object_mask_threshold, overlap_threshold: see `panoptic_inference`.
+    Returns:
+        B dicts, each with one key named after the task:
+        - "semantic": [H_out, W_out] long label map of contiguous class ids;
+        - "instance": dict(masks [N, H_out, W_out] bool, scores [N], labels [N], queries [N]);
+        - "panoptic": (segment_ids [H_out, W_out] int32, segments list of dicts).
+    """
+    if task not in TASKS:
+        raise ValueError(f"task must be one of {TASKS}, got {task!r}")
+    class_logits, mask_logits = outputs["pred_logits"], outputs["pred_masks"]
+    if num_classes is None:
+        num_classes = class_logits.shape[-1] - 1
+    if task == "panoptic" and isthing is None:
+        raise ValueError("panoptic post-processing needs `isthing` for every class")
+    if output_sizes is None:
+        output_sizes = image_sizes
+    if not len(image_sizes) == len(output_sizes) == len(class_logits):
+        raise ValueError("need one image size and one output size per image of the batch")
+    thing_classes = None if isthing is None else [i for i, t in enumerate(isthing) if t]
+
+    results = []
+    for i, (image_size, output_size) in enumerate(zip(image_sizes, output_sizes)):
+        masks = resize_mask_logits(mask_logits[i : i + 1], padded_size, image_size, output_size)[0]
+        if task == "semantic":
+            scores = semantic_inference(class_logits[i], masks)
+            results.append({"semantic": scores.argmax(0)})
+        elif task == "instance":
+            detections = instance_inference(
+                class_logits[i], masks, num_classes, topk, thing_classes, score_threshold
+            )
+            results.append({"instance": detections})
+        else:
+            panoptic = panoptic_inference(
+                class_logits[i],
+                masks,
+                num_classes,
+                isthing,
+                object_mask_threshold,
+                overlap_threshold,
+            )
+            results.append({"panoptic": panoptic})
+    return results
+
+
+def _check_num_classes(class_logits: Tensor, num_classes: int) -> None:
+    if class_logits.shape[-1] != num_classes + 1:
+        raise ValueError(
+            f"class logits have {class_logits.shape[-1]} entries; expected num_classes + 1 = "
+            f"{num_classes + 1} (the last is no-object)"
+        )

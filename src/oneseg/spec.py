@@ -1,0 +1,360 @@
+"""Loading, validating and describing experiment specs.
+
+`load_spec(path, overrides)` reads a YAML file, applies dotted overrides (`model.hidden_dim=64`,
+values parsed as YAML scalars or lists) and returns a checked `ExperimentConfig`. Every problem is
+one `SpecError` line naming the dotted key, the value given and what is allowed.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import types
+import typing
+from pathlib import Path
+from typing import Any, Literal, get_args, get_origin
+
+import yaml
+
+from oneseg.config import ACTIONS, ExperimentConfig
+
+
+class SpecError(ValueError):
+    """A spec that cannot be used; the message is one line naming the key."""
+
+
+# --------------------------------------------------------------------------- types
+
+
+def _hints(cls) -> dict[str, Any]:
+    return typing.get_type_hints(cls)
+
+
+def _describe(tp) -> str:
+    origin = get_origin(tp)
+    if origin is Literal:
+        return "one of " + ", ".join(repr(a) for a in get_args(tp))
+    if origin is list:
+        return f"a list of {_describe(get_args(tp)[0])}"
+    if origin is dict:
+        return f"a mapping of {_describe(get_args(tp)[1])}"
+    if dataclasses.is_dataclass(tp):
+        return "a mapping"
+    return {int: "an integer", float: "a number", bool: "true or false", str: "a string"}.get(
+        tp, str(tp)
+    )
+
+
+def _convert(value: Any, tp, key: str, meta: dict) -> Any:
+    """`value` checked against type `tp` (and bounds in `meta`), converted where lossless."""
+
+    def refuse(expected: str | None = None):
+        raise SpecError(f"{key}: got {value!r}, expected {expected or _describe(tp)}")
+
+    origin = get_origin(tp)
+    if dataclasses.is_dataclass(tp):
+        if not isinstance(value, dict):
+            refuse()
+        return _build(tp, value, key)
+    if origin is Literal:
+        choices = get_args(tp)
+        if value not in choices and str(value) in [str(c) for c in choices]:
+            value = type(choices[0])(value)
+        if value not in choices:
+            refuse()
+        return value
+    if origin is list:
+        if not isinstance(value, list):
+            refuse()
+        (item_tp,) = get_args(tp)
+        return [_convert(v, item_tp, f"{key}[{i}]", meta) for i, v in enumerate(value)]
+    if origin is dict:
+        if not isinstance(value, dict):
+            refuse()
+        _, item_tp = get_args(tp)
+        return {str(k): _convert(v, item_tp, f"{key}.{k}", meta) for k, v in value.items()}
+    if origin in (typing.Union, types.UnionType):
+        for option in get_args(tp):
+            try:
+                return _convert(value, option, key, meta)
+            except SpecError:
+                pass
+        refuse()
+    if tp is bool:
+        if not isinstance(value, bool):
+            refuse()
+    elif tp is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            refuse()
+    elif tp is float:
+        if isinstance(value, str):  # YAML 1.1 reads 3e-4 (no dot) as a string
+            try:
+                value = float(value)
+            except ValueError:
+                refuse()
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            refuse()
+        value = float(value)
+    elif tp is str:
+        if not isinstance(value, str):
+            if isinstance(value, (int, float)) and not isinstance(value, bool):
+                value = str(value)
+            else:
+                refuse()
+    _check_bounds(value, key, meta)
+    return value
+
+
+def _check_bounds(value: Any, key: str, meta: dict) -> None:
+    if not isinstance(value, (int, float)) or isinstance(value, bool):
+        return
+    if "ge" in meta and value < meta["ge"]:
+        raise SpecError(f"{key}: got {value!r}, expected a value >= {meta['ge']}")
+    if "gt" in meta and value <= meta["gt"]:
+        raise SpecError(f"{key}: got {value!r}, expected a value > {meta['gt']}")
+    if "le" in meta and value > meta["le"]:
+        raise SpecError(f"{key}: got {value!r}, expected a value <= {meta['le']}")
+
+
+def _unknown_key(cls, name: str, prefix: str) -> SpecError:
+    names = [fl.name for fl in dataclasses.fields(cls)]
+    close = difflib.get_close_matches(name, names, n=1, cutoff=0.6)
+    hint = f"; did you mean '{prefix}{close[0]}'?" if close else f"; known keys: {', '.join(names)}"
+    return SpecError(f"{prefix}{name}: unknown key{hint}")
+
+
+def _build(cls, data: dict, prefix: str):
+    hints = _hints(cls)
+    fields = {fl.name: fl for fl in dataclasses.fields(cls)}
+    kwargs = {}
+    base = f"{prefix}." if prefix else ""
+    for name, value in data.items():
+        if name not in fields:
+            raise _unknown_key(cls, str(name), base)
+        kwargs[name] = _convert(value, hints[name], base + name, fields[name].metadata)
+    return cls(**kwargs)
+
+
+# --------------------------------------------------------------------------- loading
+
+
+def _parse_override(text: str) -> tuple[list[str], Any]:
+    key, sep, raw = text.partition("=")
+    if not sep or not key or any(not part for part in key.split(".")):
+        raise SpecError(f"{text}: an override must look like a.b.c=value")
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else ""
+    except yaml.YAMLError:
+        raise SpecError(f"{key}: cannot parse value {raw!r} as YAML") from None
+    return key.split("."), value
+
+
+def _set_dotted(tree: dict, path: list[str], value: Any, cls=ExperimentConfig) -> None:
+    """Put `value` at `path` in the nested dict, refusing paths that are not in the schema."""
+    node, node_cls = tree, cls
+    for depth, name in enumerate(path[:-1]):
+        prefix = ".".join(path[:depth])
+        prefix = f"{prefix}." if prefix else ""
+        field_names = {fl.name for fl in dataclasses.fields(node_cls)}
+        if name not in field_names:
+            raise _unknown_key(node_cls, name, prefix)
+        child_tp = _hints(node_cls)[name]
+        if not dataclasses.is_dataclass(child_tp):
+            raise SpecError(f"{prefix}{name}.{path[depth + 1]}: '{prefix}{name}' has no sub-keys")
+        if not isinstance(node.get(name), dict):
+            node[name] = {}
+        node, node_cls = node[name], child_tp
+    last = path[-1]
+    if last not in {fl.name for fl in dataclasses.fields(node_cls)}:
+        prefix = ".".join(path[:-1])
+        raise _unknown_key(node_cls, last, f"{prefix}." if prefix else "")
+    node[last] = value
+
+
+def spec_from_dict(data: dict | None, overrides: list[str] = ()) -> ExperimentConfig:
+    tree = dict(data or {})
+    for text in overrides:
+        path, value = _parse_override(text)
+        _set_dotted(tree, path, value)
+    return _build(ExperimentConfig, tree, "")
+
+
+def load_spec(path: str | Path | None, overrides: list[str] = ()) -> ExperimentConfig:
+    """The checked spec of a YAML file (or the defaults when `path` is None) with overrides."""
+    data: dict = {}
+    if path is not None:
+        path = Path(path)
+        if not path.is_file():
+            raise SpecError(f"{path}: spec file not found")
+        try:
+            data = yaml.safe_load(path.read_text()) or {}
+        except yaml.YAMLError as err:
+            mark = getattr(err, "problem_mark", None)
+            where = f" at line {mark.line + 1}" if mark else ""
+            raise SpecError(f"{path}: not valid YAML{where}") from None
+        if not isinstance(data, dict):
+            raise SpecError(f"{path}: the spec must be a mapping of sections")
+    return spec_from_dict(data, overrides)
+
+
+def spec_to_dict(spec) -> dict:
+    return dataclasses.asdict(spec)
+
+
+def dump_spec(spec) -> str:
+    return yaml.safe_dump(spec_to_dict(spec), sort_keys=False, default_flow_style=None)
+
+
+# --------------------------------------------------------------------------- template / schema
+
+_SECTIONS_OF = {
+    "train": ("results_dir", "model", "dataset", "train"),
+    "evaluate": ("results_dir", "model", "dataset", "evaluate"),
+    "inference": ("results_dir", "model", "dataset", "inference"),
+    "export": ("results_dir", "model", "export"),
+    "gen_trt_engine": ("results_dir", "gen_trt_engine"),
+    "quantize": ("results_dir", "dataset", "quantize"),
+}
+
+
+def _yaml_value(value: Any) -> str:
+    return yaml.safe_dump(value, default_flow_style=True, width=1000).strip().removesuffix("\n...")
+
+
+def _template_lines(obj, indent: int) -> list[str]:
+    lines = []
+    pad = "  " * indent
+    for fl in dataclasses.fields(obj):
+        value = getattr(obj, fl.name)
+        help_text = fl.metadata.get("help", "")
+        if dataclasses.is_dataclass(value):
+            lines.append(f"{pad}{fl.name}:  # {help_text}")
+            lines.extend(_template_lines(value, indent + 1))
+        elif isinstance(value, list) and value and dataclasses.is_dataclass(value[0]):
+            lines.append(f"{pad}{fl.name}:  # {help_text}")
+            for item in value:
+                item_lines = _template_lines(item, indent + 2)
+                first = item_lines[0].lstrip()
+                lines.append(f"{pad}  - {first}")
+                lines.extend(item_lines[1:])
+        else:
+            lines.append(f"{pad}{fl.name}: {_yaml_value(value)}  # {help_text}")
+    return lines
+
+
+def template(action: str) -> str:
+    """A complete, commented default spec for `action` that loads back to the defaults."""
+    if action not in ACTIONS:
+        raise SpecError(f"{action}: unknown action; expected one of {', '.join(ACTIONS)}")
+    spec = ExperimentConfig()
+    lines = [f"# oneseg {action} spec: every key with its default. Run: oneseg {action} -e FILE"]
+    for fl in dataclasses.fields(spec):
+        if fl.name not in _SECTIONS_OF[action]:
+            continue
+        value = getattr(spec, fl.name)
+        if dataclasses.is_dataclass(value):
+            lines.append("")
+            lines.append(f"{fl.name}:  # {fl.metadata.get('help', '')}")
+            lines.extend(_template_lines(value, 1))
+        else:
+            lines.append(f"{fl.name}: {_yaml_value(value)}  # {fl.metadata.get('help', '')}")
+    return "\n".join(lines) + "\n"
+
+
+def _schema_of(tp, default: Any, meta: dict) -> dict:
+    origin = get_origin(tp)
+    out: dict[str, Any] = {}
+    if meta.get("help"):
+        out["description"] = meta["help"]
+    if dataclasses.is_dataclass(tp):
+        hints = _hints(tp)
+        instance = default if default is not None else tp()
+        out.update(
+            type="object",
+            additionalProperties=False,
+            properties={
+                fl.name: _schema_of(hints[fl.name], getattr(instance, fl.name), fl.metadata)
+                for fl in dataclasses.fields(tp)
+            },
+        )
+        return out
+    if origin is Literal:
+        out["enum"] = list(get_args(tp))
+    elif origin is list:
+        (item_tp,) = get_args(tp)
+        out.update(type="array", items=_schema_of(item_tp, None, {}))
+    elif origin is dict:
+        out.update(type="object", additionalProperties=_schema_of(get_args(tp)[1], None, {}))
+    else:
+        out["type"] = {bool: "boolean", int: "integer", float: "number", str: "string"}[tp]
+    for bound, name in (("ge", "minimum"), ("le", "maximum"), ("gt", "exclusiveMinimum")):
+        if bound in meta:
+            out[name] = meta[bound]
+    if default is not None and not dataclasses.is_dataclass(default):
+        out["default"] = (
+            [dataclasses.asdict(d) for d in default]
+            if isinstance(default, list) and default and dataclasses.is_dataclass(default[0])
+            else default
+        )
+    return out
+
+
+def json_schema(action: str) -> dict:
+    """JSON Schema (draft 2020-12) of the spec sections `action` reads."""
+    if action not in ACTIONS:
+        raise SpecError(f"{action}: unknown action; expected one of {', '.join(ACTIONS)}")
+    full = _schema_of(ExperimentConfig, ExperimentConfig(), {})
+    props = {k: v for k, v in full["properties"].items() if k in _SECTIONS_OF[action]}
+    return {
+        "$schema": "https://json-schema.org/draft/2020-12/schema",
+        "title": f"oneseg {action} spec",
+        "type": "object",
+        "additionalProperties": True,
+        "properties": props,
+    }
+
+
+# --------------------------------------------------------------------------- input files
+
+_INPUTS_OF = {
+    "train": (
+        "model.pretrained",
+        "dataset.label_map",
+        "train.resume_training_checkpoint_path",
+        "train.pretrained_model",
+        "train.pretrained_backbone",
+    ),
+    "evaluate": ("model.pretrained", "dataset.label_map", "evaluate.checkpoint"),
+    "inference": ("model.pretrained", "dataset.label_map", "inference.checkpoint"),
+    "export": ("model.pretrained", "export.checkpoint"),
+    "gen_trt_engine": ("gen_trt_engine.onnx_file",),
+    "quantize": ("quantize.onnx_file",),
+}
+
+
+def _get_dotted(spec, key: str):
+    value = spec
+    for name in key.split("."):
+        value = getattr(value, name)
+    return value
+
+
+def check_inputs(spec: ExperimentConfig, action: str) -> None:
+    """Refuse, before any work starts, a spec whose input files or folders do not exist."""
+    keys = list(_INPUTS_OF.get(action, ()))
+    sources = {
+        "train": [(f"dataset.train[{i}]", s) for i, s in enumerate(spec.dataset.train)]
+        + [("dataset.val", spec.dataset.val)],
+        "evaluate": [
+            (f"dataset.{spec.evaluate.split}", getattr(spec.dataset, spec.evaluate.split))
+        ],
+    }.get(action, [])
+    for key in keys:
+        value = _get_dotted(spec, key)
+        if value and not Path(value).exists():
+            raise SpecError(f"{key}: got {value!r}, no such file or folder")
+    for prefix, source in sources:
+        for name in ("images", "annotations", "panoptic", "labels"):
+            value = getattr(source, name)
+            if value and not Path(value).exists():
+                raise SpecError(f"{prefix}.{name}: got {value!r}, no such file or folder")
