@@ -36,7 +36,7 @@ VOID = 0
 
 
 def rgb_to_id(rgb: np.ndarray) -> np.ndarray:
-    """COCO panoptic PNG colours [H, W, 3] uint8 -> segment ids [H, W] uint32 (R + 256 G + 256² B)."""
+    """COCO panoptic colours [H, W, 3] uint8 -> segment ids [H, W] uint32: R + 256 G + 256² B."""
     rgb = rgb.astype(np.uint32, copy=False)
     return rgb[..., 0] + (rgb[..., 1] << 8) + (rgb[..., 2] << 16)
 
