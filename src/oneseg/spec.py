@@ -358,3 +358,8 @@ def check_inputs(spec: ExperimentConfig, action: str) -> None:
             value = getattr(source, name)
             if value and not Path(value).exists():
                 raise SpecError(f"{prefix}.{name}: got {value!r}, no such file or folder")
+
+
+def section_from_dict(cls, data: dict, prefix: str):
+    """A checked spec section (e.g. ModelConfig) from a nested dict; keys named from `prefix`."""
+    return _build(cls, data, prefix)

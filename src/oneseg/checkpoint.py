@@ -1,0 +1,97 @@
+"""Checkpoints: what a model needs to be rebuilt anywhere, and loading from every source.
+
+A oneseg checkpoint is a dict of plain types (loadable with `torch.load(weights_only=True)`):
+`{"format": "oneseg", "version": 1, "model_cfg": {...}, "label_map": [categories],
+"state_dict": {...}}`. Training checkpoints are Lightning's, with the same three entries added
+under "oneseg"; `load_model` reads both, and a local transformers OneFormer folder.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from pathlib import Path
+
+import torch
+
+from oneseg.config import ModelConfig
+from oneseg.data.label_map import LabelMap
+from oneseg.spec import section_from_dict
+
+
+def model_cfg_from_dict(values: dict) -> ModelConfig:
+    return section_from_dict(ModelConfig, values, "model")
+
+
+def make_checkpoint(model_cfg: ModelConfig, label_map: LabelMap, state_dict: dict) -> dict:
+    return {
+        "format": "oneseg",
+        "version": 1,
+        "model_cfg": dataclasses.asdict(model_cfg),
+        "label_map": label_map.to_categories(),
+        "state_dict": state_dict,
+    }
+
+
+def save_atomic(obj, path: str | Path) -> None:
+    """torch.save to a temporary file beside `path`, then rename: never a half-written file."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    torch.save(obj, tmp)
+    os.replace(tmp, path)
+
+
+def read_checkpoint(path: str | Path) -> tuple[ModelConfig, LabelMap, dict]:
+    """(model config, label map, model state dict) of a oneseg, Lightning or transformers source."""
+    path = Path(path)
+    if path.is_dir():
+        from oneseg.model.convert_hf import load_hf_oneformer
+
+        values, state_dict, categories = load_hf_oneformer(path)
+        return model_cfg_from_dict(values), LabelMap.from_categories(categories), state_dict
+    if not path.is_file():
+        raise FileNotFoundError(f"checkpoint not found: {path}")
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # noqa: BLE001 - any unpickling failure means an unusable file
+        raise ValueError(
+            f"{path}: not a readable checkpoint ({type(err).__name__}: {err})"
+        ) from None
+    if isinstance(ckpt, dict) and "oneseg" in ckpt:  # a Lightning training checkpoint
+        meta = ckpt["oneseg"]
+        prefix = "model."
+        state = {k[len(prefix) :]: v for k, v in ckpt["state_dict"].items() if k.startswith(prefix)}
+        return (
+            model_cfg_from_dict(meta["model_cfg"]),
+            LabelMap.from_categories(meta["label_map"]),
+            state,
+        )
+    if isinstance(ckpt, dict) and ckpt.get("format") == "oneseg":
+        return (
+            model_cfg_from_dict(ckpt["model_cfg"]),
+            LabelMap.from_categories(ckpt["label_map"]),
+            ckpt["state_dict"],
+        )
+    raise ValueError(f"{path}: not a oneseg checkpoint (no 'format: oneseg' or Lightning entry)")
+
+
+def load_model(path: str | Path, device: str | torch.device = "cpu"):
+    """(model in eval mode, label map) rebuilt from a checkpoint file or transformers folder."""
+    from oneseg.model.build import build_model
+
+    model_cfg, label_map, state_dict = read_checkpoint(path)
+    model = build_model(model_cfg, num_classes=len(label_map))
+    load_state_dict_strict(model, state_dict, str(path))
+    return model.to(device).eval(), label_map
+
+
+def load_state_dict_strict(model: torch.nn.Module, state_dict: dict, source: str) -> None:
+    """Load every tensor; otherwise one error listing the missing and unexpected keys."""
+    result = model.load_state_dict(state_dict, strict=False)
+    if result.missing_keys or result.unexpected_keys:
+        raise ValueError(
+            f"{source}: weights do not fit the model: missing {sorted(result.missing_keys)[:20]}"
+            f" ({len(result.missing_keys)}), unexpected {sorted(result.unexpected_keys)[:20]}"
+            f" ({len(result.unexpected_keys)})"
+        )
