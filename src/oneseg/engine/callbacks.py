@@ -1,0 +1,120 @@
+"""Lightning callbacks: atomic checkpoints with a `latest` pointer, status.json progress, and
+exact mid-epoch resume of our sampler."""
+
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+
+import lightning as L
+
+from oneseg.engine.module import NonFiniteLossError
+
+LATEST = "model_latest.ckpt"
+
+
+def latest_checkpoint(folder: str | Path) -> Path | None:
+    """The checkpoint the `latest` pointer of a training folder names, if any."""
+    link = Path(folder) / LATEST
+    return link.resolve() if link.is_symlink() and link.resolve().is_file() else None
+
+
+class AtomicCheckpoint(L.Callback):
+    """Saves every `interval` epochs or steps (temp file + rename), points `model_latest.ckpt`
+    at the newest, and saves `model_crash.ckpt` when training dies of anything but a bad loss."""
+
+    def __init__(self, folder: str | Path, interval: int, unit: str):
+        self.folder = Path(folder)
+        self.interval = interval
+        self.unit = unit
+
+    def save(self, trainer: L.Trainer, module, name: str) -> Path:
+        path = self.folder / name
+        tmp = path.with_name(path.name + ".tmp")
+        trainer.save_checkpoint(tmp)
+        if trainer.is_global_zero:
+            os.replace(tmp, path)
+            link_tmp = self.folder / (LATEST + ".tmp")
+            link_tmp.unlink(missing_ok=True)
+            link_tmp.symlink_to(path.name)
+            os.replace(link_tmp, self.folder / LATEST)
+        trainer.strategy.barrier("checkpoint")
+        module.last_checkpoint = str(path)
+        return path
+
+    def on_train_batch_end(self, trainer, module, outputs, batch, batch_idx) -> None:
+        if self.unit == "step" and trainer.global_step % self.interval == 0:
+            self.save(trainer, module, f"model_step{trainer.global_step:07d}.ckpt")
+
+    def on_train_epoch_end(self, trainer, module) -> None:
+        epoch = trainer.current_epoch + 1
+        if self.unit == "epoch" and (epoch % self.interval == 0 or epoch == trainer.max_epochs):
+            self.save(trainer, module, f"model_epoch{epoch:03d}.ckpt")
+
+    def on_exception(self, trainer, module, exception) -> None:
+        if isinstance(exception, (NonFiniteLossError, KeyboardInterrupt)):
+            return
+        try:
+            self.save(trainer, module, "model_crash.ckpt")
+        except Exception:  # noqa: BLE001 - the original error is the one to report
+            pass
+
+
+class ResumeSampler(L.Callback):
+    """After a mid-epoch resume, starts the sampler where the saved run stopped, so the resumed
+    run sees exactly the samples the uninterrupted run would have."""
+
+    def __init__(self, sampler, batch_size: int):
+        self.sampler = sampler
+        self.batch_size = batch_size
+        self.batches_done = 0
+
+    def on_load_checkpoint(self, trainer, module, checkpoint) -> None:
+        progress = checkpoint["loops"]["fit_loop"]["epoch_loop.batch_progress"]["current"]
+        self.batches_done = progress["completed"]
+
+    def on_train_epoch_start(self, trainer, module) -> None:
+        if self.batches_done:
+            self.sampler.skip(self.batches_done * self.batch_size)
+            self.batches_done = 0
+
+
+class StatusCallback(L.Callback):
+    """Progress, loss, learning rate, ETA and validation KPIs into status.json."""
+
+    def __init__(self, run, every_n_steps: int):
+        self.run = run
+        self.every = every_n_steps
+        self.start = time.time()
+        self.start_step = 0
+
+    def on_train_start(self, trainer, module) -> None:
+        self.start = time.time()
+        self.start_step = trainer.global_step
+
+    def on_train_batch_end(self, trainer, module, outputs, batch, batch_idx) -> None:
+        step = trainer.global_step
+        if step % self.every:
+            return
+        metrics = trainer.callback_metrics
+        done = max(step - self.start_step, 1)
+        total = trainer.max_steps if trainer.max_steps > 0 else module.total_steps
+        eta = (time.time() - self.start) / done * max(total - step, 0)
+        self.run.log(
+            "RUNNING",
+            epoch=trainer.current_epoch,
+            max_epoch=trainer.max_epochs,
+            step=step,
+            max_step=total,
+            loss=float(metrics.get("loss", float("nan"))),
+            lr=float(metrics.get("lr", float("nan"))),
+            eta_s=round(eta, 1),
+        )
+
+    def on_validation_end(self, trainer, module) -> None:
+        if trainer.sanity_checking or not module.last_metrics:
+            return
+        kpi = {k: v for k, v in module.last_metrics.items() if isinstance(v, (int, float))}
+        self.run.kpis.update(kpi)
+        self.run.log("RUNNING", epoch=trainer.current_epoch, step=trainer.global_step, kpi=kpi)

@@ -1,0 +1,242 @@
+"""`oneseg train`: build everything from the spec and fit with Lightning.
+
+One CPU process, one GPU, many GPUs (DDP over NCCL) or CPU processes (DDP over gloo), and
+several nodes (WORLD_SIZE, NODE_RANK, MASTER_ADDR, MASTER_PORT, read by Lightning).
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from functools import partial
+from pathlib import Path
+
+import lightning as L
+import torch
+from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
+from torch.utils.data import DataLoader
+
+from oneseg.checkpoint import load_state_dict_strict, read_checkpoint
+from oneseg.engine.callbacks import (
+    AtomicCheckpoint,
+    ResumeSampler,
+    StatusCallback,
+    latest_checkpoint,
+)
+from oneseg.engine.module import SegmentationModule
+from oneseg.engine.sampling import EpochSampler, SeededDataset
+
+
+def text_list_length(spec) -> int:
+    if spec.dataset.text_list_len:
+        return spec.dataset.text_list_len
+    return max(spec.model.num_queries - spec.model.text_encoder.n_ctx, 1)
+
+
+def device_settings(train_cfg) -> dict:
+    """Trainer keyword arguments for the accelerator, devices, nodes and strategy."""
+    use_gpu = train_cfg.accelerator == "gpu" or (
+        train_cfg.accelerator == "auto" and torch.cuda.is_available()
+    )
+    if use_gpu:
+        ids = train_cfg.gpu_ids[: train_cfg.num_gpus]
+        devices = ids if len(ids) == train_cfg.num_gpus else train_cfg.num_gpus
+        count = train_cfg.num_gpus
+    else:
+        devices = train_cfg.num_processes_cpu
+        count = devices
+    world = count * train_cfg.num_nodes
+    strategy = "ddp" if world > 1 else "auto"
+    if world > 1 and not use_gpu:
+        strategy = L.pytorch.strategies.DDPStrategy(process_group_backend="gloo")
+    return {
+        "accelerator": "gpu" if use_gpu else "cpu",
+        "devices": devices,
+        "num_nodes": train_cfg.num_nodes,
+        "strategy": strategy,
+        "world_size": world,
+        "precision": train_cfg.precision if use_gpu else "32",
+    }
+
+
+def _rank_of(world_size: int) -> int:
+    return int(os.environ.get("RANK", os.environ.get("LOCAL_RANK", 0))) if world_size > 1 else 0
+
+
+def build_model_for_training(spec, num_classes: int):
+    from oneseg.model.backbone import load_backbone_weights
+    from oneseg.model.build import build_model
+
+    model = build_model(spec.model, num_classes=num_classes)
+    if spec.model.pretrained:
+        _, _, state = read_checkpoint(spec.model.pretrained)
+        load_state_dict_strict(model, state, spec.model.pretrained)
+    if spec.train.pretrained_model:
+        _, _, state = read_checkpoint(spec.train.pretrained_model)
+        load_matching_weights(model, state, spec.train.pretrained_model)
+    if spec.train.pretrained_backbone:
+        load_backbone_weights(model.backbone, spec.train.pretrained_backbone)
+    if spec.train.freeze_backbone:
+        model.backbone.requires_grad_(False)
+    return model
+
+
+def load_matching_weights(model: torch.nn.Module, state: dict, source: str) -> list[str]:
+    """Load every tensor whose name and shape fit (a fine-tune may change the class count);
+    returns the names left at their initial values."""
+    own = model.state_dict()
+    fitting = {k: v for k, v in state.items() if k in own and own[k].shape == v.shape}
+    if not fitting:
+        raise ValueError(f"{source}: no tensor of these weights fits the model")
+    model.load_state_dict(fitting, strict=False)
+    return sorted(set(own) - set(fitting))
+
+
+def build_loaders(spec, label_map, rank: int, world_size: int):
+    from oneseg.data.build import build_dataset
+    from oneseg.data.collate import collate
+
+    divisibility = spec.model.size_divisibility
+    texts = text_list_length(spec)
+    train_set = build_dataset(
+        spec.dataset,
+        "train",
+        label_map,
+        text_list_len=texts,
+        size_divisibility=divisibility,
+        train=True,
+    )
+    sampler = EpochSampler(
+        len(train_set),
+        seed=spec.train.seed,
+        shuffle=True,
+        rank=rank,
+        world_size=world_size,
+        drop_last=True,
+    )
+    batch_size = spec.dataset.batch_size
+    loader_kwargs = {
+        "num_workers": spec.dataset.workers,
+        "pin_memory": spec.dataset.pin_memory and torch.cuda.is_available(),
+        "collate_fn": partial(collate, size_divisibility=divisibility),
+        "persistent_workers": spec.dataset.workers > 0,
+    }
+    train_loader = DataLoader(
+        SeededDataset(train_set),
+        batch_size=batch_size,
+        sampler=sampler,
+        drop_last=True,
+        generator=torch.Generator().manual_seed(spec.train.seed),
+        **loader_kwargs,
+    )
+    val_loader = None
+    if spec.dataset.val.images:
+        val_set = build_dataset(
+            spec.dataset,
+            "val",
+            label_map,
+            text_list_len=texts,
+            size_divisibility=divisibility,
+            train=False,
+        )
+        val_sampler = EpochSampler(
+            len(val_set), shuffle=False, rank=rank, world_size=world_size, drop_last=False
+        )
+        val_loader = DataLoader(
+            SeededDataset(val_set),
+            batch_size=spec.evaluate.batch_size,
+            sampler=val_sampler,
+            **loader_kwargs,
+        )
+    return train_loader, val_loader, sampler
+
+
+def run_train(spec, run) -> None:
+    from oneseg.data.build import load_label_map
+    from oneseg.engine.evaluator import Evaluator
+    from oneseg.model.criterion import build_criterion
+
+    L.seed_everything(spec.train.seed, workers=True, verbose=False)
+    label_map = load_label_map(spec.dataset)
+    num_classes = spec.model.num_classes or len(label_map)
+    if num_classes != len(label_map):
+        raise ValueError(
+            f"model.num_classes: got {num_classes}, but dataset.label_map has {len(label_map)}"
+        )
+    devices = device_settings(spec.train)
+    world = devices.pop("world_size")
+    rank = _rank_of(world)
+    model = build_model_for_training(spec, num_classes)
+    criterion = build_criterion(spec.model.loss, num_classes, spec.model.arch)
+    train_loader, val_loader, sampler = build_loaders(spec, label_map, rank, world)
+
+    steps_per_epoch = len(train_loader)
+    if steps_per_epoch == 0:
+        raise ValueError(
+            f"dataset.batch_size: got {spec.dataset.batch_size}, larger than the training set "
+            f"share of each process ({len(sampler)} images)"
+        )
+    total_steps = steps_per_epoch * spec.train.num_epochs
+    if spec.train.max_steps > 0:
+        total_steps = min(total_steps, spec.train.max_steps)
+    evaluator_factory = None
+    if val_loader is not None:
+        val_set = val_loader.dataset.dataset
+
+        def evaluator_factory():
+            return Evaluator(val_set, label_map, spec.model, tasks=list(spec.evaluate.tasks))
+
+    module = SegmentationModule(
+        model=model,
+        criterion=criterion,
+        weight_dict=criterion.weight_dict,
+        optim_cfg=spec.train.optim,
+        total_steps=total_steps,
+        model_cfg=spec.model,
+        label_map=label_map,
+        evaluator_factory=evaluator_factory,
+    )
+    folder = Path(run.dir)
+    resume = spec.train.resume_training_checkpoint_path or latest_checkpoint(folder)
+    if resume:
+        run.log("RUNNING", message=f"resuming from {resume}")
+    checkpoint = AtomicCheckpoint(
+        folder, spec.train.checkpoint_interval, spec.train.checkpoint_interval_unit
+    )
+    has_bn = any(isinstance(m, torch.nn.modules.batchnorm._BatchNorm) for m in model.modules())
+    trainer = L.Trainer(
+        **devices,
+        max_epochs=spec.train.num_epochs,
+        max_steps=spec.train.max_steps,
+        gradient_clip_val=spec.train.clip_grad_norm or None,
+        gradient_clip_algorithm="norm",
+        check_val_every_n_epoch=spec.train.validation_interval,
+        num_sanity_val_steps=0,
+        limit_val_batches=1.0 if val_loader is not None else 0,
+        log_every_n_steps=spec.train.log_every_n_steps,
+        enable_checkpointing=False,
+        use_distributed_sampler=False,
+        sync_batchnorm=has_bn and world > 1,
+        callbacks=[
+            checkpoint,
+            ResumeSampler(sampler, spec.dataset.batch_size),
+            StatusCallback(run, spec.train.log_every_n_steps),
+        ],
+        logger=[
+            TensorBoardLogger(folder, name="tensorboard", version=""),
+            CSVLogger(folder, name="csv", version=""),
+        ],
+        default_root_dir=folder,
+        enable_model_summary=False,
+    )
+    run.log(
+        "RUNNING",
+        message=f"training {steps_per_epoch} steps/epoch x {spec.train.num_epochs} epochs "
+        f"on {world} process(es)",
+    )
+    trainer.fit(module, train_loader, val_loader, ckpt_path=str(resume) if resume else None)
+    run.kpis.update({k: v for k, v in module.last_metrics.items() if isinstance(v, (int, float))})
+    run.kpis["steps"] = trainer.global_step
+    run.kpis["final_loss"] = float(trainer.callback_metrics.get("loss", math.nan))
+    if trainer.is_global_zero:
+        print(f"train: last checkpoint {latest_checkpoint(folder)}")
