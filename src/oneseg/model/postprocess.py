@@ -45,10 +45,14 @@ def resize_mask_logits(
     post-processing resizes the padded logits directly, which stretches the padding into the
     image.
     """
-    logits = F.interpolate(mask_logits, size=tuple(padded_size), mode="bilinear", align_corners=False)
+    logits = F.interpolate(
+        mask_logits, size=tuple(padded_size), mode="bilinear", align_corners=False
+    )
     logits = logits[..., : image_size[0], : image_size[1]]
     if tuple(logits.shape[-2:]) != tuple(output_size):
-        logits = F.interpolate(logits, size=tuple(output_size), mode="bilinear", align_corners=False)
+        logits = F.interpolate(
+            logits, size=tuple(output_size), mode="bilinear", align_corners=False
+        )
     return logits
 
 
@@ -180,7 +184,9 @@ def panoptic_inference(
     own_area = (mask_probs >= 0.5).flatten(1).sum(1)  # [N]
     final_area = torch.bincount(won[own.flatten()], minlength=n)  # [N]
     valid = (won_area > 0) & (own_area > 0) & (final_area > 0)
-    valid &= won_area >= overlap_threshold * own_area.clamp(min=1)
+    # The ratio in float64 on the CPU, as the original's Python division, so ties agree.
+    ratio = won_area.cpu().double() / own_area.cpu().double().clamp(min=1)
+    valid &= (ratio >= overlap_threshold).to(valid.device)
 
     # Number the surviving queries; stuff queries of one class share the first one's id.
     query_to_segment = torch.zeros(n, dtype=torch.int32, device=mask_logits.device)
