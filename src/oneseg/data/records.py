@@ -1,0 +1,115 @@
+"""The record every reader yields, so that target derivation is written once.
+
+Whatever the annotation format (COCO panoptic, COCO instance, semantic label PNGs), a reader lists
+`Record`s and turns one into a `PanopticAnnotation`: a map of segment ids [H, W] (0 = void) and
+the list of segments those ids stand for. Tasks, crops and flips all work on that one map.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+import numpy as np
+
+from oneseg.data.label_map import LabelMap
+
+VOID_ID = 0
+
+
+class DataError(RuntimeError):
+    """A sample that cannot be used; the message names the file and the image id."""
+
+
+@dataclass(frozen=True)
+class Segment:
+    id: int  # value of this segment's pixels in the segment map
+    class_index: int  # contiguous class index into the label map
+    isthing: bool
+    iscrowd: bool
+
+
+@dataclass
+class PanopticAnnotation:
+    segment_map: np.ndarray  # [H, W] int32, 0 = void
+    segments: list[Segment]
+
+    @property
+    def ignore_mask(self) -> np.ndarray:
+        """[H, W] bool: void pixels, crowd pixels and ids no segment claims."""
+        return ignore_mask(self.segment_map, self.segments)
+
+
+@dataclass
+class Record:
+    image_path: Path
+    image_id: int | str
+    height: int | None  # as the annotation states it; None where the format has no size
+    width: int | None
+    source: Any = field(default=None, repr=False)  # what the reader needs to load the labels
+
+
+class Reader(Protocol):
+    """What the dataset needs from a reader of one annotation source."""
+
+    records: list[Record]
+
+    def load_annotation(self, record: Record) -> PanopticAnnotation: ...
+
+
+def ignore_mask(segment_map: np.ndarray, segments: list[Segment]) -> np.ndarray:
+    """[H, W] bool, True where a pixel is no training target: void, crowd or unclaimed."""
+    kept = [s.id for s in segments if not s.iscrowd]
+    return ~np.isin(segment_map, np.asarray(kept, dtype=segment_map.dtype))
+
+
+def rgb_to_id(rgb: np.ndarray) -> np.ndarray:
+    """COCO panoptic PNG colours [H, W, 3] uint8 -> segment ids R + 256 G + 256^2 B, int32."""
+    rgb = rgb.astype(np.int32)
+    return rgb[..., 0] + 256 * rgb[..., 1] + 256 * 256 * rgb[..., 2]
+
+
+def id_to_rgb(ids: np.ndarray) -> np.ndarray:
+    """Segment ids [H, W] -> COCO panoptic PNG colours [H, W, 3] uint8."""
+    ids = ids.astype(np.int64)
+    return np.stack([ids % 256, ids // 256 % 256, ids // 65536 % 256], axis=-1).astype(np.uint8)
+
+
+def category_mapper(label_map: LabelMap, contiguous_id: bool) -> Callable[[int], int]:
+    """Category id -> class index.
+
+    With `contiguous_id` the index is the category's position in the label map (COCO ids
+    1..200 with gaps become 0..K-1). Without it the dataset's ids already are class indices and
+    must lie in 0..K-1. Either way an unknown id raises KeyError naming it.
+    """
+    if contiguous_id:
+        return label_map.class_of
+    count = len(label_map)
+
+    def identity(category_id: int) -> int:
+        if not 0 <= int(category_id) < count:
+            raise KeyError(
+                f"unknown category id {category_id} (contiguous_id is off: ids "
+                f"must be class indices 0..{count - 1})"
+            )
+        return int(category_id)
+
+    return identity
+
+
+def load_json(path: str | Path) -> dict:
+    """A COCO-style JSON file as a dict; errors name the file."""
+    path = Path(path)
+    try:
+        with open(path, encoding="utf-8") as fh:
+            data = json.load(fh)
+    except FileNotFoundError:
+        raise DataError(f"{path}: annotation file not found") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise DataError(f"{path}: not valid JSON ({err})") from None
+    if not isinstance(data, dict):
+        raise DataError(f"{path}: expected a JSON object with images/annotations/categories")
+    return data
