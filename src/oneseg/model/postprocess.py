@@ -149,7 +149,7 @@ def panoptic_inference(
             (sigmoid >= 0.5) is dropped.
         require_own_mask: a pixel joins the query that wins it only where that query's own
             sigmoid >= 0.5 (OneFormer); False lets the argmax alone decide (Mask2Former and
-            transformers), so no pixel inside the kept queries' reach stays void.
+            transformers), so only pixels won by dropped queries stay void.
     Returns:
         segment_ids: [H, W] int32, 0 = void, segments numbered from 1 in query order.
         segments: one dict per segment: `id`, `label` (contiguous class), `isthing`, `score`
