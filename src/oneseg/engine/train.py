@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import math
 import os
-from functools import partial
 from pathlib import Path
 
 import lightning as L
@@ -94,8 +93,6 @@ def load_matching_weights(model: torch.nn.Module, state: dict, source: str) -> l
 
 def build_loaders(spec, label_map, rank: int, world_size: int):
     from oneseg.data.build import build_dataset
-    from oneseg.data.collate import collate
-
     divisibility = spec.model.size_divisibility
     texts = text_list_length(spec)
     train_set = build_dataset(
@@ -118,7 +115,7 @@ def build_loaders(spec, label_map, rank: int, world_size: int):
     loader_kwargs = {
         "num_workers": spec.dataset.workers,
         "pin_memory": spec.dataset.pin_memory and torch.cuda.is_available(),
-        "collate_fn": partial(collate, size_divisibility=divisibility),
+        "collate_fn": train_set.collate_fn,
         "persistent_workers": spec.dataset.workers > 0,
     }
     train_loader = DataLoader(
