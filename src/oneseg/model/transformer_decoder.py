@@ -1,0 +1,195 @@
+"""The masked-attention transformer decoder of Mask2Former and OneFormer.
+
+Queries attend, layer by layer, to one of three pixel-decoder scales (coarse to fine, rotating),
+each time only inside the mask the previous prediction drew for them. A prediction (class logits
+and mask logits) is made before the first layer and after every layer.
+
+OneFormer builds its queries from the task token: N-1 learned queries are refined by a small
+query transformer whose target is the (normalised) task token, and the task token itself is
+appended as the N-th query. Mask2Former starts from N learned query features instead.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from oneseg.model.layers import MLP, CrossAttentionLayer, FFNLayer, SelfAttentionLayer, xavier_init_
+from oneseg.model.position_encoding import SinePositionEncoding
+
+NUM_SCALES = 3
+
+
+class DecoderLayer(nn.Module):
+    """Cross-attention, then self-attention, then feed-forward."""
+
+    def __init__(self, dim: int, nheads: int, ffn_dim: int, dropout: float, pre_norm: bool):
+        super().__init__()
+        self.cross_attn = CrossAttentionLayer(dim, nheads, dropout, pre_norm)
+        self.self_attn = SelfAttentionLayer(dim, nheads, dropout, pre_norm)
+        self.ffn = FFNLayer(dim, ffn_dim, dropout, pre_norm)
+
+    def forward(self, x, memory, attn_mask, pos, query_pos):
+        x = self.cross_attn(x, memory, attn_mask=attn_mask, pos=pos, query_pos=query_pos)
+        x = self.self_attn(x, query_pos=query_pos)
+        return self.ffn(x)
+
+
+class QueryLayer(nn.Module):
+    """A DETR decoder layer: self-attention, then cross-attention, then feed-forward."""
+
+    def __init__(self, dim: int, nheads: int, ffn_dim: int, dropout: float, pre_norm: bool):
+        super().__init__()
+        self.self_attn = SelfAttentionLayer(dim, nheads, dropout, pre_norm)
+        self.cross_attn = CrossAttentionLayer(dim, nheads, dropout, pre_norm)
+        self.ffn = FFNLayer(dim, ffn_dim, dropout, pre_norm)
+
+    def forward(self, x, memory, pos, query_pos):
+        x = self.self_attn(x, query_pos=query_pos)
+        x = self.cross_attn(x, memory, pos=pos, query_pos=query_pos)
+        return self.ffn(x)
+
+
+class QueryTransformer(nn.Module):
+    """OneFormer's query ("class") transformer: DETR decoder layers and a final LayerNorm."""
+
+    def __init__(self, dim, nheads, ffn_dim, num_layers, dropout, pre_norm):
+        super().__init__()
+        self.layers = nn.ModuleList(
+            QueryLayer(dim, nheads, ffn_dim, dropout, pre_norm) for _ in range(num_layers)
+        )
+        self.norm = nn.LayerNorm(dim)
+        xavier_init_(self.layers)
+
+    def forward(self, target, memory, pos, query_pos):
+        """target, query_pos: [B, Q, D]; memory, pos: [B, HW, D] -> [B, Q, D]."""
+        for layer in self.layers:
+            target = layer(target, memory, pos, query_pos)
+        return self.norm(target)
+
+
+class TransformerDecoder(nn.Module):
+    """Queries -> per-layer class logits [B, Q, K+1] and mask logits [B, Q, H/4, W/4]."""
+
+    def __init__(
+        self,
+        *,
+        in_channels: int,
+        mask_dim: int,
+        num_classes: int,
+        hidden_dim: int,
+        num_queries: int,
+        nheads: int,
+        dim_feedforward: int,
+        dec_layers: int,
+        pre_norm: bool,
+        enforce_input_proj: bool,
+        task_conditioned: bool,
+        query_dec_layers: int = 2,
+        query_dropout: float = 0.0,
+        dropout: float = 0.0,
+    ):
+        """task_conditioned: OneFormer queries (from the task token) instead of Mask2Former's."""
+        super().__init__()
+        self.nheads = nheads
+        self.task_conditioned = task_conditioned
+        self.pos_encoding = SinePositionEncoding(hidden_dim // 2)
+        self.level_embed = nn.Embedding(NUM_SCALES, hidden_dim)
+        self.input_proj = nn.ModuleList(
+            nn.Conv2d(in_channels, hidden_dim, kernel_size=1)
+            if in_channels != hidden_dim or enforce_input_proj
+            else nn.Identity()
+            for _ in range(NUM_SCALES)
+        )
+        # positions of the queries; in OneFormer the first N-1 also steer the query transformer
+        self.query_embed = nn.Embedding(num_queries, hidden_dim)
+        if task_conditioned:
+            self.query_transformer = QueryTransformer(
+                hidden_dim, nheads, dim_feedforward, query_dec_layers, query_dropout, pre_norm
+            )
+            self.query_input_proj = nn.Conv2d(mask_dim, hidden_dim, kernel_size=1)
+        else:
+            self.query_feat = nn.Embedding(num_queries, hidden_dim)
+        self.layers = nn.ModuleList(
+            DecoderLayer(hidden_dim, nheads, dim_feedforward, dropout, pre_norm)
+            for _ in range(dec_layers)
+        )
+        xavier_init_(self.layers)
+        # normalises the predictions' input and, in OneFormer, the task token
+        self.decoder_norm = nn.LayerNorm(hidden_dim)
+        self.class_embed = nn.Linear(hidden_dim, num_classes + 1)
+        self.mask_embed = MLP(hidden_dim, hidden_dim, mask_dim, 3)
+        for proj in [*self.input_proj, *([self.query_input_proj] if task_conditioned else [])]:
+            if isinstance(proj, nn.Conv2d):
+                nn.init.kaiming_uniform_(proj.weight, a=1)
+                nn.init.zeros_(proj.bias)
+
+    def initial_queries(self, mask_features, task_token):
+        """The queries before the first layer, [B, Q, D]."""
+        batch = mask_features.shape[0]
+        if not self.task_conditioned:
+            return self.query_feat.weight.unsqueeze(0).expand(batch, -1, -1)
+        task_token = self.decoder_norm(task_token).unsqueeze(1)  # [B, 1, D]
+        query_pos = self.query_embed.weight[:-1].unsqueeze(0).expand(batch, -1, -1)
+        target = task_token.expand(-1, query_pos.shape[1], -1)
+        # As in the published weights (OneFormer issue #110): the memory is the sine encoding
+        # of the stride-4 grid and the projected mask features serve as its positions, so the
+        # values carry position only while the keys see the features.
+        memory = self.pos_encoding(mask_features).flatten(2).transpose(1, 2)  # [B, HW, D]
+        pos = self.query_input_proj(mask_features).flatten(2).transpose(1, 2)
+        queries = self.query_transformer(target, memory, pos, query_pos)
+        return torch.cat([queries, task_token], dim=1)
+
+    def predict(self, x, mask_features, attn_size):
+        """Class logits [B, Q, K+1], mask logits [B, Q, H, W] and the attention mask that the
+        next layer uses at `attn_size`: [B*heads, Q, h*w], True where a query may not look."""
+        x = self.decoder_norm(x)
+        class_logits = self.class_embed(x)
+        mask_logits = torch.einsum("bqc,bchw->bqhw", self.mask_embed(x), mask_features)
+        small = F.interpolate(mask_logits, size=attn_size, mode="bilinear", align_corners=False)
+        # [B, Q, h, w] -> [B, Q, h*w] -> [B*heads, Q, h*w]
+        attn_mask = small.sigmoid().flatten(2) < 0.5
+        attn_mask = attn_mask.repeat_interleave(self.nheads, dim=0)
+        # a query whose mask is empty everywhere may look everywhere
+        attn_mask = attn_mask & ~attn_mask.all(-1, keepdim=True)
+        return class_logits, mask_logits, attn_mask.detach()
+
+    def forward(
+        self,
+        features: list[torch.Tensor],
+        mask_features: torch.Tensor,
+        task_token: torch.Tensor | None = None,
+    ) -> dict:
+        """features: the pixel decoder's 3 maps [B, C, h_l, w_l], coarse to fine;
+        mask_features: [B, mask_dim, H/4, W/4]; task_token: [B, D] (OneFormer only).
+
+        Returns "pred_logits" [B, Q, K+1], "pred_masks" [B, Q, H/4, W/4], "aux_outputs" (the
+        earlier predictions, first to last) and "queries" [B, Q, D], the queries before the
+        first layer (what the contrastive loss compares with the texts)."""
+        memories, positions, sizes = [], [], []
+        for level, (feat, proj) in enumerate(zip(features, self.input_proj)):
+            sizes.append(feat.shape[-2:])
+            positions.append(self.pos_encoding(feat).flatten(2).transpose(1, 2))
+            memory = proj(feat).flatten(2).transpose(1, 2)  # [B, C, h, w] -> [B, hw, D]
+            memories.append(memory + self.level_embed.weight[level])
+        batch = mask_features.shape[0]
+        query_pos = self.query_embed.weight.unsqueeze(0).expand(batch, -1, -1)
+        queries = self.initial_queries(mask_features, task_token)
+
+        x = queries
+        class_logits, mask_logits, attn_mask = self.predict(x, mask_features, sizes[0])
+        predictions = [(class_logits, mask_logits)]
+        for i, layer in enumerate(self.layers):
+            level = i % NUM_SCALES
+            x = layer(x, memories[level], attn_mask, positions[level], query_pos)
+            next_size = sizes[(i + 1) % NUM_SCALES]
+            class_logits, mask_logits, attn_mask = self.predict(x, mask_features, next_size)
+            predictions.append((class_logits, mask_logits))
+
+        return {
+            "pred_logits": predictions[-1][0],
+            "pred_masks": predictions[-1][1],
+            "aux_outputs": [{"pred_logits": c, "pred_masks": m} for c, m in predictions[:-1]],
+            "queries": queries,
+        }
