@@ -161,6 +161,10 @@ def test_void_pixels_are_taken_out_of_the_union():
     )
     assert result["All"] == pytest.approx({"pq": 2 / 3, "sq": 2 / 3, "rq": 1.0, "n": 1})
     assert result["Stuff"]["n"] == 0
+    # the same with ids of 31 bits: the pair key needs 64 bits
+    big = 2**30
+    gt_big, pred_big = np.array(gt) * big, np.where(np.array(pred) > 0, big + 9, 0)
+    assert pq_of(gt_big, [seg(big, 1)], pred_big, [seg(big + 9, 1)]) == result
 
 
 def test_prediction_mostly_on_void_is_not_a_false_positive():
@@ -237,6 +241,8 @@ def test_inconsistent_inputs_are_refused():
         metric.update(np.ones((2, 2)), [seg(1, 1)], np.full((2, 2), 3), [seg(3, 1), seg(4, 1)])
     with pytest.raises(ValueError, match="unknown category_id 99"):
         metric.update(np.ones((2, 2)), [seg(1, 99)], np.ones((2, 2)), [seg(1, 1)])
+    with pytest.raises(ValueError, match="non-negative"):
+        metric.update(np.ones((2, 2)), [seg(1, 1)], -np.ones((2, 2)), [seg(-1, 1)])
     with pytest.raises(ValueError, match="shape"):
         metric.update(np.ones((2, 2)), [seg(1, 1)], np.ones((2, 3)), [seg(1, 1)])
     assert metric.tp.sum() == metric.fp.sum() == metric.fn.sum() == 0
@@ -327,6 +333,11 @@ def test_folder_evaluation_with_two_workers_equals_one(images, tmp_path):
         evaluate_coco_panoptic(gt_json, pred, pred_folder=tmp_path / "pred")
 
 
-def test_rgb_to_id():
-    rgb = np.array([[[1, 2, 3], [255, 255, 255]]], np.uint8)
-    assert rgb_to_id(rgb).tolist() == [[1 + 2 * 256 + 3 * 65536, 2**24 - 1]]
+def test_rgb_to_id(tmp_path):
+    rgb = np.array([[[1, 2, 3], [255, 255, 255], [0, 0, 0]]], np.uint8)
+    expected = [[1 + 2 * 256 + 3 * 65536, 2**24 - 1, 0]]
+    assert rgb_to_id(rgb).tolist() == expected
+    Image.fromarray(rgb).save(tmp_path / "rgb.png")
+    Image.fromarray(rgb).convert("RGBA").save(tmp_path / "rgba.png")
+    assert read_id_png(tmp_path / "rgb.png").tolist() == expected
+    assert read_id_png(tmp_path / "rgba.png").tolist() == expected
