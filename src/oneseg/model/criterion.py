@@ -47,7 +47,8 @@ def _distributed() -> bool:
 class _GatherWithGrad(torch.autograd.Function):
     """all_gather along dim 0 whose backward returns to each process the gradient that every
     process's loss sends to its rows (all-reduce of the gathered gradient, then this rank's slice).
-    Written out because torch.distributed.nn.functional.all_gather is deprecated."""
+    Written out because torch.distributed.nn.functional.all_gather is deprecated and, on gloo,
+    emulates reduce-scatter with all-to-all."""
 
     @staticmethod
     def forward(ctx, x: torch.Tensor) -> torch.Tensor:
@@ -101,7 +102,10 @@ def contrastive_loss(
 
 
 def sigmoid_ce_loss(
-    logits: torch.Tensor, labels: torch.Tensor, num_masks: torch.Tensor, valid=None
+    logits: torch.Tensor,
+    labels: torch.Tensor,
+    num_masks: torch.Tensor,
+    valid: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Per-mask mean BCE over points, summed over masks, divided by num_masks.
 
@@ -115,7 +119,10 @@ def sigmoid_ce_loss(
 
 
 def dice_loss(
-    logits: torch.Tensor, labels: torch.Tensor, num_masks: torch.Tensor, valid=None
+    logits: torch.Tensor,
+    labels: torch.Tensor,
+    num_masks: torch.Tensor,
+    valid: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Per-mask dice loss 1 - (2|p t| + 1) / (|p| + |t| + 1) over points, summed over masks,
     divided by num_masks. logits, labels, valid: [M, P]; valid (bool, optional) drops points."""
@@ -199,11 +206,12 @@ class SetCriterion(nn.Module):
         Returns:
             scalar losses by key, see the module docstring; all finite for empty targets.
         """
-        num_masks = self._num_masks(targets, outputs["pred_logits"].device)
+        num_masks = self.num_masks(targets, outputs["pred_logits"].device)
         losses = self._layer_losses(outputs, targets, num_masks)
         if "contrastive" in self.losses:
-            default = torch.tensor(self.default_logit_scale, device=num_masks.device)
-            logit_scale = outputs.get("logit_scale", default)
+            logit_scale = outputs.get("logit_scale")
+            if logit_scale is None:
+                logit_scale = torch.tensor(self.default_logit_scale, device=num_masks.device)
             losses["loss_contrastive"] = contrastive_loss(
                 outputs["contrastive_logits"], outputs["texts"], logit_scale
             )
@@ -273,16 +281,16 @@ class SetCriterion(nn.Module):
             zero = pred_masks.sum() * 0.0
             return zero, zero
         # [B, Q, h, w] -> [M, 1, h, w]
-        matched = pred_masks[batch_idx, pred_idx][:, None]
+        matched = pred_masks[batch_idx, pred_idx][:, None].float()
         with torch.no_grad():
             coords = sample_uncertain_points(
-                matched.float(),
+                matched,
                 self.num_points,
                 self.oversample_ratio,
                 self.importance_sample_ratio,
             )
             labels, valid = self._point_targets(targets, indices, coords)
-        logits = point_sample(matched.float(), coords)[:, 0]  # [M, P]
+        logits = point_sample(matched, coords)[:, 0]  # [M, P]
         return (
             sigmoid_ce_loss(logits, labels, num_masks, valid),
             dice_loss(logits, labels, num_masks, valid),
@@ -310,16 +318,16 @@ class SetCriterion(nn.Module):
 
     @staticmethod
     def _valid_points(target: dict, coords: torch.Tensor) -> torch.Tensor:
-        """[n, P] True where the image's ignore_mask is (mostly) unset at the points."""
+        """[n, P] True where the pixel under each point is not ignored."""
         if "ignore_mask" not in target:
             return torch.ones(coords.shape[:2], dtype=torch.bool, device=coords.device)
         ignore = target["ignore_mask"].to(coords)[None, None]  # [1, 1, H, W]
         # All masks of the image at once: [n, P, 2] -> [1, n * P, 2] -> [1, 1, n * P]
-        ignored = point_sample(ignore, coords.reshape(1, -1, 2))
-        return (ignored < 0.5).reshape(coords.shape[:2])
+        ignored = point_sample(ignore, coords.reshape(1, -1, 2), mode="nearest")
+        return (ignored == 0).reshape(coords.shape[:2])
 
     @staticmethod
-    def _num_masks(targets: list[dict], device: torch.device) -> torch.Tensor:
+    def num_masks(targets: list[dict], device: torch.device) -> torch.Tensor:
         """Target masks per process averaged over processes, at least 1: the normaliser of the
         mask losses, the same on every process so that DDP's gradient averaging is exact."""
         num_masks = torch.tensor(float(sum(len(t["labels"]) for t in targets)), device=device)

@@ -15,8 +15,8 @@ import torch
 import torch.nn.functional as F
 
 
-def point_sample(input: torch.Tensor, coords: torch.Tensor) -> torch.Tensor:
-    """Bilinearly read `input` at normalised points.
+def point_sample(input: torch.Tensor, coords: torch.Tensor, mode: str = "bilinear") -> torch.Tensor:
+    """Read `input` at normalised points, bilinearly (or "nearest"); outside the map is 0.
 
     Arguments:
         input: [N, C, H, W] feature or mask maps.
@@ -28,7 +28,7 @@ def point_sample(input: torch.Tensor, coords: torch.Tensor) -> torch.Tensor:
     """
     # grid_sample wants a grid in [-1, 1]: [N, P, 2] -> [N, P, 1, 2]
     grid = 2.0 * coords.unsqueeze(2) - 1.0
-    return F.grid_sample(input, grid.to(input.dtype), align_corners=False).squeeze(3)
+    return F.grid_sample(input, grid.to(input.dtype), mode=mode, align_corners=False).squeeze(3)
 
 
 def sample_uncertain_points(
