@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
-from scipy.optimize import linear_sum_assignment
 from torch import nn
 
 from oneseg.model.point_sampling import point_sample
@@ -96,6 +95,9 @@ class HungarianMatcher(nn.Module):
             B pairs (pred_idx, tgt_idx) of int64 CPU tensors of length min(Q, N): query
             pred_idx[i] is assigned target tgt_idx[i]; pred_idx is sorted.
         """
+        # Imported here: only training matches, and scipy.optimize takes a second to import.
+        from scipy.optimize import linear_sum_assignment
+
         indices = []
         for pred_logits, pred_masks, target in zip(
             outputs["pred_logits"], outputs["pred_masks"], targets
