@@ -23,8 +23,8 @@ class SegmentationModule(L.LightningModule):
 
     Arguments:
         model: the OneFormer / Mask2Former network.
-        criterion: the SetCriterion; called as `criterion(outputs, targets) -> dict of losses`.
-        weight_dict: loss name -> weight; the total is the weighted sum of the named losses.
+        criterion: the SetCriterion: `criterion(outputs, targets)` gives the unweighted losses,
+            `criterion.total(losses)` their weighted sum.
         optim_cfg: the spec's `train.optim` section.
         total_steps: optimizer steps of the whole run (for the poly schedule).
         model_cfg, label_map: stored in every checkpoint so it rebuilds the model by itself.
@@ -36,7 +36,6 @@ class SegmentationModule(L.LightningModule):
         *,
         model,
         criterion,
-        weight_dict: dict[str, float],
         optim_cfg,
         total_steps: int,
         model_cfg,
@@ -46,7 +45,6 @@ class SegmentationModule(L.LightningModule):
         super().__init__()
         self.model = model
         self.criterion = criterion
-        self.weight_dict = dict(weight_dict)
         self.optim_cfg = optim_cfg
         self.total_steps = total_steps
         self.model_cfg = model_cfg
@@ -68,7 +66,7 @@ class SegmentationModule(L.LightningModule):
             self._rng_to_restore = None
         outputs = self(batch)
         losses = self.criterion(outputs, batch["targets"])
-        total = sum(losses[k] * w for k, w in self.weight_dict.items() if k in losses)
+        total = self.criterion.total(losses)
         self._stop_if_not_finite(total, batch)
         batch_size = batch["images"].shape[0]
         self.log("loss", total, prog_bar=True, batch_size=batch_size, sync_dist=False)

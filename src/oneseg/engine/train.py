@@ -186,7 +186,6 @@ def run_train(spec, run) -> None:
     module = SegmentationModule(
         model=model,
         criterion=criterion,
-        weight_dict=criterion.weight_dict,
         optim_cfg=spec.train.optim,
         total_steps=total_steps,
         model_cfg=spec.model,
