@@ -51,29 +51,276 @@ def semantic_target(annotation: PanopticAnnotation, ignore: int = IGNORE) -> np.
 def instance_ground_truth(
     annotation: PanopticAnnotation, image_id: int, category_ids: list[int]
 ) -> list[dict]:
-    """COCO instance annotations (RLE) of the thing segments of an image; ids set later."""
+    """COCO instance annotations (RLE, crowd flagged) of the thing segments of an image."""
     things = [s for s in annotation.segments if s.isthing]
     if not things:
         return []
     masks = np.stack([annotation.segment_map == s.id for s in things])  # [N, H, W]
-    areas = masks.reshape(len(things), -1).sum(1)
     out = []
-    for segment, rle, area in zip(things, masks_to_rle(masks), areas.tolist()):
-        if area == 0:
+    for segment, mask, rle in zip(things, masks, masks_to_rle(masks)):
+        rows, cols = np.flatnonzero(mask.any(1)), np.flatnonzero(mask.any(0))
+        if rows.size == 0:
             continue
         out.append(
             {
                 "image_id": image_id,
                 "category_id": int(category_ids[segment.class_index]),
                 "segmentation": rle,
-                "area": int(area),
+                "area": int(mask.sum()),
+                "bbox": [
+                    int(cols[0]),
+                    int(rows[0]),
+                    int(cols[-1] - cols[0] + 1),
+                    int(rows[-1] - rows[0] + 1),
+                ],
                 "iscrowd": int(segment.iscrowd),
-                "bbox": _mask_box(masks[len(out) if False else things.index(segment)]),
             }
         )
     return out
 
 
-def _mask_box(mask: np.ndarray) -> list[int]:
-    rows, cols = np.flatnonzero(mask.any(1)), np.flatnonzero(mask.any(0))
-    return [int(cols[0]), int(rows[0]), int(cols[-1] - cols[0] + 1), int(rows[-1] - rows[0] + 1)]
+class Evaluator:
+    """Accumulates PQ, mIoU and mask AP over batches of `dataset`; mergeable across processes.
+
+    Arguments:
+        dataset: the evaluation dataset; its untransformed annotations are the ground truth.
+        label_map: the model's classes (category ids, names, things).
+        model_cfg: post-processing settings (`object_mask_threshold`, `overlap_threshold`,
+            `test_topk_per_image`) and `task_seq_len`.
+        tasks: the tasks to run and score: "panoptic" (PQ), "semantic" (mIoU), "instance" (AP).
+    """
+
+    def __init__(
+        self,
+        dataset: SegmentationDataset,
+        label_map: LabelMap,
+        model_cfg: ModelConfig,
+        tasks: list[str],
+    ):
+        unknown = [t for t in tasks if t not in TASKS]
+        if unknown or not tasks:
+            raise ValueError(f"tasks must be a non-empty list of {list(TASKS)}, got {tasks}")
+        self.dataset = dataset
+        self.label_map = label_map
+        self.tasks = list(dict.fromkeys(tasks))
+        self.object_mask_threshold = model_cfg.object_mask_threshold
+        self.overlap_threshold = model_cfg.overlap_threshold
+        self.topk = model_cfg.test_topk_per_image
+        self.task_seq_len = model_cfg.task_seq_len
+        self.category_ids = list(label_map.category_ids)
+        self._index_of = {}
+        for index, record in enumerate(dataset.records):
+            self._index_of.setdefault(record.image_id, index)
+        self._pq = PanopticQuality(dict(zip(self.category_ids, label_map.isthing)))
+        self._confusion = ConfusionMatrix(len(label_map), ignore_index=IGNORE)
+        self.reset()
+
+    def reset(self) -> None:
+        self.images: dict[int, dict] = {}  # dataset index -> what that image adds
+
+    # ------------------------------------------------------------------ accumulation
+    def process(self, model: torch.nn.Module, batch: dict) -> None:
+        """Run `model` on a collated batch for every task and add each image's results."""
+        num_classes = getattr(model, "num_classes", len(self.label_map))
+        if num_classes != len(self.label_map):
+            raise ValueError(
+                f"the model predicts {num_classes} classes, the label map has {len(self.label_map)}"
+            )
+        device = next(model.parameters()).device
+        images = batch["images"].to(device, non_blocking=True)
+        outputs = model_outputs(model, images, self.tasks, self.task_seq_len)
+        per_task = {
+            task: postprocess(
+                outputs[task],
+                task,
+                tuple(images.shape[-2:]),
+                [tuple(s) for s in batch["image_sizes"]],
+                [tuple(s) for s in batch["orig_sizes"]],
+                num_classes=len(self.label_map),
+                isthing=self.label_map.isthing,
+                topk=self.topk,
+                object_mask_threshold=self.object_mask_threshold,
+                overlap_threshold=self.overlap_threshold,
+            )
+            for task in self.tasks
+        }
+        for i, image_id in enumerate(batch["image_ids"]):
+            if image_id not in self._index_of:
+                raise KeyError(f"image id {image_id!r} of the batch is not in the dataset")
+            results = {task: per_task[task][i][task] for task in self.tasks}
+            self.update(self._index_of[image_id], results)
+
+    def update(self, index: int, results: dict) -> None:
+        """Add the results of dataset item `index`, at its original size.
+
+        Arguments:
+            results: task -> the post-processed result of that task (see
+                `oneseg.model.postprocess`): "semantic" [H, W] class map, "instance"
+                {masks, scores, labels}, "panoptic" (segment_ids [H, W], segments).
+        """
+        annotation = self.dataset.annotation(index)
+        height, width = annotation.segment_map.shape
+        entry: dict = {"height": int(height), "width": int(width)}
+        if "panoptic" in results:
+            entry["panoptic"] = self._panoptic_counts(annotation, *results["panoptic"])
+        if "semantic" in results:
+            entry["semantic"] = self._confusion_counts(annotation, results["semantic"])
+        if "instance" in results:
+            image_id = index + 1  # COCO ids of the in-memory ground truth
+            entry["instance_gt"] = instance_ground_truth(annotation, image_id, self.category_ids)
+            entry["instance"] = self._instance_results(image_id, results["instance"])
+        self.images[index] = entry
+
+    def _panoptic_counts(self, annotation, segment_ids, segments) -> tuple[np.ndarray, ...]:
+        gt_segments = [
+            {"id": s.id, "category_id": self.category_ids[s.class_index], "iscrowd": s.iscrowd}
+            for s in annotation.segments
+        ]
+        pred_segments = [
+            {"id": int(s["id"]), "category_id": self.category_ids[int(s["label"])]}
+            for s in segments
+        ]
+        pred_ids = _numpy(segment_ids)
+        self._pq.reset()
+        self._pq.update(annotation.segment_map, gt_segments, pred_ids, pred_segments)
+        pq = self._pq
+        present = np.flatnonzero(pq.tp + pq.fp + pq.fn)
+        return present, pq.tp[present], pq.fp[present], pq.fn[present], pq.iou[present]
+
+    def _confusion_counts(self, annotation, labels) -> tuple[np.ndarray, np.ndarray]:
+        self._confusion.reset()
+        self._confusion.update(_numpy(labels), semantic_target(annotation))
+        counts = self._confusion.matrix.reshape(-1)
+        present = np.flatnonzero(counts)
+        return present, counts[present]
+
+    def _instance_results(self, image_id: int, detections: dict) -> list[dict]:
+        scores = _numpy(detections["scores"]).tolist()
+        labels = _numpy(detections["labels"]).tolist()
+        rles = masks_to_rle(_numpy(detections["masks"]).astype(bool))
+        return [
+            {
+                "image_id": image_id,
+                "category_id": self.category_ids[label],
+                "segmentation": rle,
+                "score": float(score),
+            }
+            for rle, score, label in zip(rles, scores, labels)
+        ]
+
+    # ------------------------------------------------------------------ results
+    def merge(self, other: Evaluator) -> Evaluator:
+        """Take in the images of `other` (an image both hold counts once); returns self."""
+        self.images.update(other.images)
+        return self
+
+    def compute(self, gather: bool = True) -> dict:
+        """Metrics in percent over every image added (on all processes with `gather`).
+
+        Returns:
+            dict: flat floats — panoptic `pq`, `sq`, `rq`, `pq_th`, `sq_th`, `rq_th`, `pq_st`,
+            `sq_st`, `rq_st`; semantic `miou`, `fwiou`, `pixel_acc`, `mean_acc`; instance `ap`,
+            `ap50`, `ap75`, `aps`, `apm`, `apl` (each only for the tasks evaluated; NaN where
+            undefined) — `num_images`, and `per_class`: class name -> {category_id, isthing,
+            and pq / sq / rq / iou / ap as evaluated, NaN for a class absent from both the
+            ground truth and the predictions}.
+        """
+        images = self.images
+        if gather and dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+            gathered: list = [None] * dist.get_world_size()
+            dist.all_gather_object(gathered, images)
+            images = {}
+            for part in gathered:
+                images.update(part)
+        metrics: dict = {"num_images": float(len(images))}
+        per_class = {
+            name: {"category_id": cid, "isthing": thing}
+            for name, cid, thing in zip(
+                self._class_keys(), self.category_ids, self.label_map.isthing
+            )
+        }
+        if "panoptic" in self.tasks:
+            self._compute_panoptic(images, metrics, per_class)
+        if "semantic" in self.tasks:
+            self._compute_semantic(images, metrics, per_class)
+        if "instance" in self.tasks:
+            self._compute_instance(images, metrics, per_class)
+        metrics["per_class"] = per_class
+        return metrics
+
+    def _class_keys(self) -> list[str]:
+        """Class names, with the category id added where two classes share a name."""
+        names = self.label_map.names
+        return [
+            name if names.count(name) == 1 else f"{name} ({cid})"
+            for name, cid in zip(names, self.category_ids)
+        ]
+
+    def _compute_panoptic(self, images: dict, metrics: dict, per_class: dict) -> None:
+        pq = self._pq
+        pq.reset()
+        for entry in images.values():
+            present, tp, fp, fn, iou = entry["panoptic"]
+            np.add.at(pq.tp, present, tp)
+            np.add.at(pq.fp, present, fp)
+            np.add.at(pq.fn, present, fn)
+            np.add.at(pq.iou, present, iou)
+        result = pq.compute()
+        for group, suffix in (("All", ""), ("Things", "_th"), ("Stuff", "_st")):
+            for key in ("pq", "sq", "rq"):
+                value = result[group][key] if result[group]["n"] else math.nan
+                metrics[f"{key}{suffix}"] = 100 * value
+        counted = (pq.tp + pq.fp + pq.fn) > 0  # in the order of pq.category_ids (sorted)
+        by_category = dict(zip(pq.category_ids.tolist(), counted.tolist()))
+        for values in per_class.values():
+            row = result["per_class"][values["category_id"]]
+            for key in ("pq", "sq", "rq"):
+                values[key] = 100 * row[key] if by_category[values["category_id"]] else math.nan
+
+    def _compute_semantic(self, images: dict, metrics: dict, per_class: dict) -> None:
+        confusion = self._confusion
+        confusion.reset()
+        flat = confusion.matrix.reshape(-1)
+        for entry in images.values():
+            present, counts = entry["semantic"]
+            np.add.at(flat, present, counts)
+        result = confusion.compute()
+        metrics["miou"] = 100 * result["miou"]
+        metrics["fwiou"] = 100 * result["fwiou"]
+        metrics["pixel_acc"] = 100 * result["pixel_accuracy"]
+        metrics["mean_acc"] = 100 * result["mean_accuracy"]
+        for values, iou in zip(per_class.values(), result["per_class_iou"].tolist()):
+            values["iou"] = 100 * iou
+
+    def _compute_instance(self, images: dict, metrics: dict, per_class: dict) -> None:
+        keys = ("ap", "ap50", "ap75", "aps", "apm", "apl")
+        thing_ids = [c for c, t in zip(self.category_ids, self.label_map.isthing) if t]
+        if not thing_ids or not images:
+            metrics.update({key: math.nan for key in keys})
+            return
+        annotations = []
+        for index in sorted(images):
+            for ann in images[index]["instance_gt"]:
+                annotations.append({**ann, "id": len(annotations) + 1})
+        names = dict(zip(self.category_ids, self.label_map.names))
+        coco_gt = {
+            "images": [
+                {"id": index + 1, "height": e["height"], "width": e["width"]}
+                for index, e in sorted(images.items())
+            ],
+            "categories": [{"id": c, "name": names[c]} for c in thing_ids],
+            "annotations": annotations,
+        }
+        results = [r for index in sorted(images) for r in images[index]["instance"]]
+        result = evaluate_segm(coco_gt, results)
+        for key, name in zip(keys, ("AP", "AP50", "AP75", "APs", "APm", "APl")):
+            metrics[key] = 100 * result[name] if result[name] >= 0 else math.nan
+        for values in per_class.values():
+            if values["isthing"]:
+                values["ap"] = 100 * result["per_class"].get(values["category_id"], math.nan)
+
+
+def _numpy(array) -> np.ndarray:
+    if isinstance(array, torch.Tensor):
+        return array.detach().cpu().numpy()
+    return np.asarray(array)
