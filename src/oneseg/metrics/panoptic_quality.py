@@ -71,9 +71,9 @@ def _pair_counts(gt_ids: np.ndarray, pred_ids: np.ndarray) -> tuple[np.ndarray, 
         raise ValueError("segment ids too large to combine into one 64-bit key")
     # the narrowest key sorts fastest: 32 bits holds the small ids of an in-memory prediction
     key_type = np.uint32 if largest < 2**32 else np.uint64
-    combined = gt_ids.astype(key_type).reshape(-1)  # [H*W] gt * offset + pred
-    combined *= key_type(offset)
-    combined += pred_ids.reshape(-1).astype(key_type, copy=False)
+    # [H*W] gt * offset + pred, cast inside the ufuncs: no converted copies of the inputs
+    combined = np.multiply(gt_ids.reshape(-1), offset, dtype=key_type, casting="unsafe")
+    np.add(combined, pred_ids.reshape(-1), out=combined, dtype=key_type, casting="unsafe")
     combined.sort()
     starts = np.flatnonzero(np.concatenate(([True], combined[1:] != combined[:-1])))
     pair_id = combined[starts].astype(np.int64 if largest < 2**63 else np.uint64)
