@@ -67,8 +67,8 @@ def _pair_counts(gt_ids: np.ndarray, pred_ids: np.ndarray) -> tuple[np.ndarray, 
         return np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros(0, np.int64)
     offset = int(pred_ids.max()) + 1
     largest = int(gt_ids.max()) * offset + offset - 1
-    if largest >= 2**64:
-        raise ValueError("segment ids too large to combine into one 64-bit key")
+    if largest >= 2**63:
+        raise ValueError("segment ids too large to combine into one 63-bit key")
     # the narrowest key sorts fastest: 32 bits holds the small ids of an in-memory prediction
     key_type = np.uint32 if largest < 2**32 else np.uint64
     # [H*W] gt * offset + pred, cast inside the ufuncs: no converted copies of the inputs
@@ -76,7 +76,7 @@ def _pair_counts(gt_ids: np.ndarray, pred_ids: np.ndarray) -> tuple[np.ndarray, 
     np.add(combined, pred_ids.reshape(-1), out=combined, dtype=key_type, casting="unsafe")
     combined.sort()
     starts = np.flatnonzero(np.concatenate(([True], combined[1:] != combined[:-1])))
-    pair_id = combined[starts].astype(np.int64 if largest < 2**63 else np.uint64)
+    pair_id = combined[starts].astype(np.int64)
     count = np.diff(np.append(starts, combined.size))
     return pair_id // offset, pair_id % offset, count
 
@@ -214,10 +214,12 @@ class PanopticQuality:
         pq = np.where(present, self.iou / safe_denom, 0.0)
         rq = np.where(present, self.tp / safe_denom, 0.0)
         sq = np.where(self.tp > 0, self.iou / np.maximum(self.tp, 1), 0.0)
-        result = {}
-        for name, group in (("All", present), ("Things", present & self.isthing)):
-            result[name] = _average(pq, sq, rq, group)
-        result["Stuff"] = _average(pq, sq, rq, present & ~self.isthing)
+        groups = {
+            "All": present,
+            "Things": present & self.isthing,
+            "Stuff": present & ~self.isthing,
+        }
+        result = {name: _average(pq, sq, rq, group) for name, group in groups.items()}
         result["per_class"] = {
             int(c): {
                 "pq": float(pq[k]),
@@ -273,6 +275,14 @@ def _load_json(source: str | Path | Mapping) -> Mapping:
         return json.load(f)
 
 
+def _png_folder(json_source: str | Path | Mapping, folder: str | Path | None) -> Path:
+    if folder is not None:
+        return Path(folder)
+    if isinstance(json_source, Mapping):
+        raise ValueError("give the PNG folder of a JSON passed as a dict")
+    return Path(str(json_source).removesuffix(".json"))
+
+
 def evaluate_coco_panoptic(
     gt_json: str | Path | Mapping,
     pred_json: str | Path | Mapping,
@@ -296,11 +306,9 @@ def evaluate_coco_panoptic(
     Returns:
         PanopticQuality: the filled accumulator; call ``.compute()`` for the numbers.
     """
+    gt_folder = _png_folder(gt_json, gt_folder)
+    pred_folder = _png_folder(pred_json, pred_folder)
     gt, pred = _load_json(gt_json), _load_json(pred_json)
-    gt_folder = Path(gt_folder if gt_folder is not None else str(gt_json).removesuffix(".json"))
-    pred_folder = Path(
-        pred_folder if pred_folder is not None else str(pred_json).removesuffix(".json")
-    )
     categories = {int(c["id"]): bool(c["isthing"]) for c in gt["categories"]}
     pred_by_image = {ann["image_id"]: ann for ann in pred["annotations"]}
     jobs = []
