@@ -2,6 +2,7 @@ import json
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
 from oneseg.metrics import PanopticQuality, evaluate_coco_panoptic, read_id_png, rgb_to_id
@@ -165,6 +166,9 @@ def test_void_pixels_are_taken_out_of_the_union():
     big = 2**30
     gt_big, pred_big = np.array(gt) * big, np.where(np.array(pred) > 0, big + 9, 0)
     assert pq_of(gt_big, [seg(big, 1)], pred_big, [seg(big + 9, 1)]) == result
+    metric = PanopticQuality(CATEGORIES)
+    metric.update(torch.tensor(gt), [seg(1, 1)], torch.tensor(pred), [seg(9, 1)])
+    assert metric.compute() == result
 
 
 def test_prediction_mostly_on_void_is_not_a_false_positive():

@@ -131,14 +131,17 @@ class PanopticQuality:
         """Add one image.
 
         Arguments:
-            gt_ids (np.ndarray): [H, W] non-negative int segment ids, 0 = void.
+            gt_ids (np.ndarray): [H, W] non-negative int segment ids, 0 = void (numpy or torch).
             gt_segments (list[dict]): ``id``, ``category_id``, optional ``iscrowd``. Pixels whose
                 id is not listed are neither void nor segments (as in panopticapi).
             pred_ids (np.ndarray): [H, W] segment ids, 0 = no prediction.
             pred_segments (list[dict]): ``id``, ``category_id``. Every listed segment must have
                 pixels and every non-zero id in ``pred_ids`` must be listed.
         """
-        gt_ids, pred_ids = np.asarray(gt_ids), np.asarray(pred_ids)
+        # torch tensors (any device) come to numpy; counting is cheap next to the copy
+        gt_ids, pred_ids = (
+            np.asarray(x.cpu() if hasattr(x, "cpu") else x) for x in (gt_ids, pred_ids)
+        )
         if gt_ids.shape != pred_ids.shape:
             raise ValueError(f"gt shape {gt_ids.shape} != prediction shape {pred_ids.shape}")
         for ids in (gt_ids, pred_ids):
