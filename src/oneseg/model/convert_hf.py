@@ -1,0 +1,422 @@
+"""Official OneFormer weights from a local transformers folder, converted exactly.
+
+`load_hf_oneformer(dir)` reads `config.json` (+ `preprocessor_config.json` if present) and
+`model.safetensors` / `pytorch_model.bin` of a `OneFormerForUniversalSegmentation` and returns
+our model config values, the state dict in our names and the label map's categories. Every one
+of our tensors is taken from the file and every tensor of the file is used, except those that
+cannot change the outputs (listed in `IGNORED`); anything else is an error listing the keys.
+
+Supported backbones: Swin and ConvNeXt (mapped onto timm). transformers' Swin keeps separate
+q/k/v projections (fused into timm's qkv here) and puts each patch-merging layer at the end of
+a stage, where timm puts it at the start of the next one.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+
+from oneseg.config import ModelConfig
+
+log = logging.getLogger(__name__)
+
+# Tensors of a transformers checkpoint that do not influence the network's outputs.
+IGNORED = (
+    "criterion.empty_weight",  # the loss's class weights, rebuilt from the loss config
+    "pixel_level_module.encoder.layernorm.",  # Swin classifier's final norm; backbones skip it
+    "relative_position_index",  # a fixed index buffer, rebuilt from the window size
+)
+
+# Named sizes: (first-stage width, depths, Swin heads, Swin window).
+SWIN_SIZES = {
+    "swin_tiny": (96, [2, 2, 6, 2], [3, 6, 12, 24], 7),
+    "swin_small": (96, [2, 2, 18, 2], [3, 6, 12, 24], 7),
+    "swin_base": (128, [2, 2, 18, 2], [4, 8, 16, 32], 12),
+    "swin_large": (192, [2, 2, 18, 2], [6, 12, 24, 48], 12),
+}
+CONVNEXT_SIZES = {
+    "convnext_tiny": (96, [3, 3, 9, 3], [], 0),
+    "convnext_small": (96, [3, 3, 27, 3], [], 0),
+    "convnext_base": (128, [3, 3, 27, 3], [], 0),
+    "convnext_large": (192, [3, 3, 27, 3], [], 0),
+}
+
+
+class ConversionError(ValueError):
+    pass
+
+
+def _require(ok: bool, what: str) -> None:
+    if not ok:
+        raise ConversionError(f"transformers OneFormer: {what}")
+
+
+# --------------------------------------------------------------------------- config
+
+
+def _backbone_values(bb: dict) -> dict:
+    kind = bb.get("model_type")
+    out_features = bb.get("out_features") or []
+    _require(
+        len(out_features) == 4 and bb.get("num_channels", 3) == 3,
+        f"backbone must output its 4 stages from RGB (out_features {out_features})",
+    )
+    if kind == "swin":
+        _require(bb.get("patch_size", 4) == 4, "Swin patch_size must be 4")
+        _require(float(bb.get("mlp_ratio", 4.0)) == 4.0, "Swin mlp_ratio must be 4")
+        _require(bb.get("qkv_bias", True), "Swin without qkv bias is not supported")
+        _require(not bb.get("use_absolute_embeddings", False), "Swin absolute embeddings")
+        _require(bb.get("hidden_act", "gelu") == "gelu", "Swin hidden_act must be gelu")
+        dims = (bb["embed_dim"], list(bb["depths"]), list(bb["num_heads"]), bb["window_size"])
+        sizes = SWIN_SIZES
+    elif kind == "convnext":
+        hidden = list(bb["hidden_sizes"])
+        _require(bb.get("patch_size", 4) == 4 and len(hidden) == 4, "ConvNeXt must have 4 stages")
+        _require(
+            hidden == [hidden[0] * 2**i for i in range(4)], f"ConvNeXt widths {hidden} not doubling"
+        )
+        _require(bb.get("layer_scale_init_value", 1e-6) > 0, "ConvNeXt without layer scale")
+        _require(bb.get("hidden_act", "gelu") == "gelu", "ConvNeXt hidden_act must be gelu")
+        dims = (hidden[0], list(bb["depths"]), [], 0)
+        sizes = CONVNEXT_SIZES
+    else:
+        raise ConversionError(
+            f"transformers OneFormer: backbone type {kind!r} is not supported (swin, convnext)"
+        )
+    # the named size that agrees with most of the backbone; the rest become overrides
+    name = max(sizes, key=lambda n: sum(a == b for a, b in zip(sizes[n], dims)))
+    named = sizes[name]
+    return {
+        "backbone": name,
+        "backbone_embed_dim": dims[0] if dims[0] != named[0] else 0,
+        "backbone_depths": dims[1] if dims[1] != named[1] else [],
+        "backbone_num_heads": dims[2] if dims[2] != named[2] else [],
+        "backbone_window_size": dims[3] if dims[3] != named[3] else 0,
+        "drop_path_rate": float(bb.get("drop_path_rate", 0.0)),
+    }
+
+
+def model_values(config: dict, preprocessor: dict | None = None) -> dict:
+    """Our ModelConfig values (nested dict) for a transformers OneFormerConfig dict."""
+    c = config
+    _require(c.get("model_type") == "oneformer", f"model_type is {c.get('model_type')!r}")
+    _require(c.get("norm", "GN") == "GN", "only GroupNorm pixel decoders are supported")
+    _require(c.get("use_task_norm", True), "use_task_norm=false is not supported")
+    _require(c.get("common_stride", 4) == 4, "common_stride must be 4")
+    _require(list(c.get("strides", [4, 8, 16, 32])) == [4, 8, 16, 32], "strides must be 4..32")
+    _require(c.get("decoder_layers", 10) >= 2, "decoder_layers must be >= 2")
+    # transformers keeps the decoder's input projections in a plain list: their weights are
+    # never saved, so only configurations without them can be converted
+    _require(
+        c["conv_dim"] == c["hidden_dim"] and not c.get("enforce_input_proj", False),
+        "conv_dim != hidden_dim (or enforce_input_proj): transformers does not save the "
+        "decoder's input projections",
+    )
+    _require(c["mask_dim"] == c["conv_dim"], "mask_dim must equal conv_dim")
+    values = {
+        "arch": "oneformer",
+        **_backbone_values(c["backbone_config"]),
+        "num_classes": len(c.get("id2label") or {}),
+        "hidden_dim": c["hidden_dim"],
+        "num_queries": c["num_queries"],
+        "nheads": c["num_attention_heads"],
+        "dim_feedforward": c["dim_feedforward"],
+        # transformers counts the prediction before the first layer as a layer
+        "dec_layers": c["decoder_layers"] - 1,
+        "query_dec_layers": c["query_dec_layers"],
+        "query_dropout": float(c.get("dropout", 0.1)),
+        "dropout": 0.0,  # transformers' masked-attention layers have no dropout
+        "pre_norm": c.get("pre_norm", False),
+        "enforce_input_proj": False,
+        "task_seq_len": c["task_seq_len"],
+        "pixel_decoder": {
+            "conv_dim": c["conv_dim"],
+            "mask_dim": c["mask_dim"],
+            "enc_layers": c["encoder_layers"],
+            "enc_heads": c["num_attention_heads"],
+            "enc_points": 4,
+            "enc_ffn_dim": c["encoder_feedforward_dim"],
+            "dropout": float(c.get("dropout", 0.1)),
+            "norm_groups": 32,
+        },
+        "text_encoder": {
+            "width": c["text_encoder_width"],
+            "layers": c["text_encoder_num_layers"],
+            "context_length": c["text_encoder_context_length"],
+            "n_ctx": c["text_encoder_n_ctx"],
+            "proj_layers": c["text_encoder_proj_layers"],
+            "vocab_size": c["text_encoder_vocab_size"],
+        },
+        "loss": {
+            "class_weight": float(c.get("class_weight", 2.0)),
+            "mask_weight": float(c.get("mask_weight", 5.0)),
+            "dice_weight": float(c.get("dice_weight", 5.0)),
+            "contrastive_weight": float(c.get("contrastive_weight", 0.5)),
+            "contrastive_temperature": float(c.get("contrastive_temperature") or 0.07),
+            "no_object_weight": float(c.get("no_object_weight", 0.1)),
+            "train_num_points": c.get("train_num_points", 12544),
+            "oversample_ratio": float(c.get("oversample_ratio", 3.0)),
+            "importance_sample_ratio": float(c.get("importance_sample_ratio", 0.75)),
+        },
+    }
+    _require(values["num_classes"] > 0, "config.json has no id2label")
+    if preprocessor and preprocessor.get("image_mean") and preprocessor.get("image_std"):
+        values["pixel_mean"] = [float(v) * 255.0 for v in preprocessor["image_mean"]]
+        values["pixel_std"] = [float(v) * 255.0 for v in preprocessor["image_std"]]
+    return values
+
+
+def categories(config: dict, preprocessor: dict | None = None) -> list[dict]:
+    """Label-map categories from id2label; thing/stuff from the processor's metadata if any."""
+    thing_ids = None
+    metadata = (preprocessor or {}).get("metadata") or {}
+    if isinstance(metadata, dict) and "thing_ids" in metadata:
+        thing_ids = {int(i) for i in metadata["thing_ids"]}
+    id2label = {int(k): v for k, v in config["id2label"].items()}
+    return [
+        {"id": i, "name": id2label[i], "isthing": int(thing_ids is None or i in thing_ids)}
+        for i in sorted(id2label)
+    ]
+
+
+# --------------------------------------------------------------------------- weights
+
+Source = str | list[str]  # one key, or keys concatenated along dim 0
+Rule = tuple[str, Callable[[re.Match], Source]]
+
+ENC = "pixel_level_module.encoder."
+DEC = "pixel_level_module.decoder."
+TRF = "transformer_module."
+QT = TRF + "decoder.query_transformer.decoder."
+TXT = "text_mapper."
+
+
+def _swin_rules() -> list[Rule]:
+    def block(m):
+        return f"{ENC}encoder.layers.{m[1]}.blocks.{m[2]}."
+
+    return [
+        (r"backbone\.body\.patch_embed\.proj\.(.+)", lambda m: f"{ENC}embeddings.patch_embeddings.projection.{m[1]}"),
+        (r"backbone\.body\.patch_embed\.norm\.(.+)", lambda m: f"{ENC}embeddings.norm.{m[1]}"),
+        (r"backbone\.body\.layers_(\d+)\.blocks\.(\d+)\.norm1\.(.+)", lambda m: block(m) + f"layernorm_before.{m[3]}"),
+        (r"backbone\.body\.layers_(\d+)\.blocks\.(\d+)\.norm2\.(.+)", lambda m: block(m) + f"layernorm_after.{m[3]}"),
+        (
+            r"backbone\.body\.layers_(\d+)\.blocks\.(\d+)\.attn\.qkv\.(.+)",
+            lambda m: [block(m) + f"attention.self.{p}.{m[3]}" for p in ("query", "key", "value")],
+        ),
+        (r"backbone\.body\.layers_(\d+)\.blocks\.(\d+)\.attn\.proj\.(.+)", lambda m: block(m) + f"attention.output.dense.{m[3]}"),
+        (
+            r"backbone\.body\.layers_(\d+)\.blocks\.(\d+)\.attn\.relative_position_bias_table",
+            lambda m: block(m) + "attention.self.relative_position_bias_table",
+        ),
+        (r"backbone\.body\.layers_(\d+)\.blocks\.(\d+)\.mlp\.fc1\.(.+)", lambda m: block(m) + f"intermediate.dense.{m[3]}"),
+        (r"backbone\.body\.layers_(\d+)\.blocks\.(\d+)\.mlp\.fc2\.(.+)", lambda m: block(m) + f"output.dense.{m[3]}"),
+        # timm merges patches at the start of stage i, transformers at the end of stage i-1
+        (
+            r"backbone\.body\.layers_(\d+)\.downsample\.(.+)",
+            lambda m: f"{ENC}encoder.layers.{int(m[1]) - 1}.downsample.{m[2]}",
+        ),
+    ]  # fmt: skip
+
+
+def _convnext_rules() -> list[Rule]:
+    def block(m):
+        return f"{ENC}encoder.stages.{m[1]}.layers.{m[2]}."
+
+    return [
+        (r"backbone\.body\.stem_0\.(.+)", lambda m: f"{ENC}embeddings.patch_embeddings.{m[1]}"),
+        (r"backbone\.body\.stem_1\.(.+)", lambda m: f"{ENC}embeddings.layernorm.{m[1]}"),
+        (
+            r"backbone\.body\.stages_(\d+)\.downsample\.(\d+)\.(.+)",
+            lambda m: f"{ENC}encoder.stages.{m[1]}.downsampling_layer.{m[2]}.{m[3]}",
+        ),
+        (r"backbone\.body\.stages_(\d+)\.blocks\.(\d+)\.conv_dw\.(.+)", lambda m: block(m) + f"dwconv.{m[3]}"),
+        (r"backbone\.body\.stages_(\d+)\.blocks\.(\d+)\.norm\.(.+)", lambda m: block(m) + f"layernorm.{m[3]}"),
+        (r"backbone\.body\.stages_(\d+)\.blocks\.(\d+)\.mlp\.fc1\.(.+)", lambda m: block(m) + f"pwconv1.{m[3]}"),
+        (r"backbone\.body\.stages_(\d+)\.blocks\.(\d+)\.mlp\.fc2\.(.+)", lambda m: block(m) + f"pwconv2.{m[3]}"),
+        (r"backbone\.body\.stages_(\d+)\.blocks\.(\d+)\.gamma", lambda m: block(m) + "layer_scale_parameter"),
+    ]  # fmt: skip
+
+
+def _head_rules(num_fpn_levels: int) -> list[Rule]:
+    qkv = ("q_proj", "k_proj", "v_proj")
+    query_layer_names = {"self_attn.attn": "self_attn", "self_attn.norm": "norm1",
+                         "cross_attn.attn": "multihead_attn", "cross_attn.norm": "norm2",
+                         "ffn.linear1": "linear1", "ffn.linear2": "linear2", "ffn.norm": "norm3"}  # fmt: skip
+    encoder_names = {"self_attn": "self_attn", "norm1": "self_attn_layer_norm",
+                     "linear1": "fc1", "linear2": "fc2", "norm2": "final_layer_norm"}  # fmt: skip
+    text_names = {"norm1": "layer_norm1", "attn": "self_attn", "norm2": "layer_norm2",
+                  "mlp.0": "mlp.fc1", "mlp.2": "mlp.fc2"}  # fmt: skip
+    return [
+        (r"backbone\.out_norms\.(\d)\.(.+)", lambda m: f"{ENC}hidden_states_norms.stage{int(m[1]) + 1}.{m[2]}"),
+        (r"pixel_decoder\.level_embed", lambda m: f"{DEC}level_embed"),
+        (r"pixel_decoder\.input_proj\.(.+)", lambda m: f"{DEC}input_projections.{m[1]}"),
+        (
+            r"pixel_decoder\.encoder\.(\d+)\.(self_attn|norm1|linear1|linear2|norm2)\.(.+)",
+            lambda m: f"{DEC}encoder.layers.{m[1]}.{encoder_names[m[2]]}.{m[3]}",
+        ),
+        # ours run coarse to fine; transformers numbers them fine to coarse from 1
+        (
+            r"pixel_decoder\.lateral_convs\.(\d+)\.(.+)",
+            lambda m: f"{DEC}adapter_{num_fpn_levels - int(m[1])}.{m[2]}",
+        ),
+        (
+            r"pixel_decoder\.output_convs\.(\d+)\.(.+)",
+            lambda m: f"{DEC}layer_{num_fpn_levels - int(m[1])}.{m[2]}",
+        ),
+        (r"pixel_decoder\.mask_features\.(.+)", lambda m: f"{DEC}mask_projection.{m[1]}"),
+        (r"task_mlp\.layers\.(\d+)\.(.+)", lambda m: f"task_encoder.task_mlp.layers.{m[1]}.0.{m[2]}"),
+        (r"decoder\.level_embed\.weight", lambda m: f"{TRF}level_embed.weight"),
+        (r"decoder\.query_embed\.weight", lambda m: f"{TRF}queries_embedder.weight"),
+        (
+            r"decoder\.query_transformer\.layers\.(\d+)\.(\w+\.\w+)\.(.+)",
+            lambda m: f"{QT}layers.{m[1]}.{query_layer_names[m[2]]}.{m[3]}",
+        ),
+        (r"decoder\.query_transformer\.norm\.(.+)", lambda m: f"{QT}norm.{m[1]}"),
+        (r"decoder\.query_input_proj\.(.+)", lambda m: f"{TRF}decoder.query_input_projection.{m[1]}"),
+        (r"decoder\.layers\.(\d+)\.cross_attn\.attn\.(.+)", lambda m: f"{TRF}decoder.layers.{m[1]}.cross_attn.multihead_attn.{m[2]}"),
+        (r"decoder\.layers\.(\d+)\.cross_attn\.norm\.(.+)", lambda m: f"{TRF}decoder.layers.{m[1]}.cross_attn.norm.{m[2]}"),
+        (
+            r"decoder\.layers\.(\d+)\.self_attn\.attn\.in_proj_(weight|bias)",
+            lambda m: [f"{TRF}decoder.layers.{m[1]}.self_attn.self_attn.{p}.{m[2]}" for p in qkv],
+        ),
+        (r"decoder\.layers\.(\d+)\.self_attn\.attn\.out_proj\.(.+)", lambda m: f"{TRF}decoder.layers.{m[1]}.self_attn.self_attn.out_proj.{m[2]}"),
+        (r"decoder\.layers\.(\d+)\.self_attn\.norm\.(.+)", lambda m: f"{TRF}decoder.layers.{m[1]}.self_attn.norm.{m[2]}"),
+        (r"decoder\.layers\.(\d+)\.ffn\.(.+)", lambda m: f"{TRF}decoder.layers.{m[1]}.ffn.{m[2]}"),
+        (r"decoder\.(decoder_norm|class_embed)\.(.+)", lambda m: f"{TRF}decoder.{m[1]}.{m[2]}"),
+        (r"decoder\.mask_embed\.layers\.(\d+)\.(.+)", lambda m: f"{TRF}decoder.mask_embed.layers.{m[1]}.0.{m[2]}"),
+        (r"text_queries\.encoder\.(token_embedding\.weight|positional_embedding|ln_final\..+)", lambda m: f"{TXT}text_encoder.{m[1]}"),
+        (
+            r"text_queries\.encoder\.blocks\.(\d+)\.(norm1|attn|norm2|mlp\.0|mlp\.2)\.(.+)",
+            lambda m: f"{TXT}text_encoder.transformer.layers.{m[1]}.{text_names[m[2]]}.{m[3]}",
+        ),
+        (r"text_queries\.projector\.layers\.(\d+)\.(.+)", lambda m: f"{TXT}text_projector.layers.{m[1]}.0.{m[2]}"),
+        (r"text_queries\.prompt_ctx\.weight", lambda m: f"{TXT}prompt_ctx.weight"),
+        (r"logit_scale", lambda m: "criterion.logit_scale"),
+    ]  # fmt: skip
+
+
+def _canonical_key(key: str) -> str:
+    """One spelling for the names that differ between transformers versions."""
+    key = key.removeprefix("model.")
+    key = key.replace(f"{ENC}swin.", ENC)
+    if key.startswith(ENC + "encoder.layers."):  # Swin blocks, transformers 5 in-memory names
+        for new, old in (
+            ("attention.q_proj", "attention.self.query"),
+            ("attention.k_proj", "attention.self.key"),
+            ("attention.v_proj", "attention.self.value"),
+            ("attention.o_proj", "attention.output.dense"),
+            ("attention.relative_position_bias.", "attention.self."),
+            ("mlp.fc1", "intermediate.dense"),
+            ("mlp.fc2", "output.dense"),
+        ):
+            key = key.replace(new, old)
+    return key
+
+
+def read_hf_weights(directory: Path) -> dict[str, torch.Tensor]:
+    """The checkpoint's tensors with canonical key names."""
+    safetensors_file = directory / "model.safetensors"
+    bin_file = directory / "pytorch_model.bin"
+    if safetensors_file.is_file():
+        from safetensors.torch import load_file
+
+        raw = load_file(str(safetensors_file))
+    elif bin_file.is_file():
+        raw = torch.load(bin_file, map_location="cpu", weights_only=True)
+    else:
+        raise FileNotFoundError(f"{directory}: no model.safetensors or pytorch_model.bin")
+    return {_canonical_key(k): v for k, v in raw.items()}
+
+
+def convert_state_dict(
+    hf: dict[str, torch.Tensor], reference: dict[str, torch.Tensor], rules: list[Rule]
+) -> tuple[dict[str, torch.Tensor], list[str]]:
+    """Our state dict (keys and shapes of `reference`) from transformers tensors `hf`.
+
+    Returns the state dict and our keys of the text branch that the file lacks (transformers
+    saves the text branch only from models built for training); those keep `reference` values.
+    Raises ConversionError listing missing, unexpected or mis-shaped tensors."""
+    compiled = [(re.compile(pattern), source) for pattern, source in rules]
+    remaining = dict(hf)
+    state, missing, wrong, absent_text = {}, [], [], []
+    for key, value in reference.items():
+        for pattern, source_of in compiled:
+            match = pattern.fullmatch(key)
+            if match:
+                break
+        else:
+            missing.append(f"{key} (no rule)")
+            continue
+        source = source_of(match)
+        sources = [source] if isinstance(source, str) else source
+        if not all(s in remaining for s in sources):
+            if key.startswith("text_queries.") or key == "logit_scale":
+                absent_text.append(key)
+                state[key] = value.clone()
+            else:
+                missing.append(f"{key} <- {sources}")
+            continue
+        parts = [remaining.pop(s) for s in sources]
+        tensor = parts[0] if len(parts) == 1 else torch.cat(parts, 0)
+        if tensor.shape != value.shape:
+            wrong.append(f"{key} {tuple(value.shape)} <- {sources} {tuple(tensor.shape)}")
+            continue
+        state[key] = tensor.to(value.dtype).contiguous()
+    unexpected = [k for k in remaining if not any(part in k for part in IGNORED)]
+    if missing or unexpected or wrong:
+        raise ConversionError(
+            "transformers weights do not map onto the model: "
+            f"missing {missing[:10]} ({len(missing)}), unexpected {unexpected[:10]} "
+            f"({len(unexpected)}), wrong shapes {wrong[:10]} ({len(wrong)})"
+        )
+    return state, absent_text
+
+
+def _read_json(path: Path) -> dict | None:
+    return json.loads(path.read_text()) if path.is_file() else None
+
+
+def load_hf_oneformer(directory: str | Path) -> tuple[dict, dict[str, torch.Tensor], list[dict]]:
+    """(ModelConfig values, state dict in our names, label-map categories) of a local
+    transformers OneFormer folder (config.json + model.safetensors or pytorch_model.bin)."""
+    from oneseg.model.build import build_model
+    from oneseg.spec import section_from_dict
+
+    directory = Path(directory)
+    config = _read_json(directory / "config.json")
+    if config is None:
+        raise FileNotFoundError(f"{directory}: no config.json of a transformers OneFormer")
+    preprocessor = _read_json(directory / "preprocessor_config.json")
+    values = model_values(config, preprocessor)
+    cfg: ModelConfig = section_from_dict(ModelConfig, values, "model")
+    model = build_model(cfg)
+    family = config["backbone_config"]["model_type"]
+    rules = (_swin_rules() if family == "swin" else _convnext_rules()) + _head_rules(
+        model.pixel_decoder.num_fpn_levels
+    )
+    state, absent = convert_state_dict(read_hf_weights(directory), model.state_dict(), rules)
+    if absent:
+        log.warning(
+            "%s has no text-branch weights (%d tensors; saved from an inference model): they "
+            "start from random values; inference does not use them",
+            directory,
+            len(absent),
+        )
+    return values, state, categories(config, preprocessor)
+
+
+def convert_hf_checkpoint(directory: str | Path, out_file: str | Path) -> Path:
+    """Write a oneseg checkpoint (torch.save of plain types) of a transformers OneFormer folder."""
+    from oneseg.checkpoint import make_checkpoint, model_cfg_from_dict, save_atomic
+    from oneseg.data.label_map import LabelMap
+
+    values, state, cats = load_hf_oneformer(directory)
+    ckpt = make_checkpoint(model_cfg_from_dict(values), LabelMap.from_categories(cats), state)
+    save_atomic(ckpt, out_file)
+    return Path(out_file)
