@@ -49,8 +49,12 @@ def paint(ids: np.ndarray) -> np.ndarray:
     return image
 
 
-def write_panoptic(root: Path, scenes: list[tuple[np.ndarray, list[dict]]],
-                   categories=CATEGORIES, image_ext: str = ".png") -> dict:
+def write_panoptic(
+    root: Path,
+    scenes: list[tuple[np.ndarray, list[dict]]],
+    categories=CATEGORIES,
+    image_ext: str = ".png",
+) -> dict:
     """Write a COCO panoptic dataset; returns paths {images, panoptic, json}."""
     images_dir, pan_dir = root / "images", root / "panoptic"
     images_dir.mkdir(parents=True, exist_ok=True)
@@ -61,10 +65,21 @@ def write_panoptic(root: Path, scenes: list[tuple[np.ndarray, list[dict]]],
         name = f"img{k}"
         Image.fromarray(paint(ids)).save(images_dir / f"{name}{image_ext}")
         Image.fromarray(id_to_rgb(ids)).save(pan_dir / f"{name}.png")
-        images.append({"id": image_id, "file_name": f"{name}{image_ext}",
-                       "height": ids.shape[0], "width": ids.shape[1]})
-        anns.append({"image_id": image_id, "file_name": f"{name}.png",
-                     "segments_info": [dict(s) for s in segments]})
+        images.append(
+            {
+                "id": image_id,
+                "file_name": f"{name}{image_ext}",
+                "height": ids.shape[0],
+                "width": ids.shape[1],
+            }
+        )
+        anns.append(
+            {
+                "image_id": image_id,
+                "file_name": f"{name}.png",
+                "segments_info": [dict(s) for s in segments],
+            }
+        )
     data = {"images": images, "annotations": anns, "categories": categories}
     json_path = root / "panoptic.json"
     json_path.write_text(json.dumps(data))
@@ -76,4 +91,3 @@ def rle_of(mask: np.ndarray) -> dict:
 
     rle = mask_utils.encode(np.asfortranarray(mask.astype(np.uint8)))
     return {"size": list(mask.shape), "counts": rle["counts"].decode()}
-

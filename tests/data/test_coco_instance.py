@@ -21,8 +21,9 @@ def _write(tmp_path, annotations, height=20, width=24, images=None):
     Image.new("RGB", (width, height), (90, 90, 90)).save(tmp_path / "images" / "a.png")
     images = images or [{"id": 5, "file_name": "a.png", "height": height, "width": width}]
     path = tmp_path / "instances.json"
-    path.write_text(json.dumps({"images": images, "annotations": annotations,
-                                "categories": CATEGORIES}))
+    path.write_text(
+        json.dumps({"images": images, "annotations": annotations, "categories": CATEGORIES})
+    )
     return path
 
 
@@ -40,8 +41,7 @@ def test_three_segmentation_encodings_decode_alike():
     np.testing.assert_array_equal(decode_segmentation(rle_of(mask), 20, 24), mask)
     np.testing.assert_array_equal(decode_segmentation(uncompressed_rle(mask), 20, 24), mask)
     starts_on = np.ones((3, 4), bool)
-    np.testing.assert_array_equal(decode_segmentation(uncompressed_rle(starts_on), 3, 4),
-                                  starts_on)
+    np.testing.assert_array_equal(decode_segmentation(uncompressed_rle(starts_on), 3, 4), starts_on)
 
 
 def test_polygon_of_two_points_covers_nothing():
@@ -56,17 +56,30 @@ def test_reader_things_crowd_void_and_overlap(tmp_path):
     crowd = np.zeros((20, 24), bool)
     crowd[14:20, 14:24] = True  # partly under the big one
     anns = [
-        {"id": 1, "image_id": 5, "category_id": 9, "segmentation": [[2, 2, 20, 2, 20, 18, 2, 18]],
-         "iscrowd": 0},
+        {
+            "id": 1,
+            "image_id": 5,
+            "category_id": 9,
+            "segmentation": [[2, 2, 20, 2, 20, 18, 2, 18]],
+            "iscrowd": 0,
+        },
         {"id": 2, "image_id": 5, "category_id": 2, "segmentation": rle_of(small), "iscrowd": 0},
-        {"id": 3, "image_id": 5, "category_id": 2, "segmentation": uncompressed_rle(crowd),
-         "iscrowd": 1},
+        {
+            "id": 3,
+            "image_id": 5,
+            "category_id": 2,
+            "segmentation": uncompressed_rle(crowd),
+            "iscrowd": 1,
+        },
     ]
     reader = _reader(tmp_path, _write(tmp_path, anns))
     annotation = reader.load_annotation(reader.records[0])
     ids = annotation.segment_map
     assert [(s.id, s.class_index, s.isthing, s.iscrowd) for s in annotation.segments] == [
-        (1, 1, True, False), (2, 0, True, False), (3, 0, True, True)]
+        (1, 1, True, False),
+        (2, 0, True, False),
+        (3, 0, True, True),
+    ]
     np.testing.assert_array_equal(ids == 2, small)  # the small one stays on top
     assert (ids[14:18, 14:20] == 1).all()  # the instance wins over the crowd
     assert (ids[18:, 20:] == 3).all()
@@ -78,8 +91,9 @@ def test_reader_things_crowd_void_and_overlap(tmp_path):
 
 def test_image_without_annotations_is_an_empty_sample(tmp_path):
     path = _write(tmp_path, [])
-    config = DatasetConfig(type="coco", train=[DataSource(images=str(tmp_path / "images"),
-                                                          annotations=str(path))])
+    config = DatasetConfig(
+        type="coco", train=[DataSource(images=str(tmp_path / "images"), annotations=str(path))]
+    )
     label_map = load_label_map(config)
     assert label_map.names == ["bird", "boat"] and all(label_map.isthing)
     sample = build_dataset(config, "train", label_map, 4, 32, train=False)[0]
@@ -104,14 +118,30 @@ def test_pascal_voc_photo_round_trip(tmp_path):
     (tmp_path / "images").mkdir()
     Image.fromarray(rgb).save(tmp_path / "images" / "voc.jpg", quality=95)
     categories = [{"id": i, "name": n} for i, n in enumerate(voc["class_names"]) if i > 0]
-    anns = [{"id": k + 1, "image_id": 1, "category_id": int(c), "segmentation": rle_of(m),
-             "area": int(m.sum()), "iscrowd": 0} for k, (m, c) in enumerate(zip(masks, labels))]
+    anns = [
+        {
+            "id": k + 1,
+            "image_id": 1,
+            "category_id": int(c),
+            "segmentation": rle_of(m),
+            "area": int(m.sum()),
+            "iscrowd": 0,
+        }
+        for k, (m, c) in enumerate(zip(masks, labels))
+    ]
     path = tmp_path / "voc.json"
-    path.write_text(json.dumps({
-        "images": [{"id": 1, "file_name": "voc.jpg", "height": height, "width": width}],
-        "annotations": anns, "categories": categories}))
-    config = DatasetConfig(type="coco", val=DataSource(images=str(tmp_path / "images"),
-                                                      annotations=str(path)))
+    path.write_text(
+        json.dumps(
+            {
+                "images": [{"id": 1, "file_name": "voc.jpg", "height": height, "width": width}],
+                "annotations": anns,
+                "categories": categories,
+            }
+        )
+    )
+    config = DatasetConfig(
+        type="coco", val=DataSource(images=str(tmp_path / "images"), annotations=str(path))
+    )
     config.augmentation.eval_min_size = 0  # keep the original size
     label_map = load_label_map(config)
     dataset = build_dataset(config, "val", label_map, 30, 32, train=False, task="instance")

@@ -15,13 +15,15 @@ LABEL_MAP = LabelMap.from_categories(CATEGORIES)
 
 
 def _reader(paths, contiguous=True, label_map=LABEL_MAP):
-    return CocoPanopticReader(paths["images"], paths["json"], paths["panoptic"], label_map,
-                              contiguous)
+    return CocoPanopticReader(
+        paths["images"], paths["json"], paths["panoptic"], label_map, contiguous
+    )
 
 
 def _dataset(readers, task="panoptic", **kwargs):
-    return SegmentationDataset(readers, LABEL_MAP, EvalTransform(0, 0), {task: 1.0},
-                               text_list_len=8, **kwargs)
+    return SegmentationDataset(
+        readers, LABEL_MAP, EvalTransform(0, 0), {task: 1.0}, text_list_len=8, **kwargs
+    )
 
 
 def test_id_colour_round_trip():
@@ -41,7 +43,13 @@ def test_reader_gives_ids_classes_and_crowd(panoptic_dataset):
     by_id = {s.id: s for s in annotation.segments}
     # category ids 3, 7, 21, 40 -> contiguous classes 0, 1, 2, 3
     assert {i: s.class_index for i, s in by_id.items()} == {
-        2100: 2, 4000: 3, 301: 0, 302: 0, 701: 1, 702: 1}
+        2100: 2,
+        4000: 3,
+        301: 0,
+        302: 0,
+        701: 1,
+        702: 1,
+    }
     assert by_id[301].isthing and not by_id[2100].isthing
     assert by_id[702].iscrowd and not by_id[701].iscrowd
     ignore = annotation.ignore_mask
@@ -49,19 +57,33 @@ def test_reader_gives_ids_classes_and_crowd(panoptic_dataset):
 
 
 def test_contiguous_id_off_takes_ids_as_classes(tmp_path):
-    categories = [{"id": i, "name": n, "isthing": t} for i, (n, t) in
-                  enumerate([("a", 1), ("b", 0)])]
+    categories = [
+        {"id": i, "name": n, "isthing": t} for i, (n, t) in enumerate([("a", 1), ("b", 0)])
+    ]
     ids = np.zeros((5, 6), np.int32)
     ids[:, :3] = 5
     ids[:, 3:] = 9
-    paths = write_panoptic(tmp_path, [(ids, [{"id": 5, "category_id": 1, "iscrowd": 0},
-                                             {"id": 9, "category_id": 0, "iscrowd": 0}])],
-                           categories)
+    paths = write_panoptic(
+        tmp_path,
+        [
+            (
+                ids,
+                [
+                    {"id": 5, "category_id": 1, "iscrowd": 0},
+                    {"id": 9, "category_id": 0, "iscrowd": 0},
+                ],
+            )
+        ],
+        categories,
+    )
     label_map = LabelMap.from_categories(categories)
     annotation = _reader(paths, contiguous=False, label_map=label_map).load_annotation(
-        _reader(paths, contiguous=False, label_map=label_map).records[0])
+        _reader(paths, contiguous=False, label_map=label_map).records[0]
+    )
     assert [(s.id, s.class_index, s.isthing) for s in annotation.segments] == [
-        (5, 1, False), (9, 0, True)]
+        (5, 1, False),
+        (9, 0, True),
+    ]
 
 
 def test_unknown_category_names_file_image_and_segment(tmp_path):
@@ -88,8 +110,10 @@ def test_exif_rotated_jpeg_aligns_with_its_label(tmp_path):
     """A phone photo stored sideways with EXIF orientation 6; the label is drawn upright."""
     ids = np.full((40, 60), 1, np.int32)
     ids[5:25, 10:30] = 2  # a square, top-left of the upright picture
-    segments = [{"id": 1, "category_id": 21, "iscrowd": 0},
-                {"id": 2, "category_id": 3, "iscrowd": 0}]
+    segments = [
+        {"id": 1, "category_id": 21, "iscrowd": 0},
+        {"id": 2, "category_id": 3, "iscrowd": 0},
+    ]
     paths = write_panoptic(tmp_path, [(ids, segments)], image_ext=".jpg")
     upright = np.zeros((40, 60, 3), np.uint8)
     upright[ids == 2] = (250, 20, 20)

@@ -30,7 +30,15 @@ def test_contents_are_a_valid_panoptic_and_instance_dataset(tmp_path):
     assert set(paths["train"]) == {"images", "panoptic", "panoptic_json", "instances_json"}
     categories = json.loads(paths["label_map"].read_text())
     assert [c["name"] for c in categories] == [
-        "circle", "square", "triangle", "star", "cross", "sky", "grass", "wall"]
+        "circle",
+        "square",
+        "triangle",
+        "star",
+        "cross",
+        "sky",
+        "grass",
+        "wall",
+    ]
     assert [c["isthing"] for c in categories] == [1] * 5 + [0] * 3
     for kind in ("coco_panoptic", "coco"):
         report = check_dataset(synthetic_dataset_config(paths, kind))
@@ -39,8 +47,10 @@ def test_contents_are_a_valid_panoptic_and_instance_dataset(tmp_path):
         assert report.crowd > 0 and report.things > 16 * 2
         assert len(report.segments_per_class) == (8 if kind == "coco_panoptic" else 5)
     pan = json.loads(paths["train"]["panoptic_json"].read_text())
-    stuff_layouts = {tuple(sorted(s["category_id"] for s in a["segments_info"]
-                                  if s["category_id"] > 5)) for a in pan["annotations"]}
+    stuff_layouts = {
+        tuple(sorted(s["category_id"] for s in a["segments_info"] if s["category_id"] > 5))
+        for a in pan["annotations"]
+    }
     assert len(stuff_layouts) >= 3  # the ground changes from image to image
 
 
@@ -50,8 +60,9 @@ def test_both_formats_give_the_same_instances(tmp_path):
     for kind in ("coco_panoptic", "coco"):
         config = synthetic_dataset_config(paths, kind)
         config.augmentation.eval_min_size = 0
-        dataset = build_dataset(config, "train", load_label_map(config), 10, 32, train=False,
-                                task="instance")
+        dataset = build_dataset(
+            config, "train", load_label_map(config), 10, 32, train=False, task="instance"
+        )
         samples[kind] = [dataset[i] for i in range(len(dataset))]
     for pan, inst in zip(samples["coco_panoptic"], samples["coco"]):
         assert pan["labels"].tolist() == inst["labels"].tolist()
@@ -60,7 +71,11 @@ def test_both_formats_give_the_same_instances(tmp_path):
 
 
 def test_cli_function(tmp_path, capsys):
-    assert synth_main([str(tmp_path / "d"), "--num-train", "2", "--num-val", "1",
-                       "--size", "40", "48"]) == 0
+    assert (
+        synth_main(
+            [str(tmp_path / "d"), "--num-train", "2", "--num-val", "1", "--size", "40", "48"]
+        )
+        == 0
+    )
     assert "wrote 2 train and 1 val images" in capsys.readouterr().out
     assert len(list((tmp_path / "d" / "val" / "images").iterdir())) == 1

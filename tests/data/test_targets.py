@@ -68,27 +68,42 @@ def test_no_segments_gives_empty_targets():
 def test_text_lists_exact():
     labels = np.array([3, 0, 1, 0])
     assert target_texts(labels, NAMES, "panoptic", 6) == [
-        "a photo with a cat", "a photo with a cat", "a photo with a dog",
-        "a photo with a grass", "a panoptic photo", "a panoptic photo"]
+        "a photo with a cat",
+        "a photo with a cat",
+        "a photo with a dog",
+        "a photo with a grass",
+        "a panoptic photo",
+        "a panoptic photo",
+    ]
     assert target_texts(np.array([1]), NAMES, "instance", 3) == [
-        "a photo with a dog", "an instance photo", "an instance photo"]
+        "a photo with a dog",
+        "an instance photo",
+        "an instance photo",
+    ]
     assert target_texts(np.array([], np.int64), NAMES, "semantic", 2) == [
-        "a semantic photo", "a semantic photo"]
+        "a semantic photo",
+        "a semantic photo",
+    ]
     assert target_texts(np.array([2, 1, 0]), NAMES, "semantic", 2) == [
-        "a photo with a cat", "a photo with a dog"]
+        "a photo with a cat",
+        "a photo with a dog",
+    ]
 
 
 def test_task_prob_validated_and_normalised():
     assert normalize_task_prob({"semantic": 1}) == {"semantic": 1.0}
     assert normalize_task_prob({"semantic": 1, "panoptic": 3, "instance": 0}) == {
-        "semantic": 0.25, "panoptic": 0.75}
+        "semantic": 0.25,
+        "panoptic": 0.75,
+    }
     with pytest.raises(ValueError, match=r"unknown task\(s\) \['semantics'\]"):
         normalize_task_prob({"semantics": 1.0})
     with pytest.raises(ValueError, match="sum to 0"):
         normalize_task_prob({"semantic": 0})
     rng = np.random.default_rng(0)
-    draws = [sample_task(normalize_task_prob({"semantic": 1, "instance": 3}), rng)
-             for _ in range(2000)]
+    draws = [
+        sample_task(normalize_task_prob({"semantic": 1, "instance": 3}), rng) for _ in range(2000)
+    ]
     assert set(draws) == {"semantic", "instance"}
     assert 0.7 < draws.count("instance") / 2000 < 0.8
 
@@ -97,8 +112,9 @@ def test_sample_tokens_match_the_texts(tmp_path):
     paths = write_panoptic(tmp_path, [scene()])
     label_map = LabelMap.from_categories(CATEGORIES)
     reader = CocoPanopticReader(paths["images"], paths["json"], paths["panoptic"], label_map)
-    dataset = SegmentationDataset([reader], label_map, EvalTransform(0, 0), {"instance": 1},
-                                  text_list_len=5)
+    dataset = SegmentationDataset(
+        [reader], label_map, EvalTransform(0, 0), {"instance": 1}, text_list_len=5
+    )
     sample = dataset[0]
     assert sample["task"] == "instance"
     assert torch.equal(sample["task_tokens"], tokenize("the task is instance")[0])

@@ -54,8 +54,7 @@ def test_resize_keeps_masks_on_their_pixels():
 
 def test_large_scale_jitter_scales_crops_and_pads():
     ids, _ = scene()
-    shrink = TrainTransform([], 1000, crop_size=(32, 32), lsj=True, lsj_scale=(0.5, 0.5),
-                            hflip=1.0)
+    shrink = TrainTransform([], 1000, crop_size=(32, 32), lsj=True, lsj_scale=(0.5, 0.5), hflip=1.0)
     out = shrink(colour_of(ids), ids.copy(), np.random.default_rng(0))
     # 24x30 fit into 16x16 -> 13x16 content, padded to the crop size with void
     assert out.image.shape == (32, 32, 3) and out.image_size == (13, 16)
@@ -81,7 +80,8 @@ def test_color_jitter_changes_the_image_only():
 def test_crop_larger_than_image_keeps_it_whole():
     ids, _ = scene()
     out = TrainTransform([24], 1000, crop_size=(64, 64), hflip=0.0)(
-        colour_of(ids), ids.copy(), np.random.default_rng(0))
+        colour_of(ids), ids.copy(), np.random.default_rng(0)
+    )
     assert out.image_size == (24, 30)
     np.testing.assert_array_equal(out.segment_map, ids)
 

@@ -30,6 +30,7 @@ from oneseg.data.label_map import LabelMap
 from oneseg.data.records import DataError, PanopticAnnotation, Reader, Record
 from oneseg.data.targets import (
     TextTokens,
+    all_texts,
     derive_targets,
     normalize_task_prob,
     sample_task,
@@ -76,6 +77,7 @@ class SegmentationDataset(Dataset):
         self.text_list_len = text_list_len
         self.on_error = on_error
         self.tokens = TextTokens(context_length)
+        self.tokens.prepare(all_texts(label_map.names))
         self.collate_fn = Collator(size_divisibility)
         # shared with worker processes, so the main process sees their skips too
         self._skipped = torch.zeros(1, dtype=torch.int64).share_memory_()
@@ -104,7 +106,8 @@ class SegmentationDataset(Dataset):
                     raise
                 self._skipped += 1
                 log.warning("skipping a bad sample (%d skipped so far): %s", self.skipped, err)
-                index = int(rng.integers(len(self)))
+                if len(self) > 1:  # another item, never the same one again
+                    index = (index + 1 + int(rng.integers(len(self) - 1))) % len(self)
         raise DataError(f"{MAX_CONSECUTIVE_SKIPS} bad samples in a row; the last is named above")
 
     def load(self, index: int) -> tuple[Record, np.ndarray, PanopticAnnotation]:

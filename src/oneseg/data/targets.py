@@ -18,7 +18,7 @@ import torch
 
 from oneseg.config import TASKS
 from oneseg.data.records import Segment, ignore_mask
-from oneseg.model.tokenizer import task_text, text_list, tokenize
+from oneseg.model.tokenizer import FILLER_TEXT, TEXT_TEMPLATE, task_text, text_list, tokenize
 
 
 @dataclass
@@ -80,6 +80,15 @@ def target_texts(labels: np.ndarray, class_names: list[str], task: str, length: 
     return text_list([class_names[int(c)] for c in sorted(labels.tolist())], task, length)
 
 
+def all_texts(class_names: list[str]) -> list[str]:
+    """Every text a sample can hold: task texts, fillers and one entry per class."""
+    return [
+        *(task_text(task) for task in TASKS),
+        *FILLER_TEXT.values(),
+        *(TEXT_TEMPLATE.format(name=name) for name in class_names),
+    ]
+
+
 class TextTokens:
     """CLIP token ids of task and text entries, each distinct string tokenized once.
 
@@ -90,6 +99,12 @@ class TextTokens:
     def __init__(self, context_length: int = 77):
         self.context_length = context_length
         self._rows: dict[str, torch.Tensor] = {}
+
+    def prepare(self, texts: list[str]) -> None:
+        """Tokenize these texts now: worker processes then never load the BPE tokenizer."""
+        missing = [t for t in dict.fromkeys(texts) if t not in self._rows]
+        if missing:
+            self._rows.update(zip(missing, tokenize(missing, self.context_length)))
 
     def _row(self, text: str) -> torch.Tensor:
         row = self._rows.get(text)

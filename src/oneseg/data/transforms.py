@@ -153,7 +153,8 @@ class TrainTransform:
 
 
 class EvalTransform:
-    """Evaluation resize: shortest edge to `min_size`, longest at most `max_size`."""
+    """Evaluation resize: shortest edge to `min_size`, longest at most `max_size`;
+    `min_size` 0 keeps the image as it is."""
 
     def __init__(self, min_size: int, max_size: int):
         self.min_size = min_size
@@ -162,6 +163,8 @@ class EvalTransform:
     def __call__(
         self, image: np.ndarray, segment_map: np.ndarray, rng: np.random.Generator | None = None
     ) -> Transformed:
+        if self.min_size <= 0:
+            return Transformed(image, segment_map, segment_map.shape)
         size = shortest_edge_size(*segment_map.shape, self.min_size, self.max_size)
         image, segment_map = resize(image, segment_map, size)
         return Transformed(image, segment_map, size)

@@ -1,0 +1,351 @@
+"""`oneseg data check`: read a whole dataset once and name every problem in it.
+
+Each problem names the file at fault and the id within it. Errors are what would stop or
+silently corrupt training or evaluation (a missing or truncated image, a size that disagrees,
+a PNG segment the JSON does not describe, an unknown category, a duplicate id, a degenerate
+polygon); warnings are what works but deserves a look (an image with no annotations).
+Images are decoded in a thread pool: PIL releases the GIL while it decodes.
+"""
+
+from __future__ import annotations
+
+import os
+from collections import Counter
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import numpy as np
+
+from oneseg.config import DatasetConfig
+from oneseg.data.build import load_label_map, split_sources
+from oneseg.data.coco_panoptic import default_panoptic_dir
+from oneseg.data.image_io import ImageReadError, raw_size, read_image, read_label
+from oneseg.data.label_map import LabelMap
+from oneseg.data.records import DataError, category_mapper, load_json, rgb_to_id
+from oneseg.data.report import ERROR, WARNING, Report
+from oneseg.data.semantic import SemanticReader
+
+__all__ = ["check_dataset", "check_main"]
+
+
+def _image(report: Report, path: Path, image_id, stated_hw) -> tuple[int, int] | None:
+    """Decode an image fully; report a missing, unreadable, truncated or resized one."""
+    try:
+        height, width = read_image(path).shape[:2]
+    except ImageReadError as err:
+        report.add(ERROR, path, f"image {image_id}", str(err).removeprefix(f"{path}: "))
+        return None
+    if None not in stated_hw and tuple(stated_hw) != (height, width):
+        message = (
+            f"image is {height}x{width} (HxW) but the annotation says {stated_hw[0]}x{stated_hw[1]}"
+        )
+        if raw_size(path) == tuple(stated_hw):
+            message += " (it matches the image before its EXIF rotation)"
+        report.add(ERROR, path, f"image {image_id}", message)
+    return height, width
+
+
+def _duplicates(values) -> list:
+    return sorted((v for v, n in Counter(values).items() if n > 1), key=str)
+
+
+def _check_json_ids(report: Report, json_path: Path, data: dict, what: str) -> dict:
+    """Duplicate image and category ids; returns images by id."""
+    images = data.get("images", [])
+    for dup in _duplicates(img.get("id") for img in images):
+        report.add(ERROR, json_path, f"image {dup}", "duplicate image id")
+    for dup in _duplicates(c.get("id") for c in data.get("categories", [])):
+        report.add(ERROR, json_path, f"category {dup}", "duplicate category id")
+    if not data.get("annotations"):
+        report.add(ERROR, json_path, "annotations", f"the {what} JSON has no annotations")
+    if not images:
+        report.add(ERROR, json_path, "images", f"the {what} JSON lists no images")
+    return {img.get("id"): img for img in images}
+
+
+def _count(report: Report, label_map: LabelMap, class_index: int, iscrowd: bool) -> None:
+    if iscrowd:
+        report.crowd += 1
+        return
+    report.segments_per_class[label_map.names[class_index]] += 1
+    if label_map.isthing[class_index]:
+        report.things += 1
+    else:
+        report.stuff += 1
+
+
+def _panoptic_pair(
+    report: Report,
+    label_map: LabelMap,
+    class_of,
+    json_path: Path,
+    images_dir: Path,
+    panoptic_dir: Path,
+    image: dict,
+    ann: dict,
+) -> None:
+    image_id = image.get("id")
+    infos = ann.get("segments_info", [])
+    if not infos:
+        report.add(WARNING, json_path, f"image {image_id}", "empty segments_info")
+    for dup in _duplicates(s.get("id") for s in infos):
+        report.add(ERROR, json_path, f"image {image_id} / segment {dup}", "duplicate segment id")
+    for info in infos:
+        try:
+            _count(report, label_map, class_of(info.get("category_id")), info.get("iscrowd", 0))
+        except KeyError as err:
+            report.add(
+                ERROR, json_path, f"image {image_id} / segment {info.get('id')}", err.args[0]
+            )
+    size = _image(
+        report,
+        images_dir / image.get("file_name", ""),
+        image_id,
+        (image.get("height"), image.get("width")),
+    )
+    png_path = panoptic_dir / ann.get("file_name", "")
+    try:
+        values = read_label(png_path)
+    except ImageReadError as err:
+        report.add(ERROR, png_path, f"image {image_id}", str(err).removeprefix(f"{png_path}: "))
+        return
+    ids = rgb_to_id(values[..., :3]) if values.ndim == 3 else values.astype(np.int64)
+    if size is not None and ids.shape != size:
+        report.add(
+            ERROR,
+            png_path,
+            f"image {image_id}",
+            f"PNG is {ids.shape[0]}x{ids.shape[1]} but its image is {size[0]}x{size[1]}",
+        )
+    in_png = set(np.unique(ids).tolist()) - {0}
+    in_json = {s.get("id") for s in infos}
+    for seg_id in sorted(in_png - in_json):
+        report.add(
+            ERROR,
+            png_path,
+            f"image {image_id} / segment {seg_id}",
+            "segment id in the PNG but not in segments_info",
+        )
+    for seg_id in sorted(in_json - in_png, key=str):
+        report.add(
+            ERROR,
+            json_path,
+            f"image {image_id} / segment {seg_id}",
+            "segment id in segments_info but not in the PNG",
+        )
+
+
+def _check_panoptic(
+    report: Report, source, label_map: LabelMap, contiguous: bool, pool: ThreadPoolExecutor
+) -> int:
+    json_path = Path(source.annotations)
+    data = load_json(json_path)
+    images = _check_json_ids(report, json_path, data, "panoptic")
+    panoptic_dir = Path(source.panoptic) if source.panoptic else default_panoptic_dir(json_path)
+    class_of = category_mapper(label_map, contiguous)
+    annotated = Counter(a.get("image_id") for a in data.get("annotations", []))
+    for dup in _duplicates(annotated.elements()):
+        report.add(ERROR, json_path, f"image {dup}", "more than one annotation for the image")
+    for image_id in images:
+        if image_id not in annotated:
+            report.add(WARNING, json_path, f"image {image_id}", "image has no annotation")
+    jobs = []
+    for ann in data.get("annotations", []):
+        image = images.get(ann.get("image_id"))
+        if image is None:
+            report.add(
+                ERROR,
+                json_path,
+                f"image {ann.get('image_id')}",
+                f"annotation {ann.get('file_name')} refers to an image id not in images",
+            )
+            continue
+        part = Report()
+        jobs.append(
+            (
+                part,
+                pool.submit(
+                    _panoptic_pair,
+                    part,
+                    label_map,
+                    class_of,
+                    json_path,
+                    Path(source.images),
+                    panoptic_dir,
+                    image,
+                    ann,
+                ),
+            )
+        )
+    for part, job in jobs:
+        job.result()
+        report.merge(part)
+    return len(images)
+
+
+def _instance_annotation(
+    report: Report, label_map: LabelMap, class_of, json_path: Path, image: dict, ann: dict
+) -> None:
+    where = f"image {ann.get('image_id')} / annotation {ann.get('id')}"
+    try:
+        _count(report, label_map, class_of(ann.get("category_id")), ann.get("iscrowd", 0))
+    except KeyError as err:
+        report.add(ERROR, json_path, where, err.args[0])
+    seg = ann.get("segmentation")
+    if isinstance(seg, list):
+        if not seg:
+            report.add(ERROR, json_path, where, "empty segmentation (no polygon)")
+        for k, polygon in enumerate(seg):
+            if len(polygon) < 6 or len(polygon) % 2:
+                report.add(
+                    ERROR,
+                    json_path,
+                    where,
+                    f"polygon {k} has {len(polygon) // 2} points; at least 3 needed",
+                )
+    elif isinstance(seg, dict) and "counts" in seg:
+        stated = [image.get("height"), image.get("width")]
+        if [int(v) for v in seg.get("size", stated)] != stated:
+            report.add(
+                ERROR,
+                json_path,
+                where,
+                f"RLE size {seg.get('size')} differs from the image's {stated}",
+            )
+    else:
+        report.add(ERROR, json_path, where, "segmentation is neither polygons nor RLE")
+
+
+def _check_instance(
+    report: Report, source, label_map: LabelMap, contiguous: bool, pool: ThreadPoolExecutor
+) -> int:
+    json_path = Path(source.annotations)
+    data = load_json(json_path)
+    images = _check_json_ids(report, json_path, data, "instance")
+    anns = data.get("annotations", [])
+    for dup in _duplicates(a.get("id") for a in anns):
+        report.add(ERROR, json_path, f"annotation {dup}", "duplicate annotation id")
+    class_of = category_mapper(label_map, contiguous)
+    annotated = set()
+    for ann in anns:
+        image = images.get(ann.get("image_id"))
+        if image is None:
+            report.add(
+                ERROR,
+                json_path,
+                f"annotation {ann.get('id')}",
+                f"refers to image id {ann.get('image_id')}, which images does not list",
+            )
+            continue
+        annotated.add(ann.get("image_id"))
+        _instance_annotation(report, label_map, class_of, json_path, image, ann)
+    for image_id in images:
+        if image_id not in annotated:
+            report.add(WARNING, json_path, f"image {image_id}", "image has no annotations")
+    parts = [Report() for _ in images]
+    jobs = [
+        pool.submit(
+            _image,
+            part,
+            Path(source.images) / img.get("file_name", ""),
+            img.get("id"),
+            (img.get("height"), img.get("width")),
+        )
+        for part, img in zip(parts, images.values())
+    ]
+    for part, job in zip(parts, jobs):
+        job.result()
+        report.merge(part)
+    return len(images)
+
+
+def _semantic_pair(report: Report, reader: SemanticReader, record) -> None:
+    size = _image(report, record.image_path, record.image_id, (None, None))
+    if not Path(record.source).is_file():
+        report.add(ERROR, record.source, f"image {record.image_id}", "label PNG not found")
+        return
+    try:
+        annotation = reader.load_annotation(record)
+    except DataError as err:
+        report.add(
+            ERROR,
+            record.source,
+            f"image {record.image_id}",
+            str(err).removeprefix(f"{record.source}: "),
+        )
+        return
+    if size is not None and annotation.segment_map.shape != size:
+        h, w = annotation.segment_map.shape
+        report.add(
+            ERROR,
+            record.source,
+            f"image {record.image_id}",
+            f"label is {h}x{w} but its image is {size[0]}x{size[1]}",
+        )
+    for segment in annotation.segments:
+        _count(report, reader.label_map, segment.class_index, False)
+
+
+def _check_semantic(
+    report: Report,
+    source,
+    label_map: LabelMap,
+    dataset_cfg: DatasetConfig,
+    pool: ThreadPoolExecutor,
+) -> int:
+    reader = SemanticReader(
+        source.images, source.labels, label_map, dataset_cfg.ignore_value, dataset_cfg.contiguous_id
+    )
+    for dup in _duplicates(r.image_id for r in reader.records):
+        report.add(ERROR, source.images, f"image {dup}", "several images share this file stem")
+    if not reader.records:
+        report.add(ERROR, source.images, "images", "no images in the folder")
+    parts = [Report() for _ in reader.records]
+    jobs = [
+        pool.submit(_semantic_pair, part, reader, rec) for part, rec in zip(parts, reader.records)
+    ]
+    for part, job in zip(parts, jobs):
+        job.result()
+        report.merge(part)
+    return len(reader.records)
+
+
+def check_dataset(
+    dataset_cfg: DatasetConfig, splits=("train", "val"), workers: int | None = None
+) -> Report:
+    """Check every configured source of `splits`; unset sources are skipped."""
+    report = Report()
+    try:
+        label_map = load_label_map(dataset_cfg)
+    except (DataError, ValueError, FileNotFoundError) as err:
+        report.add(ERROR, dataset_cfg.label_map or "dataset", "label map", str(err))
+        return report
+    with ThreadPoolExecutor(workers or min(8, os.cpu_count() or 1)) as pool:
+        for split in splits:
+            for i, source in enumerate(split_sources(dataset_cfg, split)):
+                if not (source.images or source.annotations or source.labels):
+                    continue
+                try:
+                    if dataset_cfg.type == "coco_panoptic":
+                        count = _check_panoptic(
+                            report, source, label_map, dataset_cfg.contiguous_id, pool
+                        )
+                    elif dataset_cfg.type == "coco":
+                        count = _check_instance(
+                            report, source, label_map, dataset_cfg.contiguous_id, pool
+                        )
+                    else:
+                        count = _check_semantic(report, source, label_map, dataset_cfg, pool)
+                except DataError as err:
+                    where = f"dataset.train[{i}]" if split == "train" else f"dataset.{split}"
+                    report.add(ERROR, source.annotations or source.images, where, str(err))
+                    continue
+                report.images[split] += count
+    return report
+
+
+def check_main(dataset_cfg: DatasetConfig, splits=("train", "val"), console=None) -> int:
+    """Check, print the report and return the exit code (1 if any error)."""
+    from oneseg.data.report import print_report
+
+    return print_report(check_dataset(dataset_cfg, splits), console)

@@ -1,0 +1,86 @@
+"""What `oneseg data check` found: problems, naming file and id, and a summary."""
+
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import NamedTuple
+
+ERROR = "error"  # the dataset cannot be used as it is: non-zero exit
+WARNING = "warning"  # worth a look, training works
+
+MAX_ROWS = 200
+
+
+class Problem(NamedTuple):
+    severity: str  # ERROR or WARNING
+    file: str  # the file at fault: image, label PNG or annotation JSON
+    id: str  # what in it: "image 12", "image 12 / segment 3001", "annotation 7", ...
+    message: str
+
+
+@dataclass
+class Report:
+    problems: list[Problem] = field(default_factory=list)
+    images: Counter = field(default_factory=Counter)  # split -> images listed
+    segments_per_class: Counter = field(default_factory=Counter)  # class name -> segments
+    things: int = 0  # thing segments (crowd excluded)
+    stuff: int = 0  # stuff segments
+    crowd: int = 0  # crowd regions
+
+    def add(self, severity: str, file, id, message: str) -> None:
+        self.problems.append(Problem(severity, str(file), str(id), message))
+
+    @property
+    def errors(self) -> list[Problem]:
+        return [p for p in self.problems if p.severity == ERROR]
+
+    @property
+    def warnings(self) -> list[Problem]:
+        return [p for p in self.problems if p.severity == WARNING]
+
+    @property
+    def exit_code(self) -> int:
+        return 1 if self.errors else 0
+
+    def merge(self, other: Report) -> None:
+        self.problems += other.problems
+        self.images.update(other.images)
+        self.segments_per_class.update(other.segments_per_class)
+        self.things += other.things
+        self.stuff += other.stuff
+        self.crowd += other.crowd
+
+
+def print_report(report: Report, console=None) -> int:
+    """Tables of the problems (errors first) and of the classes; returns the exit code."""
+    from rich.console import Console
+    from rich.table import Table
+
+    console = console or Console()
+    if report.problems:
+        shown = sorted(report.problems, key=lambda p: p.severity != ERROR)[:MAX_ROWS]
+        table = Table(title="Problems", show_lines=False)
+        for column in ("severity", "file", "id", "message"):
+            table.add_column(column, overflow="fold")
+        for p in shown:
+            style = "bold red" if p.severity == ERROR else "yellow"
+            table.add_row(f"[{style}]{p.severity}[/]", p.file, p.id, p.message)
+        console.print(table)
+        if len(report.problems) > MAX_ROWS:
+            console.print(f"... and {len(report.problems) - MAX_ROWS} more problems")
+    summary = Table(title="Segments per class")
+    summary.add_column("class")
+    summary.add_column("segments", justify="right")
+    for name, count in sorted(report.segments_per_class.items(), key=lambda kv: -kv[1]):
+        summary.add_row(name, str(count))
+    console.print(summary)
+    images = ", ".join(f"{split} {n}" for split, n in report.images.items()) or "none"
+    console.print(
+        f"images: {images}; segments: {report.things} things, {report.stuff} stuff, "
+        f"{report.crowd} crowd"
+    )
+    errors, warnings = len(report.errors), len(report.warnings)
+    verdict = "[bold red]FAILED[/]" if errors else "[bold green]OK[/]"
+    console.print(f"{verdict}: {errors} errors, {warnings} warnings")
+    return report.exit_code
