@@ -186,119 +186,125 @@ def categories(config: dict, preprocessor: dict | None = None) -> list[dict]:
 
 # --------------------------------------------------------------------------- weights
 
-Source = str | list[str]  # one key, or keys concatenated along dim 0
-Rule = tuple[str, Callable[[re.Match], Source]]
+# A rule maps our key (a regex over the whole key) to the transformers key(s) it comes from:
+# a template (groups as \1), a list of templates (tensors concatenated along dim 0, e.g. q, k,
+# v into one in-projection) or a function of the match for index arithmetic.
+Template = str | list[str] | Callable[[re.Match], str]
+Rule = tuple[str, Template]
 
 ENC = "pixel_level_module.encoder."
 DEC = "pixel_level_module.decoder."
-TRF = "transformer_module."
-QT = TRF + "decoder.query_transformer.decoder."
+TRF = "transformer_module.decoder."
+QT = TRF + "query_transformer.decoder."
 TXT = "text_mapper."
 
 
 def _swin_rules() -> list[Rule]:
-    def block(m):
-        return f"{ENC}encoder.layers.{m[1]}.blocks.{m[2]}."
-
+    ours = r"backbone\.body\.layers_(\d+)\.blocks\.(\d+)\."
+    theirs = ENC + r"encoder.layers.\1.blocks.\2."
     return [
-        (r"backbone\.body\.patch_embed\.proj\.(.+)", lambda m: f"{ENC}embeddings.patch_embeddings.projection.{m[1]}"),
-        (r"backbone\.body\.patch_embed\.norm\.(.+)", lambda m: f"{ENC}embeddings.norm.{m[1]}"),
-        (r"backbone\.body\.layers_(\d+)\.blocks\.(\d+)\.norm1\.(.+)", lambda m: block(m) + f"layernorm_before.{m[3]}"),
-        (r"backbone\.body\.layers_(\d+)\.blocks\.(\d+)\.norm2\.(.+)", lambda m: block(m) + f"layernorm_after.{m[3]}"),
-        (
-            r"backbone\.body\.layers_(\d+)\.blocks\.(\d+)\.attn\.qkv\.(.+)",
-            lambda m: [block(m) + f"attention.self.{p}.{m[3]}" for p in ("query", "key", "value")],
-        ),
-        (r"backbone\.body\.layers_(\d+)\.blocks\.(\d+)\.attn\.proj\.(.+)", lambda m: block(m) + f"attention.output.dense.{m[3]}"),
-        (
-            r"backbone\.body\.layers_(\d+)\.blocks\.(\d+)\.attn\.relative_position_bias_table",
-            lambda m: block(m) + "attention.self.relative_position_bias_table",
-        ),
-        (r"backbone\.body\.layers_(\d+)\.blocks\.(\d+)\.mlp\.fc1\.(.+)", lambda m: block(m) + f"intermediate.dense.{m[3]}"),
-        (r"backbone\.body\.layers_(\d+)\.blocks\.(\d+)\.mlp\.fc2\.(.+)", lambda m: block(m) + f"output.dense.{m[3]}"),
+        (r"backbone\.body\.patch_embed\.proj\.(.+)",
+         ENC + r"embeddings.patch_embeddings.projection.\1"),
+        (r"backbone\.body\.patch_embed\.norm\.(.+)", ENC + r"embeddings.norm.\1"),
+        (ours + r"norm1\.(.+)", theirs + r"layernorm_before.\3"),
+        (ours + r"norm2\.(.+)", theirs + r"layernorm_after.\3"),
+        (ours + r"attn\.qkv\.(.+)",
+         [theirs + rf"attention.self.{p}.\3" for p in ("query", "key", "value")]),
+        (ours + r"attn\.proj\.(.+)", theirs + r"attention.output.dense.\3"),
+        (ours + r"attn\.relative_position_bias_table",
+         theirs + "attention.self.relative_position_bias_table"),
+        (ours + r"mlp\.fc1\.(.+)", theirs + r"intermediate.dense.\3"),
+        (ours + r"mlp\.fc2\.(.+)", theirs + r"output.dense.\3"),
         # timm merges patches at the start of stage i, transformers at the end of stage i-1
-        (
-            r"backbone\.body\.layers_(\d+)\.downsample\.(.+)",
-            lambda m: f"{ENC}encoder.layers.{int(m[1]) - 1}.downsample.{m[2]}",
-        ),
+        (r"backbone\.body\.layers_(\d+)\.downsample\.(.+)",
+         lambda m: f"{ENC}encoder.layers.{int(m[1]) - 1}.downsample.{m[2]}"),
     ]  # fmt: skip
 
 
 def _convnext_rules() -> list[Rule]:
-    def block(m):
-        return f"{ENC}encoder.stages.{m[1]}.layers.{m[2]}."
-
+    ours = r"backbone\.body\.stages_(\d+)\.blocks\.(\d+)\."
+    theirs = ENC + r"encoder.stages.\1.layers.\2."
     return [
-        (r"backbone\.body\.stem_0\.(.+)", lambda m: f"{ENC}embeddings.patch_embeddings.{m[1]}"),
-        (r"backbone\.body\.stem_1\.(.+)", lambda m: f"{ENC}embeddings.layernorm.{m[1]}"),
-        (
-            r"backbone\.body\.stages_(\d+)\.downsample\.(\d+)\.(.+)",
-            lambda m: f"{ENC}encoder.stages.{m[1]}.downsampling_layer.{m[2]}.{m[3]}",
-        ),
-        (r"backbone\.body\.stages_(\d+)\.blocks\.(\d+)\.conv_dw\.(.+)", lambda m: block(m) + f"dwconv.{m[3]}"),
-        (r"backbone\.body\.stages_(\d+)\.blocks\.(\d+)\.norm\.(.+)", lambda m: block(m) + f"layernorm.{m[3]}"),
-        (r"backbone\.body\.stages_(\d+)\.blocks\.(\d+)\.mlp\.fc1\.(.+)", lambda m: block(m) + f"pwconv1.{m[3]}"),
-        (r"backbone\.body\.stages_(\d+)\.blocks\.(\d+)\.mlp\.fc2\.(.+)", lambda m: block(m) + f"pwconv2.{m[3]}"),
-        (r"backbone\.body\.stages_(\d+)\.blocks\.(\d+)\.gamma", lambda m: block(m) + "layer_scale_parameter"),
+        (r"backbone\.body\.stem_0\.(.+)", ENC + r"embeddings.patch_embeddings.\1"),
+        (r"backbone\.body\.stem_1\.(.+)", ENC + r"embeddings.layernorm.\1"),
+        (r"backbone\.body\.stages_(\d+)\.downsample\.(\d+)\.(.+)",
+         ENC + r"encoder.stages.\1.downsampling_layer.\2.\3"),
+        (ours + r"conv_dw\.(.+)", theirs + r"dwconv.\3"),
+        (ours + r"norm\.(.+)", theirs + r"layernorm.\3"),
+        (ours + r"mlp\.fc1\.(.+)", theirs + r"pwconv1.\3"),
+        (ours + r"mlp\.fc2\.(.+)", theirs + r"pwconv2.\3"),
+        (ours + r"gamma", theirs + "layer_scale_parameter"),
     ]  # fmt: skip
 
 
 def _head_rules(num_fpn_levels: int) -> list[Rule]:
-    qkv = ("q_proj", "k_proj", "v_proj")
-    query_layer_names = {"self_attn.attn": "self_attn", "self_attn.norm": "norm1",
-                         "cross_attn.attn": "multihead_attn", "cross_attn.norm": "norm2",
-                         "ffn.linear1": "linear1", "ffn.linear2": "linear2", "ffn.norm": "norm3"}  # fmt: skip
-    encoder_names = {"self_attn": "self_attn", "norm1": "self_attn_layer_norm",
-                     "linear1": "fc1", "linear2": "fc2", "norm2": "final_layer_norm"}  # fmt: skip
-    text_names = {"norm1": "layer_norm1", "attn": "self_attn", "norm2": "layer_norm2",
-                  "mlp.0": "mlp.fc1", "mlp.2": "mlp.fc2"}  # fmt: skip
+    layer, query_layer = r"decoder\.layers\.(\d+)\.", r"decoder\.query_transformer\.layers\.(\d+)\."
+    their_layer, their_query_layer = TRF + r"layers.\1.", QT + r"layers.\1."
+    pixel_layer, their_pixel_layer = r"pixel_decoder\.encoder\.(\d+)\.", DEC + r"encoder.layers.\1."
+    text_block, their_text_block = (
+        r"text_queries\.encoder\.blocks\.(\d+)\.",
+        TXT + r"text_encoder.transformer.layers.\1.",
+    )
     return [
-        (r"backbone\.out_norms\.(\d)\.(.+)", lambda m: f"{ENC}hidden_states_norms.stage{int(m[1]) + 1}.{m[2]}"),
-        (r"pixel_decoder\.level_embed", lambda m: f"{DEC}level_embed"),
-        (r"pixel_decoder\.input_proj\.(.+)", lambda m: f"{DEC}input_projections.{m[1]}"),
-        (
-            r"pixel_decoder\.encoder\.(\d+)\.(self_attn|norm1|linear1|linear2|norm2)\.(.+)",
-            lambda m: f"{DEC}encoder.layers.{m[1]}.{encoder_names[m[2]]}.{m[3]}",
-        ),
+        (r"backbone\.out_norms\.(\d)\.(.+)",
+         lambda m: f"{ENC}hidden_states_norms.stage{int(m[1]) + 1}.{m[2]}"),
+        # pixel decoder
+        (r"pixel_decoder\.level_embed", DEC + "level_embed"),
+        (r"pixel_decoder\.input_proj\.(.+)", DEC + r"input_projections.\1"),
+        (pixel_layer + r"self_attn\.(.+)", their_pixel_layer + r"self_attn.\2"),
+        (pixel_layer + r"norm1\.(.+)", their_pixel_layer + r"self_attn_layer_norm.\2"),
+        (pixel_layer + r"linear1\.(.+)", their_pixel_layer + r"fc1.\2"),
+        (pixel_layer + r"linear2\.(.+)", their_pixel_layer + r"fc2.\2"),
+        (pixel_layer + r"norm2\.(.+)", their_pixel_layer + r"final_layer_norm.\2"),
         # ours run coarse to fine; transformers numbers them fine to coarse from 1
-        (
-            r"pixel_decoder\.lateral_convs\.(\d+)\.(.+)",
-            lambda m: f"{DEC}adapter_{num_fpn_levels - int(m[1])}.{m[2]}",
-        ),
-        (
-            r"pixel_decoder\.output_convs\.(\d+)\.(.+)",
-            lambda m: f"{DEC}layer_{num_fpn_levels - int(m[1])}.{m[2]}",
-        ),
-        (r"pixel_decoder\.mask_features\.(.+)", lambda m: f"{DEC}mask_projection.{m[1]}"),
-        (r"task_mlp\.layers\.(\d+)\.(.+)", lambda m: f"task_encoder.task_mlp.layers.{m[1]}.0.{m[2]}"),
-        (r"decoder\.level_embed\.weight", lambda m: f"{TRF}level_embed.weight"),
-        (r"decoder\.query_embed\.weight", lambda m: f"{TRF}queries_embedder.weight"),
-        (
-            r"decoder\.query_transformer\.layers\.(\d+)\.(\w+\.\w+)\.(.+)",
-            lambda m: f"{QT}layers.{m[1]}.{query_layer_names[m[2]]}.{m[3]}",
-        ),
-        (r"decoder\.query_transformer\.norm\.(.+)", lambda m: f"{QT}norm.{m[1]}"),
-        (r"decoder\.query_input_proj\.(.+)", lambda m: f"{TRF}decoder.query_input_projection.{m[1]}"),
-        (r"decoder\.layers\.(\d+)\.cross_attn\.attn\.(.+)", lambda m: f"{TRF}decoder.layers.{m[1]}.cross_attn.multihead_attn.{m[2]}"),
-        (r"decoder\.layers\.(\d+)\.cross_attn\.norm\.(.+)", lambda m: f"{TRF}decoder.layers.{m[1]}.cross_attn.norm.{m[2]}"),
-        (
-            r"decoder\.layers\.(\d+)\.self_attn\.attn\.in_proj_(weight|bias)",
-            lambda m: [f"{TRF}decoder.layers.{m[1]}.self_attn.self_attn.{p}.{m[2]}" for p in qkv],
-        ),
-        (r"decoder\.layers\.(\d+)\.self_attn\.attn\.out_proj\.(.+)", lambda m: f"{TRF}decoder.layers.{m[1]}.self_attn.self_attn.out_proj.{m[2]}"),
-        (r"decoder\.layers\.(\d+)\.self_attn\.norm\.(.+)", lambda m: f"{TRF}decoder.layers.{m[1]}.self_attn.norm.{m[2]}"),
-        (r"decoder\.layers\.(\d+)\.ffn\.(.+)", lambda m: f"{TRF}decoder.layers.{m[1]}.ffn.{m[2]}"),
-        (r"decoder\.(decoder_norm|class_embed)\.(.+)", lambda m: f"{TRF}decoder.{m[1]}.{m[2]}"),
-        (r"decoder\.mask_embed\.layers\.(\d+)\.(.+)", lambda m: f"{TRF}decoder.mask_embed.layers.{m[1]}.0.{m[2]}"),
-        (r"text_queries\.encoder\.(token_embedding\.weight|positional_embedding|ln_final\..+)", lambda m: f"{TXT}text_encoder.{m[1]}"),
-        (
-            r"text_queries\.encoder\.blocks\.(\d+)\.(norm1|attn|norm2|mlp\.0|mlp\.2)\.(.+)",
-            lambda m: f"{TXT}text_encoder.transformer.layers.{m[1]}.{text_names[m[2]]}.{m[3]}",
-        ),
-        (r"text_queries\.projector\.layers\.(\d+)\.(.+)", lambda m: f"{TXT}text_projector.layers.{m[1]}.0.{m[2]}"),
-        (r"text_queries\.prompt_ctx\.weight", lambda m: f"{TXT}prompt_ctx.weight"),
-        (r"logit_scale", lambda m: "criterion.logit_scale"),
+        (r"pixel_decoder\.lateral_convs\.(\d+)\.(.+)",
+         lambda m: f"{DEC}adapter_{num_fpn_levels - int(m[1])}.{m[2]}"),
+        (r"pixel_decoder\.output_convs\.(\d+)\.(.+)",
+         lambda m: f"{DEC}layer_{num_fpn_levels - int(m[1])}.{m[2]}"),
+        (r"pixel_decoder\.mask_features\.(.+)", DEC + r"mask_projection.\1"),
+        # task token and queries
+        (r"task_mlp\.layers\.(\d+)\.(.+)", r"task_encoder.task_mlp.layers.\1.0.\2"),
+        (r"decoder\.level_embed\.weight", "transformer_module.level_embed.weight"),
+        (r"decoder\.query_embed\.weight", "transformer_module.queries_embedder.weight"),
+        (query_layer + r"self_attn\.attn\.(.+)", their_query_layer + r"self_attn.\2"),
+        (query_layer + r"self_attn\.norm\.(.+)", their_query_layer + r"norm1.\2"),
+        (query_layer + r"cross_attn\.attn\.(.+)", their_query_layer + r"multihead_attn.\2"),
+        (query_layer + r"cross_attn\.norm\.(.+)", their_query_layer + r"norm2.\2"),
+        (query_layer + r"ffn\.(linear1|linear2)\.(.+)", their_query_layer + r"\2.\3"),
+        (query_layer + r"ffn\.norm\.(.+)", their_query_layer + r"norm3.\2"),
+        (r"decoder\.query_transformer\.norm\.(.+)", QT + r"norm.\1"),
+        (r"decoder\.query_input_proj\.(.+)", TRF + r"query_input_projection.\1"),
+        # masked-attention layers and heads
+        (layer + r"cross_attn\.attn\.(.+)", their_layer + r"cross_attn.multihead_attn.\2"),
+        (layer + r"cross_attn\.norm\.(.+)", their_layer + r"cross_attn.norm.\2"),
+        (layer + r"self_attn\.attn\.in_proj_(weight|bias)",
+         [their_layer + rf"self_attn.self_attn.{p}_proj.\2" for p in ("q", "k", "v")]),
+        (layer + r"self_attn\.attn\.out_proj\.(.+)",
+         their_layer + r"self_attn.self_attn.out_proj.\2"),
+        (layer + r"self_attn\.norm\.(.+)", their_layer + r"self_attn.norm.\2"),
+        (layer + r"ffn\.(.+)", their_layer + r"ffn.\2"),
+        (r"decoder\.(decoder_norm|class_embed)\.(.+)", TRF + r"\1.\2"),
+        (r"decoder\.mask_embed\.layers\.(\d+)\.(.+)", TRF + r"mask_embed.layers.\1.0.\2"),
+        # text branch
+        (r"text_queries\.encoder\.(token_embedding\.weight|positional_embedding|ln_final\..+)",
+         TXT + r"text_encoder.\1"),
+        (text_block + r"norm1\.(.+)", their_text_block + r"layer_norm1.\2"),
+        (text_block + r"attn\.(.+)", their_text_block + r"self_attn.\2"),
+        (text_block + r"norm2\.(.+)", their_text_block + r"layer_norm2.\2"),
+        (text_block + r"mlp\.0\.(.+)", their_text_block + r"mlp.fc1.\2"),
+        (text_block + r"mlp\.2\.(.+)", their_text_block + r"mlp.fc2.\2"),
+        (r"text_queries\.projector\.layers\.(\d+)\.(.+)", TXT + r"text_projector.layers.\1.0.\2"),
+        (r"text_queries\.prompt_ctx\.weight", TXT + "prompt_ctx.weight"),
+        (r"logit_scale", "criterion.logit_scale"),
     ]  # fmt: skip
+
+
+def _sources(template: Template, match: re.Match) -> list[str]:
+    if callable(template):
+        return [template(match)]
+    if isinstance(template, str):
+        return [match.expand(template)]
+    return [match.expand(t) for t in template]
 
 
 def _canonical_key(key: str) -> str:
@@ -346,15 +352,11 @@ def convert_state_dict(
     remaining = dict(hf)
     state, missing, wrong, absent_text = {}, [], [], []
     for key, value in reference.items():
-        for pattern, source_of in compiled:
-            match = pattern.fullmatch(key)
-            if match:
-                break
-        else:
+        found = next(((p.fullmatch(key), t) for p, t in compiled if p.fullmatch(key)), None)
+        if found is None:
             missing.append(f"{key} (no rule)")
             continue
-        source = source_of(match)
-        sources = [source] if isinstance(source, str) else source
+        sources = _sources(found[1], found[0])
         if not all(s in remaining for s in sources):
             if key.startswith("text_queries.") or key == "logit_scale":
                 absent_text.append(key)
