@@ -1,0 +1,194 @@
+"""The evaluator: ground truth scored as a prediction is perfect, merging counts an image once,
+and the real tiny model gives every metric in range."""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from oneseg.data.build import build_dataset
+from oneseg.data.label_map import LabelMap
+from oneseg.data.synth import synthetic_dataset_config
+from oneseg.engine.evaluator import Evaluator, instance_ground_truth, semantic_target
+
+TASKS = ["panoptic", "semantic", "instance"]
+
+
+def _val_set(synth_data, min_size=64):
+    cfg = synthetic_dataset_config(synth_data)
+    cfg.augmentation = dataclasses.replace(
+        cfg.augmentation, eval_min_size=min_size, eval_max_size=1000
+    )
+    label_map = LabelMap.from_json(synth_data["label_map"])
+    dataset = build_dataset(cfg, "val", label_map, 0, 32, train=False)
+    return dataset, label_map
+
+
+def _batches(dataset, batch_size=2):
+    loader = torch.utils.data.DataLoader(
+        dataset, batch_size=batch_size, collate_fn=dataset.collate_fn
+    )
+    return list(loader)
+
+
+class GroundTruthModel(nn.Module):
+    """Stands in for the network: for an image of the dataset it returns one confident query
+    per non-crowd segment (class logit +10, mask logit +20 inside, -20 outside) and no-object
+    for the other queries, with masks at the input resolution. Only the network is replaced:
+    batching, post-processing, GT loading and the metrics are the evaluator's own."""
+
+    arch = "oneformer"
+
+    def __init__(self, dataset, num_classes: int, num_queries: int = 16):
+        super().__init__()
+        self.num_classes = num_classes
+        self.num_queries = num_queries
+        self.anchor = nn.Parameter(torch.zeros(1))  # gives the evaluator a device
+        self.targets = {}
+        for index in range(len(dataset)):
+            image = dataset[index]["image"]
+            annotation = dataset.annotation(index)
+            assert tuple(image.shape[-2:]) == annotation.segment_map.shape  # no resize
+            kept = [s for s in annotation.segments if not s.iscrowd]
+            assert len(kept) <= num_queries
+            masks = np.stack([annotation.segment_map == s.id for s in kept])
+            labels = [s.class_index for s in kept]
+            self.targets[image.numpy().tobytes()] = (torch.tensor(labels), torch.from_numpy(masks))
+        self.calls = []
+
+    def normalize(self, images):
+        return images
+
+    def forward(self, images, task_tokens=None, text_tokens=None):
+        self.calls.append(task_tokens)
+        batch, _, height, width = images.shape
+        logits = torch.full((batch, self.num_queries, self.num_classes + 1), -10.0)
+        logits[..., -1] = 10.0
+        masks = torch.full((batch, self.num_queries, height, width), -20.0)
+        for b in range(batch):
+            labels, gt_masks = self.targets[images[b].to(torch.uint8).numpy().tobytes()]
+            n = len(labels)
+            logits[b, :n, -1] = -10.0
+            logits[b, torch.arange(n), labels] = 10.0
+            masks[b, :n, : gt_masks.shape[1], : gt_masks.shape[2]][gt_masks] = 20.0
+        return {"pred_logits": logits, "pred_masks": masks, "aux_outputs": []}
+
+
+def test_ground_truth_as_prediction_scores_100(synth_data, tiny_model_cfg):
+    dataset, label_map = _val_set(synth_data)
+    assert any(s.iscrowd for i in range(len(dataset)) for s in dataset.annotation(i).segments)
+    model = GroundTruthModel(dataset, len(label_map))
+    evaluator = Evaluator(dataset, label_map, tiny_model_cfg, tasks=TASKS)
+    for batch in _batches(dataset):
+        evaluator.process(model, batch)
+    metrics = evaluator.compute(gather=True)
+    assert metrics["num_images"] == len(dataset)
+    for key in ("pq", "sq", "rq", "pq_th", "pq_st", "miou", "pixel_acc", "fwiou"):
+        assert metrics[key] == pytest.approx(100.0), key
+    for key in ("ap", "ap50", "ap75"):
+        assert metrics[key] == pytest.approx(100.0), key
+    present = [v for v in metrics["per_class"].values() if not math.isnan(v["pq"])]
+    assert present and all(v["pq"] == pytest.approx(100.0) for v in present)
+    assert all(v["ap"] == pytest.approx(100.0) for v in present if v["isthing"])
+    # one forward per task and batch, each with that task's tokens
+    assert len(model.calls) == len(TASKS) * len(_batches(dataset))
+    assert all(tokens is not None and tokens.shape[1] == 77 for tokens in model.calls)
+
+
+def _rotated_things_model(dataset, label_map):
+    """The ground-truth stand-in with every thing label moved to the next thing class."""
+    model = GroundTruthModel(dataset, len(label_map))
+    things = label_map.thing_classes
+    for key, (labels, masks) in model.targets.items():
+        rotated = [
+            things[(things.index(c) + 1) % len(things)] if c in things else c for c in labels
+        ]
+        model.targets[key] = (torch.tensor(rotated), masks)
+    return model
+
+
+def test_wrong_thing_labels_lower_the_thing_metrics(synth_data, tiny_model_cfg):
+    dataset, label_map = _val_set(synth_data)
+    model = _rotated_things_model(dataset, label_map)
+    evaluator = Evaluator(dataset, label_map, tiny_model_cfg, tasks=TASKS)
+    for batch in _batches(dataset):
+        evaluator.process(model, batch)
+    metrics = evaluator.compute()
+    assert metrics["pq_th"] == 0.0
+    assert metrics["pq_st"] == pytest.approx(100.0)  # stuff left as it was
+    assert 0.0 < metrics["miou"] < 100.0
+    # the right class is still there at a probability of e^-20: found, but after all wrong ones
+    assert metrics["ap"] < 50.0
+
+
+def test_merge_counts_an_image_seen_twice_once(synth_data, tiny_model_cfg):
+    dataset, label_map = _val_set(synth_data)
+    model = _rotated_things_model(dataset, label_map)
+    batches = _batches(dataset, batch_size=1)
+    whole = Evaluator(dataset, label_map, tiny_model_cfg, tasks=TASKS)
+    for batch in batches:
+        whole.process(model, batch)
+    # two "processes": the second repeats an image, as a padding distributed sampler does
+    first, second = (Evaluator(dataset, label_map, tiny_model_cfg, tasks=TASKS) for _ in range(2))
+    for batch in batches[:2]:
+        first.process(model, batch)
+    for batch in batches[1:]:
+        second.process(model, batch)
+    expected, merged = whole.compute(), first.merge(second).compute()
+    assert merged["num_images"] == len(dataset)
+    per_class = expected.pop("per_class")
+    for key, value in expected.items():
+        assert merged[key] == pytest.approx(value, nan_ok=True), key
+    for name, values in per_class.items():
+        assert merged["per_class"][name] == pytest.approx(values, nan_ok=True), name
+
+
+def test_ground_truth_conversions(synth_data):
+    dataset, label_map = _val_set(synth_data)
+    for index in range(len(dataset)):
+        annotation = dataset.annotation(index)
+        target = semantic_target(annotation)
+        for segment in annotation.segments:
+            pixels = target[annotation.segment_map == segment.id]
+            expected = 255 if segment.iscrowd else segment.class_index
+            assert (pixels == expected).all()
+        assert (target[annotation.segment_map == 0] == 255).all()
+        instances = instance_ground_truth(annotation, index + 1, label_map.category_ids)
+        things = [s for s in annotation.segments if s.isthing]
+        assert [a["iscrowd"] for a in instances] == [int(s.iscrowd) for s in things]
+        assert [a["area"] for a in instances] == [
+            int((annotation.segment_map == s.id).sum()) for s in things
+        ]
+
+
+@pytest.fixture(scope="module")
+def tiny_model(tiny_model_cfg):
+    from oneseg.model.build import build_model
+
+    torch.manual_seed(0)
+    return build_model(tiny_model_cfg, num_classes=8).eval()
+
+
+def test_real_model_metrics_in_range(synth_data, tiny_model_cfg, tiny_model):
+    # eval size 96: images are resized for the model and its results resized back to 64
+    dataset, label_map = _val_set(synth_data, min_size=96)
+    cfg = dataclasses.replace(tiny_model_cfg, object_mask_threshold=0.0, overlap_threshold=0.0)
+    evaluator = Evaluator(dataset, label_map, cfg, tasks=TASKS)
+    for batch in _batches(dataset, batch_size=2)[:1]:
+        evaluator.process(tiny_model, batch)
+    metrics = evaluator.compute()
+    assert metrics["num_images"] == 2
+    for key in ("pq", "sq", "rq", "miou", "pixel_acc", "fwiou", "ap", "ap50"):
+        assert 0.0 <= metrics[key] <= 100.0, key
+    assert set(metrics["per_class"]) == set(label_map.names)
+
+
+def test_rejects_unknown_task(synth_data, tiny_model_cfg):
+    dataset, label_map = _val_set(synth_data)
+    with pytest.raises(ValueError, match="tasks"):
+        Evaluator(dataset, label_map, tiny_model_cfg, tasks=["depth"])
