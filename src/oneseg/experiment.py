@@ -23,7 +23,7 @@ class ActionRun:
         self.spec = spec
         self.action = action
         self.dir = Path(spec.results_dir) / action
-        self.rank = int(os.environ.get("RANK", 0)) if rank is None else rank
+        self.rank = _rank_from_env() if rank is None else rank
         self.kpis: dict = {}
         self._start = time.time()
 
@@ -69,3 +69,11 @@ def _jsonable(value):
     if isinstance(value, Path):
         return str(value)
     return str(value)
+
+
+def _rank_from_env() -> int:
+    """This process's global rank as the launcher set it (0 when launched by hand); only whether
+    it is 0 matters here: rank 0 alone writes."""
+    if "RANK" in os.environ:
+        return int(os.environ["RANK"])
+    return int(os.environ.get("LOCAL_RANK", 0)) + int(os.environ.get("NODE_RANK", 0))

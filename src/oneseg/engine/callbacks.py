@@ -29,18 +29,20 @@ class AtomicCheckpoint(L.Callback):
         self.interval = interval
         self.unit = unit
 
-    def save(self, trainer: L.Trainer, module, name: str) -> Path:
+    def save(self, trainer: L.Trainer, module, name: str, latest: bool = True) -> Path:
         path = self.folder / name
         tmp = path.with_name(path.name + ".tmp")
         trainer.save_checkpoint(tmp)
         if trainer.is_global_zero:
             os.replace(tmp, path)
+        if trainer.is_global_zero and latest:
             link_tmp = self.folder / (LATEST + ".tmp")
             link_tmp.unlink(missing_ok=True)
             link_tmp.symlink_to(path.name)
             os.replace(link_tmp, self.folder / LATEST)
         trainer.strategy.barrier("checkpoint")
-        module.last_checkpoint = str(path)
+        if latest:
+            module.last_checkpoint = str(path)
         return path
 
     def on_train_batch_end(self, trainer, module, outputs, batch, batch_idx) -> None:
@@ -56,19 +58,26 @@ class AtomicCheckpoint(L.Callback):
         if isinstance(exception, (NonFiniteLossError, KeyboardInterrupt)):
             return
         try:
-            self.save(trainer, module, "model_crash.ckpt")
+            # not the `latest`: a crash may leave a half-done step; resume takes the last good
+            self.save(trainer, module, "model_crash.ckpt", latest=False)
         except Exception:  # noqa: BLE001 - the original error is the one to report
             pass
 
 
-class ResumeSampler(L.Callback):
-    """After a mid-epoch resume, starts the sampler where the saved run stopped, so the resumed
-    run sees exactly the samples the uninterrupted run would have."""
+class SamplerSetup(L.Callback):
+    """Gives our samplers this process's rank once Lightning knows it, and after a mid-epoch
+    resume starts the training sampler where the saved run stopped, so the resumed run sees
+    exactly the samples the uninterrupted run would have."""
 
-    def __init__(self, sampler, batch_size: int):
+    def __init__(self, sampler, batch_size: int, other_samplers=()):
         self.sampler = sampler
         self.batch_size = batch_size
+        self.samplers = [sampler, *other_samplers]
         self.batches_done = 0
+
+    def setup(self, trainer, module, stage: str) -> None:
+        for sampler in self.samplers:
+            sampler.rank, sampler.world_size = trainer.global_rank, trainer.world_size
 
     def on_load_checkpoint(self, trainer, module, checkpoint) -> None:
         progress = checkpoint["loops"]["fit_loop"]["epoch_loop.batch_progress"]["current"]
@@ -118,3 +127,25 @@ class StatusCallback(L.Callback):
         kpi = {k: v for k, v in module.last_metrics.items() if isinstance(v, (int, float))}
         self.run.kpis.update(kpi)
         self.run.log("RUNNING", epoch=trainer.current_epoch, step=trainer.global_step, kpi=kpi)
+
+
+class WeightSyncCheck(L.Callback):
+    """At the end of a multi-process run, checks every rank holds the same weights (one
+    checksum per rank, gathered) and records it as the KPI `weights_in_sync`."""
+
+    def __init__(self, run):
+        self.run = run
+
+    def on_train_end(self, trainer, module) -> None:
+        if trainer.world_size < 2:
+            return
+        import torch
+
+        checksum = torch.stack([p.detach().double().sum() for p in module.model.parameters()]).to(
+            module.device
+        )
+        gathered = trainer.strategy.all_gather(checksum)  # [world, P]
+        in_sync = bool(torch.equal(gathered.min(0).values, gathered.max(0).values))
+        self.run.kpis["weights_in_sync"] = in_sync
+        if not in_sync:
+            self.run.log("RUNNING", message="warning: ranks hold different weights")

@@ -23,8 +23,9 @@ class EpochSampler(Sampler):
         seed: the run's seed.
         shuffle: shuffle per epoch (training) or keep order (evaluation).
         rank, world_size: this process's slice: positions rank, rank + world_size, ...
-        drop_last: drop the tail that does not fill every process equally; otherwise pad by
-            repeating from the start, as DistributedSampler does.
+        drop_last: drop the tail that does not fill every process equally.
+        pad: otherwise, repeat samples from the start so every process has as many, as
+            DistributedSampler does (training); without it shares may differ by one (evaluation).
     """
 
     def __init__(
@@ -35,6 +36,7 @@ class EpochSampler(Sampler):
         rank: int = 0,
         world_size: int = 1,
         drop_last: bool = False,
+        pad: bool = True,
     ):
         self.length = length
         self.seed = seed
@@ -42,6 +44,7 @@ class EpochSampler(Sampler):
         self.rank = rank
         self.world_size = world_size
         self.drop_last = drop_last
+        self.pad = pad
         self.epoch = 0
         self.start = 0  # samples of this process's slice to skip (a run resumed mid-epoch)
 
@@ -60,13 +63,13 @@ class EpochSampler(Sampler):
             order = list(range(self.length))
         if self.drop_last:
             order = order[: len(order) - len(order) % self.world_size]
-        elif order and len(order) % self.world_size:
+        elif self.pad and order and len(order) % self.world_size:
             pad = self.world_size - len(order) % self.world_size
             order += (order * (pad // len(order) + 1))[:pad]
         return order
 
     def __len__(self) -> int:
-        return len(self._order()) // self.world_size
+        return len(range(self.rank, len(self._order()), self.world_size))
 
     def __iter__(self):
         order = self._order()

@@ -7,7 +7,6 @@ several nodes (WORLD_SIZE, NODE_RANK, MASTER_ADDR, MASTER_PORT, read by Lightnin
 from __future__ import annotations
 
 import math
-import os
 from pathlib import Path
 
 import lightning as L
@@ -18,8 +17,9 @@ from torch.utils.data import DataLoader
 from oneseg.checkpoint import load_state_dict_strict, read_checkpoint
 from oneseg.engine.callbacks import (
     AtomicCheckpoint,
-    ResumeSampler,
+    SamplerSetup,
     StatusCallback,
+    WeightSyncCheck,
     latest_checkpoint,
 )
 from oneseg.engine.module import SegmentationModule
@@ -58,10 +58,6 @@ def device_settings(train_cfg) -> dict:
     }
 
 
-def _rank_of(world_size: int) -> int:
-    return int(os.environ.get("RANK", os.environ.get("LOCAL_RANK", 0))) if world_size > 1 else 0
-
-
 def build_model_for_training(spec, num_classes: int):
     from oneseg.model.backbone import load_backbone_weights
     from oneseg.model.build import build_model
@@ -91,8 +87,10 @@ def load_matching_weights(model: torch.nn.Module, state: dict, source: str) -> l
     return sorted(set(own) - set(fitting))
 
 
-def build_loaders(spec, label_map, rank: int, world_size: int):
+def build_loaders(spec, label_map, world_size: int):
+    """Loaders over our samplers; ranks are set by SamplerSetup once the processes exist."""
     from oneseg.data.build import build_dataset
+
     divisibility = spec.model.size_divisibility
     texts = text_list_length(spec)
     train_set = build_dataset(
@@ -107,7 +105,6 @@ def build_loaders(spec, label_map, rank: int, world_size: int):
         len(train_set),
         seed=spec.train.seed,
         shuffle=True,
-        rank=rank,
         world_size=world_size,
         drop_last=True,
     )
@@ -136,16 +133,15 @@ def build_loaders(spec, label_map, rank: int, world_size: int):
             size_divisibility=divisibility,
             train=False,
         )
-        val_sampler = EpochSampler(
-            len(val_set), shuffle=False, rank=rank, world_size=world_size, drop_last=False
-        )
+        # every image once over all processes: no padding, so none is counted twice
+        val_sampler = EpochSampler(len(val_set), shuffle=False, world_size=world_size, pad=False)
         val_loader = DataLoader(
             SeededDataset(val_set),
             batch_size=spec.evaluate.batch_size,
             sampler=val_sampler,
             **loader_kwargs,
         )
-    return train_loader, val_loader, sampler
+    return train_loader, val_loader, sampler, [val_sampler] if val_loader is not None else []
 
 
 def run_train(spec, run) -> None:
@@ -162,10 +158,9 @@ def run_train(spec, run) -> None:
         )
     devices = device_settings(spec.train)
     world = devices.pop("world_size")
-    rank = _rank_of(world)
     model = build_model_for_training(spec, num_classes)
     criterion = build_criterion(spec.model.loss, num_classes, spec.model.arch)
-    train_loader, val_loader, sampler = build_loaders(spec, label_map, rank, world)
+    train_loader, val_loader, sampler, val_samplers = build_loaders(spec, label_map, world)
 
     steps_per_epoch = len(train_loader)
     if steps_per_epoch == 0:
@@ -215,8 +210,9 @@ def run_train(spec, run) -> None:
         sync_batchnorm=has_bn and world > 1,
         callbacks=[
             checkpoint,
-            ResumeSampler(sampler, spec.dataset.batch_size),
+            SamplerSetup(sampler, spec.dataset.batch_size, val_samplers),
             StatusCallback(run, spec.train.log_every_n_steps),
+            WeightSyncCheck(run),
         ],
         logger=[
             TensorBoardLogger(folder, name="tensorboard", version=""),
