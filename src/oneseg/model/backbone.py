@@ -178,7 +178,9 @@ def _map_by_position(target: dict, source: dict, origin: str) -> dict[str, torch
     """Pair tensors in order, shape by shape; the source may only add a classifier head."""
     source_items = list(source.items())
     if len(source_items) < len(target):
-        raise ValueError(f"{origin}: {len(source_items)} tensors for {len(target)} backbone ones")
+        raise ValueError(
+            f"{origin}: does not fit the backbone ({len(source_items)} tensors for {len(target)})"
+        )
     mapped = {}
     for (key, value), (src_key, src_value) in zip(target.items(), source_items):
         if tuple(value.shape) != tuple(src_value.shape):

@@ -1,0 +1,120 @@
+"""Backbones from timm: every name builds, gives 4 NCHW maps at strides 4-32, trains; weights load
+from local files."""
+
+from __future__ import annotations
+
+import pytest
+import timm
+import torch
+
+from oneseg.model.backbone import (
+    BACKBONES,
+    PadThenShiftSwinBlock,
+    build_backbone,
+    lite0_package_weights,
+    load_backbone_weights,
+)
+
+# Small versions of the big families (same heads and windows, narrower, one block per stage).
+SMALL = {
+    "swin_tiny": dict(embed_dim=24, depths=[1, 2, 1, 1]),
+    "swin_small": dict(embed_dim=24, depths=[1, 1, 2, 1]),
+    "swin_base": dict(embed_dim=32, depths=[1, 1, 1, 2]),
+    "swin_large": dict(embed_dim=48, depths=[1, 1, 1, 1]),
+    "convnext_tiny": dict(embed_dim=16, depths=[1, 1, 1, 1]),
+    "convnext_small": dict(embed_dim=16, depths=[1, 1, 2, 1]),
+    "convnext_base": dict(embed_dim=16, depths=[1, 1, 1, 1]),
+    "convnext_large": dict(embed_dim=16, depths=[1, 1, 1, 1]),
+}
+
+
+def small_backbone(name: str):
+    return build_backbone(name, **SMALL.get(name, {}))
+
+
+@pytest.mark.parametrize("name", sorted(BACKBONES))
+def test_maps_strides_channels_and_gradients(name):
+    torch.manual_seed(0)
+    backbone = small_backbone(name)
+    assert backbone.strides == [4, 8, 16, 32]
+    images = torch.randn(2, 3, 64, 96)
+    maps = backbone(images)
+    assert [tuple(m.shape) for m in maps] == [
+        (2, c, 64 // s, 96 // s) for c, s in zip(backbone.channels, backbone.strides)
+    ]
+    sum(m.mean() for m in maps).backward()
+    grads = [p.grad for p in backbone.parameters() if p.requires_grad]
+    assert all(g is not None and torch.isfinite(g).all() for g in grads)
+
+
+def test_named_sizes_follow_timm():
+    assert build_backbone("swin_tiny").channels == [96, 192, 384, 768]
+    assert build_backbone("convnext_tiny").channels == [96, 192, 384, 768]
+    assert build_backbone("efficientnet_lite0").channels == [24, 40, 112, 320]
+
+
+def test_swin_uses_original_window_order_and_any_size():
+    backbone = small_backbone("swin_tiny")
+    blocks = [m for m in backbone.modules() if isinstance(m, PadThenShiftSwinBlock)]
+    assert len(blocks) == 5 and any(any(b.shift_size) for b in blocks)
+    # window 7 with maps of 10x6 (stride 32 of 320x192): padded, shifted, and never shrunk
+    maps = backbone(torch.randn(1, 3, 320, 192))
+    assert maps[-1].shape[-2:] == (10, 6)
+    assert all(b.window_size == (7, 7) for b in blocks)
+
+
+def test_unknown_name_and_wrong_overrides():
+    with pytest.raises(ValueError, match="unknown backbone"):
+        build_backbone("vit_huge")
+    with pytest.raises(ValueError, match="swin only"):
+        build_backbone("convnext_tiny", window_size=12)
+    with pytest.raises(ValueError, match="swin and convnext only"):
+        build_backbone("resnet50", embed_dim=32)
+
+
+def test_load_timm_classifier_weights(tmp_path):
+    """A timm classifier checkpoint (names `layers.0`, with head) loads into the features model."""
+    torch.manual_seed(0)
+    classifier = timm.create_model(
+        "swin_tiny_patch4_window7_224", pretrained=False, embed_dim=24, depths=(1, 2, 1, 1)
+    )
+    torch.save(classifier.state_dict(), tmp_path / "swin.pth")
+    backbone = small_backbone("swin_tiny")
+    loaded = load_backbone_weights(backbone, tmp_path / "swin.pth")
+    assert loaded == len(backbone.body.state_dict())
+    source = classifier.state_dict()["layers.1.blocks.1.attn.qkv.weight"]
+    assert torch.equal(backbone.body.state_dict()["layers_1.blocks.1.attn.qkv.weight"], source)
+    # our own backbone state dict (safetensors) round-trips, per-stage norms included
+    from safetensors.torch import save_file
+
+    with torch.no_grad():
+        backbone.out_norms[0].weight.fill_(2.0)
+    save_file(backbone.state_dict(), str(tmp_path / "ours.safetensors"))
+    fresh = small_backbone("swin_tiny")
+    load_backbone_weights(fresh, tmp_path / "ours.safetensors")
+    assert torch.equal(fresh.out_norms[0].weight, backbone.out_norms[0].weight)
+
+
+def test_wrong_weights_are_named(tmp_path):
+    torch.save(timm.create_model("resnet18", pretrained=False).state_dict(), tmp_path / "r18.pth")
+    with pytest.raises(ValueError, match="wrong shapes"):
+        load_backbone_weights(build_backbone("resnet50"), tmp_path / "r18.pth")
+    with pytest.raises(FileNotFoundError):
+        load_backbone_weights(build_backbone("resnet50"), tmp_path / "none.pth")
+
+
+def test_efficientnet_lite0_package_weights():
+    path = lite0_package_weights()
+    source = torch.load(path, map_location="cpu", weights_only=True)
+    backbone = build_backbone("efficientnet_lite0")
+    assert load_backbone_weights(backbone, path) == len(backbone.body.state_dict())
+    state = backbone.body.state_dict()
+    assert torch.equal(state["conv_stem.weight"], source["_conv_stem.weight"])
+    assert torch.equal(
+        state["blocks.6.0.conv_pwl.weight"], source["_blocks.15._project_conv.weight"]
+    )
+    backbone.eval()
+    assert torch.isfinite(backbone(torch.randn(1, 3, 64, 64))[-1]).all()
+    # the same file does not fit another network, and says which tensor
+    with pytest.raises(ValueError, match="does not fit"):
+        load_backbone_weights(build_backbone("efficientnet_b0"), path)

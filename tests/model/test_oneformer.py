@@ -1,0 +1,172 @@
+"""The assembled network: shapes, both architectures, training outputs and invariants."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from oneseg.config import ModelConfig, PixelDecoderConfig, TextEncoderConfig
+from oneseg.model.build import build_model
+from oneseg.model.tokenizer import task_text, text_list, tokenize
+
+
+def tiny_cfg(**overrides) -> ModelConfig:
+    values = dict(
+        backbone="swin_tiny",
+        backbone_embed_dim=16,
+        backbone_depths=[1, 1, 2, 1],
+        backbone_num_heads=[1, 1, 2, 2],
+        backbone_window_size=2,
+        hidden_dim=32,
+        num_queries=6,
+        nheads=2,
+        dim_feedforward=64,
+        dec_layers=2,
+        query_dec_layers=1,
+        pixel_decoder=PixelDecoderConfig(
+            conv_dim=32, mask_dim=32, enc_layers=1, enc_heads=2, enc_ffn_dim=64
+        ),
+        text_encoder=TextEncoderConfig(width=32, layers=1, n_ctx=2),
+    )
+    values.update(overrides)
+    return ModelConfig(**values)
+
+
+def task_tokens(task: str, batch: int) -> torch.Tensor:
+    return tokenize([task_text(task)] * batch)
+
+
+def text_tokens(cfg: ModelConfig, names: list[list[str]]) -> torch.Tensor:
+    length = cfg.num_queries - cfg.text_encoder.n_ctx
+    return torch.stack([tokenize(text_list(n, "panoptic", length)) for n in names])
+
+
+def test_inference_outputs():
+    torch.manual_seed(0)
+    model = build_model(tiny_cfg(dec_layers=4), num_classes=3).eval()
+    assert (model.arch, model.num_classes, model.num_queries, model.size_divisibility) == (
+        "oneformer", 3, 6, 32,
+    )  # fmt: skip
+    with torch.no_grad():
+        out = model(torch.randn(2, 3, 64, 96), task_tokens("semantic", 2))
+    assert set(out) == {"pred_logits", "pred_masks", "aux_outputs"}
+    assert out["pred_logits"].shape == (2, 6, 4)
+    assert out["pred_masks"].shape == (2, 6, 16, 24)
+    assert len(out["aux_outputs"]) == 4  # before the first layer and after layers 1-3
+    for aux in out["aux_outputs"]:
+        assert aux["pred_logits"].shape == (2, 6, 4) and aux["pred_masks"].shape == (2, 6, 16, 24)
+    assert len(model.decoder.layers) == 4
+
+
+def test_training_outputs_and_backward():
+    torch.manual_seed(0)
+    cfg = tiny_cfg()
+    model = build_model(cfg, num_classes=2).train()
+    texts = text_tokens(cfg, [["cat"], ["dog", "cat", "sky"]])
+    out = model(torch.randn(2, 3, 64, 64), task_tokens("panoptic", 2), texts)
+    assert out["contrastive_logits"].shape == (2, 6, 32)
+    assert out["texts"].shape == (2, 6, 32)  # 4 text entries + 2 learned contexts
+    assert out["logit_scale"].dim() == 0
+    assert out["logit_scale"].item() == pytest.approx(math.log(1 / 0.07))
+    loss = out["pred_masks"].mean() + out["pred_logits"].mean()
+    loss = loss + sum(a["pred_masks"].mean() for a in out["aux_outputs"])
+    loss = loss + (out["contrastive_logits"] * out["texts"]).sum() * out["logit_scale"]
+    loss.backward()
+    no_grad = [n for n, p in model.named_parameters() if p.grad is None]
+    assert no_grad == []
+    backbone_params = {id(p) for p in model.backbone.parameters()}
+    assert backbone_params and len(backbone_params) < len(list(model.parameters()))
+
+
+def test_mask2former_single_class():
+    torch.manual_seed(0)
+    model = build_model(tiny_cfg(arch="mask2former", num_classes=1))
+    assert model.arch == "mask2former" and model.task_mlp is None and model.text_queries is None
+    names = [n for n, _ in model.named_parameters()]
+    assert not any(n.startswith(("decoder.query_transformer", "text_queries")) for n in names)
+    assert "decoder.query_feat.weight" in names and not hasattr(model, "logit_scale")
+    out = model(torch.randn(2, 3, 64, 64))
+    assert out["pred_logits"].shape == (2, 6, 2)
+    (out["pred_logits"].sum() + out["pred_masks"].mean()).backward()
+    with pytest.raises(ValueError, match="no task"):
+        model(torch.randn(1, 3, 64, 64), task_tokens("panoptic", 1))
+
+
+def test_class_count_rules():
+    with pytest.raises(ValueError, match="num_classes"):
+        build_model(tiny_cfg())
+    assert build_model(tiny_cfg(num_classes=5), num_classes=2).num_classes == 2
+    with pytest.raises(ValueError, match="task_tokens"):
+        build_model(tiny_cfg(), num_classes=2)(torch.randn(1, 3, 64, 64))
+
+
+def test_normalize_uses_pixel_statistics():
+    model = build_model(tiny_cfg(), num_classes=1)
+    images = torch.tensor([123.675, 116.28, 103.53]).view(1, 3, 1, 1).expand(1, 3, 2, 2)
+    assert torch.allclose(model.normalize(images), torch.zeros(1, 3, 2, 2), atol=1e-5)
+    assert model.pixel_mean.shape == (3, 1, 1) and model.pixel_std.shape == (3, 1, 1)
+    assert "pixel_mean" not in model.state_dict()
+
+
+def test_batched_equals_per_image_and_tasks_differ():
+    torch.manual_seed(0)
+    model = build_model(tiny_cfg(), num_classes=3).eval()
+    images = torch.randn(2, 3, 64, 64)
+    tasks = torch.cat([task_tokens("semantic", 1), task_tokens("instance", 1)])
+    with torch.no_grad():
+        batched = model(images, tasks)
+        for i in range(2):
+            single = model(images[i : i + 1], tasks[i : i + 1])
+            assert torch.allclose(single["pred_masks"][0], batched["pred_masks"][i], atol=1e-4)
+            assert torch.allclose(single["pred_logits"][0], batched["pred_logits"][i], atol=1e-4)
+        other = model(images, task_tokens("panoptic", 2))
+    assert not torch.allclose(other["pred_logits"], batched["pred_logits"])
+
+
+def test_dropout_follows_train_mode():
+    torch.manual_seed(0)
+    cfg = tiny_cfg(query_dropout=0.5, drop_path_rate=0.0)
+    cfg.pixel_decoder.dropout = 0.5
+    model = build_model(cfg, num_classes=2)
+    images, tasks = torch.randn(1, 3, 64, 64), task_tokens("panoptic", 1)
+    model.eval()
+    with torch.no_grad():
+        first, second = model(images, tasks), model(images, tasks)
+    assert torch.equal(first["pred_masks"], second["pred_masks"])
+    model.train()
+    with torch.no_grad():
+        noisy = model(images, tasks)
+    assert not torch.allclose(noisy["pred_masks"], first["pred_masks"])
+
+
+def test_attention_mask_unmasks_empty_rows():
+    torch.manual_seed(0)
+    model = build_model(tiny_cfg(), num_classes=2).eval()
+    decoder = model.decoder
+    with torch.no_grad():
+        decoder.mask_embed.layers[-1].bias.fill_(-100.0)  # every mask empty
+        decoder.mask_embed.layers[-1].weight.zero_()
+        x = torch.randn(2, 6, 32)
+        _, _, attn_mask = decoder.predict(x, torch.ones(2, 32, 16, 16), (4, 4))
+    assert attn_mask.shape == (2 * 2, 6, 16)
+    assert not attn_mask.any()  # fully masked rows look everywhere
+    with torch.no_grad():
+        decoder.mask_embed.layers[-1].bias.fill_(100.0)
+        _, _, attn_mask = decoder.predict(x, torch.ones(2, 32, 16, 16), (4, 4))
+    assert not attn_mask.any()  # sigmoid >= 0.5 everywhere: nothing masked
+
+
+def test_text_encoder_is_causal():
+    torch.manual_seed(0)
+    encoder = build_model(tiny_cfg(), num_classes=1).text_queries.encoder.eval()
+    tokens = tokenize(["a photo with a cat", "a photo with a cat"])
+    tokens[1, 5] = 1234  # change a later token
+    with torch.no_grad():
+        features = encoder.token_features(tokens)
+    assert torch.allclose(features[0, :5], features[1, :5], atol=1e-6)
+    assert not torch.allclose(features[0, 5:], features[1, 5:], atol=1e-4)
+    pooled = encoder(tokens)  # read at the end-of-text token
+    eot = tokens[0].argmax().item()
+    assert torch.allclose(pooled[0], features[0, eot], atol=1e-6)
