@@ -61,3 +61,14 @@ def tiny_checkpoint(tmp_path_factory, synth_data, tiny_model_cfg):
     path = tmp_path_factory.mktemp("ckpt") / "tiny.pth"
     save_atomic(make_checkpoint(tiny_model_cfg, label_map, model.state_dict()), path)
     return path
+
+
+@pytest.fixture
+def one_torch_thread():
+    """Tiny models run faster on one thread: on a busy machine a second one mostly waits."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

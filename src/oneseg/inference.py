@@ -274,9 +274,7 @@ class Predictor:
         height, width = padded_size(sizes, getattr(self.model, "size_divisibility", 32))
         batch = torch.zeros(len(resized), 3, height, width, dtype=torch.uint8)
         for i, array in enumerate(resized):
-            batch[i, :, : array.shape[0], : array.shape[1]] = torch.from_numpy(
-                array.transpose(2, 0, 1)
-            )
+            batch[i, :, : array.shape[0], : array.shape[1]] = torch.tensor(array).permute(2, 0, 1)
         return batch.to(self.device), [(int(h), int(w)) for h, w in sizes]
 
 
@@ -330,19 +328,16 @@ def output_names(paths: list[Path], root: Path) -> list[str]:
     ]
 
 
-def _postprocess_overrides(spec_model: ModelConfig) -> dict:
-    """Post-processing settings the spec sets to other than the defaults; the rest come from
-    the checkpoint's model config (its thresholds are those the model was trained for)."""
+def spec_postprocess_overrides(spec_model: ModelConfig) -> dict:
+    """The post-processing settings (`object_mask_threshold`, `overlap_threshold`,
+    `test_topk_per_image`) that the spec sets to other than their defaults. The others come from
+    the checkpoint's model config: its thresholds are those chosen for the model."""
     defaults = ModelConfig()
-    names = {
-        "object_mask_threshold": "object_mask_threshold",
-        "overlap_threshold": "overlap_threshold",
-        "topk": "test_topk_per_image",
-    }
+    fields = ("object_mask_threshold", "overlap_threshold", "test_topk_per_image")
     return {
-        key: getattr(spec_model, field)
-        for key, field in names.items()
-        if getattr(spec_model, field) != getattr(defaults, field)
+        name: getattr(spec_model, name)
+        for name in fields
+        if getattr(spec_model, name) != getattr(defaults, name)
     }
 
 
@@ -403,7 +398,10 @@ def run_inference(spec, run) -> None:
         checkpoint,
         min_size=aug.eval_min_size,
         max_size=aug.eval_max_size,
-        **_postprocess_overrides(spec.model),
+        **{
+            "topk" if name == "test_topk_per_image" else name: value
+            for name, value in spec_postprocess_overrides(spec.model).items()
+        },
     )
     outputs = InferenceOutputs(
         run.dir, predictor.label_map, list(cfg.tasks), cfg.overlay, cfg.semantic_ids

@@ -1,0 +1,185 @@
+"""The `evaluate` action: PQ, mIoU and mask AP of a checkpoint on `dataset.val` or `.test`.
+
+Writes into the action's folder:
+    metrics.json        every number, per class included (NaN written as null)
+    per_class.md, .csv  one row per class: PQ, SQ, RQ, IoU, AP   (with evaluate.iou_per_class)
+    per_class.png       bar chart of per-class PQ, IoU and AP     (with evaluate.iou_per_class)
+and puts the headline numbers into status.json as KPIs.
+"""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import math
+import time
+from pathlib import Path
+
+import torch
+
+from oneseg.engine.evaluator import Evaluator
+
+SUMMARY_KEYS = {
+    "panoptic": ("pq", "sq", "rq", "pq_th", "pq_st"),
+    "semantic": ("miou", "fwiou", "pixel_acc", "mean_acc"),
+    "instance": ("ap", "ap50", "ap75", "aps", "apm", "apl"),
+}
+CLASS_COLUMNS = ("pq", "sq", "rq", "iou", "ap")
+
+
+def run_evaluate(spec, run) -> None:
+    from rich.progress import Progress
+
+    from oneseg.checkpoint import load_state_dict_strict, read_checkpoint
+    from oneseg.data.build import build_dataloader
+    from oneseg.inference import spec_postprocess_overrides
+    from oneseg.model.build import build_model
+
+    cfg = spec.evaluate
+    checkpoint = cfg.checkpoint or spec.model.pretrained
+    if not checkpoint:
+        raise ValueError(
+            "evaluate.checkpoint is empty (and model.pretrained too): name the checkpoint to "
+            "evaluate"
+        )
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    model_cfg, label_map, state_dict = read_checkpoint(checkpoint)
+    model = build_model(model_cfg, num_classes=len(label_map))
+    load_state_dict_strict(model, state_dict, str(checkpoint))
+    model = model.to(device).eval()
+    model_cfg = dataclasses.replace(model_cfg, **spec_postprocess_overrides(spec.model))
+
+    tasks = list(dict.fromkeys(cfg.tasks))
+    if spec.dataset.type == "semantic" and tasks != ["semantic"]:
+        run.log("RUNNING", "semantic label folders have no instances: evaluating mIoU only")
+        tasks = ["semantic"]
+    loader = build_dataloader(
+        spec.dataset,
+        cfg.split,
+        label_map,
+        text_list_len=0,
+        size_divisibility=model.size_divisibility,
+        train=False,
+        batch_size=cfg.batch_size,
+    )
+    evaluator = Evaluator(loader.dataset, label_map, model_cfg, tasks)
+    run.log("RUNNING", f"evaluating {checkpoint} on {len(loader.dataset)} images ({cfg.split})")
+    start = time.time()
+    log_every = max(1, len(loader) // 10)
+    with Progress(transient=True) as progress:
+        bar = progress.add_task(f"evaluate {cfg.split}", total=len(loader))
+        for step, batch in enumerate(loader, 1):
+            evaluator.process(model, batch)
+            progress.advance(bar)
+            if step % log_every == 0 and step < len(loader):
+                run.log("RUNNING", f"batch {step}/{len(loader)}", step=step, total=len(loader))
+    seconds = time.time() - start
+    metrics = evaluator.compute(gather=False)
+    per_class = metrics.pop("per_class")
+    metrics["seconds_per_image"] = seconds / max(1.0, metrics["num_images"])
+
+    folder = Path(run.dir)
+    write_metrics_json(folder / "metrics.json", metrics, per_class, str(checkpoint), cfg.split)
+    if cfg.iou_per_class:
+        write_class_tables(folder, per_class)
+        write_class_chart(folder / "per_class.png", per_class)
+    run.kpis.update({k: round(v, 4) for k, v in metrics.items() if not math.isnan(v)})
+    print_summary(metrics, tasks, len(loader.dataset), cfg.split)
+
+
+def _jsonable(value):
+    if isinstance(value, float) and math.isnan(value):
+        return None
+    if isinstance(value, dict):
+        return {k: _jsonable(v) for k, v in value.items()}
+    return value
+
+
+def write_metrics_json(path: Path, metrics: dict, per_class: dict, checkpoint: str, split: str):
+    from oneseg.results_io import write_json_atomic
+
+    write_json_atomic(
+        path,
+        {
+            "checkpoint": checkpoint,
+            "split": split,
+            "metrics": _jsonable(metrics),
+            "per_class": _jsonable(per_class),
+        },
+    )
+
+
+def _cell(value) -> str:
+    if isinstance(value, bool):
+        return "thing" if value else "stuff"
+    if isinstance(value, float):
+        return "" if math.isnan(value) else f"{value:.2f}"
+    return str(value)
+
+
+def write_class_tables(folder: Path, per_class: dict) -> None:
+    """per_class.md and per_class.csv: class, category id, kind and the metrics evaluated."""
+    columns = [c for c in CLASS_COLUMNS if any(c in v for v in per_class.values())]
+    header = ["class", "category_id", "kind", *columns]
+    rows = [
+        [
+            name,
+            _cell(v["category_id"]),
+            _cell(v["isthing"]),
+            *(_cell(v.get(c, "")) for c in columns),
+        ]
+        for name, v in per_class.items()
+    ]
+    lines = [
+        "| " + " | ".join(header) + " |",
+        "|" + "|".join(["---"] * 3 + ["---:"] * len(columns)) + "|",
+    ]
+    lines += ["| " + " | ".join(row) + " |" for row in rows]
+    (folder / "per_class.md").write_text("\n".join(lines) + "\n")
+    with open(folder / "per_class.csv", "w", newline="") as out:
+        writer = csv.writer(out)
+        writer.writerow(header)
+        writer.writerows(rows)
+
+
+def write_class_chart(path: Path, per_class: dict) -> None:
+    """Horizontal bars of per-class PQ, IoU and AP side by side, one row per class."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    panels = [c for c in ("pq", "iou", "ap") if any(c in v for v in per_class.values())]
+    if not panels:
+        return
+    names = list(per_class)
+    height = 1.2 + 0.22 * len(names)
+    figure, axes = plt.subplots(
+        1, len(panels), figsize=(3.2 * len(panels) + 1.5, height), sharey=True, squeeze=False
+    )
+    for ax, key in zip(axes[0], panels):
+        values = [per_class[n].get(key, math.nan) for n in names]
+        colors = ["tab:blue" if per_class[n]["isthing"] else "tab:green" for n in names]
+        shown = [0.0 if math.isnan(v) else v for v in values]
+        ax.barh(range(len(names)), shown, color=colors)
+        ax.set_xlim(0, 100)
+        ax.set_title(key.upper())
+        ax.grid(axis="x", alpha=0.3)
+    axes[0][0].set_yticks(range(len(names)), labels=names, fontsize=8)
+    axes[0][0].invert_yaxis()
+    figure.suptitle("per class (blue: things, green: stuff; empty: not in data)", fontsize=9)
+    figure.tight_layout()
+    figure.savefig(path, dpi=100)
+    plt.close(figure)
+
+
+def print_summary(metrics: dict, tasks: list[str], num_images: int, split: str) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title=f"evaluate: {num_images} images of {split}")
+    keys = [k for task in tasks for k in SUMMARY_KEYS[task] if k in metrics]
+    for key in keys:
+        table.add_column(key.upper().replace("_", " "), justify="right")
+    table.add_row(*(_cell(metrics[k]) or "-" for k in keys))
+    Console().print(table)
