@@ -4,7 +4,14 @@ from scipy.ndimage import binary_erosion
 
 from oneseg.data.records import Segment
 from oneseg.data.targets import derive_targets
-from oneseg.data.transforms import EvalTransform, TrainTransform, shortest_edge_size
+from oneseg.data.transforms import (
+    EvalTransform,
+    TrainTransform,
+    color_jitter,
+    resize,
+    resize_window,
+    shortest_edge_size,
+)
 
 SEGMENTS = [Segment(i, i % 4, True, False) for i in (2100, 4000, 301, 302, 701, 702)]
 
@@ -107,3 +114,34 @@ def test_empty_after_crop_is_a_valid_sample():
         empties += len(targets.masks) == 0
         assert targets.masks.shape[1:] == (10, 10)
     assert empties > 0
+
+
+def test_window_resize_equals_resize_then_crop():
+    rng = np.random.default_rng(0)
+    image = rng.integers(0, 256, (48, 64, 3), dtype=np.uint8)
+    ids = rng.integers(0, 50, (48, 64)).astype(np.int32)
+    for size in [(96, 128), (30, 40), (61, 81)]:
+        full_image, full_ids = resize(image, ids, size)
+        part_image, part_ids = resize_window(image, ids, size, (5, 7, 20, 25))
+        np.testing.assert_array_equal(part_ids, full_ids[5:25, 7:32])
+        assert np.abs(part_image.astype(int) - full_image[5:25, 7:32]).max() <= 1
+
+
+def test_color_jitter_matches_the_three_steps_applied_in_turn():
+    image = np.random.default_rng(1).integers(60, 190, (16, 16, 3), dtype=np.uint8)
+    out = color_jitter(image, 0.3, np.random.default_rng(7))
+    rng = np.random.default_rng(7)  # the same draws, applied step by step
+    x = image.astype(np.float64)
+    luma = np.array([0.299, 0.587, 0.114])
+    for op in rng.permutation(3):
+        factor = rng.uniform(0.7, 1.3)
+        if op == 0:
+            x = x * factor
+        elif op == 1:
+            mean = (x @ luma).mean()
+            x = (x - mean) * factor + mean
+        else:
+            gray = (x @ luma)[..., None]
+            x = (x - gray) * factor + gray
+    want = np.clip(np.rint(x), 0, 255)
+    assert np.abs(out.astype(int) - want).max() <= 1

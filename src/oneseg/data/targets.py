@@ -17,7 +17,7 @@ import numpy as np
 import torch
 
 from oneseg.config import TASKS
-from oneseg.data.records import Segment, ignore_mask
+from oneseg.data.records import Segment
 from oneseg.model.tokenizer import FILLER_TEXT, TEXT_TEMPLATE, task_text, text_list, tokenize
 
 
@@ -54,24 +54,31 @@ def derive_targets(segment_map: np.ndarray, segments: list[Segment], task: str) 
     """
     if task not in TASKS:
         raise ValueError(f"unknown task {task!r}; expected one of {list(TASKS)}")
-    present = set(np.unique(segment_map).tolist())
-    kept = [s for s in segments if not s.iscrowd and s.id in present]
+    height, width = segment_map.shape
+    kept, masks = [], []
+    for segment in segments:
+        if not segment.iscrowd:
+            mask = segment_map == segment.id
+            if mask.any():
+                kept.append(segment)
+                masks.append(mask)
+    claimed = np.logical_or.reduce(masks) if masks else np.zeros((height, width), dtype=bool)
     if task == "instance":
-        kept = [s for s in kept if s.isthing]
-    if task == "semantic":
-        groups: dict[int, list[int]] = {}
-        for s in kept:
-            groups.setdefault(s.class_index, []).append(s.id)
-        labels = sorted(groups)
-        masks = [np.isin(segment_map, groups[c]) for c in labels]
+        masks = [m for m, s in zip(masks, kept) if s.isthing]
+        labels = [s.class_index for s in kept if s.isthing]
+    elif task == "semantic":
+        by_class: dict[int, np.ndarray] = {}
+        for mask, segment in zip(masks, kept):
+            merged = by_class.get(segment.class_index)
+            by_class[segment.class_index] = mask if merged is None else merged | mask
+        labels = sorted(by_class)
+        masks = [by_class[c] for c in labels]
     else:
         labels = [s.class_index for s in kept]
-        masks = [segment_map == s.id for s in kept]
-    height, width = segment_map.shape
     return Targets(
         masks=np.stack(masks) if masks else np.zeros((0, height, width), dtype=bool),
         labels=np.asarray(labels, dtype=np.int64),
-        ignore_mask=ignore_mask(segment_map, segments),
+        ignore_mask=~claimed,
     )
 
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
-from PIL import Image
+from PIL import Image, ImageStat
 
 PAD_VALUE = 0  # image value of padding; the map pads with void (0) and the batch marks it
 
@@ -34,25 +34,49 @@ def shortest_edge_size(height: int, width: int, short: int, max_size: int) -> tu
 
 def resize(image: np.ndarray, segment_map: np.ndarray, size: tuple[int, int]):
     """Both to (h, w): bilinear for the image, nearest for the ids."""
-    height, width = size
-    if image.shape[:2] == (height, width):
-        return image, segment_map
-    image = np.asarray(Image.fromarray(image).resize((width, height), Image.BILINEAR))
-    ids = Image.fromarray(segment_map.astype(np.int32, copy=False))
-    segment_map = np.asarray(ids.resize((width, height), Image.NEAREST)).astype(np.int32)
-    return image, segment_map
+    return resize_window(image, segment_map, size, (0, 0, *size))
 
 
-def random_crop(
-    image: np.ndarray, segment_map: np.ndarray, crop: tuple[int, int], rng: np.random.Generator
+def crop_window(
+    size: tuple[int, int], crop: tuple[int, int] | None, rng: np.random.Generator
+) -> tuple[int, int, int, int]:
+    """(top, left, h, w): a random window of at most `crop` inside `size`; the whole of `size`
+    without a crop, or on a side shorter than the crop."""
+    if not crop:
+        return 0, 0, size[0], size[1]
+    crop_h, crop_w = min(crop[0], size[0]), min(crop[1], size[1])
+    top = int(rng.integers(0, size[0] - crop_h + 1))
+    left = int(rng.integers(0, size[1] - crop_w + 1))
+    return top, left, crop_h, crop_w
+
+
+def resize_window(
+    image: np.ndarray,
+    segment_map: np.ndarray,
+    size: tuple[int, int],
+    window: tuple[int, int, int, int],
 ):
-    """A random window of at most `crop` (h, w); smaller inputs stay whole on that side."""
+    """The `window` (top, left, h, w) of both resized to `size`, resampling only that window:
+    the same pixels as resizing everything and cropping after, at a fraction of the cost."""
     height, width = segment_map.shape
-    crop_h, crop_w = min(crop[0], height), min(crop[1], width)
-    top = int(rng.integers(0, height - crop_h + 1))
-    left = int(rng.integers(0, width - crop_w + 1))
-    window = (slice(top, top + crop_h), slice(left, left + crop_w))
-    return image[window], segment_map[window]
+    top, left, crop_h, crop_w = window
+    if tuple(size) == (height, width):
+        rows, cols = slice(top, top + crop_h), slice(left, left + crop_w)
+        return image[rows, cols], segment_map[rows, cols]
+    scale_y, scale_x = height / size[0], width / size[1]
+    box = (left * scale_x, top * scale_y, (left + crop_w) * scale_x, (top + crop_h) * scale_y)
+    image = Image.fromarray(image).resize((crop_w, crop_h), Image.BILINEAR, box=box)
+    # nearest neighbour by index arithmetic: the same source pixel for an output pixel
+    # whether the window is the whole image or a part of it
+    rows = _nearest(top, crop_h, scale_y, height)
+    cols = _nearest(left, crop_w, scale_x, width)
+    return np.asarray(image), segment_map[rows[:, None], cols[None, :]].astype(np.int32)
+
+
+def _nearest(start: int, count: int, scale: float, limit: int) -> np.ndarray:
+    """Source index of output pixels start..start+count-1 (pixel centres, floored)."""
+    index = ((np.arange(start, start + count) + 0.5) * scale).astype(np.int64)
+    return np.minimum(index, limit - 1)
 
 
 def pad_to(image: np.ndarray, segment_map: np.ndarray, size: tuple[int, int]):
@@ -69,24 +93,31 @@ def pad_to(image: np.ndarray, segment_map: np.ndarray, size: tuple[int, int]):
 
 def color_jitter(image: np.ndarray, strength: float, rng: np.random.Generator) -> np.ndarray:
     """Brightness, contrast and saturation each scaled by a factor in [1-s, 1+s], in random
-    order, as torchvision's ColorJitter does."""
-    if strength <= 0:
+    order, as torchvision's ColorJitter does.
+
+    Each step is an affine map of the RGB values (contrast blends with the mean gray level,
+    which follows from the mean colour), so the three compose into one 3x4 matrix that PIL
+    applies in a single pass; unlike torchvision, values are clipped once, at the end.
+    """
+    if strength <= 0 or image.size == 0:
         return image
     low, high = max(0.0, 1.0 - strength), 1.0 + strength
-    out = image.astype(np.float32)
-    luma = np.array([0.299, 0.587, 0.114], dtype=np.float32)
+    luma = np.array([0.299, 0.587, 0.114])
+    matrix, offset = np.eye(3), np.zeros(3)
+    picture = Image.fromarray(image)
+    mean_rgb = np.array(ImageStat.Stat(picture).mean)  # from histograms: fast on uint8
     for op in rng.permutation(3):
-        factor = np.float32(rng.uniform(low, high))
+        factor = rng.uniform(low, high)
         if op == 0:  # brightness: blend with black
-            out *= factor
+            step, shift = factor * np.eye(3), np.zeros(3)
         elif op == 1:  # contrast: blend with the mean gray level
-            mean = np.float32((out @ luma).mean())
-            out = (out - mean) * factor + mean
-        else:  # saturation: blend with the gray image
-            gray = (out @ luma)[..., None]
-            out = (out - gray) * factor + gray
-        np.clip(out, 0, 255, out=out)
-    return np.rint(out).astype(np.uint8)
+            mean_gray = luma @ (matrix @ mean_rgb + offset)
+            step, shift = factor * np.eye(3), np.full(3, (1 - factor) * mean_gray)
+        else:  # saturation: blend with each pixel's gray level
+            step, shift = factor * np.eye(3) + (1 - factor) * np.outer(np.ones(3), luma), 0.0
+        matrix, offset = step @ matrix, step @ offset + shift
+    coefficients = tuple(np.concatenate([matrix, offset[:, None]], axis=1).ravel().tolist())
+    return np.asarray(picture.convert("RGB", matrix=coefficients))
 
 
 class TrainTransform:
@@ -136,9 +167,8 @@ class TrainTransform:
         else:
             short = self.min_sizes[int(rng.integers(len(self.min_sizes)))]
             size = shortest_edge_size(height, width, short, self.max_size)
-        image, segment_map = resize(image, segment_map, size)
-        if self.crop_size:
-            image, segment_map = random_crop(image, segment_map, self.crop_size, rng)
+        window = crop_window(size, self.crop_size, rng)
+        image, segment_map = resize_window(image, segment_map, size, window)
         content = segment_map.shape
         if self.lsj:
             image, segment_map = pad_to(image, segment_map, self.crop_size)
