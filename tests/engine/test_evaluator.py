@@ -194,3 +194,79 @@ def test_rejects_unknown_task(synth_data, tiny_model_cfg):
     dataset, label_map = _val_set(synth_data)
     with pytest.raises(ValueError, match="tasks"):
         Evaluator(dataset, label_map, tiny_model_cfg, tasks=["depth"])
+
+
+def test_evaluate_action_writes_metrics_tables_and_chart(tmp_path, synth_data, tiny_checkpoint):
+    import json
+
+    from oneseg import cli
+
+    code = cli.main(
+        [
+            "evaluate",
+            f"results_dir={tmp_path}",
+            f"evaluate.checkpoint={tiny_checkpoint}",
+            f"dataset.label_map={synth_data['label_map']}",
+            f"dataset.val.images={synth_data['val']['images']}",
+            f"dataset.val.annotations={synth_data['val']['panoptic_json']}",
+            f"dataset.val.panoptic={synth_data['val']['panoptic']}",
+            "dataset.augmentation.eval_min_size=64",
+            "dataset.workers=0",
+            "evaluate.batch_size=2",
+            "model.object_mask_threshold=0.0",
+        ]
+    )
+    assert code == 0
+    folder = tmp_path / "evaluate"
+    saved = json.loads((folder / "metrics.json").read_text())
+    assert saved["metrics"]["num_images"] == 4
+    for key in ("pq", "miou", "ap"):
+        assert 0.0 <= saved["metrics"][key] <= 100.0
+    rows = (folder / "per_class.csv").read_text().splitlines()
+    assert rows[0] == "class,category_id,kind,pq,sq,rq,iou,ap" and len(rows) == 1 + 8
+    assert (folder / "per_class.md").read_text().startswith("| class |")
+    assert (folder / "per_class.png").stat().st_size > 1000
+    final = json.loads((folder / "status.json").read_text().splitlines()[-1])
+    assert final["status"] == "SUCCESS" and "pq" in final["kpi"]
+
+
+def test_evaluate_action_needs_a_checkpoint(tmp_path, capsys):
+    from oneseg import cli
+
+    assert cli.main(["evaluate", f"results_dir={tmp_path}"]) != 0
+    assert "evaluate.checkpoint is empty" in capsys.readouterr().err
+
+
+def test_compute_gathers_the_images_of_every_process(synth_data, tiny_model_cfg, monkeypatch):
+    """compute(gather=True) under an initialised process group merges what all_gather_object
+    returns (a stand-in group of two here; the merge is the one tested above)."""
+    from oneseg.engine import evaluator as evaluator_module
+
+    dataset, label_map = _val_set(synth_data)
+    model = GroundTruthModel(dataset, len(label_map))
+    batches = _batches(dataset, batch_size=2)
+    local, remote = (Evaluator(dataset, label_map, tiny_model_cfg, tasks=TASKS) for _ in range(2))
+    local.process(model, batches[0])
+    remote.process(model, batches[1])
+
+    class TwoProcesses:
+        @staticmethod
+        def is_available():
+            return True
+
+        @staticmethod
+        def is_initialized():
+            return True
+
+        @staticmethod
+        def get_world_size():
+            return 2
+
+        @staticmethod
+        def all_gather_object(out, obj):
+            out[:] = [obj, remote.images]
+
+    monkeypatch.setattr(evaluator_module, "dist", TwoProcesses)
+    assert local.compute(gather=False)["num_images"] == 2
+    gathered = local.compute(gather=True)
+    assert gathered["num_images"] == 4 and gathered["pq"] == pytest.approx(100.0)

@@ -25,6 +25,17 @@ SUMMARY_KEYS = {
     "instance": ("ap", "ap50", "ap75", "aps", "apm", "apl"),
 }
 CLASS_COLUMNS = ("pq", "sq", "rq", "iou", "ap")
+LABELS = {
+    "pq_th": "PQ things",
+    "pq_st": "PQ stuff",
+    "miou": "mIoU",
+    "fwiou": "fwIoU",
+    "pixel_acc": "pixel acc",
+    "mean_acc": "mean acc",
+    "aps": "AP small",
+    "apm": "AP medium",
+    "apl": "AP large",
+}
 
 
 def run_evaluate(spec, run) -> None:
@@ -48,6 +59,7 @@ def run_evaluate(spec, run) -> None:
     load_state_dict_strict(model, state_dict, str(checkpoint))
     model = model.to(device).eval()
     model_cfg = dataclasses.replace(model_cfg, **spec_postprocess_overrides(spec.model))
+    _check_label_map(spec, label_map, run)
 
     tasks = list(dict.fromkeys(cfg.tasks))
     if spec.dataset.type == "semantic" and tasks != ["semantic"]:
@@ -85,6 +97,21 @@ def run_evaluate(spec, run) -> None:
         write_class_chart(folder / "per_class.png", per_class)
     run.kpis.update({k: round(v, 4) for k, v in metrics.items() if not math.isnan(v)})
     print_summary(metrics, tasks, len(loader.dataset), cfg.split)
+
+
+def _check_label_map(spec, label_map, run) -> None:
+    """The checkpoint's classes are the ones scored; say so when the spec names others."""
+    if not spec.dataset.label_map:
+        return
+    from oneseg.data.label_map import LabelMap
+
+    named = LabelMap.from_json(spec.dataset.label_map)
+    if named.category_ids != label_map.category_ids:
+        run.log(
+            "RUNNING",
+            f"dataset.label_map lists category ids {named.category_ids[:10]}..., the checkpoint "
+            f"{label_map.category_ids[:10]}...: scoring the checkpoint's classes",
+        )
 
 
 def _jsonable(value):
@@ -162,24 +189,31 @@ def write_class_chart(path: Path, per_class: dict) -> None:
         colors = ["tab:blue" if per_class[n]["isthing"] else "tab:green" for n in names]
         shown = [0.0 if math.isnan(v) else v for v in values]
         ax.barh(range(len(names)), shown, color=colors)
+        for row, value in enumerate(values):
+            if math.isnan(value):  # absent from ground truth and predictions, or not scored
+                ax.text(1, row, "n/a", va="center", fontsize=7, color="gray")
         ax.set_xlim(0, 100)
-        ax.set_title(key.upper())
+        ax.set_title({"pq": "PQ", "iou": "IoU", "ap": "AP"}[key])
         ax.grid(axis="x", alpha=0.3)
     axes[0][0].set_yticks(range(len(names)), labels=names, fontsize=8)
     axes[0][0].invert_yaxis()
-    figure.suptitle("per class (blue: things, green: stuff; empty: not in data)", fontsize=9)
+    figure.suptitle("per class, % (blue: things, green: stuff)", fontsize=9)
     figure.tight_layout()
     figure.savefig(path, dpi=100)
     plt.close(figure)
 
 
 def print_summary(metrics: dict, tasks: list[str], num_images: int, split: str) -> None:
+    """One row per number, grouped by task, so it reads in any terminal width."""
     from rich.console import Console
     from rich.table import Table
 
     table = Table(title=f"evaluate: {num_images} images of {split}")
-    keys = [k for task in tasks for k in SUMMARY_KEYS[task] if k in metrics]
-    for key in keys:
-        table.add_column(key.upper().replace("_", " "), justify="right")
-    table.add_row(*(_cell(metrics[k]) or "-" for k in keys))
+    table.add_column("task")
+    table.add_column("metric")
+    table.add_column("value (%)", justify="right")
+    for task in tasks:
+        for i, key in enumerate(k for k in SUMMARY_KEYS[task] if k in metrics):
+            label = LABELS.get(key, key.upper())
+            table.add_row(task if i == 0 else "", label, _cell(metrics[key]) or "-")
     Console().print(table)
