@@ -301,6 +301,7 @@ def list_images(images: str) -> tuple[list[Path], Path]:
     else:
         paths = sorted(Path(p) for p in glob.glob(images, recursive=True) if Path(p).is_file())
         root = None
+    paths = list(dict.fromkeys(paths))  # a file listed twice is segmented once
     if not paths:
         raise FileNotFoundError(f"inference.images: {images!r} names no image file")
     if root is None:
