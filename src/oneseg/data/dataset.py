@@ -27,6 +27,7 @@ from torch.utils.data import Dataset
 from oneseg.data.collate import Collator
 from oneseg.data.image_io import ImageReadError, exif_orientation, read_image
 from oneseg.data.label_map import LabelMap
+from oneseg.data.record_store import RecordStore
 from oneseg.data.records import DataError, PanopticAnnotation, Reader, Record
 from oneseg.data.targets import (
     TextTokens,
@@ -47,7 +48,9 @@ class SegmentationDataset(Dataset):
     """Samples of one or more concatenated sources.
 
     Arguments:
-        readers: readers of the sources; their records are concatenated in order.
+        readers: readers of the sources; their records are concatenated in order, packed
+            into a RecordStore, and the readers' own `records` lists emptied (so that worker
+            processes do not each copy them).
         label_map: the classes (names for the text list).
         transform: a TrainTransform or an EvalTransform.
         task_prob: probability of each task, e.g. {"semantic": 1.0}; normalised here.
@@ -70,7 +73,12 @@ class SegmentationDataset(Dataset):
     ):
         if on_error not in ("raise", "skip"):
             raise ValueError(f"on_error must be 'raise' or 'skip', got {on_error!r}")
-        self.items: list[tuple[Reader, Record]] = [(r, rec) for r in readers for rec in r.records]
+        self.readers = list(readers)
+        self._items = RecordStore(
+            (k, record) for k, reader in enumerate(self.readers) for record in reader.records
+        )
+        for reader in self.readers:
+            reader.records = []
         self.label_map = label_map
         self.transform = transform
         self.task_prob = normalize_task_prob(task_prob)
@@ -83,7 +91,7 @@ class SegmentationDataset(Dataset):
         self._skipped = torch.zeros(1, dtype=torch.int64).share_memory_()
 
     def __len__(self) -> int:
-        return len(self.items)
+        return len(self._items)
 
     @property
     def skipped(self) -> int:
@@ -92,7 +100,15 @@ class SegmentationDataset(Dataset):
 
     @property
     def records(self) -> list[Record]:
-        return [record for _, record in self.items]
+        """Every record, unpacked (a list as long as the dataset: for small uses)."""
+        return [record for _, record in self._items]
+
+    def record(self, index: int) -> Record:
+        return self._items[index][1]
+
+    def _item(self, index: int) -> tuple[Reader, Record]:
+        reader_index, record = self._items[index]
+        return self.readers[reader_index], record
 
     def __getitem__(self, index: int) -> dict:
         # a seed from torch's generator: seeded per worker by the DataLoader, and by
@@ -115,7 +131,7 @@ class SegmentationDataset(Dataset):
 
         Raises DataError naming the file and the image id when either cannot be used.
         """
-        reader, record = self.items[index]
+        reader, record = self._item(index)
         try:
             image = read_image(record.image_path)
             annotation = reader.load_annotation(record)
@@ -133,7 +149,7 @@ class SegmentationDataset(Dataset):
 
     def annotation(self, index: int) -> PanopticAnnotation:
         """The untransformed annotation of an item (for evaluation at the original size)."""
-        reader, record = self.items[index]
+        reader, record = self._item(index)
         return reader.load_annotation(record)
 
     def _size_message(self, record: Record, what: str, size, image_hw) -> str:

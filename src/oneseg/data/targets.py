@@ -82,6 +82,18 @@ def derive_targets(segment_map: np.ndarray, segments: list[Segment], task: str) 
     )
 
 
+def semantic_label(
+    segment_map: np.ndarray, segments: list[Segment], ignore_value: int = 255
+) -> np.ndarray:
+    """[H, W] int64 class index per pixel, `ignore_value` on void: the ground truth of semantic
+    evaluation. Crowd regions keep their class, as COCO's panoptic-to-semantic conversion has it.
+    """
+    label = np.full(segment_map.shape, ignore_value, dtype=np.int64)
+    for segment in segments:
+        label[segment_map == segment.id] = segment.class_index
+    return label
+
+
 def target_texts(labels: np.ndarray, class_names: list[str], task: str, length: int) -> list[str]:
     """The text list of a sample: one entry per target in class-index order, then fillers."""
     return text_list([class_names[int(c)] for c in sorted(labels.tolist())], task, length)
