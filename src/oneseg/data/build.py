@@ -98,7 +98,9 @@ def build_dataset(
     task: str | None = None,
 ) -> SegmentationDataset:
     """The dataset of a split. Training samples draw their task from `dataset.task_prob`;
-    otherwise every sample has `task` (default panoptic, whose masks cover all three)."""
+    otherwise every sample has `task` (default panoptic, whose masks cover all three).
+    `dataset.on_error: skip` applies to training only: an evaluation set that swapped a bad
+    image for another would count that other image twice."""
     if task is not None and task not in TASKS:
         raise ValueError(f"unknown task {task!r}; expected one of {list(TASKS)}")
     readers = [
@@ -121,7 +123,7 @@ def build_dataset(
         task_prob=task_prob,
         text_list_len=text_list_len,
         size_divisibility=size_divisibility,
-        on_error=dataset_cfg.on_error,
+        on_error=dataset_cfg.on_error if train else "raise",
     )
 
 

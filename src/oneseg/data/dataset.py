@@ -27,8 +27,7 @@ from torch.utils.data import Dataset
 from oneseg.data.collate import Collator
 from oneseg.data.image_io import ImageReadError, exif_orientation, read_image
 from oneseg.data.label_map import LabelMap
-from oneseg.data.record_store import RecordStore
-from oneseg.data.records import DataError, PanopticAnnotation, Reader, Record
+from oneseg.data.records import DataError, PanopticAnnotation, Reader, Record, RecordStore
 from oneseg.data.targets import (
     TextTokens,
     all_texts,

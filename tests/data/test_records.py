@@ -7,7 +7,7 @@ from data_fixtures import CATEGORIES
 from oneseg.data.coco_panoptic import CocoPanopticReader
 from oneseg.data.dataset import SegmentationDataset
 from oneseg.data.label_map import LabelMap
-from oneseg.data.record_store import RecordStore
+from oneseg.data.records import RecordStore
 from oneseg.data.targets import semantic_label
 from oneseg.data.transforms import EvalTransform
 
