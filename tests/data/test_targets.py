@@ -31,10 +31,19 @@ def _masks(targets):
 def test_panoptic_targets_one_mask_per_instance_and_stuff():
     ids, _ = scene()
     targets = derive_targets(ids, SEGMENTS, "panoptic")
-    assert targets.labels.tolist() == [2, 3, 0, 0, 1]
-    for mask, seg_id in zip(_masks(targets), [2100, 4000, 301, 302, 701]):
+    assert targets.labels.tolist() == [0, 0, 1, 2, 3]  # class order, then segment order
+    for mask, seg_id in zip(_masks(targets), [301, 302, 701, 2100, 4000]):
         np.testing.assert_array_equal(mask, ids == seg_id)
     np.testing.assert_array_equal(targets.ignore_mask, (ids == 0) | (ids == 702))
+    # text entry i names mask i
+    assert target_texts(targets.labels, NAMES, "panoptic", 6) == [
+        "a photo with a cat",
+        "a photo with a cat",
+        "a photo with a dog",
+        "a photo with a sky",
+        "a photo with a grass",
+        "a panoptic photo",
+    ]
 
 
 def test_instance_targets_things_only():

@@ -6,7 +6,8 @@ One annotation gives three kinds of target, picked per sample by the task:
 - semantic: a mask per class present, the instances of a thing class merged.
 Crowd regions are never targets; with void they form the ignore mask. The contrastive text list
 has one "a photo with a {class}" per target, in class-index order as the original dataset mapper
-writes it, padded with the task's filler text.
+writes it, padded with the task's filler text. Targets come in that order too (segment order
+within a class), so text entry i names mask i.
 """
 
 from __future__ import annotations
@@ -48,7 +49,7 @@ def sample_task(task_prob: dict[str, float], rng: np.random.Generator) -> str:
 
 
 def derive_targets(segment_map: np.ndarray, segments: list[Segment], task: str) -> Targets:
-    """The target masks and labels of one task from a segment map [H, W].
+    """The target masks and labels of one task from a segment map [H, W], in class order.
 
     Segments whose pixels are all gone (cropped away, fully occluded) give no mask.
     """
@@ -75,6 +76,9 @@ def derive_targets(segment_map: np.ndarray, segments: list[Segment], task: str) 
         masks = [by_class[c] for c in labels]
     else:
         labels = [s.class_index for s in kept]
+    # class order (stable): the i-th text entry then names the i-th mask
+    order = sorted(range(len(labels)), key=labels.__getitem__)
+    masks, labels = [masks[i] for i in order], [labels[i] for i in order]
     return Targets(
         masks=np.stack(masks) if masks else np.zeros((0, height, width), dtype=bool),
         labels=np.asarray(labels, dtype=np.int64),
