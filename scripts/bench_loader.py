@@ -23,21 +23,10 @@ from oneseg.data.targets import derive_targets, target_texts
 
 
 def _config(data: Path, crop: int, lsj: bool, batch_size: int):
-    paths = {
-        "label_map": data / "label_map.json",
-        **{
-            split: {
-                "images": data / split / "images",
-                "panoptic": data / split / "panoptic",
-                "panoptic_json": data / split / "panoptic.json",
-                "instances_json": data / split / "instances.json",
-            }
-            for split in ("train", "val")
-        },
-    }
-    config = synthetic_dataset_config(paths)
+    config = synthetic_dataset_config(data)
     aug = config.augmentation
     aug.train_min_size = [int(crop * s) for s in (0.75, 0.875, 1.0, 1.125, 1.25)]
+    aug.train_max_size = 2048
     aug.crop_size = [crop, crop]
     aug.lsj = lsj
     config.batch_size = batch_size

@@ -79,3 +79,6 @@ def test_cli_function(tmp_path, capsys):
     )
     assert "wrote 2 train and 1 val images" in capsys.readouterr().out
     assert len(list((tmp_path / "d" / "val" / "images").iterdir())) == 1
+    config = synthetic_dataset_config(tmp_path / "d")  # from the folder alone
+    assert config.augmentation.crop_size == [40, 48] and config.augmentation.eval_min_size == 40
+    assert config.train[0].panoptic.endswith("train/panoptic")

@@ -261,8 +261,32 @@ def write_synthetic_dataset(
     }
 
 
-def synthetic_dataset_config(paths: dict, type: str = "coco_panoptic") -> DatasetConfig:
-    """A DatasetConfig reading what `write_synthetic_dataset` wrote, in either COCO format."""
+def synthetic_paths(root: str | Path) -> dict:
+    """The paths `write_synthetic_dataset` returns, for a dataset already on disk."""
+    root = Path(root)
+    return {
+        "root": root,
+        "label_map": root / "label_map.json",
+        **{
+            split: {
+                "images": root / split / "images",
+                "panoptic": root / split / "panoptic",
+                "panoptic_json": root / split / "panoptic.json",
+                "instances_json": root / split / "instances.json",
+            }
+            for split in ("train", "val")
+        },
+    }
+
+
+def synthetic_dataset_config(
+    paths: dict | str | Path, type: str = "coco_panoptic"
+) -> DatasetConfig:
+    """A DatasetConfig reading the synthetic dataset (its paths dict or its folder) in either
+    COCO format, with augmentation sized for its pictures: shortest-edge resize around the
+    image size (x0.8-1.2), crops of the image size, evaluation at the image size."""
+    if not isinstance(paths, dict):
+        paths = synthetic_paths(paths)
 
     def source(split: dict) -> DataSource:
         if type == "coco":
@@ -273,13 +297,21 @@ def synthetic_dataset_config(paths: dict, type: str = "coco_panoptic") -> Datase
             panoptic=str(split["panoptic"]),
         )
 
-    return DatasetConfig(
+    config = DatasetConfig(
         type=type,
         train=[source(paths["train"])],
         val=source(paths["val"]),
         test=source(paths["val"]),
         label_map=str(paths["label_map"]),
     )
+    first = json.loads(Path(paths["train"]["panoptic_json"]).read_text())["images"][0]
+    short, long = sorted((first["height"], first["width"]))
+    aug = config.augmentation
+    aug.train_min_size = [int(short * f) for f in (0.8, 0.9, 1.0, 1.1, 1.2)]
+    aug.train_max_size = int(long * 1.2) + 1
+    aug.crop_size = [first["height"], first["width"]]
+    aug.eval_min_size, aug.eval_max_size = short, long
+    return config
 
 
 def synth_main(argv: list[str] | None = None) -> int:
