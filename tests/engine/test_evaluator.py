@@ -270,3 +270,13 @@ def test_compute_gathers_the_images_of_every_process(synth_data, tiny_model_cfg,
     assert local.compute(gather=False)["num_images"] == 2
     gathered = local.compute(gather=True)
     assert gathered["num_images"] == 4 and gathered["pq"] == pytest.approx(100.0)
+
+
+def test_mask2former_runs_once_per_batch_without_task_tokens(synth_data, tiny_model_cfg):
+    dataset, label_map = _val_set(synth_data)
+    model = GroundTruthModel(dataset, len(label_map))
+    model.arch = "mask2former"
+    evaluator = Evaluator(dataset, label_map, tiny_model_cfg, tasks=TASKS)
+    evaluator.process(model, _batches(dataset)[0])
+    assert model.calls == [None]
+    assert evaluator.compute()["pq"] == pytest.approx(100.0)
