@@ -14,7 +14,7 @@ from torch import nn
 from oneseg.data.build import build_dataset
 from oneseg.data.label_map import LabelMap
 from oneseg.data.synth import synthetic_dataset_config
-from oneseg.engine.evaluator import Evaluator, instance_ground_truth, semantic_target
+from oneseg.engine.evaluator import Evaluator, instance_ground_truth
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -40,9 +40,10 @@ def _batches(dataset, batch_size=2):
 
 class GroundTruthModel(nn.Module):
     """Stands in for the network: for an image of the dataset it returns one confident query
-    per non-crowd segment (class logit +10, mask logit +20 inside, -20 outside) and no-object
-    for the other queries, with masks at the input resolution. Only the network is replaced:
-    batching, post-processing, GT loading and the metrics are the evaluator's own."""
+    per segment, crowd ones included (class logit +10, mask logit +20 inside, -20 outside),
+    and no-object for the other queries, with masks at the input resolution. Only the network
+    is replaced: batching, post-processing, GT loading and the metrics are the evaluator's own.
+    A predicted crowd region is neither a false positive for PQ nor for AP."""
 
     arch = "oneformer"
 
@@ -56,7 +57,7 @@ class GroundTruthModel(nn.Module):
             image = dataset[index]["image"]
             annotation = dataset.annotation(index)
             assert tuple(image.shape[-2:]) == annotation.segment_map.shape  # no resize
-            kept = [s for s in annotation.segments if not s.iscrowd]
+            kept = annotation.segments
             assert len(kept) <= num_queries
             masks = np.stack([annotation.segment_map == s.id for s in kept])
             labels = [s.class_index for s in kept]
@@ -150,16 +151,10 @@ def test_merge_counts_an_image_seen_twice_once(synth_data, tiny_model_cfg):
         assert merged["per_class"][name] == pytest.approx(values, nan_ok=True), name
 
 
-def test_ground_truth_conversions(synth_data):
+def test_instance_ground_truth_flags_crowd_and_counts_pixels(synth_data):
     dataset, label_map = _val_set(synth_data)
     for index in range(len(dataset)):
         annotation = dataset.annotation(index)
-        target = semantic_target(annotation)
-        for segment in annotation.segments:
-            pixels = target[annotation.segment_map == segment.id]
-            expected = 255 if segment.iscrowd else segment.class_index
-            assert (pixels == expected).all()
-        assert (target[annotation.segment_map == 0] == 255).all()
         instances = instance_ground_truth(annotation, index + 1, label_map.category_ids)
         things = [s for s in annotation.segments if s.isthing]
         assert [a["iscrowd"] for a in instances] == [int(s.iscrowd) for s in things]

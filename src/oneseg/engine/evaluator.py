@@ -4,7 +4,8 @@ The model runs once per task on each batch; its results are post-processed at ea
 original size and compared with the untransformed annotation of that image:
 
 - panoptic -> PQ / SQ / RQ against the panoptic ground truth (crowd regions as in panopticapi);
-- semantic -> confusion matrix against the class of every pixel (void and crowd ignored);
+- semantic -> confusion matrix against the class of every pixel (void ignored; crowd regions
+  keep their class, as COCO's panoptic-to-semantic conversion has it);
 - instance -> COCO mask AP against the non-crowd thing segments, crowd ones as `iscrowd=1`.
 
 What each image adds is kept per image (sparse counts, RLE masks) under its dataset index, so
@@ -24,28 +25,12 @@ from oneseg.config import TASKS, ModelConfig
 from oneseg.data.dataset import SegmentationDataset
 from oneseg.data.label_map import LabelMap
 from oneseg.data.records import PanopticAnnotation
+from oneseg.data.targets import semantic_label
 from oneseg.inference import model_outputs
 from oneseg.metrics import ConfusionMatrix, PanopticQuality, evaluate_segm, masks_to_rle
 from oneseg.model.postprocess import postprocess
 
 IGNORE = 255
-
-
-def semantic_target(annotation: PanopticAnnotation, ignore: int = IGNORE) -> np.ndarray:
-    """[H, W] int64 class index of every pixel; void, crowd and unlisted ids -> `ignore`."""
-    segment_map = annotation.segment_map.astype(np.int64, copy=False)
-    kept = [s for s in annotation.segments if not s.iscrowd]
-    target = np.full(segment_map.shape, ignore, dtype=np.int64)
-    if not kept:
-        return target
-    ids = np.array([s.id for s in kept], dtype=np.int64)
-    classes = np.array([s.class_index for s in kept], dtype=np.int64)
-    order = np.argsort(ids)
-    ids, classes = ids[order], classes[order]
-    pos = np.minimum(np.searchsorted(ids, segment_map), len(ids) - 1)
-    found = ids[pos] == segment_map
-    target[found] = classes[pos[found]]
-    return target
 
 
 def instance_ground_truth(
@@ -189,7 +174,8 @@ class Evaluator:
 
     def _confusion_counts(self, annotation, labels) -> tuple[np.ndarray, np.ndarray]:
         self._confusion.reset()
-        self._confusion.update(_numpy(labels), semantic_target(annotation))
+        target = semantic_label(annotation.segment_map, annotation.segments, IGNORE)
+        self._confusion.update(_numpy(labels), target)
         counts = self._confusion.matrix.reshape(-1)
         present = np.flatnonzero(counts)
         return present, counts[present]
