@@ -65,28 +65,40 @@ class AtomicCheckpoint(L.Callback):
 
 
 class SamplerSetup(L.Callback):
-    """Gives our samplers this process's rank once Lightning knows it, and after a mid-epoch
-    resume starts the training sampler where the saved run stopped, so the resumed run sees
-    exactly the samples the uninterrupted run would have."""
+    """Gives our samplers this process's rank once Lightning knows it, and makes a resumed run
+    see exactly the samples the uninterrupted run would have.
+
+    Lightning restarts a plain data loader from the beginning of the epoch; so this callback keeps
+    (epoch, batches done) in the checkpoint and, on restore, sets the sampler's epoch and skips
+    the batches already trained, before Lightning creates the first iterator.
+    """
 
     def __init__(self, sampler, batch_size: int, other_samplers=()):
         self.sampler = sampler
         self.batch_size = batch_size
         self.samplers = [sampler, *other_samplers]
+        self.epoch = 0
         self.batches_done = 0
 
     def setup(self, trainer, module, stage: str) -> None:
         for sampler in self.samplers:
             sampler.rank, sampler.world_size = trainer.global_rank, trainer.world_size
 
-    def on_load_checkpoint(self, trainer, module, checkpoint) -> None:
-        progress = checkpoint["loops"]["fit_loop"]["epoch_loop.batch_progress"]["current"]
-        self.batches_done = progress["completed"]
-
     def on_train_epoch_start(self, trainer, module) -> None:
-        if self.batches_done:
-            self.sampler.skip(self.batches_done * self.batch_size)
-            self.batches_done = 0
+        self.epoch, self.batches_done = trainer.current_epoch, 0
+
+    def on_train_batch_end(self, trainer, module, outputs, batch, batch_idx) -> None:
+        self.batches_done = batch_idx + 1
+
+    def state_dict(self) -> dict:
+        return {"epoch": self.epoch, "batches_done": self.batches_done}
+
+    def load_state_dict(self, state: dict) -> None:
+        epoch, done = state["epoch"], state["batches_done"]
+        if done >= len(self.sampler) // self.batch_size:  # saved at the end of an epoch
+            epoch, done = epoch + 1, 0
+        self.sampler.set_epoch(epoch)
+        self.sampler.skip(done * self.batch_size)
 
 
 class StatusCallback(L.Callback):

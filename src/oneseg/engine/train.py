@@ -209,8 +209,9 @@ def run_train(spec, run) -> None:
         use_distributed_sampler=False,
         sync_batchnorm=has_bn and world > 1,
         callbacks=[
-            checkpoint,
+            # first: a checkpoint saved by a later callback must count the batch just done
             SamplerSetup(sampler, spec.dataset.batch_size, val_samplers),
+            checkpoint,
             StatusCallback(run, spec.train.log_every_n_steps),
             WeightSyncCheck(run),
         ],
