@@ -37,20 +37,36 @@ def test_maps_strides_channels_and_gradients(name):
     torch.manual_seed(0)
     backbone = small_backbone(name)
     assert backbone.strides == [4, 8, 16, 32]
-    images = torch.randn(2, 3, 64, 96)
+    images = torch.randn(1, 3, 64, 96)
     maps = backbone(images)
     assert [tuple(m.shape) for m in maps] == [
-        (2, c, 64 // s, 96 // s) for c, s in zip(backbone.channels, backbone.strides)
+        (1, c, 64 // s, 96 // s) for c, s in zip(backbone.channels, backbone.strides)
     ]
     sum(m.mean() for m in maps).backward()
     grads = [p.grad for p in backbone.parameters() if p.requires_grad]
     assert all(g is not None and torch.isfinite(g).all() for g in grads)
 
 
-def test_named_sizes_follow_timm():
-    assert build_backbone("swin_tiny").channels == [96, 192, 384, 768]
-    assert build_backbone("convnext_tiny").channels == [96, 192, 384, 768]
-    assert build_backbone("efficientnet_lite0").channels == [24, 40, 112, 320]
+NAMED_CHANNELS = {
+    "swin_tiny": [96, 192, 384, 768],
+    "swin_small": [96, 192, 384, 768],
+    "swin_base": [128, 256, 512, 1024],
+    "swin_large": [192, 384, 768, 1536],
+    "convnext_tiny": [96, 192, 384, 768],
+    "convnext_small": [96, 192, 384, 768],
+    "convnext_base": [128, 256, 512, 1024],
+    "convnext_large": [192, 384, 768, 1536],
+    "resnet50": [256, 512, 1024, 2048],
+    "efficientnet_b0": [24, 40, 112, 320],
+    "efficientnet_lite0": [24, 40, 112, 320],
+}
+
+
+@pytest.mark.parametrize("name", sorted(BACKBONES))
+def test_named_sizes_follow_timm(name):
+    with torch.device("meta"):  # full size without allocating or initialising weights
+        backbone = build_backbone(name)
+    assert backbone.channels == NAMED_CHANNELS[name] and backbone.strides == [4, 8, 16, 32]
 
 
 def test_swin_uses_original_window_order_and_any_size():

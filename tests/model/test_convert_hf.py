@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 
 import pytest
 import torch
@@ -87,6 +88,19 @@ def save_hf(tmp_path, name, *, is_training=False, backbone="swin", seed=0):
     return model, folder
 
 
+@pytest.fixture(scope="module")
+def swin_b(tmp_path_factory):
+    """transformers model, its folder and our conversion, for config "b" with Swin."""
+    hf, folder = save_hf(tmp_path_factory.mktemp("hf"), "b")
+    return hf, folder, ours_from(folder)
+
+
+@pytest.fixture(scope="module")
+def convnext_a(tmp_path_factory):
+    hf, folder = save_hf(tmp_path_factory.mktemp("hf"), "a", backbone="convnext")
+    return hf, folder, ours_from(folder)
+
+
 def ours_from(folder) -> torch.nn.Module:
     values, state, _ = load_hf_oneformer(folder)
     model = build_model(section_from_dict(ModelConfig, values, "model"))
@@ -100,15 +114,19 @@ def max_diff(a: torch.Tensor, b: torch.Tensor) -> float:
 
 
 @pytest.mark.parametrize("name", sorted(CONFIGS))
-def test_inference_parity_all_tasks_and_layers(tmp_path, name):
-    hf, folder = save_hf(tmp_path, name)
-    ours = ours_from(folder)
+def test_inference_parity_all_tasks_and_layers(tmp_path, request, name):
+    if name == "b":
+        hf, _, ours = request.getfixturevalue("swin_b")
+    else:
+        hf, folder = save_hf(tmp_path, name)
+        ours = ours_from(folder)
     hf.eval(), ours.eval()
     height, width = CONFIGS[name]["image"]
-    pixels = torch.randn(2, 3, height, width, generator=torch.Generator().manual_seed(1))
+    batch = 2 if name == "a" else 1
+    pixels = torch.randn(batch, 3, height, width, generator=torch.Generator().manual_seed(1))
     num_layers = CONFIGS[name]["head"]["decoder_layers"] - 1
     for task in TASKS:
-        task_tokens = tokenize([task_text(task)] * 2)
+        task_tokens = tokenize([task_text(task)] * batch)
         with torch.no_grad():
             ref = hf(pixel_values=pixels, task_inputs=task_tokens)
             out = ours(pixels, task_tokens)
@@ -123,10 +141,8 @@ def test_inference_parity_all_tasks_and_layers(tmp_path, name):
         assert out["pred_masks"].std() > 0.05 and out["pred_logits"].std() > 0.05
 
 
-def test_backbone_features_equal(tmp_path):
-    for backbone in ("swin", "convnext"):
-        hf, folder = save_hf(tmp_path, "b", backbone=backbone)
-        ours = ours_from(folder)
+def test_backbone_features_equal(swin_b, convnext_a):
+    for hf, _, ours in (swin_b, convnext_a):
         pixels = torch.randn(1, 3, 128, 64)  # stage sizes not multiples of the Swin window
         with torch.no_grad():
             ref = hf.model.pixel_level_module.encoder(pixels).feature_maps
@@ -136,9 +152,8 @@ def test_backbone_features_equal(tmp_path):
             assert max_diff(a, b) < 1e-4
 
 
-def test_convnext_parity(tmp_path):
-    hf, folder = save_hf(tmp_path, "a", backbone="convnext")
-    ours = ours_from(folder)
+def test_convnext_parity(convnext_a):
+    hf, _, ours = convnext_a
     hf.eval(), ours.eval()
     pixels = torch.randn(1, 3, 64, 96)
     task_tokens = tokenize([task_text("panoptic")])
@@ -207,8 +222,9 @@ def test_unsupported_configs_are_refused():
         model_values(config)
 
 
-def test_missing_and_unexpected_tensors_are_named(tmp_path):
-    _, folder = save_hf(tmp_path, "b")
+def test_missing_and_unexpected_tensors_are_named(tmp_path, swin_b):
+    folder = tmp_path / "edited"
+    shutil.copytree(swin_b[1], folder)
     weights = load_file(str(folder / "model.safetensors"))
     key = "model.transformer_module.decoder.class_embed.weight"
     weights["model.extra.tensor"] = torch.zeros(3)
@@ -219,8 +235,8 @@ def test_missing_and_unexpected_tensors_are_named(tmp_path):
     assert "model.extra.tensor"[len("model.") :] in str(info.value)
 
 
-def test_checkpoint_file_round_trip(tmp_path):
-    hf, folder = save_hf(tmp_path, "b")
+def test_checkpoint_file_round_trip(tmp_path, swin_b):
+    hf, folder, _ = swin_b
     out_file = convert_hf_checkpoint(folder, tmp_path / "converted.pth")
     ckpt = torch.load(out_file, weights_only=True)
     assert ckpt["format"] == "oneseg" and ckpt["version"] == 1
