@@ -138,14 +138,15 @@ def _data(args, parser) -> int:
             kwargs["num_val"] = args.num_val
         paths = write_synthetic_dataset(args.out, **kwargs)
         print(f"data synth: wrote {args.out}")
-        for name, path in paths.items():
-            print(f"  {name}: {path}")
+        print(f"  label map: {paths['label_map']}")
+        for split in ("train", "val"):
+            for name, path in paths[split].items():
+                print(f"  {split} {name}: {path}")
         return 0
     if args.data_command == "check":
-        from oneseg.data.check import check_dataset, print_report
+        from oneseg.data.check import check_main
 
-        report = check_dataset(_load(args).dataset)
-        return print_report(report)
+        return check_main(_load(args).dataset)
     parser.parse_args(["data", "--help"])
     return 2
 
