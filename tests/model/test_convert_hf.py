@@ -252,3 +252,22 @@ def test_checkpoint_file_round_trip(tmp_path, swin_b):
         ref = hf.eval()(pixel_values=pixels, task_inputs=task_tokens)
         out = model(pixels, task_tokens)
     assert max_diff(out["pred_masks"], ref.masks_queries_logits) < 1e-4
+
+
+def test_sharded_bin_checkpoint(tmp_path, swin_b):
+    """Older folders hold pytorch_model.bin, large ones shards listed in an index."""
+    hf, folder, ours = swin_b
+    weights = load_file(str(folder / "model.safetensors"))
+    keys = sorted(weights)
+    sharded = tmp_path / "sharded"
+    sharded.mkdir()
+    shutil.copy(folder / "config.json", sharded / "config.json")
+    weight_map = {}
+    for i, part in enumerate((keys[: len(keys) // 2], keys[len(keys) // 2 :])):
+        torch.save({k: weights[k] for k in part}, sharded / f"pytorch_model-{i}.bin")
+        weight_map.update({k: f"pytorch_model-{i}.bin" for k in part})
+    index = {"metadata": {}, "weight_map": weight_map}
+    (sharded / "pytorch_model.bin.index.json").write_text(json.dumps(index))
+    _, state, _ = load_hf_oneformer(sharded)
+    converted = {k: v for k, v in ours.state_dict().items() if not k.startswith("text_queries.")}
+    assert converted and all(torch.equal(state[k], v) for k, v in converted.items())

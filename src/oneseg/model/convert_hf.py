@@ -325,19 +325,30 @@ def _canonical_key(key: str) -> str:
     return key
 
 
-def read_hf_weights(directory: Path) -> dict[str, torch.Tensor]:
-    """The checkpoint's tensors with canonical key names."""
-    safetensors_file = directory / "model.safetensors"
-    bin_file = directory / "pytorch_model.bin"
-    if safetensors_file.is_file():
+def _load_weight_file(path: Path) -> dict[str, torch.Tensor]:
+    if path.suffix == ".safetensors":
         from safetensors.torch import load_file
 
-        raw = load_file(str(safetensors_file))
-    elif bin_file.is_file():
-        raw = torch.load(bin_file, map_location="cpu", weights_only=True)
-    else:
-        raise FileNotFoundError(f"{directory}: no model.safetensors or pytorch_model.bin")
-    return {_canonical_key(k): v for k, v in raw.items()}
+        return load_file(str(path))
+    return torch.load(path, map_location="cpu", weights_only=True)
+
+
+def read_hf_weights(directory: Path) -> dict[str, torch.Tensor]:
+    """The checkpoint's tensors (one file or shards listed in an index) with canonical names."""
+    for name in ("model.safetensors", "pytorch_model.bin"):
+        index = directory / f"{name}.index.json"
+        if (directory / name).is_file():
+            files = [directory / name]
+        elif index.is_file():
+            shards = json.loads(index.read_text())["weight_map"].values()
+            files = [directory / shard for shard in sorted(set(shards))]
+        else:
+            continue
+        raw = {}
+        for file in files:
+            raw.update(_load_weight_file(file))
+        return {_canonical_key(k): v for k, v in raw.items()}
+    raise FileNotFoundError(f"{directory}: no model.safetensors or pytorch_model.bin (or shards)")
 
 
 def convert_state_dict(
