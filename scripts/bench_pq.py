@@ -4,9 +4,10 @@
     python scripts/bench_pq.py --data DIR         # DIR/gt.json, DIR/gt/, DIR/pred.json, DIR/pred/
 
 The straightforward implementation reads the same PNGs, builds one boolean mask per segment and
-counts the pixels of every (ground truth, prediction) pair with ``&``, as panopticapi's
-definition reads. A second variant skips pairs of different categories first. Both must give the
-same numbers as oneseg.
+counts the pixels of every (ground truth, prediction) pair with ``np.count_nonzero(a & b)``, as
+panopticapi's definition reads. A second variant skips pairs of different categories first. Both
+must give the same numbers as oneseg. All of them pay for reading the PNGs, which is timed on its
+own as well; the last table times the counting alone on id maps already in memory.
 """
 
 from __future__ import annotations
