@@ -12,7 +12,7 @@ def test_demo_fast_runs_every_step(tmp_path, capsys):
     for action in ("train", "evaluate", "inference"):
         status = (tmp_path / action / "status.json").read_text().splitlines()
         assert json.loads(status[-1])["status"] == "SUCCESS", action
-    metrics = json.loads((tmp_path / "evaluate" / "metrics.json").read_text())
+    metrics = json.loads((tmp_path / "evaluate" / "metrics.json").read_text())["metrics"]
     for key in ("pq", "miou", "ap"):
         assert key in metrics
     overlays = list((tmp_path / "inference" / "overlays").rglob("*.png"))

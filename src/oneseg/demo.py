@@ -107,7 +107,7 @@ def run_demo(results_dir: str | Path = "results/demo", fast: bool = False) -> in
     spec = spec_from_dict(values, [f"evaluate.checkpoint={checkpoint}"])
     with ActionRun(spec, "evaluate") as run:
         run_evaluate(spec, run)
-    metrics = json.loads((root / "evaluate" / "metrics.json").read_text())
+    metrics = json.loads((root / "evaluate" / "metrics.json").read_text())["metrics"]
 
     images = sorted(Path(data["val"]["images"]).iterdir())[:4]
     listing = root / "demo_images.txt"
