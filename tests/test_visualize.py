@@ -101,3 +101,14 @@ def test_bad_inputs_are_refused():
         overlay_semantic(np.zeros((4, 4, 3)), np.zeros((4, 4), int), LABEL_MAP)
     with pytest.raises(ValueError, match="label value 9"):
         overlay_semantic(grey_image(4, 4), np.full((4, 4), 9), LABEL_MAP)
+
+
+def test_small_pictures_are_enlarged_by_whole_pixels():
+    image = grey_image(60, 80)
+    label = np.zeros((60, 80), np.uint8)
+    label[:20] = 2
+    picture = overlay_semantic(image, label, LABEL_MAP, min_side=240)
+    assert picture.shape == (240, 320, 3)
+    # away from outlines and names, each source pixel became a 4x4 block of one colour
+    assert (picture[200:204, 300:304] == picture[200, 300]).all()
+    assert overlay_semantic(image, label, LABEL_MAP).shape == image.shape

@@ -26,6 +26,8 @@ from scipy import ndimage
 from oneseg.data.records import id_to_rgb
 from oneseg.metrics.instance import masks_to_rle
 
+MIN_SIDE = 384  # overlays of smaller images are enlarged to this short side, to stay readable
+
 
 def _replace_atomic(path: Path, write) -> None:
     """Call `write(tmp_path)`, then rename the temporary file onto `path`."""
@@ -229,20 +231,27 @@ class InferenceOutputs:
                     "file_name": f"{name}.png",
                     "segments_info": infos,
                 }
-                picture = overlay_panoptic(
-                    image, result.segment_ids, result.segments, self.label_map
+                picture = self.overlay and overlay_panoptic(
+                    image, result.segment_ids, result.segments, self.label_map, min_side=MIN_SIDE
                 )
             elif task == "instance":
                 self.instances[image_id] = instance_results(
                     image_id, result.masks, result.scores, result.category_ids
                 )
-                picture = overlay_instances(
-                    image, result.masks, result.labels, result.scores, self.label_map
+                picture = self.overlay and overlay_instances(
+                    image,
+                    result.masks,
+                    result.labels,
+                    result.scores,
+                    self.label_map,
+                    min_side=MIN_SIDE,
                 )
             else:
                 ids = result.category_map if self.semantic_ids == "category" else result.labels
                 write_label_png(self.folder / "semantic" / f"{name}.png", ids)
-                picture = overlay_semantic(image, result.labels, self.label_map)
+                picture = self.overlay and overlay_semantic(
+                    image, result.labels, self.label_map, min_side=MIN_SIDE
+                )
             if self.overlay:
                 write_png_atomic(self.folder / "overlays" / task / f"{name}.png", picture)
             if task not in entry["tasks"]:

@@ -3,6 +3,9 @@
 Each region is tinted with its class colour (instances of one class get nearby but different
 shades), outlined, and named in white on a dark box at its most interior point, the pixel
 farthest from the region's border, so the name sits on the region even for rings and L shapes.
+
+Every function takes `min_side`: a picture whose short side is smaller is enlarged by a whole
+factor first (pixels repeated), so outlines and names stay readable on small images.
 """
 
 from __future__ import annotations
@@ -32,6 +35,7 @@ def overlay_semantic(
     label_map: LabelMap,
     ignore_value: int = 255,
     alpha: float = 0.5,
+    min_side: int = 0,
 ) -> np.ndarray:
     """Tint each class of a label map [H, W] (contiguous ids; `ignore_value` left as is)."""
     label = _as_numpy(label)
@@ -42,7 +46,7 @@ def overlay_semantic(
         if not 0 <= value < len(label_map):
             raise ValueError(f"label value {value} is not a class of the label map")
         regions.append(Region(label == value, label_map.colors[value], label_map.names[value]))
-    return _draw(image, regions, alpha)
+    return _draw(image, regions, alpha, min_side)
 
 
 def overlay_instances(
@@ -53,6 +57,7 @@ def overlay_instances(
     label_map: LabelMap,
     alpha: float = 0.5,
     score_threshold: float = 0.5,
+    min_side: int = 0,
 ) -> np.ndarray:
     """Tint instance masks [N, H, W] whose score is at least `score_threshold`.
 
@@ -68,7 +73,7 @@ def overlay_instances(
         color = _jitter(label_map.colors[label], int(index))
         text = f"#{index} {label_map.names[label]} {scores[index]:.2f}"
         regions.append(Region(masks[index], color, text))
-    return _draw(image, regions, alpha)
+    return _draw(image, regions, alpha, min_side)
 
 
 def overlay_panoptic(
@@ -77,6 +82,7 @@ def overlay_panoptic(
     segments: list[dict],
     label_map: LabelMap,
     alpha: float = 0.5,
+    min_side: int = 0,
 ) -> np.ndarray:
     """Tint the segments of a panoptic map [H, W] (0 = void, left as is).
 
@@ -91,17 +97,23 @@ def overlay_panoptic(
         if label_map.isthing[label]:
             color = _jitter(color, int(segment["id"]))
         regions.append(Region(segment_ids == segment["id"], color, label_map.names[label]))
-    return _draw(image, regions, alpha)
+    return _draw(image, regions, alpha, min_side)
 
 
-def _draw(image: np.ndarray, regions: list[Region], alpha: float) -> np.ndarray:
+def _draw(image: np.ndarray, regions: list[Region], alpha: float, min_side: int) -> np.ndarray:
     image = np.asarray(image)
     if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
         raise ValueError(f"image must be [H, W, 3] uint8, got {image.shape} {image.dtype}")
-    canvas = image.astype(np.float32)
     for region in regions:
         if region.mask.shape != image.shape[:2]:
             raise ValueError(f"mask of {region.mask.shape} does not fit image {image.shape[:2]}")
+    # small pictures are enlarged (whole pixels) so outlines and names stay readable
+    scale = -(-min_side // min(image.shape[:2])) if min(image.shape[:2]) < min_side else 1
+    if scale > 1:
+        image = _enlarge(image, scale)
+        regions = [Region(_enlarge(r.mask, scale), r.color, r.text) for r in regions]
+    canvas = image.astype(np.float32)
+    for region in regions:
         color = np.asarray(region.color, np.float32)
         canvas[region.mask] = (1 - alpha) * canvas[region.mask] + alpha * color
         canvas[_outline(region.mask)] = color
@@ -115,6 +127,10 @@ def _draw(image: np.ndarray, regions: list[Region], alpha: float) -> np.ndarray:
             point = _interior_point(region.mask)
             _draw_label(draw, font, region.text, point, image.shape[:2], taken)
     return np.asarray(picture)
+
+
+def _enlarge(array: np.ndarray, scale: int) -> np.ndarray:
+    return array.repeat(scale, axis=0).repeat(scale, axis=1)
 
 
 def _outline(mask: np.ndarray) -> np.ndarray:
