@@ -73,7 +73,7 @@ def demo_spec(root: Path, data: dict, epochs: int, num_train: int) -> dict:
             "checkpoint_interval": epochs,
             "pretrained_backbone": str(lite0_package_weights()),
             "clip_grad_norm": 0.01,
-            "optim": {"lr": 4e-4, "backbone_multiplier": 0.25, "warmup_steps": 20},
+            "optim": {"lr": 1e-3, "backbone_multiplier": 0.25, "warmup_steps": 20},
             "log_every_n_steps": 10,
         },
         "evaluate": {"batch_size": 4},

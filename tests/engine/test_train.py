@@ -1,5 +1,6 @@
 """Training: exact resume, a bad loss stops the run cleanly, every parameter learns, DDP on CPU."""
 
+import dataclasses
 import json
 import os
 import subprocess
@@ -10,39 +11,25 @@ import torch
 import yaml
 
 from oneseg.checkpoint import read_checkpoint
+from oneseg.config import LossConfig
 from oneseg.data.synth import write_synthetic_dataset
 from oneseg.engine import callbacks as callbacks_module
 from oneseg.engine.callbacks import latest_checkpoint
 from oneseg.engine.module import NonFiniteLossError
 from oneseg.engine.optim import lr_factor, param_groups
 from oneseg.engine.sampling import EpochSampler
-from oneseg.engine.train import run_train
+from oneseg.engine.train import run_train, text_list_length
 from oneseg.experiment import ActionRun
 from oneseg.spec import spec_from_dict
 
-TINY_MODEL = {
-    "backbone": "swin_tiny",
-    "backbone_embed_dim": 16,
-    "backbone_depths": [1, 1, 1, 1],
-    "backbone_num_heads": [1, 1, 1, 1],
-    "backbone_window_size": 4,
-    "drop_path_rate": 0.1,
-    "hidden_dim": 32,
-    "num_queries": 12,
-    "nheads": 2,
-    "dim_feedforward": 64,
-    "dec_layers": 2,
-    "pixel_decoder": {
-        "conv_dim": 32,
-        "mask_dim": 32,
-        "enc_layers": 1,
-        "enc_heads": 2,
-        "enc_ffn_dim": 64,
-        "norm_groups": 8,
-    },
-    "text_encoder": {"width": 32, "layers": 1, "n_ctx": 4},
-    "loss": {"train_num_points": 256},
-}
+
+@pytest.fixture(scope="module")
+def tiny_model(tiny_model_cfg):
+    """The shared tiny OneFormer, with stochastic depth on so that resuming must restore RNG."""
+    config = dataclasses.replace(
+        tiny_model_cfg, drop_path_rate=0.1, loss=LossConfig(train_num_points=256)
+    )
+    return dataclasses.asdict(config)
 
 
 @pytest.fixture(scope="module")
@@ -51,7 +38,7 @@ def synth(tmp_path_factory):
     return write_synthetic_dataset(root, num_train=8, num_val=2, size=(64, 64), seed=3)
 
 
-def _spec(results, data, **train):
+def _spec(results, data, model, **train):
     def source(split):
         return {
             "images": str(data[split]["images"]),
@@ -61,7 +48,7 @@ def _spec(results, data, **train):
 
     values = {
         "results_dir": str(results),
-        "model": TINY_MODEL,
+        "model": model,
         "dataset": {
             "train": [source("train")],
             "label_map": str(data["label_map"]),
@@ -90,9 +77,11 @@ def _losses(results):
     return {d["step"]: d["loss"] for d in map(json.loads, lines) if "loss" in d}
 
 
-def test_resume_mid_epoch_equals_an_uninterrupted_run(tmp_path, synth, monkeypatch):
+def test_resume_mid_epoch_equals_an_uninterrupted_run(tmp_path, synth, tiny_model, monkeypatch):
     straight = tmp_path / "straight"
-    _train(_spec(straight, synth, checkpoint_interval=1, checkpoint_interval_unit="step"))
+    _train(
+        _spec(straight, synth, tiny_model, checkpoint_interval=1, checkpoint_interval_unit="step")
+    )
 
     # the same run, killed after step 3 (mid-epoch: 4 steps per epoch), then resumed
     broken = tmp_path / "broken"
@@ -104,7 +93,7 @@ def test_resume_mid_epoch_equals_an_uninterrupted_run(tmp_path, synth, monkeypat
             raise RuntimeError("killed")
 
     monkeypatch.setattr(callbacks_module.StatusCallback, "on_train_batch_end", kill_after_step_3)
-    spec = _spec(broken, synth, checkpoint_interval=1, checkpoint_interval_unit="step")
+    spec = _spec(broken, synth, tiny_model, checkpoint_interval=1, checkpoint_interval_unit="step")
     with pytest.raises(RuntimeError, match="killed"):
         _train(spec)
     assert (broken / "train" / "model_crash.ckpt").is_file()
@@ -122,7 +111,9 @@ def test_resume_mid_epoch_equals_an_uninterrupted_run(tmp_path, synth, monkeypat
         torch.testing.assert_close(weights_b[name], value, rtol=1e-5, atol=1e-6, msg=name)
 
 
-def test_nan_loss_stops_with_step_samples_and_last_good_checkpoint(tmp_path, synth, monkeypatch):
+def test_nan_loss_stops_with_step_samples_and_last_good_checkpoint(
+    tmp_path, synth, tiny_model, monkeypatch
+):
     from oneseg.model import criterion as criterion_module
 
     original = criterion_module.SetCriterion.forward
@@ -136,7 +127,9 @@ def test_nan_loss_stops_with_step_samples_and_last_good_checkpoint(tmp_path, syn
         return losses
 
     monkeypatch.setattr(criterion_module.SetCriterion, "forward", poisoned)
-    spec = _spec(tmp_path, synth, checkpoint_interval=1, checkpoint_interval_unit="step")
+    spec = _spec(
+        tmp_path, synth, tiny_model, checkpoint_interval=1, checkpoint_interval_unit="step"
+    )
     with pytest.raises(NonFiniteLossError) as info:
         _train(spec)
     message = str(info.value)
@@ -149,14 +142,16 @@ def test_nan_loss_stops_with_step_samples_and_last_good_checkpoint(tmp_path, syn
     assert last["status"] == "FAILURE" and "nan" in last["message"]
 
 
-def test_every_trainable_parameter_gets_a_gradient(synth):
+def test_every_trainable_parameter_gets_a_gradient(synth, tiny_model):
     from oneseg.data.build import build_dataset, load_label_map
     from oneseg.model.build import build_model
     from oneseg.model.criterion import build_criterion
 
-    spec = _spec("unused", synth)
+    spec = _spec("unused", synth, tiny_model)
     label_map = load_label_map(spec.dataset)
-    dataset = build_dataset(spec.dataset, "train", label_map, 8, 32, train=True)
+    dataset = build_dataset(
+        spec.dataset, "train", label_map, text_list_length(spec), 32, train=True
+    )
     batch = dataset.collate_fn([dataset[i] for i in range(2)])
     model = build_model(spec.model, num_classes=len(label_map)).train()
     criterion = build_criterion(spec.model.loss, len(label_map), "oneformer")
@@ -169,10 +164,10 @@ def test_every_trainable_parameter_gets_a_gradient(synth):
     assert no_grad == []
 
 
-def test_param_groups_and_schedule():
+def test_param_groups_and_schedule(tiny_model):
     from oneseg.model.build import build_model
 
-    spec = spec_from_dict({"model": TINY_MODEL})
+    spec = spec_from_dict({"model": tiny_model})
     model = build_model(spec.model, num_classes=3)
     groups = {g["name"]: g for g in param_groups(model, 1e-4, 0.05, 0.1)}
     assert groups["backbone"]["lr"] == pytest.approx(1e-5)
@@ -204,8 +199,8 @@ def test_epoch_sampler_splits_and_skips():
 
 
 @pytest.mark.skipif(sys.platform != "linux", reason="gloo DDP on Linux")
-def test_two_process_ddp_on_cpu_keeps_ranks_in_sync(tmp_path, synth):
-    spec = _spec(tmp_path, synth, num_processes_cpu=2, num_epochs=1)
+def test_two_process_ddp_on_cpu_keeps_ranks_in_sync(tmp_path, synth, tiny_model):
+    spec = _spec(tmp_path, synth, tiny_model, num_processes_cpu=2, num_epochs=1)
     spec_file = tmp_path / "spec.yaml"
     from oneseg.spec import dump_spec
 
