@@ -293,7 +293,7 @@ def evaluate_coco_panoptic(
     pred_folder: str | Path | None = None,
     *,
     workers: int = 1,
-    chunk_size: int = 16,
+    chunk_size: int = 4,
 ) -> PanopticQuality:
     """PQ of COCO panoptic predictions (PNG + JSON) against COCO panoptic ground truth.
 
