@@ -82,8 +82,9 @@ class ModelConfig:
     backbone_depths: list[int] = f([], "swin/convnext: blocks per stage; [] = the named size's")
     backbone_num_heads: list[int] = f([], "swin: attention heads per stage; [] = the named size's")
     backbone_window_size: int = f(0, "swin: attention window; 0 = the named size's", ge=0)
-    drop_path_rate: float = f(0.3, "stochastic depth of the backbone (training only)",
-                              ge=0.0, le=1.0)
+    drop_path_rate: float = f(
+        0.3, "stochastic depth of the backbone (training only)", ge=0.0, le=1.0
+    )
     pretrained: str = f("", "weights to start from: our checkpoint or a transformers OneFormer dir")
     num_classes: int = f(
         0, "classes without no-object; 0 takes the count from dataset.label_map", ge=0
@@ -94,8 +95,9 @@ class ModelConfig:
     dim_feedforward: int = f(2048, "feed-forward width of the transformer decoder", ge=1)
     dec_layers: int = f(9, "masked-attention decoder layers", ge=1)
     query_dec_layers: int = f(2, "layers of the query transformer", ge=1)
-    query_dropout: float = f(0.1, "dropout in the query transformer (active only in training)",
-                             ge=0.0, le=1.0)
+    query_dropout: float = f(
+        0.1, "dropout in the query transformer (active only in training)", ge=0.0, le=1.0
+    )
     dropout: float = f(0.0, "dropout in the masked-attention decoder layers", ge=0.0, le=1.0)
     pre_norm: bool = f(False, "pre-norm decoder layers")
     enforce_input_proj: bool = f(False, "always project decoder inputs, even at equal width")
