@@ -90,3 +90,16 @@ def test_failing_action_exits_non_zero(tmp_path, monkeypatch, capsys):
     assert cli.main(["evaluate", f"results_dir={tmp_path}"]) == 1
     assert "3 images unreadable" in capsys.readouterr().err
     assert _lines(tmp_path / "evaluate" / "status.json")[-1]["status"] == "FAILURE"
+
+
+def test_status_lines_stay_strict_json(tmp_path):
+    spec = spec_from_dict({"results_dir": str(tmp_path)})
+    with ActionRun(spec, "evaluate") as run:
+        run.kpis.update(ap=float("nan"), pq=float("inf"), miou=50.0)
+    text = (tmp_path / "evaluate" / "status.json").read_text()
+    assert "NaN" not in text and "Infinity" not in text
+    assert _lines(tmp_path / "evaluate" / "status.json")[-1]["kpi"] == {
+        "ap": None,
+        "pq": None,
+        "miou": 50.0,
+    }
