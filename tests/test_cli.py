@@ -44,14 +44,10 @@ def test_spec_error_exits_non_zero_with_one_line(tmp_path, capsys):
     assert not (tmp_path / "r").exists()  # refused before any work started
 
 
-def test_unbuilt_action_says_so(tmp_path, capsys):
-    cli.ACTION_ENTRY_BACKUP = dict(cli.ACTION_ENTRY)
-    try:
-        cli.ACTION_ENTRY["export"] = None
-        assert cli.main(["export", f"results_dir={tmp_path}"]) == 1
-        assert "not built yet" in capsys.readouterr().err
-    finally:
-        cli.ACTION_ENTRY.update(cli.ACTION_ENTRY_BACKUP)
+def test_unbuilt_action_says_so(tmp_path, capsys, monkeypatch):
+    monkeypatch.setitem(cli.ACTION_ENTRY, "export", None)
+    assert cli.main(["export", f"results_dir={tmp_path}"]) == 1
+    assert "not built yet" in capsys.readouterr().err
 
 
 def _lines(path):
