@@ -63,9 +63,10 @@ def tiny_checkpoint(tmp_path_factory, synth_data, tiny_model_cfg):
     return path
 
 
-@pytest.fixture
+@pytest.fixture(autouse=True, scope="session")
 def one_torch_thread():
-    """Tiny models run faster on one thread: on a busy machine a second one mostly waits."""
+    """Every test's models are tiny and run faster on one thread: on a busy machine a second
+    OpenMP thread mostly waits, and small ops ran 10-100x slower with two."""
     import torch
 
     threads = torch.get_num_threads()

@@ -17,8 +17,6 @@ from oneseg.experiment import ActionRun
 from oneseg.inference import Predictor, list_images, output_names, run_inference
 from oneseg.spec import spec_from_dict
 
-pytestmark = pytest.mark.usefixtures("one_torch_thread")
-
 TASKS = ["panoptic", "instance", "semantic"]
 # random weights are never confident: let every query take part
 LOOSE = {"object_mask_threshold": 0.0, "overlap_threshold": 0.0}

@@ -16,8 +16,6 @@ from oneseg.data.label_map import LabelMap
 from oneseg.data.synth import synthetic_dataset_config
 from oneseg.engine.evaluator import Evaluator, instance_ground_truth
 
-pytestmark = pytest.mark.usefixtures("one_torch_thread")
-
 TASKS = ["panoptic", "semantic", "instance"]
 
 

@@ -15,16 +15,6 @@ from oneseg.model.backbone import (
     load_backbone_weights,
 )
 
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny tensors: a second OpenMP thread costs more than it gives, worst on a busy machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 # Small versions of the big families (same heads and windows, narrower, one block per stage).
 SMALL = {
     "swin_tiny": dict(embed_dim=24, depths=[1, 2, 1, 1]),

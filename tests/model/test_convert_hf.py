@@ -29,16 +29,6 @@ from oneseg.model.convert_hf import (  # noqa: E402
 from oneseg.model.tokenizer import task_text, text_list, tokenize  # noqa: E402
 from oneseg.spec import section_from_dict  # noqa: E402
 
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny tensors: a second OpenMP thread costs more than it gives, worst on a busy machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 STAGES = ["stage1", "stage2", "stage3", "stage4"]
 TASKS = ("semantic", "instance", "panoptic")
 

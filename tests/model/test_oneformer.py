@@ -12,15 +12,6 @@ from oneseg.model.build import build_model
 from oneseg.model.tokenizer import task_text, text_list, tokenize
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny tensors: a second OpenMP thread costs more than it gives, worst on a busy machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def tiny_cfg(**overrides) -> ModelConfig:
     values = dict(
         backbone="swin_tiny",
