@@ -271,3 +271,21 @@ def test_sharded_bin_checkpoint(tmp_path, swin_b):
     _, state, _ = load_hf_oneformer(sharded)
     converted = {k: v for k, v in ours.state_dict().items() if not k.startswith("text_queries.")}
     assert converted and all(torch.equal(state[k], v) for k, v in converted.items())
+
+
+def test_cli_convert_and_folder_as_a_checkpoint(tmp_path, swin_b, capsys):
+    import numpy as np
+
+    from oneseg import cli
+    from oneseg.inference import Predictor
+
+    _, folder, _ = swin_b
+    out_file = tmp_path / "cli.pth"
+    assert cli.main(["convert", "--from-hf", str(folder), "--out", str(out_file)]) == 0
+    assert f"wrote {out_file}" in capsys.readouterr().out
+    image = np.random.default_rng(0).integers(0, 255, (48, 80, 3), dtype=np.uint8)
+    from_file = Predictor.from_checkpoint(out_file)(image, task="semantic")
+    from_folder = Predictor.from_checkpoint(folder)(image, task="semantic")
+    assert from_file.labels.shape == (48, 80)
+    assert np.array_equal(from_file.labels, from_folder.labels)
+    assert cli.main(["convert", "--from-hf", str(tmp_path / "nope"), "--out", "x.pth"]) == 1
