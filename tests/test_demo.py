@@ -1,20 +1,47 @@
-"""`oneseg demo --fast` runs the whole chain through the CLI: synth, train, evaluate, inference."""
+"""`oneseg demo` as the README runs it, and its refusal to succeed when a step produced nothing."""
 
 import json
+import os
+import subprocess
+import sys
+from pathlib import Path
 
+import oneseg
 from oneseg import cli
 
 
-def test_demo_fast_runs_every_step(tmp_path, capsys):
-    assert cli.main(["demo", "--results-dir", str(tmp_path), "--fast"]) == 0
-    out = capsys.readouterr().out
-    assert "demo finished" in out
+def test_demo_as_the_readme_runs_it(tmp_path):
+    """From the top of a checkout with the default, relative results_dir (here: a fresh folder
+    standing in for a clone); --fast keeps it short."""
+    env = {**os.environ, "PYTHONPATH": str(Path(oneseg.__file__).parents[1])}
+    done = subprocess.run(
+        [sys.executable, "-m", "oneseg.cli", "demo", "--fast"],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "skipped a bad image" not in done.stderr
+    assert "demo finished" in done.stdout
+    root = tmp_path / "results" / "demo"
     for action in ("train", "evaluate", "inference"):
-        status = (tmp_path / action / "status.json").read_text().splitlines()
+        status = (root / action / "status.json").read_text().splitlines()
         assert json.loads(status[-1])["status"] == "SUCCESS", action
-    metrics = json.loads((tmp_path / "evaluate" / "metrics.json").read_text())["metrics"]
+    metrics = json.loads((root / "evaluate" / "metrics.json").read_text())["metrics"]
     for key in ("pq", "miou", "ap"):
         assert key in metrics
-    overlays = list((tmp_path / "inference" / "overlays").rglob("*.png"))
+    overlays = sorted((root / "inference" / "overlays").rglob("*.png"))
     assert len(overlays) == 4 * 3  # 4 images x 3 tasks
-    assert (tmp_path / "inference" / "panoptic.json").is_file()
+    assert json.loads(status[-1])["kpi"]["bad_images"] == 0
+    assert (root / "inference" / "panoptic.json").is_file()
+
+
+def test_demo_fails_when_a_step_produces_nothing(tmp_path, monkeypatch, capsys):
+    import oneseg.engine.train
+
+    monkeypatch.setattr(oneseg.engine.train, "run_train", lambda spec, run: None)
+    assert cli.main(["demo", "--results-dir", str(tmp_path), "--fast"]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-1] == f"oneseg: failed: demo: training wrote no checkpoint in {tmp_path / 'train'}"

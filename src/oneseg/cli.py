@@ -5,9 +5,24 @@ from __future__ import annotations
 import argparse
 import importlib
 import json
+import os
+import signal
 import sys
+import threading
+import traceback
 
 from oneseg.config import ACTIONS
+from oneseg.errors import (
+    EXIT_BAD_INPUT,
+    EXIT_FAILED,
+    EXIT_INTERRUPTED,
+    EXIT_STOPPED,
+    BadInput,
+    RunFailed,
+    Stopped,
+)
+
+DEBUG_ENV = "ONESEG_DEBUG"  # set to 1 to see the traceback behind a one-line error
 
 # What each action runs: "module:function(spec, run)". Imported only when the action is called,
 # so `oneseg --help` stays instant. An action mapped to None is not built yet.
@@ -39,7 +54,11 @@ def _parser() -> argparse.ArgumentParser:
         prog="oneseg",
         description="Universal image segmentation: OneFormer and Mask2Former. Each action reads "
         "a YAML spec (-e) and dotted overrides (key.sub=value) and writes into "
-        "results_dir/ACTION/.",
+        "results_dir/ACTION/. A failure is one line; exit 2 = bad input, 1 = failed, "
+        "143 = stopped (SIGTERM).",
+    )
+    parser.add_argument(
+        "--debug", action="store_true", help=f"show tracebacks (or set {DEBUG_ENV}=1)"
     )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for action in ACTIONS:
@@ -151,23 +170,71 @@ def _data(args, parser) -> int:
     return 2
 
 
-def main(argv: list[str] | None = None) -> int:
+def describe_failure(err: BaseException) -> tuple[int, str]:
+    """(exit code, one line) for an exception that ended a command: every failure the user can
+    act on is named here, once, for every command."""
     from oneseg.spec import SpecError
 
+    if isinstance(err, SpecError):
+        return EXIT_BAD_INPUT, f"spec error: {_first_line(err)}"
+    if isinstance(err, Stopped) or type(err).__name__ == "SIGTERMException":
+        return EXIT_STOPPED, str(Stopped())
+    if isinstance(err, KeyboardInterrupt):
+        return EXIT_INTERRUPTED, "interrupted; run the same command to resume"
+    if isinstance(err, BadInput):
+        return err.exit_code, f"error: {_first_line(err)}"
+    if isinstance(err, RunFailed):
+        return err.exit_code, f"failed: {_first_line(err)}"
+    if isinstance(err, FileNotFoundError | IsADirectoryError | NotADirectoryError):
+        return EXIT_BAD_INPUT, f"error: {_os_error(err)}"
+    if isinstance(err, PermissionError | FileExistsError):
+        return EXIT_BAD_INPUT, f"error: {_os_error(err)}"
+    if isinstance(err, MemoryError):
+        return EXIT_FAILED, "failed: out of memory; use smaller images or batches"
+    if isinstance(err, CliError | KeyError | ValueError):
+        msg = err.args[0] if isinstance(err, KeyError) and err.args else err
+        return EXIT_FAILED, f"error: {_first_line(msg)}"
+    hint = f"run again with --debug or {DEBUG_ENV}=1 for the traceback"
+    return EXIT_FAILED, f"failed: {type(err).__name__}: {_first_line(err)} ({hint})"
+
+
+def _first_line(err) -> str:
+    lines = [line.strip() for line in str(err).strip().splitlines() if line.strip()]
+    text = lines[0] if lines else type(err).__name__
+    return text if len(text) <= 400 else text[:397] + "..."
+
+
+def _os_error(err: OSError) -> str:
+    if err.filename is None:
+        return _first_line(err)
+    return f"{err.filename}: {err.strerror or _first_line(err)}"
+
+
+def _raise_stopped(signum, frame) -> None:
+    raise Stopped()
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    debug = "--debug" in argv or os.environ.get(DEBUG_ENV, "") not in ("", "0")
+    argv = [a for a in argv if a != "--debug"]
     parser = _parser()
     args = parser.parse_args(argv)
+    in_main_thread = threading.current_thread() is threading.main_thread()
+    previous = signal.signal(signal.SIGTERM, _raise_stopped) if in_main_thread else None
     try:
         return _dispatch(args, parser)
-    except SpecError as err:
-        print(f"oneseg: spec error: {err}", file=sys.stderr)
-        return 2
-    except (CliError, FileNotFoundError, KeyError, ValueError) as err:
-        msg = err.args[0] if isinstance(err, KeyError) and err.args else err
-        print(f"oneseg: error: {msg}", file=sys.stderr)
-        return 1
-    except KeyboardInterrupt:
-        print("oneseg: interrupted", file=sys.stderr)
-        return 130
+    except (Exception, Stopped, KeyboardInterrupt, SystemExit) as err:
+        if isinstance(err, SystemExit) and type(err).__name__ != "SIGTERMException":
+            raise
+        code, line = describe_failure(err)
+        if debug:
+            traceback.print_exception(err)
+        print(f"oneseg: {line}", file=sys.stderr)
+        return code
+    finally:
+        if in_main_thread:
+            signal.signal(signal.SIGTERM, previous)
 
 
 if __name__ == "__main__":

@@ -9,10 +9,13 @@ few validation images.
 from __future__ import annotations
 
 import json
+import math
+import os
 import time
 from pathlib import Path
 
 from oneseg.data.synth import write_synthetic_dataset
+from oneseg.errors import RunFailed
 from oneseg.experiment import ActionRun
 from oneseg.model.backbone import lite0_package_weights
 from oneseg.spec import dump_spec, spec_from_dict
@@ -38,6 +41,10 @@ DEMO_MODEL = {
     "loss": {"train_num_points": 2048},
 }
 IMAGE_SIZE = 128
+
+
+class DemoStepFailed(RunFailed):
+    """A demo step that ran but produced nothing (no checkpoint, no metrics, no picture)."""
 
 
 def demo_spec(root: Path, data: dict, epochs: int, num_train: int) -> dict:
@@ -102,29 +109,48 @@ def run_demo(results_dir: str | Path = "results/demo", fast: bool = False) -> in
     with ActionRun(spec, "train") as run:
         run_train(spec, run)
     checkpoint = latest_checkpoint(root / "train")
+    if checkpoint is None:
+        raise DemoStepFailed(f"demo: training wrote no checkpoint in {root / 'train'}")
 
     print("demo: evaluating panoptic, instance and semantic segmentation from the one model")
     spec = spec_from_dict(values, [f"evaluate.checkpoint={checkpoint}"])
     with ActionRun(spec, "evaluate") as run:
         run_evaluate(spec, run)
     metrics = json.loads((root / "evaluate" / "metrics.json").read_text())["metrics"]
+    summary = {k: metrics.get(k) for k in ("pq", "pq_th", "pq_st", "miou", "ap", "ap50")}
+    missing = [k for k in ("pq", "miou", "ap") if not _finite(summary[k])]
+    if missing:
+        raise DemoStepFailed(f"demo: evaluation gave no {', '.join(missing)} in metrics.json")
 
     images = sorted(Path(data["val"]["images"]).iterdir())[:4]
     listing = root / "demo_images.txt"
-    listing.write_text("".join(f"{p}\n" for p in images))
+    # list entries are read relative to the list's own folder, wherever the demo is run from
+    listing.write_text("".join(f"{os.path.relpath(p, listing.parent)}\n" for p in images))
     spec = spec_from_dict(
         values, [f"inference.checkpoint={checkpoint}", f"inference.images={listing}"]
     )
+    tasks = spec.inference.tasks
     print(f"demo: drawing predictions on {len(images)} validation images")
     with ActionRun(spec, "inference") as run:
         run_inference(spec, run)
+    overlays = root / "inference" / "overlays"
+    drawn = [overlays / task / f"{p.stem}.png" for task in tasks for p in images]
+    not_drawn = [str(p) for p in drawn if not p.is_file()]
+    if run.kpis.get("bad_images") or not_drawn:
+        raise DemoStepFailed(
+            f"demo: inference drew {len(drawn) - len(not_drawn)} of {len(drawn)} overlays "
+            f"({run.kpis.get('bad_images', 0)} bad images); see {run.status_file}"
+        )
 
-    summary = {k: metrics.get(k) for k in ("pq", "pq_th", "pq_st", "miou", "ap", "ap50")}
     print()
     print("demo finished in %.0f s" % (time.time() - start))
-    print("  " + "  ".join(f"{k.upper()} {v:.1f}" for k, v in summary.items() if v is not None))
+    print("  " + "  ".join(f"{k.upper()} {v:.1f}" for k, v in summary.items() if _finite(v)))
     print(f"  spec:        {root / 'demo_spec.yaml'}")
     print(f"  checkpoint:  {checkpoint}")
     print(f"  metrics:     {root / 'evaluate' / 'metrics.json'}")
-    print(f"  overlays:    {root / 'inference' / 'overlays'}")
+    print(f"  overlays:    {overlays} ({len(drawn)} pictures)")
     return 0
+
+
+def _finite(value) -> bool:
+    return isinstance(value, (int, float)) and math.isfinite(value)

@@ -18,9 +18,10 @@ from typing import Any, Protocol
 import numpy as np
 
 from oneseg.data.label_map import LabelMap
+from oneseg.errors import BadInput
 
 
-class DataError(RuntimeError):
+class DataError(BadInput, RuntimeError):
     """A sample that cannot be used; the message names the file and the image id."""
 
 
