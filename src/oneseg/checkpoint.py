@@ -23,14 +23,37 @@ def model_cfg_from_dict(values: dict) -> ModelConfig:
     return section_from_dict(ModelConfig, values, "model")
 
 
-def make_checkpoint(model_cfg: ModelConfig, label_map: LabelMap, state_dict: dict) -> dict:
-    return {
+def make_checkpoint(
+    model_cfg: ModelConfig, label_map: LabelMap, state_dict: dict, intensity: dict | None = None
+) -> dict:
+    """`intensity`: the rule that turned >8-bit training images into 0-255 (see
+    `oneseg.data.intensity`), kept so evaluation, inference and export apply the same one."""
+    ckpt = {
         "format": "oneseg",
         "version": 1,
         "model_cfg": dataclasses.asdict(model_cfg),
         "label_map": label_map.to_categories(),
         "state_dict": state_dict,
     }
+    if intensity:
+        ckpt["intensity"] = dict(intensity)
+    return ckpt
+
+
+def read_intensity(path: str | Path) -> dict | None:
+    """The intensity rule a checkpoint recorded at training, or None (older checkpoints,
+    transformers folders). Memory-maps the file: no tensor is read."""
+    path = Path(path)
+    if not path.is_file():
+        return None
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    except Exception:  # noqa: BLE001 - read_checkpoint reports an unreadable file
+        return None
+    if not isinstance(ckpt, dict):
+        return None
+    meta = ckpt.get("oneseg", ckpt)
+    return meta.get("intensity") if isinstance(meta, dict) else None
 
 
 def save_atomic(obj, path: str | Path) -> None:

@@ -92,9 +92,12 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _load(args):
+    from oneseg.data.image_io import set_max_image_pixels
     from oneseg.spec import load_spec
 
-    return load_spec(args.spec, args.overrides)
+    spec = load_spec(args.spec, args.overrides)
+    set_max_image_pixels(spec.dataset.max_image_pixels)
+    return spec
 
 
 def _run_action(action: str, args) -> int:

@@ -139,6 +139,16 @@ class AugmentationConfig:
 
 
 @dataclass
+class IntensityConfig:
+    mode: Literal["percentile", "minmax", "full_range", "fixed"] = f(
+        "percentile", "window stretched to 0-255: percentiles, min-max, the type's range, fixed"
+    )
+    low: float = f(1.0, "percentile: lower percentile; fixed: the value that becomes 0")
+    high: float = f(99.8, "percentile: upper percentile; fixed: the value that becomes 255")
+    per: Literal["image", "dataset"] = f("image", "window of each image, or one over the train set")
+
+
+@dataclass
 class CalibrationDataConfig:
     images_dir: str = f("", "images used to calibrate INT8 quantization")
 
@@ -163,6 +173,12 @@ class DatasetConfig:
     workers: int = f(2, "data loader worker processes", ge=0)
     pin_memory: bool = f(True, "pin host memory for faster copies to the GPU")
     on_error: Literal["raise", "skip"] = f("raise", "a bad image stops the run or is skipped")
+    intensity: IntensityConfig = sub(
+        IntensityConfig, "how 16-bit, 32-bit and float images become 0-255 (8-bit: unchanged)"
+    )
+    max_image_pixels: int = f(
+        0, "larger images (width x height) are bad images (decompression bombs); 0 = PIL's", ge=0
+    )
     augmentation: AugmentationConfig = sub(AugmentationConfig, "training and eval transforms")
     quant_calibration_dataset: CalibrationDataConfig = sub(
         CalibrationDataConfig, "data for INT8 calibration"

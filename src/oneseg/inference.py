@@ -29,6 +29,7 @@ from PIL import Image, ImageOps
 from oneseg.config import ModelConfig
 from oneseg.data.collate import padded_size
 from oneseg.data.image_io import read_image, to_rgb
+from oneseg.data.intensity import Intensity
 from oneseg.data.label_map import LabelMap
 from oneseg.data.records import DataError
 from oneseg.data.transforms import shortest_edge_size
@@ -154,13 +155,14 @@ def _panoptic_result(panoptic: tuple, label_map: LabelMap) -> PanopticResult:
 
 
 # ---------------------------------------------------------------------------- predictor
-def as_rgb_array(image) -> np.ndarray:
+def as_rgb_array(image, intensity: Intensity | None = None) -> np.ndarray:
     """[H, W, 3] uint8 RGB from a path, a PIL image (EXIF orientation applied) or an array
-    ([H, W, 3] or [H, W, 4] uint8, or [H, W] grayscale)."""
+    ([H, W, 3] or [H, W, 4] uint8, or [H, W] grayscale). Paths and PIL images of more than
+    8 bits are stretched to 0-255 by `intensity`."""
     if isinstance(image, str | os.PathLike):
-        return read_image(image)
+        return read_image(image, intensity)
     if isinstance(image, Image.Image):
-        return np.asarray(to_rgb(ImageOps.exif_transpose(image)))
+        return np.asarray(to_rgb(ImageOps.exif_transpose(image), intensity))
     array = np.asarray(image)
     if array.dtype != np.uint8:
         raise ValueError(f"an image array must be uint8 0-255, got {array.dtype}")
@@ -180,6 +182,8 @@ class Predictor:
         min_size, max_size: the shortest edge the model sees, and the cap on the longest.
         object_mask_threshold, overlap_threshold, topk: see `oneseg.model.postprocess`.
         task_seq_len: length of the task token ids the model takes.
+        intensity: how images of more than 8 bits become 0-255 (`oneseg.data.intensity`);
+            `from_checkpoint` takes the rule recorded at training.
         device: where to run; default the GPU if there is one.
     """
 
@@ -194,6 +198,7 @@ class Predictor:
         overlap_threshold: float = 0.8,
         topk: int = 150,
         task_seq_len: int = 77,
+        intensity: Intensity | None = None,
         device: str | torch.device | None = None,
     ):
         if device is None:
@@ -206,6 +211,7 @@ class Predictor:
         self.overlap_threshold = overlap_threshold
         self.topk = topk
         self.task_seq_len = task_seq_len
+        self.intensity = intensity or Intensity()
 
     @classmethod
     def from_checkpoint(
@@ -213,7 +219,7 @@ class Predictor:
     ) -> Predictor:
         """A predictor from a oneseg checkpoint (or transformers folder). Thresholds default to
         the checkpoint's model config; `settings` (see the constructor) override them."""
-        from oneseg.checkpoint import load_state_dict_strict, read_checkpoint
+        from oneseg.checkpoint import load_state_dict_strict, read_checkpoint, read_intensity
         from oneseg.model.build import build_model
 
         model_cfg, label_map, state_dict = read_checkpoint(path)
@@ -224,6 +230,7 @@ class Predictor:
             "overlap_threshold": model_cfg.overlap_threshold,
             "topk": model_cfg.test_topk_per_image,
             "task_seq_len": model_cfg.task_seq_len,
+            "intensity": Intensity.from_config(read_intensity(path) or {}),
         }
         return cls(model, label_map, device=device, **{**defaults, **settings})
 
@@ -233,7 +240,7 @@ class Predictor:
 
     def predict(self, images: Sequence, tasks: Sequence[str] = ("panoptic",)) -> list[dict]:
         """Results of several images, batched: one dict task -> result per image."""
-        arrays = [as_rgb_array(image) for image in images]
+        arrays = [as_rgb_array(image, self.intensity) for image in images]
         if not arrays:
             return []
         batch, image_sizes = self._batch(arrays)
@@ -342,12 +349,14 @@ def spec_postprocess_overrides(spec_model: ModelConfig) -> dict:
     }
 
 
-def _read_ahead(paths: list[Path], depth: int) -> Iterator[tuple[Path, np.ndarray | Exception]]:
+def _read_ahead(
+    paths: list[Path], depth: int, intensity: Intensity | None = None
+) -> Iterator[tuple[Path, np.ndarray | Exception]]:
     """(path, image or its read error) in order, decoding up to `depth` images ahead."""
 
     def read(path: Path):
         try:
-            return read_image(path)
+            return read_image(path, intensity)
         except DataError as err:
             return err
 
@@ -387,6 +396,8 @@ def run_inference(spec, run) -> None:
     """
     from rich.progress import Progress
 
+    from oneseg.checkpoint import read_intensity
+    from oneseg.data.intensity import choose_intensity
     from oneseg.results_io import InferenceOutputs
 
     cfg = spec.inference
@@ -403,6 +414,7 @@ def run_inference(spec, run) -> None:
             "topk" if name == "test_topk_per_image" else name: value
             for name, value in spec_postprocess_overrides(spec.model).items()
         },
+        intensity=choose_intensity(spec.dataset.intensity, read_intensity(checkpoint)),
     )
     outputs = InferenceOutputs(
         run.dir, predictor.label_map, list(cfg.tasks), cfg.overlay, cfg.semantic_ids
@@ -424,7 +436,7 @@ def run_inference(spec, run) -> None:
                 _report_bad_image(run, path, error, bad)
                 progress.advance(bar)
 
-            reads = _read_ahead(list(todo), depth=2 * cfg.batch_size)
+            reads = _read_ahead(list(todo), 2 * cfg.batch_size, predictor.intensity)
             for batch in _good_batches(reads, cfg.batch_size, on_bad):
                 results = predictor.predict([image for _, image in batch], list(cfg.tasks))
                 for (path, image), result in zip(batch, results):

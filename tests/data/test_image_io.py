@@ -3,6 +3,7 @@ import pytest
 from PIL import Image
 
 from oneseg.data.image_io import ImageReadError, image_size, read_image, read_label
+from oneseg.data.intensity import Intensity
 
 
 def _gradient(height=20, width=30):
@@ -45,10 +46,10 @@ def test_palette_png_gives_palette_colours(tmp_path):
     np.testing.assert_array_equal(read_label(tmp_path / "p.png"), index)
 
 
-def test_16bit_png_scaled_to_8bit(tmp_path):
+def test_16bit_png_scaled_to_8bit_by_its_type_range(tmp_path):
     values = np.array([[0, 257, 65535, 32896]], dtype=np.uint16)
     Image.fromarray(values).save(tmp_path / "d.png")
-    out = read_image(tmp_path / "d.png")
+    out = read_image(tmp_path / "d.png", Intensity(mode="full_range"))
     assert out.shape == (1, 4, 3)
     assert out[0, :, 0].tolist() == [0, 1, 255, 128]
     assert read_label(tmp_path / "d.png").max() == 65535

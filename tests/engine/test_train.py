@@ -10,8 +10,9 @@ import pytest
 import torch
 import yaml
 
-from oneseg.checkpoint import read_checkpoint
+from oneseg.checkpoint import read_checkpoint, read_intensity
 from oneseg.config import LossConfig
+from oneseg.data.intensity import Intensity
 from oneseg.data.synth import write_synthetic_dataset
 from oneseg.engine import callbacks as callbacks_module
 from oneseg.engine.callbacks import latest_checkpoint
@@ -106,6 +107,8 @@ def test_resume_mid_epoch_equals_an_uninterrupted_run(tmp_path, synth, tiny_mode
     for step in a:
         assert a[step] == pytest.approx(b[step], rel=1e-5, abs=1e-6), step
     _, _, weights_a = read_checkpoint(latest_checkpoint(straight / "train"))
+    # the intensity rule of the training images travels with the weights
+    assert read_intensity(latest_checkpoint(straight / "train")) == Intensity().to_dict()
     _, _, weights_b = read_checkpoint(latest_checkpoint(broken / "train"))
     for name, value in weights_a.items():
         torch.testing.assert_close(weights_b[name], value, rtol=1e-5, atol=1e-6, msg=name)

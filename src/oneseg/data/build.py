@@ -9,6 +9,7 @@ from oneseg.config import TASKS, AugmentationConfig, DatasetConfig, DataSource
 from oneseg.data.coco_instance import CocoInstanceReader
 from oneseg.data.coco_panoptic import CocoPanopticReader
 from oneseg.data.dataset import SegmentationDataset
+from oneseg.data.intensity import Intensity
 from oneseg.data.label_map import LabelMap
 from oneseg.data.records import DataError, Reader, load_json
 from oneseg.data.semantic import SemanticReader
@@ -96,11 +97,13 @@ def build_dataset(
     size_divisibility: int,
     train: bool,
     task: str | None = None,
+    intensity: Intensity | None = None,
 ) -> SegmentationDataset:
     """The dataset of a split. Training samples draw their task from `dataset.task_prob`;
     otherwise every sample has `task` (default panoptic, whose masks cover all three).
     `dataset.on_error: skip` applies to training only: an evaluation set that swapped a bad
-    image for another would count that other image twice."""
+    image for another would count that other image twice. `intensity` defaults to the spec's
+    `dataset.intensity` (a `per: dataset` rule resolved by the caller, see `dataset_window`)."""
     if task is not None and task not in TASKS:
         raise ValueError(f"unknown task {task!r}; expected one of {list(TASKS)}")
     readers = [
@@ -124,6 +127,7 @@ def build_dataset(
         text_list_len=text_list_len,
         size_divisibility=size_divisibility,
         on_error=dataset_cfg.on_error if train else "raise",
+        intensity=intensity or Intensity.from_config(dataset_cfg.intensity),
     )
 
 
@@ -139,12 +143,20 @@ def build_dataloader(
     batch_size: int | None = None,
     workers: int | None = None,
     sampler: Sampler | None = None,
+    intensity: Intensity | None = None,
 ) -> DataLoader:
     """A loader of collated batches (see `oneseg.data.collate`). Training shuffles and drops
     the last incomplete batch (the contrastive loss needs more than one image); pass a
     `sampler` (e.g. DistributedSampler) to replace the shuffle."""
     dataset = build_dataset(
-        dataset_cfg, split, label_map, text_list_len, size_divisibility, train, task=task
+        dataset_cfg,
+        split,
+        label_map,
+        text_list_len,
+        size_divisibility,
+        train,
+        task=task,
+        intensity=intensity,
     )
     batch_size = batch_size or dataset_cfg.batch_size
     workers = dataset_cfg.workers if workers is None else workers

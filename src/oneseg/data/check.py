@@ -19,7 +19,8 @@ import numpy as np
 from oneseg.config import DatasetConfig
 from oneseg.data.build import load_label_map, split_sources
 from oneseg.data.coco_panoptic import default_panoptic_dir
-from oneseg.data.image_io import ImageReadError, raw_size, read_image, read_label
+from oneseg.data.image_io import ImageReadError, image_size, raw_size, read_label, read_values
+from oneseg.data.intensity import LOW_RANGE_SHARE, range_share
 from oneseg.data.label_map import LabelMap
 from oneseg.data.records import DataError, category_mapper, load_json, rgb_to_id
 from oneseg.data.report import ERROR, WARNING, Report
@@ -29,12 +30,23 @@ __all__ = ["check_dataset", "check_main"]
 
 
 def _image(report: Report, path: Path, image_id, stated_hw) -> tuple[int, int] | None:
-    """Decode an image fully; report a missing, unreadable, truncated or resized one."""
+    """Decode an image fully; report a missing, unreadable, truncated or resized one, and one
+    of more than 8 bits whose values span a small part of its type's range."""
     try:
-        height, width = read_image(path).shape[:2]
+        values, kind = read_values(path)
+        height, width = image_size(path)
     except ImageReadError as err:
         report.add(ERROR, path, f"image {image_id}", str(err).removeprefix(f"{path}: "))
         return None
+    if kind != "8bit" and range_share(values, kind) < LOW_RANGE_SHARE:
+        report.add(
+            WARNING,
+            path,
+            f"image {image_id}",
+            f"{kind} values {values.min()}-{values.max()} use "
+            f"{100 * range_share(values, kind):.1f}% of the type's range: check that "
+            "dataset.intensity suits the data (full_range would make it nearly black)",
+        )
     if None not in stated_hw and tuple(stated_hw) != (height, width):
         message = (
             f"image is {height}x{width} (HxW) but the annotation says {stated_hw[0]}x{stated_hw[1]}"

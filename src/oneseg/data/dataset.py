@@ -26,6 +26,7 @@ from torch.utils.data import Dataset
 
 from oneseg.data.collate import Collator
 from oneseg.data.image_io import ImageReadError, exif_orientation, read_image
+from oneseg.data.intensity import Intensity
 from oneseg.data.label_map import LabelMap
 from oneseg.data.records import DataError, PanopticAnnotation, Reader, Record, RecordStore
 from oneseg.data.targets import (
@@ -57,6 +58,7 @@ class SegmentationDataset(Dataset):
         size_divisibility: batch padding divisor, used by `collate_fn`.
         on_error: "raise" stops on a bad sample with a message naming file and image id;
             "skip" logs a warning, counts it in `skipped` and returns another sample.
+        intensity: how images of more than 8 bits become 0-255 (`oneseg.data.intensity`).
     """
 
     def __init__(
@@ -69,6 +71,7 @@ class SegmentationDataset(Dataset):
         size_divisibility: int = 32,
         on_error: str = "raise",
         context_length: int = 77,
+        intensity: Intensity | None = None,
     ):
         if on_error not in ("raise", "skip"):
             raise ValueError(f"on_error must be 'raise' or 'skip', got {on_error!r}")
@@ -83,6 +86,7 @@ class SegmentationDataset(Dataset):
         self.task_prob = normalize_task_prob(task_prob)
         self.text_list_len = text_list_len
         self.on_error = on_error
+        self.intensity = intensity or Intensity()
         self.tokens = TextTokens(context_length)
         self.tokens.prepare(all_texts(label_map.names))
         self.collate_fn = Collator(size_divisibility)
@@ -132,7 +136,7 @@ class SegmentationDataset(Dataset):
         """
         reader, record = self._item(index)
         try:
-            image = read_image(record.image_path)
+            image = read_image(record.image_path, self.intensity)
             annotation = reader.load_annotation(record)
         except ImageReadError as err:
             raise DataError(f"image {record.image_id}: {err}") from None

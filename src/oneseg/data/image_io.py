@@ -3,7 +3,11 @@
 Images come out as RGB uint8 whatever their mode (grayscale, RGBA, palette, CMYK, 16-bit), with
 their EXIF orientation applied: a phone photo stored sideways with orientation 6 is turned
 upright, as every viewer and annotation tool shows it. Label PNGs get the same treatment, so an
-image and its label stay aligned whether the label carries the EXIF tag or not.
+image and its label stay aligned whether the label carries the EXIF tag or not. Images of more
+than 8 bits are stretched to 0-255 by an intensity rule (`oneseg.data.intensity`).
+
+An image whose header claims more pixels than `max_image_pixels` (PIL's decompression-bomb guard;
+`dataset.max_image_pixels` in the spec) is a bad image like any other: an ImageReadError.
 """
 
 from __future__ import annotations
@@ -13,6 +17,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
+from oneseg.data.intensity import Intensity, to_uint8, value_kind
 from oneseg.data.records import DataError
 
 EXIF_ORIENTATION = 0x0112
@@ -23,12 +28,31 @@ class ImageReadError(DataError):
     """An image or label file that is missing, not an image, or cut short."""
 
 
+def set_max_image_pixels(pixels: int) -> None:
+    """The largest image (width x height) a reader decodes; larger ones are bad images.
+    0 keeps PIL's default (about 179 million pixels). Inherited by forked loader workers."""
+    Image.MAX_IMAGE_PIXELS = (pixels // 2) if pixels else DEFAULT_MAX_IMAGE_PIXELS
+
+
+DEFAULT_MAX_IMAGE_PIXELS = Image.MAX_IMAGE_PIXELS
+
+
+def _too_large(path: Path, err: Exception) -> ImageReadError:
+    return ImageReadError(
+        f"{path}: {str(err).rstrip('.')}; if the image is genuine, raise dataset.max_image_pixels"
+    )
+
+
 def _open(path: Path) -> Image.Image:
     try:
         image = Image.open(path)
         image.load()  # a truncated file fails here, not later in a worker
     except FileNotFoundError:
         raise ImageReadError(f"{path}: file not found") from None
+    except IsADirectoryError:
+        raise ImageReadError(f"{path}: a folder, not an image file") from None
+    except Image.DecompressionBombError as err:
+        raise _too_large(path, err) from None
     except UnidentifiedImageError:
         raise ImageReadError(f"{path}: not an image file PIL can read") from None
     except (OSError, SyntaxError, ValueError) as err:
@@ -50,23 +74,19 @@ def _upright(image: Image.Image) -> Image.Image:
     return ImageOps.exif_transpose(image)
 
 
-def to_rgb(image: Image.Image) -> Image.Image:
+def to_rgb(image: Image.Image, intensity: Intensity | None = None) -> Image.Image:
     """An image of any PIL mode as 8-bit RGB.
 
-    16-bit modes ('I;16*') are scaled by 1/257 so that 65535 maps to 255. 32-bit integer ('I')
-    images are scaled the same way when they exceed 255, else taken as 8-bit values; float ('F')
-    images in [0, 1] are taken as fractions, otherwise as 0-255. Alpha is dropped.
+    16-bit ('I;16*'), 32-bit integer ('I') and float ('F') images are stretched to 0-255 by
+    `intensity` (default: per-image percentiles 1-99.8; see `oneseg.data.intensity`).
+    Alpha is dropped.
     """
     mode = image.mode
     if mode == "RGB":
         return image
-    if mode.startswith("I") or mode == "F":
-        values = np.asarray(image).astype(np.float64)
-        if mode.startswith("I;16") or (mode == "I" and values.max(initial=0) > 255):
-            values = values / 257.0
-        elif mode == "F" and values.max(initial=0) <= 1.0:
-            values = values * 255.0
-        gray = np.clip(np.rint(values), 0, 255).astype(np.uint8)
+    kind = value_kind(mode)
+    if kind != "8bit":
+        gray = to_uint8(np.asarray(image), kind, intensity)
         return Image.fromarray(gray, mode="L").convert("RGB")
     if mode == "P":
         # palette images with a transparent index expand through RGBA, as PIL asks
@@ -74,14 +94,21 @@ def to_rgb(image: Image.Image) -> Image.Image:
     return image.convert("RGB")
 
 
-def read_image(path: str | Path) -> np.ndarray:
+def read_image(path: str | Path, intensity: Intensity | None = None) -> np.ndarray:
     """[H, W, 3] uint8 RGB of an image file, upright. Raises ImageReadError naming the file."""
     path = Path(path)
     image = _open(path)
     try:
-        return np.asarray(to_rgb(_upright(image)))
+        return np.asarray(to_rgb(_upright(image), intensity))
     except (OSError, ValueError) as err:
         raise ImageReadError(f"{path}: cannot convert to RGB ({err})") from None
+
+
+def read_values(path: str | Path) -> tuple[np.ndarray, str]:
+    """The stored values of an image ([H, W] or [H, W, C]) and their kind ('8bit', '16bit',
+    '32bit', 'float'): what an intensity rule works on."""
+    image = _open(Path(path))
+    return np.asarray(image), value_kind(image.mode)
 
 
 def read_label(path: str | Path) -> np.ndarray:
@@ -107,6 +134,8 @@ def image_size(path: str | Path) -> tuple[int, int]:
             swap = exif_orientation(image) in _SWAPS_AXES
     except FileNotFoundError:
         raise ImageReadError(f"{path}: file not found") from None
+    except Image.DecompressionBombError as err:
+        raise _too_large(path, err) from None
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as err:
         raise ImageReadError(f"{path}: not an image file PIL can read ({err})") from None
     return (width, height) if swap else (height, width)
@@ -114,6 +143,9 @@ def image_size(path: str | Path) -> tuple[int, int]:
 
 def raw_size(path: str | Path) -> tuple[int, int]:
     """(height, width) as stored, before the EXIF orientation is applied."""
-    with Image.open(path) as image:
-        width, height = image.size
+    try:
+        with Image.open(path) as image:
+            width, height = image.size
+    except Image.DecompressionBombError as err:
+        raise _too_large(Path(path), err) from None
     return height, width

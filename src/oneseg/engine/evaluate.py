@@ -12,6 +12,7 @@ from __future__ import annotations
 import csv
 import dataclasses
 import math
+import sys
 import time
 from pathlib import Path
 
@@ -41,8 +42,9 @@ LABELS = {
 def run_evaluate(spec, run) -> None:
     from rich.progress import Progress
 
-    from oneseg.checkpoint import load_state_dict_strict, read_checkpoint
+    from oneseg.checkpoint import load_state_dict_strict, read_checkpoint, read_intensity
     from oneseg.data.build import build_dataloader
+    from oneseg.data.intensity import choose_intensity
     from oneseg.inference import spec_postprocess_overrides
     from oneseg.model.build import build_model
 
@@ -73,6 +75,7 @@ def run_evaluate(spec, run) -> None:
         size_divisibility=model.size_divisibility,
         train=False,
         batch_size=cfg.batch_size,
+        intensity=choose_intensity(spec.dataset.intensity, read_intensity(checkpoint)),
     )
     evaluator = Evaluator(loader.dataset, label_map, model_cfg, tasks)
     run.log("RUNNING", f"evaluating {checkpoint} on {len(loader.dataset)} images ({cfg.split})")
@@ -107,11 +110,12 @@ def _check_label_map(spec, label_map, run) -> None:
 
     named = LabelMap.from_json(spec.dataset.label_map)
     if named.category_ids != label_map.category_ids:
-        run.log(
-            "RUNNING",
+        message = (
             f"dataset.label_map lists category ids {named.category_ids[:10]}..., the checkpoint "
-            f"{label_map.category_ids[:10]}...: scoring the checkpoint's classes",
+            f"{label_map.category_ids[:10]}...: scoring the checkpoint's classes"
         )
+        run.log("RUNNING", message)
+        print(f"oneseg evaluate: warning: {message}", file=sys.stderr)
 
 
 def _jsonable(value):

@@ -28,6 +28,7 @@ class SegmentationModule(L.LightningModule):
         optim_cfg: the spec's `train.optim` section.
         total_steps: optimizer steps of the whole run (for the poly schedule).
         model_cfg, label_map: stored in every checkpoint so it rebuilds the model by itself.
+        intensity: the rule that made >8-bit images 0-255 (a dict), stored beside them.
         evaluator_factory: `() -> Evaluator` used by validation, or None for loss-only validation.
     """
 
@@ -41,6 +42,7 @@ class SegmentationModule(L.LightningModule):
         model_cfg,
         label_map,
         evaluator_factory=None,
+        intensity: dict | None = None,
     ):
         super().__init__()
         self.model = model
@@ -49,6 +51,7 @@ class SegmentationModule(L.LightningModule):
         self.total_steps = total_steps
         self.model_cfg = model_cfg
         self.label_map = label_map
+        self.intensity = intensity
         self.evaluator_factory = evaluator_factory
         self.evaluator = None
         self.last_checkpoint: str | None = None
@@ -115,8 +118,8 @@ class SegmentationModule(L.LightningModule):
 
     # ------------------------------------------------------------------ checkpoints
     def on_save_checkpoint(self, checkpoint: dict) -> None:
-        meta = make_checkpoint(self.model_cfg, self.label_map, {})
-        checkpoint["oneseg"] = {k: meta[k] for k in ("format", "version", "model_cfg", "label_map")}
+        meta = make_checkpoint(self.model_cfg, self.label_map, {}, self.intensity)
+        checkpoint["oneseg"] = {k: v for k, v in meta.items() if k != "state_dict"}
         checkpoint["rng_state"] = _get_rng_state()
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:

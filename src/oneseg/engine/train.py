@@ -15,6 +15,7 @@ from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
 from torch.utils.data import DataLoader
 
 from oneseg.checkpoint import load_state_dict_strict, read_checkpoint
+from oneseg.data.intensity import Intensity, dataset_window
 from oneseg.engine.callbacks import (
     AtomicCheckpoint,
     SamplerSetup,
@@ -115,6 +116,9 @@ def build_loaders(spec, label_map, world_size: int):
         "collate_fn": train_set.collate_fn,
         "persistent_workers": spec.dataset.workers > 0,
     }
+    # one window for every image when the rule is per dataset; recorded in the checkpoint
+    rule = Intensity.from_config(spec.dataset.intensity)
+    train_set.intensity = dataset_window((r.image_path for r in train_set.records), rule)
     train_loader = DataLoader(
         SeededDataset(train_set),
         batch_size=batch_size,
@@ -132,6 +136,7 @@ def build_loaders(spec, label_map, world_size: int):
             text_list_len=texts,
             size_divisibility=divisibility,
             train=False,
+            intensity=train_set.intensity,
         )
         # every image once over all processes: no padding, so none is counted twice
         val_sampler = EpochSampler(len(val_set), shuffle=False, world_size=world_size, pad=False)
@@ -186,6 +191,7 @@ def run_train(spec, run) -> None:
         model_cfg=spec.model,
         label_map=label_map,
         evaluator_factory=evaluator_factory,
+        intensity=train_loader.dataset.dataset.intensity.to_dict(),
     )
     folder = Path(run.dir)
     resume = spec.train.resume_training_checkpoint_path or latest_checkpoint(folder)
