@@ -67,6 +67,11 @@ def _parser() -> argparse.ArgumentParser:
         p.add_argument("overrides", nargs="*", help="dotted overrides, e.g. train.num_epochs=5")
     p = sub.add_parser("template", help="print a complete default spec for an action")
     p.add_argument("action", choices=ACTIONS)
+    p.add_argument(
+        "--preset",
+        choices=("coco", "ade20k", "cityscapes"),
+        help="the published training recipe of this dataset instead of the defaults",
+    )
     p = sub.add_parser("schema", help="print the JSON Schema of an action's spec")
     p.add_argument("action", choices=ACTIONS)
 
@@ -127,7 +132,7 @@ def _dispatch(args, parser) -> int:
     if command == "template":
         from oneseg.spec import template
 
-        sys.stdout.write(template(args.action))
+        sys.stdout.write(template(args.action, args.preset))
         return 0
     if command == "schema":
         from oneseg.spec import json_schema

@@ -193,8 +193,17 @@ class OptimConfig:
         0.05, "weight decay (none on norms, embeddings, position tables)", ge=0.0
     )
     backbone_multiplier: float = f(0.1, "backbone learning rate = lr x this", ge=0.0)
-    lr_scheduler: Literal["poly", "cosine", "constant"] = f("poly", "schedule after warmup")
+    lr_scheduler: Literal["poly", "cosine", "multistep", "constant"] = f(
+        "poly", "schedule after warmup"
+    )
     poly_power: float = f(0.9, "power of the poly schedule", ge=0.0)
+    milestones: list[float] = f(
+        [0.889, 0.963],
+        "multistep: fractions of training at which lr is multiplied by gamma",
+        ge=0.0,
+        le=1.0,
+    )
+    gamma: float = f(0.1, "multistep: lr factor at each milestone", gt=0.0, le=1.0)
     warmup_steps: int = f(0, "linear warmup steps", ge=0)
     warmup_factor: float = f(1.0, "warmup starts at lr x this", gt=0.0, le=1.0)
 
@@ -221,6 +230,14 @@ class TrainConfig:
     seed: int = f(1234, "random seed", ge=0)
     log_every_n_steps: int = f(10, "logging interval in steps", ge=1)
     freeze_backbone: bool = f(False, "keep the backbone weights fixed")
+    monitor: Literal["miou", "pq", "ap", "loss"] = f(
+        "miou",
+        "metric that picks model_best.ckpt: miou/pq/ap of validation (higher is better) or the "
+        "epoch's mean training loss (lower is better)",
+    )
+    early_stop_patience: int = f(
+        0, "stop after this many validations without a better monitored value; 0 = never", ge=0
+    )
     optim: OptimConfig = sub(OptimConfig, "optimizer and schedule")
 
 

@@ -242,12 +242,27 @@ def _template_lines(obj, indent: int) -> list[str]:
     return lines
 
 
-def template(action: str) -> str:
-    """A complete, commented default spec for `action` that loads back to the defaults."""
+def template(action: str, preset: str | None = None) -> str:
+    """A complete, commented default spec for `action` that loads back to the defaults, or to
+    the published recipe `preset` (see `oneseg.presets`)."""
     if action not in ACTIONS:
         raise SpecError(f"{action}: unknown action; expected one of {', '.join(ACTIONS)}")
-    spec = ExperimentConfig()
-    lines = [f"# oneseg {action} spec: every key with its default. Run: oneseg {action} -e FILE"]
+    if preset is None:
+        spec = ExperimentConfig()
+        lines = [
+            f"# oneseg {action} spec: every key with its default. Run: oneseg {action} -e FILE"
+        ]
+    else:
+        from oneseg.presets import preset_values
+
+        try:
+            spec = spec_from_dict(preset_values(preset))
+        except ValueError as err:
+            raise SpecError(str(err)) from None
+        lines = [
+            f"# oneseg {action} spec, preset {preset}: the published recipe (see oneseg.presets), "
+            f"every other key at its default. Run: oneseg {action} -e FILE"
+        ]
     for fl in dataclasses.fields(spec):
         if fl.name not in _SECTIONS_OF[action]:
             continue

@@ -161,3 +161,98 @@ class WeightSyncCheck(L.Callback):
         self.run.kpis["weights_in_sync"] = in_sync
         if not in_sync:
             self.run.log("RUNNING", message="warning: ranks hold different weights")
+
+
+BEST = "model_best.ckpt"
+# The task whose evaluation gives each monitored metric; "loss" needs no validation.
+MONITOR_TASK = {"miou": "semantic", "pq": "panoptic", "ap": "instance", "loss": None}
+
+
+class BestCheckpoint(L.Callback):
+    """Keeps `model_best.ckpt` (temp file + rename) at the best value of `train.monitor`, logs
+    the value and epoch to status.json, and stops training after `patience` evaluations
+    without improvement (0 = never).
+
+    miou / pq / ap are read after each validation, higher being better; "loss" is the mean
+    training loss of each epoch (averaged over processes), lower being better. A NaN value
+    never counts as an improvement.
+    """
+
+    def __init__(self, folder: str | Path, monitor: str, patience: int, run):
+        self.folder = Path(folder)
+        self.monitor = monitor
+        self.patience = patience
+        self.run = run
+        self.best: float | None = None
+        self.best_epoch: int | None = None
+        self.stale = 0
+        self._loss_sum = 0.0
+        self._loss_count = 0
+
+    def _better(self, value: float) -> bool:
+        if value != value:  # NaN
+            return False
+        if self.best is None:
+            return True
+        return value < self.best if self.monitor == "loss" else value > self.best
+
+    def _consider(self, trainer, module, value: float) -> None:
+        epoch = trainer.current_epoch
+        if self._better(value):
+            self.best, self.best_epoch, self.stale = value, epoch, 0
+            path = self.folder / BEST
+            tmp = path.with_name(path.name + ".tmp")
+            trainer.save_checkpoint(tmp)
+            if trainer.is_global_zero:
+                os.replace(tmp, path)
+            trainer.strategy.barrier("best_checkpoint")
+            self.run.kpis.update({f"best_{self.monitor}": value, "best_epoch": epoch})
+            self.run.log(
+                "RUNNING",
+                message=f"new best {self.monitor} {value:.4g}: {BEST}",
+                epoch=epoch,
+                step=trainer.global_step,
+                best={"monitor": self.monitor, "value": value, "epoch": epoch, "file": BEST},
+            )
+            return
+        self.stale += 1
+        stop = bool(self.patience) and self.stale >= self.patience
+        if trainer.strategy.reduce_boolean_decision(stop, all=False):
+            trainer.should_stop = True
+            self.run.log(
+                "RUNNING",
+                message=f"early stop: {self.monitor} not better than {self.best:.4g} (epoch "
+                f"{self.best_epoch}) for {self.stale} evaluations",
+                epoch=epoch,
+                step=trainer.global_step,
+            )
+
+    def on_train_epoch_start(self, trainer, module) -> None:
+        self._loss_sum, self._loss_count = 0.0, 0
+
+    def on_train_batch_end(self, trainer, module, outputs, batch, batch_idx) -> None:
+        loss = outputs["loss"] if isinstance(outputs, dict) else outputs
+        if loss is not None:
+            self._loss_sum += float(loss.detach())
+            self._loss_count += 1
+
+    def on_train_epoch_end(self, trainer, module) -> None:
+        if self.monitor != "loss" or not self._loss_count:
+            return
+        import torch
+
+        mean = torch.tensor(self._loss_sum / self._loss_count, device=module.device)
+        self._consider(trainer, module, float(trainer.strategy.reduce(mean, reduce_op="mean")))
+
+    def on_validation_end(self, trainer, module) -> None:
+        if self.monitor == "loss" or trainer.sanity_checking or not module.last_metrics:
+            return
+        value = module.last_metrics.get(self.monitor)
+        if isinstance(value, (int, float)):
+            self._consider(trainer, module, float(value))
+
+    def state_dict(self) -> dict:
+        return {"best": self.best, "best_epoch": self.best_epoch, "stale": self.stale}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.best, self.best_epoch, self.stale = state["best"], state["best_epoch"], state["stale"]

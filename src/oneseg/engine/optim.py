@@ -1,4 +1,4 @@
-"""AdamW parameter groups and the warmup + poly / cosine learning-rate schedule."""
+"""AdamW parameter groups and the warmup + poly / cosine / multistep learning-rate schedule."""
 
 from __future__ import annotations
 
@@ -57,8 +57,13 @@ def lr_factor(
     power: float,
     warmup_steps: int,
     warmup_factor: float,
+    milestones: tuple[float, ...] = (),
+    gamma: float = 0.1,
 ) -> float:
-    """Multiplier of the base learning rate at `step` (0-based)."""
+    """Multiplier of the base learning rate at `step` (0-based).
+
+    multistep (detectron2's WarmupMultiStepLR): `milestones` are fractions of `total_steps`;
+    from each one on the rate is multiplied by `gamma` once more."""
     if step < warmup_steps:
         alpha = step / warmup_steps
         warm = warmup_factor * (1 - alpha) + alpha
@@ -69,11 +74,19 @@ def lr_factor(
         return warm * (1.0 - progress) ** power
     if schedule == "cosine":
         return warm * 0.5 * (1.0 + math.cos(math.pi * progress))
+    if schedule == "multistep":
+        passed = sum(step >= round(m * total_steps) for m in milestones)
+        return warm * gamma**passed
     return warm
 
 
 def build_optimizer(model: nn.Module, optim_cfg, total_steps: int):
     """AdamW and a per-step LambdaLR from the spec's `train.optim` section."""
+    if list(optim_cfg.milestones) != sorted(optim_cfg.milestones):
+        raise ValueError(
+            f"train.optim.milestones: got {list(optim_cfg.milestones)}, expected increasing "
+            "fractions of training"
+        )
     groups = param_groups(
         model, optim_cfg.lr, optim_cfg.weight_decay, optim_cfg.backbone_multiplier
     )
@@ -87,6 +100,8 @@ def build_optimizer(model: nn.Module, optim_cfg, total_steps: int):
             optim_cfg.poly_power,
             optim_cfg.warmup_steps,
             optim_cfg.warmup_factor,
+            tuple(optim_cfg.milestones),
+            optim_cfg.gamma,
         ),
     )
     return optimizer, scheduler

@@ -17,7 +17,10 @@ from torch.utils.data import DataLoader
 from oneseg.checkpoint import load_state_dict_strict, read_checkpoint
 from oneseg.data.intensity import Intensity, dataset_window
 from oneseg.engine.callbacks import (
+    BEST,
+    MONITOR_TASK,
     AtomicCheckpoint,
+    BestCheckpoint,
     SamplerSetup,
     StatusCallback,
     WeightSyncCheck,
@@ -149,6 +152,26 @@ def build_loaders(spec, label_map, world_size: int):
     return train_loader, val_loader, sampler, [val_sampler] if val_loader is not None else []
 
 
+def monitor_callback(spec, run, has_validation: bool) -> BestCheckpoint | None:
+    """The model_best.ckpt keeper of `train.monitor`; None (with a status line saying why)
+    when that metric is never computed because there is no validation set."""
+    monitor = spec.train.monitor
+    task = MONITOR_TASK[monitor]
+    if task is not None and task not in spec.evaluate.tasks:
+        raise ValueError(
+            f"train.monitor: got {monitor!r}, which needs {task!r} in evaluate.tasks "
+            f"(got {list(spec.evaluate.tasks)})"
+        )
+    if task is not None and not has_validation:
+        run.log(
+            "RUNNING",
+            message=f"warning: train.monitor is {monitor!r} but dataset.val is empty: no "
+            f"{BEST} is kept (train.monitor=loss needs no validation)",
+        )
+        return None
+    return BestCheckpoint(run.dir, monitor, spec.train.early_stop_patience, run)
+
+
 def run_train(spec, run) -> None:
     from oneseg.data.build import load_label_map
     from oneseg.engine.evaluator import Evaluator
@@ -176,6 +199,7 @@ def run_train(spec, run) -> None:
     total_steps = steps_per_epoch * spec.train.num_epochs
     if spec.train.max_steps > 0:
         total_steps = min(total_steps, spec.train.max_steps)
+    best = monitor_callback(spec, run, has_validation=val_loader is not None)
     evaluator_factory = None
     if val_loader is not None:
         val_set = val_loader.dataset.dataset
@@ -220,6 +244,7 @@ def run_train(spec, run) -> None:
             checkpoint,
             StatusCallback(run, spec.train.log_every_n_steps),
             WeightSyncCheck(run),
+            *([best] if best is not None else []),
         ],
         logger=[
             TensorBoardLogger(folder, name="tensorboard", version=""),
