@@ -74,14 +74,20 @@ class ModelConfig:
     backbone: str = f(
         "swin_tiny",
         "backbone name: swin_tiny|swin_small|swin_base|swin_large|convnext_tiny|convnext_small|"
-        "convnext_base|convnext_large|resnet50|efficientnet_b0|efficientnet_lite0",
+        "convnext_base|convnext_large|resnet50|efficientnet_b0|efficientnet_lite0|dinat_tiny|"
+        "dinat_small|dinat_base|dinat_large",
     )
     backbone_embed_dim: int = f(
         0, "swin/convnext: width of the first stage (doubles per stage); 0 = the named size's", ge=0
     )
     backbone_depths: list[int] = f([], "swin/convnext: blocks per stage; [] = the named size's")
     backbone_num_heads: list[int] = f([], "swin: attention heads per stage; [] = the named size's")
-    backbone_window_size: int = f(0, "swin: attention window; 0 = the named size's", ge=0)
+    backbone_window_size: int = f(
+        0, "swin: attention window; dinat: neighbourhood size; 0 = the named size's", ge=0
+    )
+    backbone_dilations: list[list[int]] = f(
+        [], "dinat: dilation of each block, per stage; [] = the named size's"
+    )
     drop_path_rate: float = f(
         0.3, "stochastic depth of the backbone (training only)", ge=0.0, le=1.0
     )

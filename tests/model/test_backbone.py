@@ -25,6 +25,10 @@ SMALL = {
     "convnext_small": dict(embed_dim=16, depths=[1, 1, 2, 1]),
     "convnext_base": dict(embed_dim=16, depths=[1, 1, 1, 1]),
     "convnext_large": dict(embed_dim=16, depths=[1, 1, 1, 1]),
+    "dinat_tiny": dict(embed_dim=16, depths=[1, 2, 1, 1]),
+    "dinat_small": dict(embed_dim=24, depths=[1, 1, 1, 1]),
+    "dinat_base": dict(embed_dim=32, depths=[1, 1, 1, 1]),
+    "dinat_large": dict(embed_dim=48, depths=[1, 1, 1, 1]),
 }
 
 
@@ -59,6 +63,10 @@ NAMED_CHANNELS = {
     "resnet50": [256, 512, 1024, 2048],
     "efficientnet_b0": [24, 40, 112, 320],
     "efficientnet_lite0": [24, 40, 112, 320],
+    "dinat_tiny": [64, 128, 256, 512],
+    "dinat_small": [96, 192, 384, 768],
+    "dinat_base": [128, 256, 512, 1024],
+    "dinat_large": [192, 384, 768, 1536],
 }
 
 

@@ -1,8 +1,9 @@
 """Backbones from timm (`features_only`): four maps at strides 4, 8, 16, 32, NCHW.
 
 `BACKBONES` is the one name lookup: spec name -> timm model, the stages to output and what sits
-on top of them. Swin and ConvNeXt get one LayerNorm per output stage, as the OneFormer and
-Mask2Former backbones (and transformers' backbones) have. Nothing is ever downloaded: timm
+on top of them; DiNAT (family "dinat") is built by `oneseg.model.dinat` instead. Swin and
+ConvNeXt get one LayerNorm per output stage, as the OneFormer and Mask2Former backbones (and
+transformers' backbones) have. Nothing is ever downloaded: timm
 models are created with random weights; `load_backbone_weights` reads a local file.
 """
 
@@ -18,12 +19,14 @@ from timm.layers import LayerNorm2d
 from timm.models.swin_transformer import SwinTransformerBlock, window_partition, window_reverse
 from torch import nn
 
+from oneseg.model.dinat import DINAT_SIZES, DiNAT, build_dinat
+
 
 @dataclass(frozen=True)
 class BackboneSpec:
     timm_name: str
     out_indices: tuple[int, ...]
-    family: str  # "swin", "convnext", "resnet" or "efficientnet"
+    family: str  # "swin", "convnext", "resnet", "efficientnet" or "dinat"
     kwargs: dict = field(default_factory=dict)
 
 
@@ -40,6 +43,7 @@ BACKBONES: dict[str, BackboneSpec] = {
     "resnet50": BackboneSpec("resnet50", (1, 2, 3, 4), "resnet"),
     "efficientnet_b0": BackboneSpec("efficientnet_b0", (1, 2, 3, 4), "efficientnet"),
     "efficientnet_lite0": BackboneSpec("efficientnet_lite0", (1, 2, 3, 4), "efficientnet"),
+    **{name: BackboneSpec("", (0, 1, 2, 3), "dinat") for name in DINAT_SIZES},
 }
 
 
@@ -104,14 +108,28 @@ def build_backbone(
     depths: list[int] | None = None,
     num_heads: list[int] | None = None,
     window_size: int = 0,
-) -> Backbone:
+    dilations: list[list[int]] | None = None,
+) -> Backbone | DiNAT:
     """The named backbone with random weights; sizes other than the named ones on request.
 
-    embed_dim: width of the first stage (Swin, ConvNeXt; doubles per stage); depths: blocks per
-    stage; num_heads, window_size: Swin only. 0 / None keep the named model's value."""
+    embed_dim: width of the first stage (Swin, ConvNeXt, DiNAT; doubles per stage); depths:
+    blocks per stage; num_heads, window_size: Swin and DiNAT (its kernel); dilations: DiNAT
+    only. 0 / None keep the named model's value."""
     if name not in BACKBONES:
         raise ValueError(f"unknown backbone {name!r}; known: {', '.join(BACKBONES)}")
     spec = BACKBONES[name]
+    if spec.family == "dinat":
+        return build_dinat(
+            name,
+            drop_path_rate=drop_path_rate,
+            embed_dim=embed_dim,
+            depths=depths,
+            num_heads=num_heads,
+            kernel_size=window_size,
+            dilations=dilations,
+        )
+    if dilations:
+        raise ValueError(f"backbone {name}: dilations apply to dinat only")
     kwargs = {**spec.kwargs, "drop_path_rate": drop_path_rate}
     if spec.family in ("swin", "convnext"):
         if embed_dim:

@@ -29,6 +29,7 @@ def build_model(cfg: ModelConfig, num_classes: int | None = None) -> OneFormer:
         depths=cfg.backbone_depths or None,
         num_heads=cfg.backbone_num_heads or None,
         window_size=cfg.backbone_window_size,
+        dilations=cfg.backbone_dilations or None,
     )
     pd = cfg.pixel_decoder
     pixel_decoder = PixelDecoder(
