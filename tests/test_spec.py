@@ -108,7 +108,7 @@ def test_list_of_sources():
         ({}, ["evaluate.tasks=[panoptik]"], "evaluate.tasks[0]: got 'panoptik', expected one of"),
         ({"train": {"gpu_ids": [0, "x"]}}, [], "train.gpu_ids[1]: got 'x', expected an integer"),
         ({"model": 3}, [], "model: got 3, expected a mapping"),
-        ({}, ["train.precision=fp32"], "train.precision: got 'fp32', expected one of '32'"),
+        ({}, ["train.precision=fp64"], "train.precision: got 'fp64', expected one of"),
         ({}, ["model.pre_norm=1"], "model.pre_norm: got 1, expected true or false"),
     ],
 )

@@ -125,7 +125,7 @@ class ModelConfig:
 
 @dataclass
 class DataSource:
-    images: str = f("", "folder of images")
+    images: str = f("", "folder of images, or a .tar/.tar.gz of them (unpacked once)")
     annotations: str = f("", "COCO panoptic or instance JSON")
     panoptic: str = f("", "folder of panoptic PNGs (coco_panoptic)")
     labels: str = f("", "folder of label PNGs (semantic)")
@@ -163,7 +163,8 @@ class CalibrationDataConfig:
 class DatasetConfig:
     type: Literal["coco_panoptic", "coco", "semantic"] = f("coco_panoptic", "annotation format")
     train: list[DataSource] = field(
-        default_factory=lambda: [DataSource()], metadata={"help": "training sources, concatenated"}
+        default_factory=lambda: [DataSource()],
+        metadata={"help": "training sources, concatenated (one mapping = one source)"},
     )
     val: DataSource = sub(DataSource, "validation source")
     test: DataSource = sub(DataSource, "test source")

@@ -7,6 +7,7 @@ one `SpecError` line naming the dotted key, the value given and what is allowed.
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import difflib
 import types
@@ -96,6 +97,8 @@ def _convert(value: Any, tp, key: str, meta: dict) -> Any:
             refuse()
         value = float(value)
     elif tp is str:
+        if value is None:  # `key:` with no value, as TAO specs leave paths to fill in
+            value = ""
         if not isinstance(value, str):
             if isinstance(value, (int, float)) and not isinstance(value, bool):
                 value = str(value)
@@ -172,11 +175,70 @@ def _set_dotted(tree: dict, path: list[str], value: Any, cls=ExperimentConfig) -
 
 
 def spec_from_dict(data: dict | None, overrides: list[str] = ()) -> ExperimentConfig:
-    tree = dict(data or {})
-    for text in overrides:
-        path, value = _parse_override(text)
+    parsed = [_parse_override(text) for text in overrides]
+    tree, parsed = _resolve_tao_keys(copy.deepcopy(dict(data or {})), parsed)
+    for path, value in parsed:
         _set_dotted(tree, path, value)
-    return _build(ExperimentConfig, tree, "")
+    spec = _build(ExperimentConfig, tree, "")
+    _check_spec(spec)
+    return spec
+
+
+# --------------------------------------------------------------------------- TAO keys
+# TAO keys (oneseg.tao.table) are taken out of the tree and the overrides and resolved into
+# oneseg keys before anything else is read; a TAO key in the file yields to an oneseg override
+# and a TAO override wins over the file, as any override does.
+
+
+def _resolve_tao_keys(tree: dict, parsed: list) -> tuple[dict, list]:
+    from oneseg.tao.resolve import extract, resolve, split_overrides
+    from oneseg.tao.table import TaoKeyError
+
+    try:
+        found: dict = {}
+        tree = extract(tree, "", ExperimentConfig, found)
+        from_overrides, parsed = split_overrides(parsed, ExperimentConfig)
+        found.update(from_overrides)
+        if not found:
+            return tree, parsed
+
+        def current(key: str):
+            """The value of an oneseg key from the native overrides, the tree or the default."""
+            path = key.split(".")
+            for override_path, value in reversed(parsed):
+                if override_path == path:
+                    return value
+            node = tree
+            for name in path:
+                if not isinstance(node, dict) or name not in node:
+                    break
+                node = node[name]
+            else:
+                return node
+            default = ExperimentConfig()
+            for name in path:
+                default = getattr(default, name, None)
+            if isinstance(default, list) and default and dataclasses.is_dataclass(default[0]):
+                default = [dataclasses.asdict(d) for d in default]
+            return default
+
+        assignments = resolve(found, current)
+    except TaoKeyError as err:
+        raise SpecError(str(err)) from None
+    for key, value in assignments:
+        _set_dotted(tree, key.split("."), value)
+    return tree, parsed
+
+
+def _check_spec(spec: ExperimentConfig) -> None:
+    """Checks across a field's type: names that must be known."""
+    from oneseg.tao.backbones import KNOWN_BACKBONES
+
+    if spec.model.backbone not in KNOWN_BACKBONES:
+        raise SpecError(
+            f"model.backbone: got {spec.model.backbone!r}, expected one of "
+            f"{', '.join(KNOWN_BACKBONES)}"
+        )
 
 
 def load_spec(path: str | Path | None, overrides: list[str] = ()) -> ExperimentConfig:

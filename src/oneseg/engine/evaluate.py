@@ -45,9 +45,11 @@ def run_evaluate(spec, run) -> None:
     from oneseg.checkpoint import load_state_dict_strict, read_checkpoint, read_intensity
     from oneseg.data.build import build_dataloader
     from oneseg.data.intensity import choose_intensity
+    from oneseg.engine.train import with_unpacked_archives
     from oneseg.inference import spec_postprocess_overrides
     from oneseg.model.build import build_model
 
+    spec = with_unpacked_archives(spec)
     cfg = spec.evaluate
     checkpoint = cfg.checkpoint or spec.model.pretrained
     if not checkpoint:

@@ -6,6 +6,7 @@ several nodes (WORLD_SIZE, NODE_RANK, MASTER_ADDR, MASTER_PORT, read by Lightnin
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from pathlib import Path
 
@@ -152,6 +153,14 @@ def build_loaders(spec, label_map, world_size: int):
     return train_loader, val_loader, sampler, [val_sampler] if val_loader is not None else []
 
 
+def with_unpacked_archives(spec):
+    """The spec with `.tar`/`.tar.gz` dataset folders unpacked into results_dir/cache."""
+    from oneseg.data.archive import unpack_dataset_archives
+
+    cache = Path(spec.results_dir) / "cache"
+    return dataclasses.replace(spec, dataset=unpack_dataset_archives(spec.dataset, cache))
+
+
 def monitor_callback(spec, run, has_validation: bool) -> BestCheckpoint | None:
     """The model_best.ckpt keeper of `train.monitor`; None (with a status line saying why)
     when that metric is never computed because there is no validation set."""
@@ -178,6 +187,7 @@ def run_train(spec, run) -> None:
     from oneseg.model.criterion import build_criterion
 
     L.seed_everything(spec.train.seed, workers=True, verbose=False)
+    spec = with_unpacked_archives(spec)
     label_map = load_label_map(spec.dataset)
     num_classes = spec.model.num_classes or len(label_map)
     if num_classes != len(label_map):
