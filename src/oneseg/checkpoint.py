@@ -3,7 +3,9 @@
 A oneseg checkpoint is a dict of plain types (loadable with `torch.load(weights_only=True)`):
 `{"format": "oneseg", "version": 1, "model_cfg": {...}, "label_map": [categories],
 "state_dict": {...}}`. Training checkpoints are Lightning's, with the same three entries added
-under "oneseg"; `load_model` reads both, and a local transformers OneFormer folder.
+under "oneseg"; `load_model` reads both, a local transformers OneFormer folder, and original
+(detectron2) or TAO OneFormer/Mask2Former files (`oneseg.convert.detectron2`), told apart by their
+content and always read weights-only.
 """
 
 from __future__ import annotations
@@ -15,6 +17,8 @@ from pathlib import Path
 import torch
 
 from oneseg.config import ModelConfig
+from oneseg.convert.detectron2 import is_detectron2_layout, load_detectron2, strip_tao_prefix
+from oneseg.convert.safe_load import read_weights_only, unwrap_state_dict
 from oneseg.data.label_map import LabelMap
 from oneseg.spec import section_from_dict
 
@@ -66,7 +70,8 @@ def save_atomic(obj, path: str | Path) -> None:
 
 
 def read_checkpoint(path: str | Path) -> tuple[ModelConfig, LabelMap, dict]:
-    """(model config, label map, model state dict) of a oneseg, Lightning or transformers source."""
+    """(model config, label map, model state dict) of a oneseg, Lightning or transformers source,
+    or of an original (detectron2) or TAO OneFormer/Mask2Former file, told apart by content."""
     path = Path(path)
     if path.is_dir():
         from oneseg.model.convert_hf import load_hf_oneformer
@@ -76,7 +81,7 @@ def read_checkpoint(path: str | Path) -> tuple[ModelConfig, LabelMap, dict]:
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint not found: {path}")
     try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+        ckpt = read_weights_only(path)
     except Exception as err:  # noqa: BLE001 - any unpickling failure means an unusable file
         raise ValueError(
             f"{path}: not a readable checkpoint ({type(err).__name__}: {err})"
@@ -96,7 +101,22 @@ def read_checkpoint(path: str | Path) -> tuple[ModelConfig, LabelMap, dict]:
             LabelMap.from_categories(ckpt["label_map"]),
             ckpt["state_dict"],
         )
-    raise ValueError(f"{path}: not a oneseg checkpoint (no 'format: oneseg' or Lightning entry)")
+    original = _original_layout_state(ckpt)
+    if original is not None:  # detectron2 OneFormer/Mask2Former, or TAO's Lightning file
+        values, state_dict, categories = load_detectron2(original, str(path))
+        return model_cfg_from_dict(values), LabelMap.from_categories(categories), state_dict
+    raise ValueError(
+        f"{path}: not a oneseg checkpoint (no 'format: oneseg' or Lightning entry) nor an original "
+        "OneFormer/Mask2Former or TAO one (no backbone.* and sem_seg_head.predictor.* tensors)"
+    )
+
+
+def _original_layout_state(ckpt) -> dict | None:
+    try:
+        state = strip_tao_prefix(unwrap_state_dict(ckpt, ""))
+    except ValueError:
+        return None
+    return state if is_detectron2_layout(state) else None
 
 
 def load_model(path: str | Path, device: str | torch.device = "cpu"):

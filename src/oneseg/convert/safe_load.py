@@ -1,0 +1,64 @@
+"""Reading weight files without running code from them.
+
+`torch.load(weights_only=True)` refuses a whole file when one object in it is of a class outside
+torch's allow-list, as the hyper-parameters a Lightning trainer saves beside the weights often
+are (a TAO spec object, say). `read_weights_only` reads such files too: each foreign class is
+replaced by an inert placeholder, so nothing but tensors and plain containers is rebuilt and no
+foreign code runs.
+"""
+
+from __future__ import annotations
+
+import pickle
+from pathlib import Path
+
+import torch
+
+
+class Placeholder:
+    """Stands for an object of a class this program does not load: takes anything, does nothing."""
+
+    def __new__(cls, *args, **kwargs):
+        return object.__new__(cls)
+
+    def __init__(self, *args, **kwargs):
+        pass
+
+    def __setstate__(self, state):
+        pass
+
+    def __repr__(self) -> str:
+        return f"<{type(self).__name__}>"
+
+
+def read_weights_only(path: str | Path):
+    """The object saved in a torch file (or the tensors of a .safetensors file), weights-only."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"weights not found: {path}")
+    if path.suffix == ".safetensors":
+        from safetensors.torch import load_file
+
+        return load_file(str(path))
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as err:
+        try:
+            foreign = torch.serialization.get_unsafe_globals_in_checkpoint(path)
+        except Exception:  # noqa: BLE001 - not a zip checkpoint: report the first error
+            foreign = []
+        if not foreign:
+            raise ValueError(f"{path}: not readable weights-only ({err})") from None
+    stand_ins = [(type(f"Placeholder[{name}]", (Placeholder,), {}), name) for name in foreign]
+    with torch.serialization.safe_globals(stand_ins):
+        return torch.load(path, map_location="cpu", weights_only=True)
+
+
+def unwrap_state_dict(obj, origin: str) -> dict[str, torch.Tensor]:
+    """The tensors of a checkpoint that may wrap them in 'state_dict', 'model' or 'module'."""
+    for wrapper in ("state_dict", "model", "module"):
+        if isinstance(obj, dict) and isinstance(obj.get(wrapper), dict):
+            obj = obj[wrapper]
+    if not isinstance(obj, dict) or not any(isinstance(v, torch.Tensor) for v in obj.values()):
+        raise ValueError(f"{origin}: no state dict of tensors found")
+    return {k: v for k, v in obj.items() if isinstance(v, torch.Tensor)}

@@ -1,0 +1,186 @@
+"""Original (detectron2) and TAO OneFormer checkpoints load through `load_model` and give the
+outputs of the transformers model they were made from.
+
+The original-layout state dict is built from a transformers model by inverting transformers'
+own conversion script (`convert_to_hf_oneformer.py`: original name -> transformers name)."""
+
+from __future__ import annotations
+
+import re
+
+import pytest
+import torch
+
+transformers = pytest.importorskip("transformers")
+from transformers import (  # noqa: E402
+    OneFormerConfig,
+    OneFormerForUniversalSegmentation,
+    SwinConfig,
+)
+
+from oneseg.checkpoint import load_model, read_checkpoint  # noqa: E402
+
+PD, PRED = "sem_seg_head.pixel_decoder.", "sem_seg_head.predictor."
+SWIN = "model.pixel_level_module.encoder.swin."
+DEC = "model.pixel_level_module.decoder."
+TRF = "model.transformer_module."
+
+# transformers (in-memory names) -> original, one substitution per line of the conversion script
+TO_ORIGINAL = [
+    (SWIN + r"embeddings\.patch_embeddings\.projection\.", "backbone.patch_embed.proj."),
+    (SWIN + r"embeddings\.norm\.", "backbone.patch_embed.norm."),
+    (SWIN + r"encoder\.layers\.(\d+)\.", r"backbone.layers.\1."),
+    (r"\.attention\.relative_position_bias\.", ".attn."),
+    (r"\.attention\.o_proj\.", ".attn.proj."),
+    (r"\.layernorm_before\.", ".norm1."),
+    (r"\.layernorm_after\.", ".norm2."),
+    (r"model\.pixel_level_module\.encoder\.hidden_states_norms\.stage(\d)\.",
+     lambda m: f"backbone.norm{int(m[1]) - 1}."),
+    (DEC + r"level_embed", PD + "transformer.level_embed"),
+    (DEC + r"input_projections\.", PD + "input_proj."),
+    (DEC + r"encoder\.layers\.(\d+)\.", PD + r"transformer.encoder.layers.\1."),
+    (r"\.self_attn_layer_norm\.", ".norm1."),
+    (r"\.final_layer_norm\.", ".norm2."),
+    (r"(encoder\.layers\.\d+)\.fc(\d)\.", r"\1.linear\2."),
+    (DEC + r"mask_projection\.", PD + "mask_features."),
+    (DEC + r"(adapter|layer)_(\d+)\.0\.", PD + r"\1_\2."),
+    (DEC + r"(adapter|layer)_(\d+)\.1\.", PD + r"\1_\2.norm."),
+    (TRF + r"queries_embedder\.", PRED + "query_embed."),
+    (TRF + r"level_embed\.", PRED + "level_embed."),
+    (TRF + r"decoder\.query_transformer\.decoder\.", PRED + "class_transformer.decoder."),
+    (TRF + r"decoder\.layers\.(\d+)\.(cross|self)_attn\.",
+     PRED + r"transformer_\2_attention_layers.\1."),
+    (TRF + r"decoder\.layers\.(\d+)\.ffn\.", PRED + r"transformer_ffn_layers.\1."),
+    (TRF + r"decoder\.query_input_projection\.", PRED + "class_input_proj."),
+    (TRF + r"decoder\.mask_embed\.layers\.(\d)\.0\.", PRED + r"mask_embed.layers.\1."),
+    (TRF + r"decoder\.", PRED),
+    (r"model\.task_encoder\.task_mlp\.layers\.(\d)\.0\.", r"task_mlp.layers.\1."),
+    (r"model\.text_mapper\.text_encoder\.transformer\.layers\.",
+     "text_encoder.transformer.resblocks."),
+    (r"(resblocks\.\d+)\.self_attn\.", r"\1.attn."),
+    (r"(resblocks\.\d+)\.layer_norm(\d)\.", r"\1.ln_\2."),
+    (r"(resblocks\.\d+)\.mlp\.fc1\.", r"\1.mlp.c_fc."),
+    (r"(resblocks\.\d+)\.mlp\.fc2\.", r"\1.mlp.c_proj."),
+    (r"model\.text_mapper\.text_projector\.layers\.(\d)\.0\.", r"text_projector.layers.\1."),
+    (r"model\.text_mapper\.", ""),
+]  # fmt: skip
+FUSED = [  # separate q, k, v in transformers; one projection in the original
+    (r"(.+)\.attention\.[qkv]_proj\.(weight|bias)", r"\1.attn.qkv.\2", "attention.{}_proj"),
+    (r"(.+)\.self_attn\.self_attn\.[qkv]_proj\.(weight|bias)", r"\1.self_attn.self_attn.in_proj_\2",
+     "self_attn.self_attn.{}_proj"),
+]  # fmt: skip
+
+
+def original_state_dict(hf_state: dict) -> dict:
+    """The detectron2-layout state dict of a transformers OneFormer (Swin backbone)."""
+    out = {}
+    for key, value in hf_state.items():
+        if key.startswith(SWIN + "layernorm."):
+            continue  # the classifier's final norm: the detectron2 Swin has none
+        fused = next((f for f in FUSED if re.fullmatch(f[0], key)), None)
+        if fused is not None:
+            if "q_proj" in key:  # q, k, v concatenated once, at the query
+                parts = [hf_state[key.replace("q_proj", f"{p}_proj")] for p in "qkv"]
+                key, value = re.sub(fused[0], fused[1], key), torch.cat(parts)
+            else:
+                continue
+        for pattern, template in TO_ORIGINAL:
+            key = re.sub(pattern, template, key)
+        out[key] = value.clone()
+    return out
+
+
+def hf_oneformer(seed: int = 0) -> OneFormerForUniversalSegmentation:
+    torch.manual_seed(seed)
+    backbone = SwinConfig(
+        embed_dim=16, depths=[1, 1, 2, 1], num_heads=[1, 2, 2, 4], window_size=3,
+        out_features=["stage1", "stage2", "stage3", "stage4"], drop_path_rate=0.0,
+    )  # fmt: skip
+    config = OneFormerConfig(
+        backbone_config=backbone, is_training=True, dropout=0.0, num_queries=6, hidden_dim=64,
+        conv_dim=64, mask_dim=64, num_attention_heads=2, dim_feedforward=48,
+        encoder_feedforward_dim=64, encoder_layers=2, decoder_layers=4, query_dec_layers=1,
+        text_encoder_width=64, text_encoder_num_layers=1, text_encoder_n_ctx=2, num_labels=3,
+    )  # fmt: skip
+    model = OneFormerForUniversalSegmentation(config)
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():  # transformers starts some tensors at zero (offsets, level embeds)
+        for name, param in model.named_parameters():
+            if not name.endswith("logit_scale"):
+                param.add_(torch.randn(param.shape, generator=gen) * 0.05)
+    model.model.is_training = False  # built with the text branch, run without texts
+    return model.eval()
+
+
+@pytest.fixture(scope="module")
+def hf_and_original():
+    hf = hf_oneformer()
+    original = original_state_dict(hf.state_dict())
+    original["backbone.layers.0.blocks.0.attn.relative_position_index"] = torch.zeros(9, 9).long()
+    return hf, original
+
+
+def assert_same_outputs(ours, hf):
+    pixels = torch.randn(1, 3, 96, 64, generator=torch.Generator().manual_seed(1))
+    task_tokens = torch.randint(0, 400, (1, 77), generator=torch.Generator().manual_seed(2))
+    with torch.no_grad():
+        ref = hf(pixel_values=pixels, task_inputs=task_tokens)
+        out = ours(pixels, task_tokens)
+    assert (out["pred_logits"] - ref.class_queries_logits).abs().max().item() < 1e-4
+    assert (out["pred_masks"] - ref.masks_queries_logits).abs().max().item() < 1e-4
+    assert out["pred_masks"].std() > 0.05  # not trivially flat
+
+
+def test_original_checkpoint_gives_transformers_outputs(tmp_path, hf_and_original):
+    hf, original = hf_and_original
+    path = tmp_path / "oneformer_swin.pth"
+    torch.save({"model": original, "iteration": 100}, path)  # detectron2's checkpointer layout
+    ours, label_map = load_model(path)
+    assert len(label_map) == 3
+    assert_same_outputs(ours, hf)
+
+
+class TaoExperimentConfig:
+    """Stands for the spec object TAO saves among a checkpoint's hyper-parameters."""
+
+    def __init__(self):
+        self.model = {"backbone": {"name": "D2SwinTransformer"}}
+
+
+def test_tao_lightning_checkpoint_read_weights_only(tmp_path, hf_and_original):
+    hf, original = hf_and_original
+    state = {("criterion." + k[10:] if k.startswith("criterion.") else "model." + k): v
+             for k, v in original.items()}  # fmt: skip
+    path = tmp_path / "oneformer_model_latest.pth"
+    torch.save({"epoch": 3, "state_dict": state,
+                "hyper_parameters": {"cfg": TaoExperimentConfig()}}, path)  # fmt: skip
+    with pytest.raises(Exception, match="Unsupported global"):  # plain weights-only refuses it
+        torch.load(path, weights_only=True)
+    ours, _ = load_model(path)
+    assert_same_outputs(ours, hf)
+    assert not hasattr(TaoExperimentConfig, "loaded")  # nothing of it ran
+
+
+def test_missing_and_unexpected_keys_in_one_error(tmp_path, hf_and_original):
+    _, original = hf_and_original
+    broken = dict(original)
+    del broken[PRED + "transformer_ffn_layers.1.norm.weight"]
+    del broken["backbone.norm2.bias"]
+    broken[PRED + "extra_head.weight"] = torch.zeros(3)
+    path = tmp_path / "broken.pth"
+    torch.save({"model": broken}, path)
+    with pytest.raises(ValueError) as err:
+        read_checkpoint(path)
+    message = str(err.value)
+    assert "backbone.norm2.bias" in message and "transformer_ffn_layers.1.norm.weight" in message
+    assert "extra_head.weight" in message and "unexpected" in message
+
+
+def test_inference_checkpoint_without_text_branch(tmp_path, hf_and_original):
+    hf, original = hf_and_original
+    text_branch = ("text_encoder.", "text_projector.", "prompt_ctx")
+    inference_only = {k: v for k, v in original.items() if not k.startswith(text_branch)}
+    path = tmp_path / "inference.pth"
+    torch.save({"model": inference_only}, path)
+    ours, _ = load_model(path)
+    assert_same_outputs(ours, hf)
