@@ -71,6 +71,11 @@ class ModelConfig:
     arch: Literal["oneformer", "mask2former"] = f(
         "oneformer", "oneformer (task token + text branch) or mask2former (neither)"
     )
+    mode: Task = f(
+        "panoptic",
+        "mask2former: the one task it trains on and is evaluated for (a panoptic model also "
+        "gives instance and semantic results); oneformer ignores it (dataset.task_prob)",
+    )
     backbone: str = f(
         "swin_tiny",
         "backbone name: swin_tiny|swin_small|swin_base|swin_large|convnext_tiny|convnext_small|"
@@ -89,7 +94,16 @@ class ModelConfig:
         [], "dinat: dilation of each block, per stage; [] = the named size's"
     )
     drop_path_rate: float = f(
-        0.3, "stochastic depth of the backbone (training only)", ge=0.0, le=1.0
+        -1.0,
+        "stochastic depth of the backbone (training only); -1 = the backbone's default: 0.3 for "
+        "swin/convnext, 0 for resnet/efficientnet (as the original)",
+        ge=-1.0,
+        le=1.0,
+    )
+    backbone_frozen_bn: bool = f(
+        True,
+        "resnet/efficientnet: BatchNorm frozen at its loaded statistics and affine (as the "
+        "original); false trains it (synchronised across processes)",
     )
     pretrained: str = f("", "weights to start from: our checkpoint or a transformers OneFormer dir")
     num_classes: int = f(
@@ -169,6 +183,11 @@ class DatasetConfig:
     val: DataSource = sub(DataSource, "validation source")
     test: DataSource = sub(DataSource, "test source")
     label_map: str = f("", "JSON list of {id, name, isthing, color}; default: the categories")
+    single_class: str = f(
+        "",
+        "one class of this name (e.g. object) replaces the classes: every thing category becomes "
+        "it and stuff is left unlabelled (a binary instance segmenter); '' keeps the classes",
+    )
     contiguous_id: bool = f(True, "map category ids to contiguous class indices in order")
     ignore_value: int = f(255, "label of ignored pixels", ge=0)
     task_prob: dict[str, float] = f(

@@ -53,18 +53,25 @@ def task_tokens(task: str, length: int = 77) -> torch.Tensor:
 
 
 def model_outputs(
-    model: torch.nn.Module, images: torch.Tensor, tasks: Sequence[str], task_seq_len: int = 77
+    model: torch.nn.Module,
+    images: torch.Tensor,
+    tasks: Sequence[str],
+    task_seq_len: int = 77,
+    image_sizes: Sequence[tuple[int, int]] | None = None,
 ) -> dict[str, dict]:
     """Raw outputs of the model for each task, under no_grad.
 
     Arguments:
         images: [B, 3, H, W] RGB 0-255 (any dtype), already padded, on the model's device.
+        image_sizes: (h, w) of each image's content; the padding beyond is set to 0 after
+            normalisation, as in training.
     Returns:
         task -> {"pred_logits" [B, Q, K+1], "pred_masks" [B, Q, H/4, W/4]} in float32.
         OneFormer runs once per task; Mask2Former, which has no task input, runs once.
     """
     with torch.no_grad():
-        normalized = model.normalize(images.float())
+        sizes = [tuple(s) for s in image_sizes] if image_sizes is not None else None
+        normalized = model.normalize(images.float(), sizes)
         outputs: dict[str, dict] = {}
         shared = None
         for task in tasks:
@@ -212,6 +219,7 @@ class Predictor:
         self.topk = topk
         self.task_seq_len = task_seq_len
         self.intensity = intensity or Intensity()
+        self.model_cfg: ModelConfig | None = None  # known when built from a checkpoint
 
     @classmethod
     def from_checkpoint(
@@ -232,7 +240,9 @@ class Predictor:
             "task_seq_len": model_cfg.task_seq_len,
             "intensity": Intensity.from_config(read_intensity(path) or {}),
         }
-        return cls(model, label_map, device=device, **{**defaults, **settings})
+        predictor = cls(model, label_map, device=device, **{**defaults, **settings})
+        predictor.model_cfg = model_cfg
+        return predictor
 
     def __call__(self, image, task: str = "panoptic") -> Result:
         """The result of one task on one image (path, PIL image or [H, W, 3] uint8 array)."""
@@ -245,7 +255,7 @@ class Predictor:
             return []
         batch, image_sizes = self._batch(arrays)
         orig_sizes = [a.shape[:2] for a in arrays]
-        outputs = model_outputs(self.model, batch, tasks, self.task_seq_len)
+        outputs = model_outputs(self.model, batch, tasks, self.task_seq_len, image_sizes)
         per_image: list[dict] = [{} for _ in arrays]
         for task, raw in outputs.items():
             results = postprocess(
@@ -398,6 +408,7 @@ def run_inference(spec, run) -> None:
 
     from oneseg.checkpoint import read_intensity
     from oneseg.data.intensity import choose_intensity
+    from oneseg.model.build import supported_tasks
     from oneseg.results_io import InferenceOutputs
 
     cfg = spec.inference
@@ -416,9 +427,15 @@ def run_inference(spec, run) -> None:
         },
         intensity=choose_intensity(spec.dataset.intensity, read_intensity(checkpoint)),
     )
-    outputs = InferenceOutputs(
-        run.dir, predictor.label_map, list(cfg.tasks), cfg.overlay, cfg.semantic_ids
-    )
+    tasks, dropped = supported_tasks(predictor.model_cfg, list(cfg.tasks))
+    if dropped:
+        message = (
+            f"a mask2former model in {predictor.model_cfg.mode} mode does {', '.join(tasks)}: "
+            f"skipping {', '.join(dropped)}"
+        )
+        run.log("RUNNING", message)
+        print(f"oneseg inference: {message}", file=sys.stderr)
+    outputs = InferenceOutputs(run.dir, predictor.label_map, tasks, cfg.overlay, cfg.semantic_ids)
     todo = {
         path: (name, rel)
         for path, name, rel in zip(paths, output_names(paths, root), relative_paths(paths, root))
@@ -438,7 +455,7 @@ def run_inference(spec, run) -> None:
 
             reads = _read_ahead(list(todo), 2 * cfg.batch_size, predictor.intensity)
             for batch in _good_batches(reads, cfg.batch_size, on_bad):
-                results = predictor.predict([image for _, image in batch], list(cfg.tasks))
+                results = predictor.predict([image for _, image in batch], tasks)
                 for (path, image), result in zip(batch, results):
                     name, rel = todo[path]
                     outputs.add(name, path, rel, image, result)

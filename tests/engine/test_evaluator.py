@@ -62,7 +62,7 @@ class GroundTruthModel(nn.Module):
             self.targets[image.numpy().tobytes()] = (torch.tensor(labels), torch.from_numpy(masks))
         self.calls = []
 
-    def normalize(self, images):
+    def normalize(self, images, image_sizes=None):
         return images
 
     def forward(self, images, task_tokens=None, text_tokens=None):

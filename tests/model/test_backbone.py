@@ -142,3 +142,58 @@ def test_efficientnet_lite0_package_weights():
     # the same file does not fit another network, and says which tensor
     with pytest.raises(ValueError, match="does not fit"):
         load_backbone_weights(build_backbone("efficientnet_b0"), path)
+
+
+def _drop_path_rates(backbone) -> list[float]:
+    return [m.drop_prob for m in backbone.modules() if isinstance(m, timm.layers.DropPath)]
+
+
+def test_training_defaults_follow_the_original_per_family():
+    """-1 is the family's default: drop-path 0.3 for Swin/ConvNeXt, none for ResNet/EfficientNet;
+    frozen BatchNorm keeps statistics and affine out of training."""
+    assert max(
+        _drop_path_rates(build_backbone("swin_tiny", drop_path_rate=-1, **SMALL["swin_tiny"]))
+    ) == pytest.approx(0.3)
+    assert _drop_path_rates(build_backbone("resnet50", drop_path_rate=-1)) == []
+    assert _drop_path_rates(build_backbone("efficientnet_lite0", drop_path_rate=-1)) == []
+    assert max(_drop_path_rates(build_backbone("resnet50", drop_path_rate=0.2))) > 0
+    with pytest.raises(ValueError, match="drop_path_rate"):
+        build_backbone("resnet50", drop_path_rate=-0.5)
+
+    for name in ("resnet50", "efficientnet_lite0"):
+        frozen = build_backbone(name, frozen_bn=True)
+        batchnorms = [
+            m for m in frozen.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)
+        ]
+        assert batchnorms == [], name
+        live = build_backbone(name)
+        assert sum(p.numel() for p in frozen.parameters()) < sum(
+            p.numel() for p in live.parameters()
+        )
+        # weights saved with live BatchNorm (num_batches_tracked included) load unchanged, and
+        # the frozen network in training mode computes what the live one does in eval mode
+        torch.manual_seed(0)
+        for module in live.modules():
+            if isinstance(module, torch.nn.modules.batchnorm._BatchNorm):
+                module.running_mean.uniform_(-0.5, 0.5)
+                module.running_var.uniform_(0.5, 2.0)
+        frozen.load_state_dict(live.state_dict())
+        images = torch.randn(2, 3, 64, 64)
+        expected = live.eval()(images)
+        frozen.train()
+        for got, want in zip(frozen(images), expected):
+            torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-5)
+        # and it stays so after a training step: nothing of BatchNorm moves
+        before = {k: v.clone() for k, v in frozen.state_dict().items() if "running" in k}
+        sum(m.sum() for m in frozen(images)).backward()
+        assert all(torch.equal(v, frozen.state_dict()[k]) for k, v in before.items())
+
+
+def test_lite0_package_weights_load_into_frozen_batchnorm():
+    path = lite0_package_weights()
+    source = torch.load(path, map_location="cpu", weights_only=True)
+    backbone = build_backbone("efficientnet_lite0", frozen_bn=True)
+    assert load_backbone_weights(backbone, path) == len(backbone.body.state_dict())
+    state = backbone.body.state_dict()
+    assert torch.equal(state["bn1.running_var"], source["_bn0.running_var"])
+    assert torch.equal(state["blocks.6.0.bn3.running_mean"], source["_blocks.15._bn2.running_mean"])

@@ -170,3 +170,16 @@ def test_text_encoder_is_causal():
     pooled = encoder(tokens)  # read at the end-of-text token
     eot = tokens[0].argmax().item()
     assert torch.allclose(pooled[0], features[0, eot], atol=1e-6)
+
+
+def test_padding_is_zero_after_normalisation():
+    """Outside each image's content the normalised input is 0 (the mean colour), as the original
+    pads; inside it is (x - mean) / std."""
+    model = build_model(tiny_cfg(), num_classes=3)
+    images = torch.randint(0, 256, (2, 3, 64, 96)).float()
+    normalized = model.normalize(images, [(64, 96), (40, 50)])
+    expected = (images - model.pixel_mean) / model.pixel_std
+    torch.testing.assert_close(normalized[0], expected[0])
+    torch.testing.assert_close(normalized[1, :, :40, :50], expected[1, :, :40, :50])
+    assert normalized[1, :, 40:].abs().sum() == 0 and normalized[1, :, :, 50:].abs().sum() == 0
+    torch.testing.assert_close(model.normalize(images), expected)

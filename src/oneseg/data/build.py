@@ -13,6 +13,7 @@ from oneseg.data.intensity import Intensity
 from oneseg.data.label_map import LabelMap
 from oneseg.data.records import DataError, Reader, load_json
 from oneseg.data.semantic import SemanticReader
+from oneseg.data.single_class import SingleClassReader, single_class_label_map
 from oneseg.data.transforms import EvalTransform, TrainTransform
 
 SPLITS = ("train", "val", "test")
@@ -43,6 +44,14 @@ def load_label_map(dataset_cfg: DatasetConfig) -> LabelMap:
         "no label map: set dataset.label_map (required for semantic folders) or give an "
         "annotation file whose categories name the classes"
     )
+
+
+def model_label_map(dataset_cfg: DatasetConfig) -> LabelMap:
+    """The classes a model trained on this data predicts: those of `load_label_map`, or the one
+    class named by `dataset.single_class`."""
+    if dataset_cfg.single_class:
+        return single_class_label_map(dataset_cfg.single_class)
+    return load_label_map(dataset_cfg)
 
 
 def build_reader(
@@ -98,23 +107,38 @@ def build_dataset(
     train: bool,
     task: str | None = None,
     intensity: Intensity | None = None,
+    tokens: bool = True,
 ) -> SegmentationDataset:
     """The dataset of a split. Training samples draw their task from `dataset.task_prob`;
     otherwise every sample has `task` (default panoptic, whose masks cover all three).
     `dataset.on_error: skip` applies to training only: an evaluation set that swapped a bad
     image for another would count that other image twice. `intensity` defaults to the spec's
-    `dataset.intensity` (a `per: dataset` rule resolved by the caller, see `dataset_window`)."""
+    `dataset.intensity` (a `per: dataset` rule resolved by the caller, see `dataset_window`).
+
+    label_map: the model's classes. With `dataset.single_class` it is that one class, and the
+    sources are read with their own classes (`load_label_map`), then merged into it.
+    tokens: samples carry OneFormer's task and text tokens (not for Mask2Former)."""
     if task is not None and task not in TASKS:
         raise ValueError(f"unknown task {task!r}; expected one of {list(TASKS)}")
+    source_map = label_map
+    if dataset_cfg.single_class:
+        if len(label_map) != 1:
+            raise ValueError(
+                f"dataset.single_class is {dataset_cfg.single_class!r} but the model has "
+                f"{len(label_map)} classes"
+            )
+        source_map = load_label_map(dataset_cfg)
     readers = [
         build_reader(
             dataset_cfg,
             source,
-            label_map,
+            source_map,
             f"dataset.{split}[{i}]" if split == "train" else f"dataset.{split}",
         )
         for i, source in enumerate(split_sources(dataset_cfg, split))
     ]
+    if dataset_cfg.single_class:
+        readers = [SingleClassReader(reader) for reader in readers]
     if task is not None:
         task_prob = {task: 1.0}
     else:
@@ -128,6 +152,7 @@ def build_dataset(
         size_divisibility=size_divisibility,
         on_error=dataset_cfg.on_error if train else "raise",
         intensity=intensity or Intensity.from_config(dataset_cfg.intensity),
+        tokens=tokens,
     )
 
 
@@ -144,6 +169,7 @@ def build_dataloader(
     workers: int | None = None,
     sampler: Sampler | None = None,
     intensity: Intensity | None = None,
+    tokens: bool = True,
 ) -> DataLoader:
     """A loader of collated batches (see `oneseg.data.collate`). Training shuffles and drops
     the last incomplete batch (the contrastive loss needs more than one image); pass a
@@ -157,6 +183,7 @@ def build_dataloader(
         train,
         task=task,
         intensity=intensity,
+        tokens=tokens,
     )
     batch_size = batch_size or dataset_cfg.batch_size
     workers = dataset_cfg.workers if workers is None else workers

@@ -1,14 +1,15 @@
 """Batching samples of different sizes: pad to a common, divisible size.
 
 The batch a data loader yields (B images, padded to Hp x Wp, multiples of `size_divisibility`):
-    images        uint8 [B, 3, Hp, Wp], 0-255 RGB, zero padding
+    images        uint8 [B, 3, Hp, Wp], 0-255 RGB; what lies outside `image_sizes` is padding,
+                  which the model sets to 0 after normalisation (`normalize(images, sizes)`)
     pixel_mask    bool [B, Hp, Wp], True on real image pixels
     targets       list of B dicts:
                       masks        bool [N_i, Hp, Wp], zero padding
                       labels       int64 [N_i]
                       ignore_mask  bool [Hp, Wp], True on void, crowd and padding
-    task_tokens   int64 [B, 77]
-    text_tokens   int64 [B, T, 77]
+    task_tokens   int64 [B, 77]     (OneFormer samples only)
+    text_tokens   int64 [B, T, 77]  (OneFormer samples only)
     tasks         list of B task names
     image_ids, file_names, orig_sizes (h, w), image_sizes (h, w): lists of B
 """
@@ -50,15 +51,17 @@ class Collator:
             ignore = torch.ones(height, width, dtype=torch.bool)
             ignore[:h, :w] = sample["ignore_mask"]
             targets.append({"masks": masks, "labels": sample["labels"], "ignore_mask": ignore})
-        return {
+        batched = {
             "images": images,
             "pixel_mask": pixel_mask,
             "targets": targets,
-            "task_tokens": torch.stack([s["task_tokens"] for s in samples]),
-            "text_tokens": torch.stack([s["text_tokens"] for s in samples]),
             "tasks": [s["task"] for s in samples],
             "image_ids": [s["image_id"] for s in samples],
             "file_names": [s["file_name"] for s in samples],
             "orig_sizes": [s["orig_size"] for s in samples],
             "image_sizes": [s["image_size"] for s in samples],
         }
+        for key in ("task_tokens", "text_tokens"):
+            if key in samples[0]:
+                batched[key] = torch.stack([s[key] for s in samples])
+        return batched

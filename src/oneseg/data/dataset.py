@@ -6,9 +6,9 @@ A sample (one image) is a dict:
     labels        int64 [N], their class indices
     ignore_mask   bool [H, W], True on void and crowd pixels (no target, no loss)
     task          "semantic" | "instance" | "panoptic"
-    task_tokens   int64 [77], CLIP ids of "the task is {task}"
+    task_tokens   int64 [77], CLIP ids of "the task is {task}"            (with `tokens`)
     text_tokens   int64 [T, 77], ids of the text list ("a photo with a {class}" per mask in
-                  class order, then the task's filler), T = text_list_len
+                  class order, then the task's filler), T = text_list_len  (with `tokens`)
     image_id      the dataset's image id (int, or the file stem for semantic folders)
     file_name     str, path of the image
     orig_size     (h, w) of the decoded, upright image
@@ -59,6 +59,8 @@ class SegmentationDataset(Dataset):
         on_error: "raise" stops on a bad sample with a message naming file and image id;
             "skip" logs a warning, counts it in `skipped` and returns another sample.
         intensity: how images of more than 8 bits become 0-255 (`oneseg.data.intensity`).
+        tokens: samples carry the task and text token ids OneFormer takes; Mask2Former, which
+            takes neither, trains on samples without them.
     """
 
     def __init__(
@@ -72,6 +74,7 @@ class SegmentationDataset(Dataset):
         on_error: str = "raise",
         context_length: int = 77,
         intensity: Intensity | None = None,
+        tokens: bool = True,
     ):
         if on_error not in ("raise", "skip"):
             raise ValueError(f"on_error must be 'raise' or 'skip', got {on_error!r}")
@@ -87,8 +90,10 @@ class SegmentationDataset(Dataset):
         self.text_list_len = text_list_len
         self.on_error = on_error
         self.intensity = intensity or Intensity()
-        self.tokens = TextTokens(context_length)
-        self.tokens.prepare(all_texts(label_map.names))
+        self.tokens = None
+        if tokens:
+            self.tokens = TextTokens(context_length)
+            self.tokens.prepare(all_texts(label_map.names))
         self.collate_fn = Collator(size_divisibility)
         # shared with worker processes, so the main process sees their skips too
         self._skipped = torch.zeros(1, dtype=torch.int64).share_memory_()
@@ -175,17 +180,19 @@ class SegmentationDataset(Dataset):
         out = self.transform(image, annotation.segment_map, rng)
         task = sample_task(self.task_prob, rng)
         targets = derive_targets(out.segment_map, annotation.segments, task)
-        texts = target_texts(targets.labels, self.label_map.names, task, self.text_list_len)
-        return {
+        sample = {
             "image": torch.from_numpy(np.ascontiguousarray(out.image.transpose(2, 0, 1))),
             "masks": torch.from_numpy(targets.masks),
             "labels": torch.from_numpy(targets.labels),
             "ignore_mask": torch.from_numpy(targets.ignore_mask),
             "task": task,
-            "task_tokens": self.tokens.task(task),
-            "text_tokens": self.tokens.texts(texts),
             "image_id": record.image_id,
             "file_name": str(record.image_path),
             "orig_size": (int(image.shape[0]), int(image.shape[1])),
             "image_size": out.image_size,
         }
+        if self.tokens is not None:
+            texts = target_texts(targets.labels, self.label_map.names, task, self.text_list_len)
+            sample["task_tokens"] = self.tokens.task(task)
+            sample["text_tokens"] = self.tokens.texts(texts)
+        return sample

@@ -47,7 +47,7 @@ def run_evaluate(spec, run) -> None:
     from oneseg.data.intensity import choose_intensity
     from oneseg.engine.train import with_unpacked_archives
     from oneseg.inference import spec_postprocess_overrides
-    from oneseg.model.build import build_model
+    from oneseg.model.build import build_model, supported_tasks
 
     spec = with_unpacked_archives(spec)
     cfg = spec.evaluate
@@ -65,7 +65,13 @@ def run_evaluate(spec, run) -> None:
     model_cfg = dataclasses.replace(model_cfg, **spec_postprocess_overrides(spec.model))
     _check_label_map(spec, label_map, run)
 
-    tasks = list(dict.fromkeys(cfg.tasks))
+    tasks, dropped = supported_tasks(model_cfg, list(cfg.tasks))
+    if dropped:
+        run.log(
+            "RUNNING",
+            f"a mask2former model in {model_cfg.mode} mode does {', '.join(tasks)}: not "
+            f"evaluating {', '.join(dropped)}",
+        )
     if spec.dataset.type == "semantic" and tasks != ["semantic"]:
         run.log("RUNNING", "semantic label folders have no instances: evaluating mIoU only")
         tasks = ["semantic"]
@@ -78,6 +84,7 @@ def run_evaluate(spec, run) -> None:
         train=False,
         batch_size=cfg.batch_size,
         intensity=choose_intensity(spec.dataset.intensity, read_intensity(checkpoint)),
+        tokens=False,
     )
     evaluator = Evaluator(loader.dataset, label_map, model_cfg, tasks)
     run.log("RUNNING", f"evaluating {checkpoint} on {len(loader.dataset)} images ({cfg.split})")

@@ -113,7 +113,9 @@ class Evaluator:
             )
         device = next(model.parameters()).device
         images = batch["images"].to(device, non_blocking=True)
-        outputs = model_outputs(model, images, self.tasks, self.task_seq_len)
+        outputs = model_outputs(
+            model, images, self.tasks, self.task_seq_len, [tuple(s) for s in batch["image_sizes"]]
+        )
         per_task = {
             task: postprocess(
                 outputs[task],

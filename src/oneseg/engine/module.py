@@ -60,7 +60,7 @@ class SegmentationModule(L.LightningModule):
 
     # ------------------------------------------------------------------ training
     def forward(self, batch: dict) -> dict:
-        images = self.model.normalize(batch["images"].float())
+        images = self.model.normalize(batch["images"].float(), batch["image_sizes"])
         return self.model(images, batch.get("task_tokens"), batch.get("text_tokens"))
 
     def training_step(self, batch: dict, batch_idx: int):

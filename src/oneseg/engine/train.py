@@ -7,6 +7,7 @@ several nodes (WORLD_SIZE, NODE_RANK, MASTER_ADDR, MASTER_PORT, read by Lightnin
 from __future__ import annotations
 
 import dataclasses
+import logging
 import math
 from pathlib import Path
 
@@ -30,8 +31,12 @@ from oneseg.engine.callbacks import (
 from oneseg.engine.module import SegmentationModule
 from oneseg.engine.sampling import EpochSampler, SeededDataset
 
+log = logging.getLogger(__name__)
+
 
 def text_list_length(spec) -> int:
+    if spec.model.arch == "mask2former":
+        return 0
     if spec.dataset.text_list_len:
         return spec.dataset.text_list_len
     return max(spec.model.num_queries - spec.model.text_encoder.n_ctx, 1)
@@ -81,6 +86,20 @@ def build_model_for_training(spec, num_classes: int):
     return model
 
 
+def random_backbone_warning(spec) -> str | None:
+    """A warning when the backbone starts from random weights, else None."""
+    if spec.train.pretrained_backbone or spec.model.pretrained or spec.train.pretrained_model:
+        return None
+    message = (
+        f"the {spec.model.backbone} backbone starts from random weights (no "
+        "train.pretrained_backbone, model.pretrained or train.pretrained_model): published "
+        "models start from ImageNet weights and train far better"
+    )
+    if spec.model.backbone_frozen_bn and spec.model.backbone.startswith(("resnet", "efficient")):
+        message += "; its BatchNorm stays frozen at its initial values (model.backbone_frozen_bn)"
+    return message
+
+
 def load_matching_weights(model: torch.nn.Module, state: dict, source: str) -> list[str]:
     """Load every tensor whose name and shape fit (a fine-tune may change the class count);
     returns the names left at their initial values."""
@@ -98,6 +117,9 @@ def build_loaders(spec, label_map, world_size: int):
 
     divisibility = spec.model.size_divisibility
     texts = text_list_length(spec)
+    # OneFormer draws each sample's task (dataset.task_prob) and reads task and text tokens;
+    # Mask2Former trains on the targets of its one mode and takes no tokens.
+    mask2former = spec.model.arch == "mask2former"
     train_set = build_dataset(
         spec.dataset,
         "train",
@@ -105,6 +127,8 @@ def build_loaders(spec, label_map, world_size: int):
         text_list_len=texts,
         size_divisibility=divisibility,
         train=True,
+        task=spec.model.mode if mask2former else None,
+        tokens=not mask2former,
     )
     sampler = EpochSampler(
         len(train_set),
@@ -141,6 +165,7 @@ def build_loaders(spec, label_map, world_size: int):
             size_divisibility=divisibility,
             train=False,
             intensity=train_set.intensity,
+            tokens=False,
         )
         # every image once over all processes: no padding, so none is counted twice
         val_sampler = EpochSampler(len(val_set), shuffle=False, world_size=world_size, pad=False)
@@ -161,9 +186,15 @@ def with_unpacked_archives(spec):
     return dataclasses.replace(spec, dataset=unpack_dataset_archives(spec.dataset, cache))
 
 
-def monitor_callback(spec, run, has_validation: bool) -> BestCheckpoint | None:
+def monitor_callback(
+    spec, run, has_validation: bool, val_tasks: list[str] | None = None
+) -> BestCheckpoint | None:
     """The model_best.ckpt keeper of `train.monitor`; None (with a status line saying why)
-    when that metric is never computed because there is no validation set."""
+    when that metric is never computed because there is no validation set.
+
+    val_tasks: the tasks validation runs (those of `evaluate.tasks` the model does). A
+    Mask2Former model whose mode does not give the monitored metric is monitored on its
+    mode's metric instead, with a status line saying so."""
     monitor = spec.train.monitor
     task = MONITOR_TASK[monitor]
     if task is not None and task not in spec.evaluate.tasks:
@@ -171,6 +202,14 @@ def monitor_callback(spec, run, has_validation: bool) -> BestCheckpoint | None:
             f"train.monitor: got {monitor!r}, which needs {task!r} in evaluate.tasks "
             f"(got {list(spec.evaluate.tasks)})"
         )
+    if task is not None and val_tasks is not None and task not in val_tasks:
+        own = {"panoptic": "pq", "instance": "ap", "semantic": "miou"}[spec.model.mode]
+        run.log(
+            "RUNNING",
+            message=f"warning: train.monitor is {monitor!r}, but a {spec.model.arch} model in "
+            f"{spec.model.mode} mode is validated on {', '.join(val_tasks)}: monitoring {own!r}",
+        )
+        monitor, task = own, MONITOR_TASK[own]
     if task is not None and not has_validation:
         run.log(
             "RUNNING",
@@ -182,18 +221,27 @@ def monitor_callback(spec, run, has_validation: bool) -> BestCheckpoint | None:
 
 
 def run_train(spec, run) -> None:
-    from oneseg.data.build import load_label_map
+    from oneseg.data.build import model_label_map
     from oneseg.engine.evaluator import Evaluator
+    from oneseg.model.build import supported_tasks
     from oneseg.model.criterion import build_criterion
 
     L.seed_everything(spec.train.seed, workers=True, verbose=False)
     spec = with_unpacked_archives(spec)
-    label_map = load_label_map(spec.dataset)
+    label_map = model_label_map(spec.dataset)
     num_classes = spec.model.num_classes or len(label_map)
     if num_classes != len(label_map):
+        hint = ""
+        if num_classes == 1:
+            hint = " (for one class of every thing, set dataset.single_class, e.g. object)"
         raise ValueError(
-            f"model.num_classes: got {num_classes}, but dataset.label_map has {len(label_map)}"
+            f"model.num_classes: got {num_classes}, but the dataset has {len(label_map)} "
+            f"classes{hint}"
         )
+    warning = random_backbone_warning(spec)
+    if warning:
+        log.warning(warning)
+        run.log("RUNNING", message=f"warning: {warning}")
     devices = device_settings(spec.train)
     world = devices.pop("world_size")
     model = build_model_for_training(spec, num_classes)
@@ -209,13 +257,14 @@ def run_train(spec, run) -> None:
     total_steps = steps_per_epoch * spec.train.num_epochs
     if spec.train.max_steps > 0:
         total_steps = min(total_steps, spec.train.max_steps)
-    best = monitor_callback(spec, run, has_validation=val_loader is not None)
+    val_tasks, _ = supported_tasks(spec.model, list(spec.evaluate.tasks))
+    best = monitor_callback(spec, run, val_loader is not None, val_tasks)
     evaluator_factory = None
     if val_loader is not None:
         val_set = val_loader.dataset.dataset
 
         def evaluator_factory():
-            return Evaluator(val_set, label_map, spec.model, tasks=list(spec.evaluate.tasks))
+            return Evaluator(val_set, label_map, spec.model, tasks=val_tasks)
 
     module = SegmentationModule(
         model=model,

@@ -5,6 +5,10 @@ on top of them; DiNAT (family "dinat") is built by `oneseg.model.dinat` instead.
 ConvNeXt get one LayerNorm per output stage, as the OneFormer and Mask2Former backbones (and
 transformers' backbones) have. Nothing is ever downloaded: timm
 models are created with random weights; `load_backbone_weights` reads a local file.
+
+Training defaults follow the original per family: ResNet and EfficientNet keep their BatchNorm
+frozen (statistics and affine fixed at the loaded values, as detectron2's FrozenBatchNorm2d) and
+use no stochastic depth; Swin and ConvNeXt have no BatchNorm and use drop-path 0.3.
 """
 
 from __future__ import annotations
@@ -15,7 +19,7 @@ from pathlib import Path
 import timm
 import torch
 import torch.nn.functional as F
-from timm.layers import LayerNorm2d
+from timm.layers import LayerNorm2d, freeze_batch_norm_2d
 from timm.models.swin_transformer import SwinTransformerBlock, window_partition, window_reverse
 from torch import nn
 
@@ -45,6 +49,18 @@ BACKBONES: dict[str, BackboneSpec] = {
     "efficientnet_lite0": BackboneSpec("efficientnet_lite0", (1, 2, 3, 4), "efficientnet"),
     **{name: BackboneSpec("", (0, 1, 2, 3), "dinat") for name in DINAT_SIZES},
 }
+
+
+# Stochastic depth when the spec says -1: the original's value for each family.
+DEFAULT_DROP_PATH = {"swin": 0.3, "convnext": 0.3, "dinat": 0.3, "resnet": 0.0, "efficientnet": 0.0}
+BATCHNORM_FAMILIES = ("resnet", "efficientnet")
+
+
+def default_drop_path(name: str) -> float:
+    """The drop-path rate the named backbone trains with by default."""
+    if name not in BACKBONES:
+        raise ValueError(f"unknown backbone {name!r}; known: {', '.join(BACKBONES)}")
+    return DEFAULT_DROP_PATH.get(BACKBONES[name].family, 0.3)
 
 
 class PadThenShiftSwinBlock(SwinTransformerBlock):
@@ -109,15 +125,24 @@ def build_backbone(
     num_heads: list[int] | None = None,
     window_size: int = 0,
     dilations: list[list[int]] | None = None,
+    frozen_bn: bool = False,
 ) -> Backbone | DiNAT:
     """The named backbone with random weights; sizes other than the named ones on request.
 
+    drop_path_rate: stochastic depth, -1 for the family's default (`default_drop_path`);
     embed_dim: width of the first stage (Swin, ConvNeXt, DiNAT; doubles per stage); depths:
     blocks per stage; num_heads, window_size: Swin and DiNAT (its kernel); dilations: DiNAT
-    only. 0 / None keep the named model's value."""
+    only. 0 / None keep the named model's value.
+    frozen_bn: BatchNorm layers (ResNet, EfficientNet) become frozen ones (timm's
+    `freeze_batch_norm_2d`): their statistics and affine stay at the loaded values; weights
+    saved with live BatchNorm load into them unchanged."""
     if name not in BACKBONES:
         raise ValueError(f"unknown backbone {name!r}; known: {', '.join(BACKBONES)}")
     spec = BACKBONES[name]
+    if drop_path_rate == -1:
+        drop_path_rate = default_drop_path(name)
+    elif not 0.0 <= drop_path_rate <= 1.0:
+        raise ValueError(f"drop_path_rate must be -1 (default) or in [0, 1], got {drop_path_rate}")
     if spec.family == "dinat":
         return build_dinat(
             name,
@@ -158,6 +183,8 @@ def build_backbone(
         for module in body.modules():
             if type(module) is SwinTransformerBlock:
                 module.__class__ = PadThenShiftSwinBlock
+    if frozen_bn and spec.family in BATCHNORM_FAMILIES:
+        body = freeze_batch_norm_2d(body)
     return Backbone(body, spec.family)
 
 
@@ -237,6 +264,8 @@ def load_backbone_weights(backbone: Backbone, path: str | Path) -> int:
         backbone.load_state_dict({k: source[k] for k in backbone.state_dict()})
         return len(backbone.state_dict())
     target = backbone.body.state_dict()
+    if not any(k.endswith("num_batches_tracked") for k in target):  # frozen BatchNorm
+        source = {k: v for k, v in source.items() if not k.endswith("num_batches_tracked")}
     if _is_lite0_package_format(source):
         mapped = _map_by_position(target, source, str(path))
     else:

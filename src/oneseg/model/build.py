@@ -2,13 +2,33 @@
 
 from __future__ import annotations
 
-from oneseg.config import ModelConfig
+from oneseg.config import TASKS, ModelConfig
 from oneseg.model.backbone import build_backbone
 from oneseg.model.layers import MLP
 from oneseg.model.oneformer import OneFormer
 from oneseg.model.pixel_decoder import PixelDecoder
 from oneseg.model.text_encoder import TextQueries
 from oneseg.model.transformer_decoder import TransformerDecoder
+
+
+def model_tasks(cfg: ModelConfig) -> tuple[str, ...]:
+    """The tasks a model of this config segments, in `TASKS` order.
+
+    OneFormer: all three, chosen by the task token. Mask2Former: the task of `cfg.mode`; a
+    panoptic model also gives semantic and instance results from the same outputs, as the
+    original Mask2Former reports all three from one panoptic model."""
+    if cfg.arch == "oneformer" or cfg.mode == "panoptic":
+        return TASKS
+    return (cfg.mode,)
+
+
+def supported_tasks(cfg: ModelConfig, requested: list[str]) -> tuple[list[str], list[str]]:
+    """(the requested tasks the model does, the others); the model's own task(s) when it does
+    none of those requested."""
+    own = model_tasks(cfg)
+    kept = [t for t in dict.fromkeys(requested) if t in own]
+    dropped = [t for t in dict.fromkeys(requested) if t not in own]
+    return (kept or list(own)), dropped
 
 
 def build_model(cfg: ModelConfig, num_classes: int | None = None) -> OneFormer:
@@ -30,6 +50,7 @@ def build_model(cfg: ModelConfig, num_classes: int | None = None) -> OneFormer:
         num_heads=cfg.backbone_num_heads or None,
         window_size=cfg.backbone_window_size,
         dilations=cfg.backbone_dilations or None,
+        frozen_bn=cfg.backbone_frozen_bn,
     )
     pd = cfg.pixel_decoder
     pixel_decoder = PixelDecoder(

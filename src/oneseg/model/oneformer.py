@@ -54,9 +54,26 @@ class OneFormer(nn.Module):
         self.register_buffer("pixel_mean", torch.tensor(pixel_mean).view(3, 1, 1), persistent=False)
         self.register_buffer("pixel_std", torch.tensor(pixel_std).view(3, 1, 1), persistent=False)
 
-    def normalize(self, images: torch.Tensor) -> torch.Tensor:
-        """[B, 3, H, W] RGB on the 0-255 scale -> normalised input for `forward`."""
-        return (images - self.pixel_mean) / self.pixel_std
+    def normalize(
+        self, images: torch.Tensor, image_sizes: list[tuple[int, int]] | None = None
+    ) -> torch.Tensor:
+        """[B, 3, H, W] RGB on the 0-255 scale -> normalised input for `forward`.
+
+        image_sizes: (h, w) of the real content at the top-left of each image; everything
+        outside it is padding and becomes 0 after normalisation (the mean colour), as the
+        original and transformers' processor pad, rather than black (about -2 sigma)."""
+        normalized = (images - self.pixel_mean) / self.pixel_std
+        if image_sizes is None:
+            return normalized
+        height, width = images.shape[-2:]
+        rows = torch.arange(height, device=images.device)
+        cols = torch.arange(width, device=images.device)
+        sizes = torch.as_tensor(image_sizes, device=images.device).view(-1, 2)  # [B, 2]
+        # [B, H, 1] & [B, 1, W] -> [B, 1, H, W], True on content
+        content = (rows[None, :, None] < sizes[:, 0, None, None]) & (
+            cols[None, None, :] < sizes[:, 1, None, None]
+        )
+        return normalized * content[:, None].to(normalized.dtype)
 
     def forward(
         self,
