@@ -197,19 +197,22 @@ def monitor_callback(
     mode's metric instead, with a status line saying so."""
     monitor = spec.train.monitor
     task = MONITOR_TASK[monitor]
-    if task is not None and task not in spec.evaluate.tasks:
+    validated = list(val_tasks) if val_tasks is not None else list(spec.evaluate.tasks)
+    if task is not None and spec.model.arch == "mask2former" and task not in validated:
+        own = spec.model.mode if spec.model.mode in validated else validated[0]
+        metric = {"panoptic": "pq", "instance": "ap", "semantic": "miou"}[own]
+        run.log(
+            "RUNNING",
+            message=f"warning: train.monitor is {monitor!r}, but this mask2former model "
+            f"({spec.model.mode} mode) is validated on {', '.join(validated)}: monitoring "
+            f"{metric!r}",
+        )
+        monitor, task = metric, own
+    if task is not None and task not in validated:
         raise ValueError(
             f"train.monitor: got {monitor!r}, which needs {task!r} in evaluate.tasks "
             f"(got {list(spec.evaluate.tasks)})"
         )
-    if task is not None and val_tasks is not None and task not in val_tasks:
-        own = {"panoptic": "pq", "instance": "ap", "semantic": "miou"}[spec.model.mode]
-        run.log(
-            "RUNNING",
-            message=f"warning: train.monitor is {monitor!r}, but a {spec.model.arch} model in "
-            f"{spec.model.mode} mode is validated on {', '.join(val_tasks)}: monitoring {own!r}",
-        )
-        monitor, task = own, MONITOR_TASK[own]
     if task is not None and not has_validation:
         run.log(
             "RUNNING",
