@@ -96,7 +96,7 @@ class ModelConfig:
     drop_path_rate: float = f(
         -1.0,
         "stochastic depth of the backbone (training only); -1 = the backbone's default: 0.3 for "
-        "swin/convnext, 0 for resnet/efficientnet (as the original)",
+        "swin/convnext/dinat, 0 for resnet/efficientnet (as the original)",
         ge=-1.0,
         le=1.0,
     )
