@@ -30,7 +30,7 @@ ACTION_ENTRY = {
     "train": "oneseg.engine.train:run_train",
     "evaluate": "oneseg.engine.evaluate:run_evaluate",
     "inference": "oneseg.inference:run_inference",
-    "export": None,
+    "export": "oneseg.export.action:run_export",
     "gen_trt_engine": None,
     "quantize": None,
 }

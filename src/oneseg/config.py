@@ -273,6 +273,8 @@ class EvaluateConfig:
     tasks: list[Task] = f(list(TASKS), "tasks to evaluate")
     split: Literal["val", "test"] = f("val", "dataset split")
     batch_size: int = f(1, "images per batch", ge=1)
+    onnx_file: str = f("", "evaluate this exported ONNX file instead of a checkpoint")
+    trt_engine: str = f("", "evaluate this TensorRT engine instead of a checkpoint")
     iou_per_class: bool = f(True, "write per-class tables and the bar chart")
 
 
@@ -285,40 +287,71 @@ class InferenceConfig:
     overlay: bool = f(True, "write overlay pictures")
     overwrite: bool = f(False, "redo images whose outputs exist")
     batch_size: int = f(1, "images per batch", ge=1)
+    onnx_file: str = f("", "run this exported ONNX file instead of a checkpoint")
+    trt_engine: str = f("", "run this TensorRT engine instead of a checkpoint")
 
 
 @dataclass
 class ExportConfig:
     checkpoint: str = f("", "checkpoint to export")
-    onnx_file: str = f("", "output ONNX file; '' = results_dir/export/model.onnx")
-    task: Literal["semantic", "instance", "panoptic"] = f("panoptic", "task baked into the graph")
-    input_height: int = f(512, "input height", ge=32)
-    input_width: int = f(512, "input width", ge=32)
-    batch_size: int = f(1, "batch size; -1 = dynamic", ge=-1)
-    opset_version: int = f(17, "ONNX opset", ge=13)
-    postprocess: bool = f(True, "put post-processing inside the graph")
-    overwrite: bool = f(False, "replace an existing file")
+    onnx_file: str = f(
+        "",
+        "output ONNX file; '' = results_dir/export/model.onnx (all: one file per task, "
+        "NAME_semantic.onnx ...)",
+    )
+    task: Literal["semantic", "instance", "panoptic", "all"] = f(
+        "semantic", "task baked into the graph; all = one file per task"
+    )
+    input_height: int = f(640, "input height (a multiple of model.size_divisibility)", ge=32)
+    input_width: int = f(640, "input width (a multiple of model.size_divisibility)", ge=32)
+    batch_size: int = f(-1, "batch size; -1 = dynamic", ge=-1)
+    dynamic_size: bool = f(
+        False, "height and width free at run time (multiples of the size divisibility)"
+    )
+    opset_version: int = f(17, "ONNX opset", ge=16)
+    on_cpu: bool = f(False, "export on the CPU even when a GPU is present")
+    semantic_probs: bool = f(False, "semantic: also output the per-class scores [B, K, H, W]")
+    check_image: str = f("", "image to compare ONNX Runtime with PyTorch on; '' = first val image")
+    overwrite: bool = f(True, "replace an existing file")
+
+
+@dataclass
+class TensorRTConfig:
+    data_type: Literal["fp32", "fp16", "int8"] = f("fp16", "engine precision")
+    workspace_size: int = f(4096, "builder workspace in MiB", ge=1)
+    min_batch_size: int = f(1, "smallest batch of the optimisation profile", ge=1)
+    opt_batch_size: int = f(1, "batch the engine is tuned for", ge=1)
+    max_batch_size: int = f(1, "largest batch of the optimisation profile", ge=1)
+    calibration_cache: str = f("", "int8: calibration cache file (read if present, else written)")
+    calibration_images: int = f(
+        32, "int8: images of quant_calibration_dataset to calibrate on", ge=1
+    )
 
 
 @dataclass
 class GenTrtEngineConfig:
     onnx_file: str = f("", "ONNX model to build from")
     trt_engine: str = f("", "engine file to write; '' = results_dir/gen_trt_engine/model.engine")
-    data_type: Literal["fp32", "fp16", "int8"] = f("fp16", "engine precision")
-    workspace_size_mb: int = f(4096, "builder workspace in MiB", ge=1)
-    min_batch_size: int = f(1, "smallest batch of the profile", ge=1)
-    opt_batch_size: int = f(1, "batch the engine is tuned for", ge=1)
-    max_batch_size: int = f(1, "largest batch of the profile", ge=1)
-    calibration_cache: str = f("", "INT8 calibration cache file")
+    tensorrt: TensorRTConfig = sub(TensorRTConfig, "TensorRT builder settings")
 
 
 @dataclass
 class QuantizeConfig:
-    onnx_file: str = f("", "float ONNX model to quantize")
+    onnx_file: str = f("", "float ONNX model (from oneseg export) to quantize")
     output_file: str = f("", "quantized ONNX; '' = results_dir/quantize/model_int8.onnx")
-    mode: Literal["static", "dynamic"] = f("static", "static (calibrated) or dynamic INT8")
-    num_calibration_images: int = f(32, "calibration images", ge=1)
-    overwrite: bool = f(False, "replace an existing file")
+    num_calib_images: int = f(32, "calibration images of quant_calibration_dataset", ge=1)
+    calibration_method: Literal["minmax", "entropy", "percentile"] = f(
+        "minmax", "how activation ranges are chosen from the calibration images"
+    )
+    keep_float: list[str] = f(
+        ["postprocess", "softmax", "grid_sample"],
+        "node groups kept in float: postprocess (after the mask logits), softmax, grid_sample "
+        "(deformable sampling), or ONNX node names",
+    )
+    per_channel: bool = f(True, "per-output-channel weight scales")
+    report: bool = f(True, "measure size, latency and FP32 vs INT8 metrics on dataset.val")
+    report_images: int = f(0, "val images for the accuracy report; 0 = all", ge=0)
+    overwrite: bool = f(True, "replace an existing file")
 
 
 @dataclass

@@ -273,9 +273,9 @@ _SECTIONS_OF = {
     "train": ("results_dir", "model", "dataset", "train"),
     "evaluate": ("results_dir", "model", "dataset", "evaluate"),
     "inference": ("results_dir", "model", "dataset", "inference"),
-    "export": ("results_dir", "model", "export"),
-    "gen_trt_engine": ("results_dir", "gen_trt_engine"),
-    "quantize": ("results_dir", "dataset", "quantize"),
+    "export": ("results_dir", "model", "dataset", "export"),
+    "gen_trt_engine": ("results_dir", "dataset", "gen_trt_engine"),
+    "quantize": ("results_dir", "model", "dataset", "quantize"),
 }
 
 
@@ -401,11 +401,23 @@ _INPUTS_OF = {
         "train.pretrained_model",
         "train.pretrained_backbone",
     ),
-    "evaluate": ("model.pretrained", "dataset.label_map", "evaluate.checkpoint"),
-    "inference": ("model.pretrained", "dataset.label_map", "inference.checkpoint"),
-    "export": ("model.pretrained", "export.checkpoint"),
+    "evaluate": (
+        "model.pretrained",
+        "dataset.label_map",
+        "evaluate.checkpoint",
+        "evaluate.onnx_file",
+        "evaluate.trt_engine",
+    ),
+    "inference": (
+        "model.pretrained",
+        "dataset.label_map",
+        "inference.checkpoint",
+        "inference.onnx_file",
+        "inference.trt_engine",
+    ),
+    "export": ("model.pretrained", "export.checkpoint", "export.check_image"),
     "gen_trt_engine": ("gen_trt_engine.onnx_file",),
-    "quantize": ("quantize.onnx_file",),
+    "quantize": ("quantize.onnx_file", "dataset.quant_calibration_dataset.images_dir"),
 }
 
 
