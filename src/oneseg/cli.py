@@ -33,6 +33,7 @@ ACTION_ENTRY = {
     "export": "oneseg.export.action:run_export",
     "gen_trt_engine": None,
     "quantize": None,
+    "automl": "oneseg.automl.study:run_automl",
 }
 
 ACTION_HELP = {
@@ -42,6 +43,7 @@ ACTION_HELP = {
     "export": "export to ONNX with post-processing in the graph",
     "gen_trt_engine": "build a TensorRT engine from an ONNX model",
     "quantize": "INT8-quantize an ONNX model",
+    "automl": "search the spec's hyper-parameters (Optuna): many trainings, one best spec",
 }
 
 

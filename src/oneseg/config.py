@@ -11,7 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Literal
 
-ACTIONS = ("train", "evaluate", "inference", "export", "gen_trt_engine", "quantize")
+ACTIONS = ("train", "evaluate", "inference", "export", "gen_trt_engine", "quantize", "automl")
 TASKS = ("semantic", "instance", "panoptic")
 Task = Literal["semantic", "instance", "panoptic"]
 
@@ -354,6 +354,37 @@ class QuantizeConfig:
     overwrite: bool = f(True, "replace an existing file")
 
 
+# ----------------------------------------------------------------------------- automl
+@dataclass
+class AutoMLConfig:
+    algorithm: Literal["bayesian", "hyperband", "random"] = f(
+        "bayesian",
+        "bayesian: TPE sampler; hyperband: TPE + Hyperband pruning between validations; "
+        "random: random sampler",
+    )
+    metric: Literal["pq", "miou", "ap", "loss"] = f(
+        "pq", "what a trial is judged by: a validation metric, or the epoch's mean training loss"
+    )
+    direction: Literal["auto", "maximize", "minimize"] = f(
+        "auto", "auto: maximize pq / miou / ap, minimize loss"
+    )
+    max_trials: int = f(20, "trials of the study, over every process that runs it", ge=1)
+    timeout: int = f(0, "seconds after which this process starts no new trial; 0 = none", ge=0)
+    parameters: list[str] = f(
+        [], "dotted spec keys to search; [] = the popular set (lr, weight decay, ...)"
+    )
+    disabled_parameters: list[str] = f([], "dotted keys left out of the search")
+    ranges: dict[str, list[bool | int | float | str]] = f(
+        {}, "KEY: [low, high] for a number, or a list of choices; default: from the schema"
+    )
+    storage: str = f(
+        "", "SQLAlchemy URL of the study database; '' = SQLite in results_dir/automl/study.db"
+    )
+    study_name: str = f("oneseg", "name of the study in the storage")
+    seed: int = f(-1, "sampler seed; -1 = a fresh one (leave it so when several processes run)")
+    reduction_factor: int = f(3, "hyperband: keep the best 1/this of the trials at each rung", ge=2)
+
+
 @dataclass
 class ExperimentConfig:
     results_dir: str = f("results", "every action writes into results_dir/ACTION/")
@@ -365,3 +396,4 @@ class ExperimentConfig:
     export: ExportConfig = sub(ExportConfig, "ONNX export")
     gen_trt_engine: GenTrtEngineConfig = sub(GenTrtEngineConfig, "TensorRT engine build")
     quantize: QuantizeConfig = sub(QuantizeConfig, "INT8 quantization")
+    automl: AutoMLConfig = sub(AutoMLConfig, "hyper-parameter search over this spec")

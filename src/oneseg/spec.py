@@ -41,6 +41,8 @@ def _describe(tp) -> str:
         return f"a mapping of {_describe(get_args(tp)[1])}"
     if dataclasses.is_dataclass(tp):
         return "a mapping"
+    if origin in (typing.Union, types.UnionType):
+        return " or ".join(_describe(option) for option in get_args(tp))
     return {int: "an integer", float: "a number", bool: "true or false", str: "a string"}.get(
         tp, str(tp)
     )
@@ -276,6 +278,7 @@ _SECTIONS_OF = {
     "export": ("results_dir", "model", "dataset", "export"),
     "gen_trt_engine": ("results_dir", "dataset", "gen_trt_engine"),
     "quantize": ("results_dir", "model", "dataset", "quantize"),
+    "automl": ("results_dir", "model", "dataset", "train", "evaluate", "automl"),
 }
 
 
@@ -362,6 +365,8 @@ def _schema_of(tp, default: Any, meta: dict) -> dict:
         out.update(type="array", items=_schema_of(item_tp, None, {}))
     elif origin is dict:
         out.update(type="object", additionalProperties=_schema_of(get_args(tp)[1], None, {}))
+    elif origin in (typing.Union, types.UnionType):
+        out["anyOf"] = [_schema_of(option, None, {}) for option in get_args(tp)]
     else:
         out["type"] = {bool: "boolean", int: "integer", float: "number", str: "string"}[tp]
     for bound, name in (("ge", "minimum"), ("le", "maximum"), ("gt", "exclusiveMinimum")):

@@ -223,7 +223,9 @@ def monitor_callback(
     return BestCheckpoint(run.dir, monitor, spec.train.early_stop_patience, run)
 
 
-def run_train(spec, run) -> None:
+def run_train(spec, run, callbacks: list | tuple = (), progress_bar: bool = True) -> None:
+    """Train as the spec says, writing into `run.dir`. `callbacks`: extra Lightning callbacks
+    (the AutoML search adds one that reports validation metrics to its trial)."""
     from oneseg.data.build import model_label_map
     from oneseg.engine.evaluator import Evaluator
     from oneseg.model.build import supported_tasks
@@ -307,6 +309,7 @@ def run_train(spec, run) -> None:
             StatusCallback(run, spec.train.log_every_n_steps),
             WeightSyncCheck(run),
             *([best] if best is not None else []),
+            *callbacks,
         ],
         logger=[
             TensorBoardLogger(folder, name="tensorboard", version=""),
@@ -314,6 +317,7 @@ def run_train(spec, run) -> None:
         ],
         default_root_dir=folder,
         enable_model_summary=False,
+        enable_progress_bar=progress_bar,
     )
     run.log(
         "RUNNING",
