@@ -25,7 +25,6 @@ import optuna
 from optuna.storages import RetryHeartbeatStaleTrialCallback
 from optuna.trial import FrozenTrial, TrialState
 
-from oneseg.automl.space import apply_values
 from oneseg.spec import dump_spec, spec_from_dict, spec_to_dict
 
 FINISHED = ("COMPLETE", "PRUNED", "FAIL")
@@ -128,8 +127,11 @@ def write_reports(study: optuna.Study, spec, space, folder: Path) -> dict:
 
 
 def _write_best_spec(path: Path, spec, space, best: FrozenTrial, total: int) -> None:
+    from oneseg.automl.trial import searched_tree
+
+    metric = spec.automl.metric
     values = {p.key: best.params[p.key] for p in space if p.key in best.params}
-    best_spec = spec_from_dict(apply_values(spec_to_dict(spec), space, values))
+    best_spec = spec_from_dict(searched_tree(spec_to_dict(spec), space, values, metric))
     header = (
         f"# best of {total} trials of study '{spec.automl.study_name}': "
         f"{spec.automl.metric} {best.value:.4g} (trial {best.number})\n"

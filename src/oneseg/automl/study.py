@@ -129,8 +129,8 @@ def open_storage(url: str) -> RDBStorage:
                 grace_period=GRACE_S,
                 heartbeat_stale_trial_callback=_retry_callback(),
             )
-        except sqlalchemy.exc.OperationalError:
-            # two processes creating the tables of a new SQLite file at once: one loses
+        except (sqlalchemy.exc.OperationalError, sqlalchemy.exc.IntegrityError):
+            # two processes creating the tables of a new database at once: one loses
             if attempt == 5:
                 raise
             time.sleep(0.5 * (attempt + 1))

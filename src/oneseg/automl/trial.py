@@ -104,6 +104,14 @@ def process_start_time(pid: int) -> int | None:
         return None
 
 
+def searched_tree(base_tree: dict, space, values: dict, metric: str) -> dict:
+    """The nested spec of a trial: the base spec with the sampled values, and model_best.ckpt
+    kept by the searched metric."""
+    tree = apply_values(base_tree, space, values)
+    tree["train"]["monitor"] = metric
+    return tree
+
+
 def make_objective(base_spec, space, automl_dir: Path):
     """The function Optuna calls with each trial; returns the trial's final metric."""
     from oneseg.engine.train import run_train
@@ -116,7 +124,7 @@ def make_objective(base_spec, space, automl_dir: Path):
         mark_identity(trial, folder)
         start = time.time()
         values = suggest(trial, space)
-        tree = apply_values(base_tree, space, values)
+        tree = searched_tree(base_tree, space, values, automl.metric)
         tree["results_dir"] = str(folder)
         resume = _checkpoint_of_retried(trial)
         if resume:
