@@ -248,7 +248,11 @@ class TrainConfig:
     validation_interval: int = f(1, "validate every this many epochs", ge=1)
     resume_training_checkpoint_path: str = f("", "resume from this checkpoint; '' = latest found")
     pretrained_model: str = f("", "load these weights (weights only) before training")
-    pretrained_backbone: str = f("", "local file of backbone weights; '' = none")
+    pretrained_backbone: str = f(
+        "",
+        "local file of backbone weights (timm, official Swin/ConvNeXt ImageNet .pth, DiNAT); "
+        "'' = none",
+    )
     precision: Literal["32", "16-mixed", "bf16-mixed"] = f(
         "32", "numeric precision (mixed only on GPU)"
     )

