@@ -106,6 +106,9 @@ def report(root: Path, oneformer: Path | None) -> int:
     print("epoch  mean training loss")
     for epoch, loss in enumerate(losses, 1):
         print(f"{epoch:5d}  {loss:8.3f}")
+    if not losses:
+        print("no training loss logged (fewer steps than train.log_every_n_steps)")
+        return 1
     print(f"loss fell from {losses[0]:.2f} to {losses[-1]:.2f}")
     for action in ("train", "evaluate", "inference"):
         print(f"{action:9s} {read_status(root / action)[-1]['elapsed_s']:7.1f} s")

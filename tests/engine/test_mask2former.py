@@ -189,3 +189,75 @@ def test_one_class_without_single_class_names_the_key(tmp_path, synth, tiny_mode
     spec = spec_from_dict(values)
     with pytest.raises(ValueError, match="dataset.single_class"), ActionRun(spec, "train") as run:
         run_train(spec, run)
+
+
+TAO_MASK2FORMER_CARD = """
+model:
+  mode: instance
+  backbone:
+    type: swin
+    swin:
+      type: tiny
+      window_size: 7
+      ape: False
+      pretrain_img_size: 224
+  mask_former:
+    num_object_queries: 100
+  sem_seg_head:
+    norm: GN
+    num_classes: 1
+"""
+
+
+def test_tao_card_model_block_trains_on_a_multi_class_dataset(tmp_path, synth):
+    """The card's block as written (1 class, 100 queries, instance mode), narrowed to a CPU-sized
+    Swin and heads by oneseg keys; the data's thing classes become its one class."""
+    from oneseg.spec import load_spec
+
+    card = tmp_path / "card.yaml"
+    card.write_text(TAO_MASK2FORMER_CARD)
+    values = _values(tmp_path, synth, {})
+    source = values["dataset"]["train"][0]
+    overrides = [
+        f"results_dir={tmp_path}",
+        f"dataset.train=[{{images: {source['images']}, annotations: {source['annotations']}, "
+        f"panoptic: {source['panoptic']}}}]",
+        f"dataset.label_map={values['dataset']['label_map']}",
+        "dataset.single_class=object",
+        "dataset.batch_size=2",
+        "dataset.workers=0",
+        "dataset.augmentation.train_min_size=[64]",
+        "dataset.augmentation.crop_size=[64,64]",
+        "model.backbone_embed_dim=24",
+        "model.backbone_depths=[1,1,1,1]",
+        "model.drop_path_rate=0.0",
+        "model.hidden_dim=32",
+        "model.dim_feedforward=64",
+        "model.dec_layers=2",
+        "model.nheads=2",
+        "model.pixel_decoder.conv_dim=32",
+        "model.pixel_decoder.mask_dim=32",
+        "model.pixel_decoder.enc_layers=1",
+        "model.pixel_decoder.enc_ffn_dim=64",
+        "model.pixel_decoder.norm_groups=8",
+        "model.loss.train_num_points=256",
+        "train.max_steps=2",
+        "train.num_epochs=1",
+    ]
+    spec = load_spec(card, overrides)
+    model = spec.model
+    assert (model.arch, model.mode, model.num_classes, model.num_queries) == (
+        "mask2former",
+        "instance",
+        1,
+        100,
+    )
+    with ActionRun(spec, "train") as run:
+        run_train(spec, run)
+    status = _status(tmp_path / "train")
+    assert status[-1]["status"] == "SUCCESS" and status[-1]["kpi"]["steps"] == 2
+    messages = " ".join(line.get("message", "") for line in status)
+    assert "starts from random weights" in messages
+    model_cfg, label_map, state = read_checkpoint(latest_checkpoint(tmp_path / "train"))
+    assert label_map.names == ["object"] and model_cfg.num_queries == 100
+    assert state["decoder.class_embed.weight"].shape[0] == 2  # object + no-object
