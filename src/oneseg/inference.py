@@ -220,6 +220,40 @@ class Predictor:
         self.task_seq_len = task_seq_len
         self.intensity = intensity or Intensity()
         self.model_cfg: ModelConfig | None = None  # known when built from a checkpoint
+        self.size_divisibility = getattr(model, "size_divisibility", 32)
+        # task -> exported engine (ONNX Runtime / TensorRT), used instead of the model
+        self.engines: dict | None = None
+
+    @classmethod
+    def from_exported(
+        cls,
+        path: str | Path,
+        tasks: Sequence[str] = TASKS,
+        *,
+        min_size: int = 512,
+        max_size: int = 2048,
+        intensity: Intensity | None = None,
+        key: str = "onnx_file",
+    ) -> Predictor:
+        """A predictor running a file of `oneseg export` (or a TensorRT engine built from it)
+        for those of `tasks` it holds (an `export.task=all` file brings its siblings). Its
+        classes, thresholds and intensity rule are those recorded at export."""
+        from oneseg.export.runtime import load_engines
+
+        engines = load_engines(path, list(tasks), key)
+        first = next(iter(engines.values()))
+        recorded = first.description.get("intensity") or {}
+        predictor = cls(
+            torch.nn.Identity(),
+            first.label_map,
+            min_size=min_size,
+            max_size=max_size,
+            intensity=intensity or Intensity.from_config(recorded),
+            device="cpu",
+        )
+        predictor.engines = engines
+        predictor.size_divisibility = first.size_divisibility
+        return predictor
 
     @classmethod
     def from_checkpoint(
@@ -255,21 +289,27 @@ class Predictor:
             return []
         batch, image_sizes = self._batch(arrays)
         orig_sizes = [a.shape[:2] for a in arrays]
-        outputs = model_outputs(self.model, batch, tasks, self.task_seq_len, image_sizes)
+        if self.engines is not None:
+            outputs = {task: self._engine(task) for task in tasks}
+        else:
+            outputs = model_outputs(self.model, batch, tasks, self.task_seq_len, image_sizes)
         per_image: list[dict] = [{} for _ in arrays]
         for task, raw in outputs.items():
-            results = postprocess(
-                raw,
-                task,
-                tuple(batch.shape[-2:]),
-                image_sizes,
-                orig_sizes,
-                num_classes=len(self.label_map),
-                isthing=self.label_map.isthing,
-                topk=self.topk,
-                object_mask_threshold=self.object_mask_threshold,
-                overlap_threshold=self.overlap_threshold,
-            )
+            if self.engines is not None:
+                results = raw.predict(batch, image_sizes, orig_sizes)
+            else:
+                results = postprocess(
+                    raw,
+                    task,
+                    tuple(batch.shape[-2:]),
+                    image_sizes,
+                    orig_sizes,
+                    num_classes=len(self.label_map),
+                    isthing=self.label_map.isthing,
+                    topk=self.topk,
+                    object_mask_threshold=self.object_mask_threshold,
+                    overlap_threshold=self.overlap_threshold,
+                )
             for store, result in zip(per_image, results):
                 if task == "semantic":
                     store[task] = _semantic_result(result["semantic"], self.label_map)
@@ -278,6 +318,12 @@ class Predictor:
                 else:
                     store[task] = _panoptic_result(result["panoptic"], self.label_map)
         return per_image
+
+    def _engine(self, task: str):
+        if task not in self.engines:
+            path = next(iter(self.engines.values())).path
+            raise ValueError(f"{path}: holds no {task} graph (it has {', '.join(self.engines)})")
+        return self.engines[task]
 
     def _batch(self, arrays: list[np.ndarray]) -> tuple[torch.Tensor, list[tuple[int, int]]]:
         """uint8 [B, 3, Hp, Wp] on the device, zero padded, and the resized (h, w) of each."""
@@ -288,7 +334,7 @@ class Predictor:
                 array = np.asarray(Image.fromarray(array).resize((width, height), Image.BILINEAR))
             resized.append(array)
         sizes = [a.shape[:2] for a in resized]
-        height, width = padded_size(sizes, getattr(self.model, "size_divisibility", 32))
+        height, width = padded_size(sizes, self.size_divisibility)
         batch = torch.zeros(len(resized), 3, height, width, dtype=torch.uint8)
         for i, array in enumerate(resized):
             batch[i, :, : array.shape[0], : array.shape[1]] = torch.tensor(array).permute(2, 0, 1)
@@ -406,35 +452,16 @@ def run_inference(spec, run) -> None:
     """
     from rich.progress import Progress
 
-    from oneseg.checkpoint import read_intensity
-    from oneseg.data.intensity import choose_intensity
-    from oneseg.model.build import supported_tasks
     from oneseg.results_io import InferenceOutputs
 
     cfg = spec.inference
-    checkpoint = cfg.checkpoint or spec.model.pretrained
-    if not checkpoint:
-        raise ValueError("inference.checkpoint is empty (and model.pretrained too): name a model")
+    if cfg.onnx_file or cfg.trt_engine:
+        predictor, tasks, dropped = _exported_predictor(spec)
+        if dropped:
+            run.log("RUNNING", f"the exported file holds no {', '.join(dropped)} graph: skipped")
+    else:
+        predictor, tasks = _checkpoint_predictor(spec, run)
     paths, root = list_images(cfg.images)
-    aug = spec.dataset.augmentation
-    predictor = Predictor.from_checkpoint(
-        checkpoint,
-        min_size=aug.eval_min_size,
-        max_size=aug.eval_max_size,
-        **{
-            "topk" if name == "test_topk_per_image" else name: value
-            for name, value in spec_postprocess_overrides(spec.model).items()
-        },
-        intensity=choose_intensity(spec.dataset.intensity, read_intensity(checkpoint)),
-    )
-    tasks, dropped = supported_tasks(predictor.model_cfg, list(cfg.tasks))
-    if dropped:
-        message = (
-            f"a mask2former model in {predictor.model_cfg.mode} mode does {', '.join(tasks)}: "
-            f"skipping {', '.join(dropped)}"
-        )
-        run.log("RUNNING", message)
-        print(f"oneseg inference: {message}", file=sys.stderr)
     outputs = InferenceOutputs(run.dir, predictor.label_map, tasks, cfg.overlay, cfg.semantic_ids)
     todo = {
         path: (name, rel)
@@ -474,6 +501,62 @@ def run_inference(spec, run) -> None:
     run.kpis.update(counts)
     summary = ", ".join(f"{k.replace('_', ' ')} {v}" for k, v in counts.items())
     print(f"inference: {summary}; results in {run.dir}")
+
+
+def _exported_predictor(spec) -> tuple[Predictor, list[str], list[str]]:
+    """The predictor of `inference.onnx_file` / `inference.trt_engine`, the tasks it runs of
+    those asked for and those it cannot."""
+    from oneseg.data.intensity import choose_intensity
+
+    cfg = spec.inference
+    key = "inference.onnx_file" if cfg.onnx_file else "inference.trt_engine"
+    aug = spec.dataset.augmentation
+    predictor = Predictor.from_exported(
+        cfg.onnx_file or cfg.trt_engine,
+        list(cfg.tasks),
+        min_size=aug.eval_min_size,
+        max_size=aug.eval_max_size,
+        key=key,
+    )
+    recorded = next(iter(predictor.engines.values())).description.get("intensity")
+    predictor.intensity = choose_intensity(spec.dataset.intensity, recorded)
+    tasks = [t for t in dict.fromkeys(cfg.tasks) if t in predictor.engines]
+    dropped = [t for t in dict.fromkeys(cfg.tasks) if t not in predictor.engines]
+    return predictor, tasks, dropped
+
+
+def _checkpoint_predictor(spec, run) -> tuple[Predictor, list[str]]:
+    from oneseg.checkpoint import read_intensity
+    from oneseg.data.intensity import choose_intensity
+    from oneseg.model.build import supported_tasks
+
+    cfg = spec.inference
+    checkpoint = cfg.checkpoint or spec.model.pretrained
+    if not checkpoint:
+        raise ValueError(
+            "inference.checkpoint is empty (and model.pretrained, inference.onnx_file and "
+            "inference.trt_engine too): name a model"
+        )
+    aug = spec.dataset.augmentation
+    predictor = Predictor.from_checkpoint(
+        checkpoint,
+        min_size=aug.eval_min_size,
+        max_size=aug.eval_max_size,
+        **{
+            "topk" if name == "test_topk_per_image" else name: value
+            for name, value in spec_postprocess_overrides(spec.model).items()
+        },
+        intensity=choose_intensity(spec.dataset.intensity, read_intensity(checkpoint)),
+    )
+    tasks, dropped = supported_tasks(predictor.model_cfg, list(cfg.tasks))
+    if dropped:
+        message = (
+            f"a mask2former model in {predictor.model_cfg.mode} mode does {', '.join(tasks)}: "
+            f"skipping {', '.join(dropped)}"
+        )
+        run.log("RUNNING", message)
+        print(f"oneseg inference: {message}", file=sys.stderr)
+    return predictor, tasks
 
 
 def _report_bad_image(run, path: Path, error: Exception, bad: list[str]) -> None:

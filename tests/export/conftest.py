@@ -19,7 +19,7 @@ CATEGORIES = [
 ]
 
 
-def confident_tiny_model(tiny_cfg, arch: str):
+def confident_tiny_model(tiny_cfg, arch: str, num_classes: int = len(CATEGORIES)):
     """A random tiny model whose class and mask heads are sharpened, so that random weights give
     several confident queries, overlapping masks and merged stuff segments."""
     from oneseg.model.build import build_model
@@ -28,7 +28,7 @@ def confident_tiny_model(tiny_cfg, arch: str):
     cfg = dataclasses.replace(
         tiny_cfg, arch=arch, object_mask_threshold=0.5, test_topk_per_image=12
     )
-    model = build_model(cfg, num_classes=len(CATEGORIES)).eval()
+    model = build_model(cfg, num_classes=num_classes).eval()
     with torch.no_grad():
         model.decoder.class_embed.weight.mul_(6.0)
         model.decoder.mask_embed.layers[-1].weight.mul_(4.0)

@@ -51,27 +51,35 @@ def run_evaluate(spec, run) -> None:
 
     spec = with_unpacked_archives(spec)
     cfg = spec.evaluate
-    checkpoint = cfg.checkpoint or spec.model.pretrained
-    if not checkpoint:
-        raise ValueError(
-            "evaluate.checkpoint is empty (and model.pretrained too): name the checkpoint to "
-            "evaluate"
-        )
-    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    model_cfg, label_map, state_dict = read_checkpoint(checkpoint)
-    model = build_model(model_cfg, num_classes=len(label_map))
-    load_state_dict_strict(model, state_dict, str(checkpoint))
-    model = model.to(device).eval()
-    model_cfg = dataclasses.replace(model_cfg, **spec_postprocess_overrides(spec.model))
+    exported = cfg.onnx_file or cfg.trt_engine
+    if exported:
+        source, model, engines, label_map, model_cfg, recorded, divisor = _exported(spec)
+        tasks = list(engines)
+        dropped = [t for t in dict.fromkeys(cfg.tasks) if t not in engines]
+        if dropped:
+            run.log("RUNNING", f"{source} holds no {', '.join(dropped)} graph: not evaluated")
+    else:
+        source = cfg.checkpoint or spec.model.pretrained
+        if not source:
+            raise ValueError(
+                "evaluate.checkpoint is empty (and model.pretrained, evaluate.onnx_file and "
+                "evaluate.trt_engine too): name the model to evaluate"
+            )
+        device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        model_cfg, label_map, state_dict = read_checkpoint(source)
+        model = build_model(model_cfg, num_classes=len(label_map))
+        load_state_dict_strict(model, state_dict, str(source))
+        model = model.to(device).eval()
+        model_cfg = dataclasses.replace(model_cfg, **spec_postprocess_overrides(spec.model))
+        recorded, divisor = read_intensity(source), model.size_divisibility
+        tasks, dropped = supported_tasks(model_cfg, list(cfg.tasks))
+        if dropped:
+            run.log(
+                "RUNNING",
+                f"a mask2former model in {model_cfg.mode} mode does {', '.join(tasks)}: not "
+                f"evaluating {', '.join(dropped)}",
+            )
     _check_label_map(spec, label_map, run)
-
-    tasks, dropped = supported_tasks(model_cfg, list(cfg.tasks))
-    if dropped:
-        run.log(
-            "RUNNING",
-            f"a mask2former model in {model_cfg.mode} mode does {', '.join(tasks)}: not "
-            f"evaluating {', '.join(dropped)}",
-        )
     if spec.dataset.type == "semantic" and tasks != ["semantic"]:
         run.log("RUNNING", "semantic label folders have no instances: evaluating mIoU only")
         tasks = ["semantic"]
@@ -80,20 +88,23 @@ def run_evaluate(spec, run) -> None:
         cfg.split,
         label_map,
         text_list_len=0,
-        size_divisibility=model.size_divisibility,
+        size_divisibility=divisor,
         train=False,
         batch_size=cfg.batch_size,
-        intensity=choose_intensity(spec.dataset.intensity, read_intensity(checkpoint)),
+        intensity=choose_intensity(spec.dataset.intensity, recorded),
         tokens=False,
     )
     evaluator = Evaluator(loader.dataset, label_map, model_cfg, tasks)
-    run.log("RUNNING", f"evaluating {checkpoint} on {len(loader.dataset)} images ({cfg.split})")
+    run.log("RUNNING", f"evaluating {source} on {len(loader.dataset)} images ({cfg.split})")
     start = time.time()
     log_every = max(1, len(loader) // 10)
     with Progress(transient=True) as progress:
         bar = progress.add_task(f"evaluate {cfg.split}", total=len(loader))
         for step, batch in enumerate(loader, 1):
-            evaluator.process(model, batch)
+            if model is not None:
+                evaluator.process(model, batch)
+            else:
+                evaluator.add_batch(batch, _engine_results(engines, batch))
             progress.advance(bar)
             if step % log_every == 0 and step < len(loader):
                 run.log("RUNNING", f"batch {step}/{len(loader)}", step=step, total=len(loader))
@@ -103,12 +114,44 @@ def run_evaluate(spec, run) -> None:
     metrics["seconds_per_image"] = seconds / max(1.0, metrics["num_images"])
 
     folder = Path(run.dir)
-    write_metrics_json(folder / "metrics.json", metrics, per_class, str(checkpoint), cfg.split)
+    write_metrics_json(folder / "metrics.json", metrics, per_class, str(source), cfg.split)
     if cfg.iou_per_class:
         write_class_tables(folder, per_class)
         write_class_chart(folder / "per_class.png", per_class)
     run.kpis.update({k: round(v, 4) for k, v in metrics.items() if not math.isnan(v)})
     print_summary(metrics, tasks, len(loader.dataset), cfg.split)
+
+
+def _exported(spec):
+    """(source, None, engines, label map, post-processing config, intensity, divisibility) of
+    `evaluate.onnx_file` or `evaluate.trt_engine`; the thresholds are those baked in."""
+    from oneseg.config import ModelConfig
+    from oneseg.export.runtime import load_engines
+
+    cfg = spec.evaluate
+    key = "evaluate.onnx_file" if cfg.onnx_file else "evaluate.trt_engine"
+    source = cfg.onnx_file or cfg.trt_engine
+    engines = load_engines(source, list(dict.fromkeys(cfg.tasks)), key)
+    first = next(iter(engines.values()))
+    description = first.description
+    return (
+        source,
+        None,
+        engines,
+        first.label_map,
+        ModelConfig(),
+        description.get("intensity"),
+        first.size_divisibility,
+    )
+
+
+def _engine_results(engines: dict, batch: dict) -> dict[str, list[dict]]:
+    image_sizes = [tuple(s) for s in batch["image_sizes"]]
+    orig_sizes = [tuple(s) for s in batch["orig_sizes"]]
+    return {
+        task: engine.predict(batch["images"], image_sizes, orig_sizes)
+        for task, engine in engines.items()
+    }
 
 
 def _check_label_map(spec, label_map, run) -> None:

@@ -131,6 +131,11 @@ class Evaluator:
             )
             for task in self.tasks
         }
+        self.add_batch(batch, per_task)
+
+    def add_batch(self, batch: dict, per_task: dict[str, list[dict]]) -> None:
+        """Add the post-processed results of a batch: task -> one dict per image, as
+        `postprocess` (or an exported engine's `predict`) returns them."""
         for i, image_id in enumerate(batch["image_ids"]):
             if image_id not in self._index_of:
                 raise KeyError(f"image id {image_id!r} of the batch is not in the dataset")

@@ -52,33 +52,36 @@ def resized_batch(image: np.ndarray, height: int, width: int, batch: int) -> tor
     return tensor[None].expand(max(batch, 1), -1, -1, -1).contiguous()
 
 
-def output_paths(spec) -> dict[str, Path]:
+def output_paths(spec, tasks: tuple[str, ...] = TASKS) -> dict[str, Path]:
+    """task -> ONNX file; `tasks`: those the model does (`all` exports each of them)."""
     cfg = spec.export
     path = Path(cfg.onnx_file) if cfg.onnx_file else Path(spec.results_dir) / "export/model.onnx"
     if cfg.task != "all":
+        if cfg.task not in tasks:
+            raise ValueError(
+                f"export.task: {cfg.task}; this model segments {', '.join(tasks)} only"
+            )
         return {cfg.task: path}
-    return {task: path.with_name(f"{path.stem}_{task}{path.suffix}") for task in TASKS}
+    return {task: path.with_name(f"{path.stem}_{task}{path.suffix}") for task in tasks}
 
 
 def run_export(spec, run) -> None:
-    from oneseg.checkpoint import read_checkpoint
+    from oneseg.checkpoint import load_state_dict_strict, read_checkpoint, read_intensity
     from oneseg.inference import spec_postprocess_overrides
-    from oneseg.model.build import build_model
+    from oneseg.model.build import build_model, model_tasks
 
     cfg = spec.export
     checkpoint = cfg.checkpoint or spec.model.pretrained
     if not checkpoint:
         raise ValueError("export.checkpoint is empty (and model.pretrained too): name a model")
-    paths = output_paths(spec)
+    device = "cuda" if torch.cuda.is_available() and not cfg.on_cpu else "cpu"
+    model_cfg, label_map, state_dict = read_checkpoint(checkpoint)
+    paths = output_paths(spec, model_tasks(model_cfg))
     if not cfg.overwrite:
         for path in paths.values():
             if path.exists():
                 raise ValueError(f"{path}: exists (set export.overwrite=true to replace it)")
-    device = "cuda" if torch.cuda.is_available() and not cfg.on_cpu else "cpu"
-    model_cfg, label_map, state_dict = read_checkpoint(checkpoint)
     model = build_model(model_cfg, num_classes=len(label_map))
-    from oneseg.checkpoint import load_state_dict_strict
-
     load_state_dict_strict(model, state_dict, str(checkpoint))
     model = model.to(device).eval()
     post = {**_postprocess_of(model_cfg), **spec_postprocess_overrides(spec.model)}
@@ -106,7 +109,11 @@ def run_export(spec, run) -> None:
             path,
             images,
             task_seq_len=model_cfg.task_seq_len,
-            extra={"checkpoint": str(checkpoint), "check_image": source},
+            extra={
+                "checkpoint": str(checkpoint),
+                "check_image": source,
+                "intensity": read_intensity(checkpoint),
+            },
         )
         run.kpis[f"{task}_onnx_mb"] = round(path.stat().st_size / 2**20, 2)
         print(f"export: {path} ({task}); ONNX Runtime agrees with PyTorch on {source}")

@@ -55,6 +55,30 @@ def task_files(path: str | Path) -> dict[str, Path]:
     return files
 
 
+def load_engines(path: str | Path, tasks: list[str], key: str) -> dict:
+    """task -> engine for those of `tasks` that an exported file (ONNX, or a TensorRT engine
+    built from one) and its `all` siblings hold; when it holds none of them, one error naming
+    the file and the spec `key`."""
+    path = Path(path)
+    if path.suffix.lower() == ".onnx":
+        files, make = task_files(path), OnnxEngine
+    else:
+        from oneseg.export.tensorrt import TensorRTEngine, engine_task_files
+
+        files, make = engine_task_files(path), TensorRTEngine
+    present = [task for task in tasks if task in files]
+    if not present:
+        raise ValueError(
+            f"{key}: {path} holds the {', '.join(files)} graph(s), not {', '.join(tasks)}; "
+            "export the task asked for (or export.task=all)"
+        )
+    engines = {task: make(files[task]) for task in present}
+    first = next(iter(engines.values()))
+    for engine in engines.values():
+        engine.check(label_map=first.label_map)
+    return engines
+
+
 class OnnxEngine:
     """One exported task graph in an ONNX Runtime session.
 
@@ -117,7 +141,7 @@ class OnnxEngine:
             pad_h, pad_w = (-height) % divisor, (-width) % divisor
             if pad_h or pad_w:
                 images = F.pad(images, (0, pad_w, 0, pad_h))
-            return images, list(image_sizes)
+            return self._pad_with_mean(images, image_sizes), list(image_sizes)
         size = (self.height, self.width)
         resized = [
             F.interpolate(image[None, :, :h, :w].float(), size=size, mode="bilinear")
@@ -129,6 +153,15 @@ class OnnxEngine:
             for image, (h, w) in zip(images, image_sizes)
         ]
         return torch.stack(resized), [size] * len(resized)
+
+    def _pad_with_mean(self, images: torch.Tensor, image_sizes) -> torch.Tensor:
+        """Padding set to the mean colour: about 0 once normalised, as the model pads."""
+        mean = torch.tensor(self.description["normalization"]["mean"]).round().to(torch.uint8)
+        images = images.clone()
+        for image, (h, w) in zip(images, image_sizes):
+            image[:, h:, :] = mean[:, None, None]
+            image[:, :, w:] = mean[:, None, None]
+        return images
 
     def predict(
         self,
