@@ -184,3 +184,73 @@ def test_inference_checkpoint_without_text_branch(tmp_path, hf_and_original):
     torch.save({"model": inference_only}, path)
     ours, _ = load_model(path)
     assert_same_outputs(ours, hf)
+
+
+# --------------------------------------------------------------------------- Mask2Former
+# transformers' Mask2Former decoder -> original (`convert_mask2former_original_pytorch_...py`)
+M2F_TO_ORIGINAL = [
+    (TRF + r"queries_features\.", PRED + "query_feat."),
+    (TRF + r"decoder\.layers\.(\d+)\.self_attn_layer_norm\.",
+     PRED + r"transformer_self_attention_layers.\1.norm."),
+    (TRF + r"decoder\.layers\.(\d+)\.self_attn\.",
+     PRED + r"transformer_self_attention_layers.\1.self_attn."),
+    (TRF + r"decoder\.layers\.(\d+)\.cross_attn_layer_norm\.",
+     PRED + r"transformer_cross_attention_layers.\1.norm."),
+    (TRF + r"decoder\.layers\.(\d+)\.cross_attn\.",
+     PRED + r"transformer_cross_attention_layers.\1.multihead_attn."),
+    (TRF + r"decoder\.layers\.(\d+)\.fc(\d)\.", PRED + r"transformer_ffn_layers.\1.linear\2."),
+    (TRF + r"decoder\.layers\.(\d+)\.final_layer_norm\.",
+     PRED + r"transformer_ffn_layers.\1.norm."),
+    (TRF + r"decoder\.layernorm\.", PRED + "decoder_norm."),
+    (TRF + r"decoder\.mask_predictor\.mask_embedder\.(\d)\.0\.", PRED + r"mask_embed.layers.\1."),
+    (r"^class_predictor\.", PRED + "class_embed."),
+]  # fmt: skip
+
+
+def original_mask2former_state_dict(hf_state: dict) -> dict:
+    renamed = {}
+    for key, value in hf_state.items():
+        match = re.fullmatch(TRF + r"decoder\.layers\.(\d+)\.self_attn\.q_proj\.(weight|bias)", key)
+        if match:
+            parts = [hf_state[key.replace("q_proj", f"{p}_proj")] for p in "qkv"]
+            key = (
+                PRED + f"transformer_self_attention_layers.{match[1]}.self_attn.in_proj_{match[2]}"
+            )
+            renamed[key] = torch.cat(parts)
+        elif not re.search(r"decoder\.layers\.\d+\.self_attn\.[kv]_proj", key):
+            for pattern, template in M2F_TO_ORIGINAL:
+                key = re.sub(pattern, template, key)
+            renamed[key] = value
+    return original_state_dict(renamed)
+
+
+def test_original_mask2former_gives_transformers_outputs(tmp_path):
+    from transformers import Mask2FormerConfig, Mask2FormerForUniversalSegmentation
+
+    torch.manual_seed(0)
+    backbone = SwinConfig(
+        embed_dim=16, depths=[1, 1, 2, 1], num_heads=[1, 2, 2, 4], window_size=3,
+        out_features=["stage1", "stage2", "stage3", "stage4"], drop_path_rate=0.0,
+    )  # fmt: skip
+    config = Mask2FormerConfig(
+        backbone_config=backbone, num_queries=5, hidden_dim=32, feature_size=32,
+        mask_feature_size=32, num_attention_heads=2, dim_feedforward=48,
+        encoder_feedforward_dim=64, encoder_layers=2, decoder_layers=4, num_labels=3, dropout=0.0,
+    )  # fmt: skip
+    hf = Mask2FormerForUniversalSegmentation(config)
+    gen = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for param in hf.parameters():
+            param.add_(torch.randn(param.shape, generator=gen) * 0.05)
+    hf.eval()
+    path = tmp_path / "mask2former_swin.pth"
+    torch.save({"model": original_mask2former_state_dict(hf.state_dict())}, path)
+    ours, label_map = load_model(path)
+    assert len(label_map) == 3 and not hasattr(ours.decoder, "query_transformer")
+    pixels = torch.randn(1, 3, 96, 64, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        ref = hf(pixel_values=pixels)
+        out = ours(pixels)
+    assert (out["pred_logits"] - ref.class_queries_logits).abs().max().item() < 1e-4
+    assert (out["pred_masks"] - ref.masks_queries_logits).abs().max().item() < 1e-4
+    assert out["pred_masks"].std() > 0.05
