@@ -182,6 +182,12 @@ def test_one_class_instance_model_as_the_tao_card(tmp_path, synth, tiny_model_cf
     assert "ap" in metrics["metrics"] and "pq" not in metrics["metrics"]
     results = json.loads((tmp_path / "inference" / "instance.json").read_text())
     assert results and {r["category_id"] for r in results} == {1}
+    # evaluating it on the multi-class data without the merge names the key
+    values["dataset"]["single_class"] = ""
+    spec = spec_from_dict(values, [f"evaluate.checkpoint={checkpoint}"])
+    with pytest.raises(ValueError, match="dataset.single_class=object"):
+        with ActionRun(spec, "evaluate") as run:
+            run_evaluate(spec, run)
 
 
 def test_one_class_without_single_class_names_the_key(tmp_path, synth, tiny_model_cfg):

@@ -155,11 +155,29 @@ def _engine_results(engines: dict, batch: dict) -> dict[str, list[dict]]:
 
 
 def _check_label_map(spec, label_map, run) -> None:
-    """The checkpoint's classes are the ones scored; say so when the spec names others."""
+    """The checkpoint's classes are the ones scored; say so when the spec names others.
+
+    A 1-class checkpoint on data of several classes needs `dataset.single_class` (the data's
+    thing classes merged into its one class, as in training): refused without it."""
+    from oneseg.data.build import load_label_map
+    from oneseg.data.label_map import LabelMap
+    from oneseg.data.records import DataError
+
+    if spec.dataset.single_class:
+        return
+    if len(label_map) == 1:
+        try:
+            data_classes = len(load_label_map(spec.dataset))
+        except (DataError, OSError, ValueError):
+            data_classes = 1  # the readers report what is wrong with the data
+        if data_classes > 1:
+            raise ValueError(
+                f"the checkpoint predicts one class ({label_map.names[0]!r}) and the dataset "
+                f"has {data_classes}: set dataset.single_class={label_map.names[0]} to merge "
+                "the data's thing classes into it, as in training"
+            )
     if not spec.dataset.label_map:
         return
-    from oneseg.data.label_map import LabelMap
-
     named = LabelMap.from_json(spec.dataset.label_map)
     if named.category_ids != label_map.category_ids:
         message = (
