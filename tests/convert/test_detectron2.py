@@ -254,3 +254,36 @@ def test_original_mask2former_gives_transformers_outputs(tmp_path):
     assert (out["pred_logits"] - ref.class_queries_logits).abs().max().item() < 1e-4
     assert (out["pred_masks"] - ref.masks_queries_logits).abs().max().item() < 1e-4
     assert out["pred_masks"].std() > 0.05
+
+
+def test_original_dinat_oneformer_sizes_read_from_shapes(tmp_path, tiny_model_cfg):
+    """A DiNAT OneFormer in the original names: every size comes back from the tensors."""
+    from dataclasses import replace
+
+    from oneseg.convert.detectron2 import backbone_rules, head_rules
+    from oneseg.model.build import build_model
+
+    cfg = replace(
+        tiny_model_cfg, backbone="dinat_small", backbone_embed_dim=16, backbone_depths=[2, 2, 1, 1],
+        backbone_num_heads=[1, 2, 2, 4], backbone_window_size=3, num_queries=6,
+        # the published GroupNorm groups: a group count leaves no trace in the tensors
+        pixel_decoder=replace(tiny_model_cfg.pixel_decoder, norm_groups=32),
+    )  # fmt: skip
+    torch.manual_seed(0)
+    model = build_model(cfg, num_classes=3).eval()
+    rules = [(re.compile(p), t) for p, t in backbone_rules("dinat") + head_rules(1)]
+    original = {}
+    for key, value in model.state_dict().items():
+        pattern, template = next((p, t) for p, t in rules if p.fullmatch(key))
+        match = pattern.fullmatch(key)
+        original[template(match) if callable(template) else match.expand(template)] = value
+    assert "backbone.levels.1.blocks.1.attn.rpb" in original
+    torch.save({"model": original}, tmp_path / "oneformer_dinat.pth")
+    loaded, _ = load_model(tmp_path / "oneformer_dinat.pth")
+    assert loaded.backbone.levels[0].blocks[1].attn.dilation == 8  # 224-px schedule
+    assert loaded.backbone.levels[0].blocks[0].attn.kernel_size == 3
+    pixels = torch.randn(1, 3, 64, 64)
+    task_tokens = torch.randint(0, 400, (1, 77))
+    with torch.no_grad():
+        expected, got = model(pixels, task_tokens), loaded(pixels, task_tokens)
+    assert torch.equal(expected["pred_masks"], got["pred_masks"])
