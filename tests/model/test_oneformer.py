@@ -183,3 +183,23 @@ def test_padding_is_zero_after_normalisation():
     torch.testing.assert_close(normalized[1, :, :40, :50], expected[1, :, :40, :50])
     assert normalized[1, :, 40:].abs().sum() == 0 and normalized[1, :, :, 50:].abs().sum() == 0
     torch.testing.assert_close(model.normalize(images), expected)
+
+
+def test_padding_matches_transformers_processor():
+    """transformers' OneFormer processor normalises, then pads with 0: the same input tensor as
+    ours for a batch of two sizes (within float32 rounding of its 0-1 rescale)."""
+    import numpy as np
+
+    hf = pytest.importorskip("transformers.models.oneformer.image_processing_oneformer")
+    processor = hf.OneFormerImageProcessor(do_resize=False)
+    processor.class_info_file, processor.metadata = "", {"thing_ids": []}
+    rng = np.random.default_rng(0)
+    arrays = [rng.integers(0, 256, size, dtype=np.uint8) for size in ((40, 70, 3), (64, 50, 3))]
+    theirs = processor.preprocess(arrays, task_inputs=["panoptic"] * 2, return_tensors="pt")
+    pixel_values = theirs["pixel_values"]  # [2, 3, 64, 70]
+    batch = torch.zeros(2, 3, *pixel_values.shape[-2:])
+    for i, array in enumerate(arrays):
+        batch[i, :, : array.shape[0], : array.shape[1]] = torch.from_numpy(array).permute(2, 0, 1)
+    model = build_model(tiny_cfg(), num_classes=3)
+    ours = model.normalize(batch, [a.shape[:2] for a in arrays])
+    torch.testing.assert_close(ours, pixel_values, rtol=1e-5, atol=1e-5)
