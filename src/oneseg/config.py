@@ -122,6 +122,13 @@ class ModelConfig:
     pre_norm: bool = f(False, "pre-norm decoder layers")
     enforce_input_proj: bool = f(False, "always project decoder inputs, even at equal width")
     task_seq_len: int = f(77, "CLIP token ids of the task text", ge=2)
+    task_text: str = f(
+        "The task is {task}",
+        "task prompt of the task token, {task} standing for semantic/instance/panoptic; the "
+        "task MLP reads its token ids, so it must be the one the weights were trained with "
+        "(NV-OneFormer: 'This task is {task}.')",
+        contains="{task}",
+    )
     size_divisibility: int = f(32, "pad images to a multiple of this", ge=1)
     pixel_mean: list[float] = f([123.675, 116.28, 103.53], "RGB mean on the 0-255 scale")
     pixel_std: list[float] = f([58.395, 57.12, 57.375], "RGB std on the 0-255 scale")

@@ -43,13 +43,14 @@ FLUSH_EVERY_SECONDS = 30.0
 
 # ---------------------------------------------------------------------------- model calls
 @lru_cache(maxsize=16)
-def task_tokens(task: str, length: int = 77) -> torch.Tensor:
-    """[1, length] CLIP ids of "the task is {task}" (shared: do not modify in place)."""
-    from oneseg.model.tokenizer import task_text, tokenize
+def task_tokens(task: str, length: int = 77, template: str | None = None) -> torch.Tensor:
+    """[1, length] CLIP ids of the task prompt `template` (default "The task is {task}") of
+    `task` (shared: do not modify in place)."""
+    from oneseg.model.tokenizer import TASK_TEMPLATE, task_text, tokenize
 
     if task not in TASKS:
         raise ValueError(f"unknown task {task!r}; expected one of {list(TASKS)}")
-    return tokenize(task_text(task), length)
+    return tokenize(task_text(task, template or TASK_TEMPLATE), length)
 
 
 def model_outputs(
@@ -80,7 +81,8 @@ def model_outputs(
                     shared = model(normalized, None)
                 raw = shared
             else:
-                tokens = task_tokens(task, task_seq_len).to(images.device)
+                template = getattr(model, "task_text", None)
+                tokens = task_tokens(task, task_seq_len, template).to(images.device)
                 raw = model(normalized, tokens.expand(len(images), -1))
             outputs[task] = {k: raw[k].float() for k in ("pred_logits", "pred_masks")}
     return outputs

@@ -106,6 +106,8 @@ def _convert(value: Any, tp, key: str, meta: dict) -> Any:
                 value = str(value)
             else:
                 refuse()
+        if "contains" in meta and meta["contains"] not in value:
+            refuse(f"a string containing {meta['contains']}")
     _check_bounds(value, key, meta)
     return value
 

@@ -15,6 +15,7 @@ from oneseg.data.records import DataError, Reader, load_json
 from oneseg.data.semantic import SemanticReader
 from oneseg.data.single_class import SingleClassReader, single_class_label_map
 from oneseg.data.transforms import EvalTransform, TrainTransform
+from oneseg.model.tokenizer import TASK_TEMPLATE
 
 SPLITS = ("train", "val", "test")
 
@@ -108,6 +109,7 @@ def build_dataset(
     task: str | None = None,
     intensity: Intensity | None = None,
     tokens: bool = True,
+    task_text: str = TASK_TEMPLATE,
 ) -> SegmentationDataset:
     """The dataset of a split. Training samples draw their task from `dataset.task_prob`;
     otherwise every sample has `task` (default panoptic, whose masks cover all three).
@@ -117,7 +119,8 @@ def build_dataset(
 
     label_map: the model's classes. With `dataset.single_class` it is that one class, and the
     sources are read with their own classes (`load_label_map`), then merged into it.
-    tokens: samples carry OneFormer's task and text tokens (not for Mask2Former)."""
+    tokens: samples carry OneFormer's task and text tokens (not for Mask2Former).
+    task_text: the model's task prompt template (`model.task_text`)."""
     if task is not None and task not in TASKS:
         raise ValueError(f"unknown task {task!r}; expected one of {list(TASKS)}")
     source_map = label_map
@@ -153,6 +156,7 @@ def build_dataset(
         on_error=dataset_cfg.on_error if train else "raise",
         intensity=intensity or Intensity.from_config(dataset_cfg.intensity),
         tokens=tokens,
+        task_text=task_text,
     )
 
 

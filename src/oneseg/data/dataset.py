@@ -6,7 +6,7 @@ A sample (one image) is a dict:
     labels        int64 [N], their class indices
     ignore_mask   bool [H, W], True on void and crowd pixels (no target, no loss)
     task          "semantic" | "instance" | "panoptic"
-    task_tokens   int64 [77], CLIP ids of "the task is {task}"            (with `tokens`)
+    task_tokens   int64 [77], CLIP ids of the task prompt (model.task_text)  (with `tokens`)
     text_tokens   int64 [T, 77], ids of the text list ("a photo with a {class}" per mask in
                   class order, then the task's filler), T = text_list_len  (with `tokens`)
     image_id      the dataset's image id (int, or the file stem for semantic folders)
@@ -38,6 +38,7 @@ from oneseg.data.targets import (
     target_texts,
 )
 from oneseg.data.transforms import EvalTransform, TrainTransform
+from oneseg.model.tokenizer import TASK_TEMPLATE
 
 log = logging.getLogger(__name__)
 
@@ -61,6 +62,7 @@ class SegmentationDataset(Dataset):
         intensity: how images of more than 8 bits become 0-255 (`oneseg.data.intensity`).
         tokens: samples carry the task and text token ids OneFormer takes; Mask2Former, which
             takes neither, trains on samples without them.
+        task_text: the task prompt template (`model.task_text`) of the task tokens.
     """
 
     def __init__(
@@ -75,6 +77,7 @@ class SegmentationDataset(Dataset):
         context_length: int = 77,
         intensity: Intensity | None = None,
         tokens: bool = True,
+        task_text: str = TASK_TEMPLATE,
     ):
         if on_error not in ("raise", "skip"):
             raise ValueError(f"on_error must be 'raise' or 'skip', got {on_error!r}")
@@ -92,8 +95,8 @@ class SegmentationDataset(Dataset):
         self.intensity = intensity or Intensity()
         self.tokens = None
         if tokens:
-            self.tokens = TextTokens(context_length)
-            self.tokens.prepare(all_texts(label_map.names))
+            self.tokens = TextTokens(context_length, task_text)
+            self.tokens.prepare(all_texts(label_map.names, task_text))
         self.collate_fn = Collator(size_divisibility)
         # shared with worker processes, so the main process sees their skips too
         self._skipped = torch.zeros(1, dtype=torch.int64).share_memory_()

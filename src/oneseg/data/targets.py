@@ -19,7 +19,14 @@ import torch
 
 from oneseg.config import TASKS
 from oneseg.data.records import Segment
-from oneseg.model.tokenizer import FILLER_TEXT, TEXT_TEMPLATE, task_text, text_list, tokenize
+from oneseg.model.tokenizer import (
+    FILLER_TEXT,
+    TASK_TEMPLATE,
+    TEXT_TEMPLATE,
+    task_text,
+    text_list,
+    tokenize,
+)
 
 
 @dataclass
@@ -103,10 +110,10 @@ def target_texts(labels: np.ndarray, class_names: list[str], task: str, length: 
     return text_list([class_names[int(c)] for c in sorted(labels.tolist())], task, length)
 
 
-def all_texts(class_names: list[str]) -> list[str]:
+def all_texts(class_names: list[str], task_template: str = TASK_TEMPLATE) -> list[str]:
     """Every text a sample can hold: task texts, fillers and one entry per class."""
     return [
-        *(task_text(task) for task in TASKS),
+        *(task_text(task, task_template) for task in TASKS),
         *FILLER_TEXT.values(),
         *(TEXT_TEMPLATE.format(name=name) for name in class_names),
     ]
@@ -119,8 +126,9 @@ class TextTokens:
     [T, 77] tensor of a sample a gather rather than T BPE runs.
     """
 
-    def __init__(self, context_length: int = 77):
+    def __init__(self, context_length: int = 77, task_template: str = TASK_TEMPLATE):
         self.context_length = context_length
+        self.task_template = task_template
         self._rows: dict[str, torch.Tensor] = {}
 
     def prepare(self, texts: list[str]) -> None:
@@ -136,8 +144,8 @@ class TextTokens:
         return row
 
     def task(self, task: str) -> torch.Tensor:
-        """[context_length] int64 ids of "the task is {task}"."""
-        return self._row(task_text(task)).clone()
+        """[context_length] int64 ids of the task prompt (`task_template` of `task`)."""
+        return self._row(task_text(task, self.task_template)).clone()
 
     def texts(self, texts: list[str]) -> torch.Tensor:
         """[len(texts), context_length] int64 ids."""

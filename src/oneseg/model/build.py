@@ -110,4 +110,5 @@ def build_model(cfg: ModelConfig, num_classes: int | None = None) -> OneFormer:
         pixel_mean=cfg.pixel_mean,
         pixel_std=cfg.pixel_std,
         contrastive_temperature=cfg.loss.contrastive_temperature,
+        task_text=cfg.task_text,
     )

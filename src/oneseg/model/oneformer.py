@@ -1,7 +1,8 @@
 """OneFormer (and Mask2Former): backbone -> pixel decoder -> task-conditioned transformer decoder.
 
 One set of weights serves semantic, instance and panoptic segmentation; the task is chosen by
-the task token, an MLP over the CLIP token ids of "the task is {task}" read as numbers. With
+the task token, an MLP over the CLIP token ids of the task prompt (`task_text`, by default
+"The task is {task}") read as numbers. With
 `arch="mask2former"` the task MLP, query transformer and text branch are absent.
 """
 
@@ -36,8 +37,10 @@ class OneFormer(nn.Module):
         pixel_mean: list[float],
         pixel_std: list[float],
         contrastive_temperature: float = 0.07,
+        task_text: str = "The task is {task}",
     ):
-        """task_mlp, text_queries: OneFormer parts; both None for Mask2Former."""
+        """task_mlp, text_queries: OneFormer parts; both None for Mask2Former.
+        task_text: the prompt template whose token ids the task MLP was trained on."""
         super().__init__()
         self.arch = "mask2former" if task_mlp is None else "oneformer"
         self.backbone = backbone
@@ -51,6 +54,7 @@ class OneFormer(nn.Module):
         self.num_classes = num_classes
         self.num_queries = num_queries
         self.size_divisibility = size_divisibility
+        self.task_text = task_text
         self.register_buffer("pixel_mean", torch.tensor(pixel_mean).view(3, 1, 1), persistent=False)
         self.register_buffer("pixel_std", torch.tensor(pixel_std).view(3, 1, 1), persistent=False)
 

@@ -12,7 +12,9 @@ from functools import lru_cache
 
 import torch
 
-TASK_TEMPLATE = "the task is {task}"
+# The original OneFormer's prompt (CLIP's tokenizer lowercases, so "The" and "the" give the same
+# ids); NV-OneFormer was trained with "This task is {task}.". `model.task_text` chooses.
+TASK_TEMPLATE = "The task is {task}"
 TEXT_TEMPLATE = "a photo with a {name}"
 FILLER_TEXT = {
     "semantic": "a semantic photo",
@@ -45,8 +47,11 @@ def tokenize(texts: str | list[str], context_length: int = 77) -> torch.Tensor:
     return ids
 
 
-def task_text(task: str) -> str:
-    return TASK_TEMPLATE.format(task=task)
+def task_text(task: str, template: str = TASK_TEMPLATE) -> str:
+    """The task prompt: `template` with {task} replaced."""
+    if "{task}" not in template:
+        raise ValueError(f"task text template {template!r} has no {{task}}")
+    return template.replace("{task}", task)
 
 
 def text_list(class_names: list[str], task: str, length: int) -> list[str]:
