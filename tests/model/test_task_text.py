@@ -96,3 +96,18 @@ def test_a_template_without_the_task_is_refused():
         r"containing \{task\}",
     ):
         spec_from_dict({"model": {"task_text": "The task"}})
+
+
+def test_exports_bake_the_model_template_and_record_it(tiny_model_cfg):
+    from oneseg.export.onnx_export import ExportSettings, build_graph, describe
+
+    label_map = LabelMap.from_categories(
+        [{"id": i + 1, "name": f"c{i}", "isthing": 1} for i in range(3)]
+    )
+    cfg = dataclasses.replace(tiny_model_cfg, task_text=NV_ONEFORMER)
+    model = build_model(cfg, num_classes=3).eval()
+    settings = ExportSettings(task="semantic", height=64, width=64)
+    graph = build_graph(model, label_map, settings, cfg.task_seq_len)
+    expected = tokenize("This task is semantic.", cfg.task_seq_len).float()
+    torch.testing.assert_close(graph.task_tokens, expected)
+    assert describe(graph, label_map, settings, model)["task_text"] == NV_ONEFORMER

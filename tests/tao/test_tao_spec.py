@@ -369,3 +369,20 @@ def test_readme_holds_the_alias_table():
     readme = (ROOT / "README.md").read_text()
     assert markdown_table() in readme
     assert len(ALIASES) > 100
+
+
+def test_every_rename_lands_on_an_oneseg_key():
+    def exists(dotted):
+        node = ExperimentConfig()
+        for name in dotted.split("."):
+            if not hasattr(node, name):
+                return False
+            node = getattr(node, name)
+        return True
+
+    missing = [
+        (row.tao, row.target)
+        for row in ALIASES.values()
+        if row.kind == "rename" and not row.optional and not exists(row.target)
+    ]
+    assert missing == []

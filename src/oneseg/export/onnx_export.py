@@ -54,16 +54,18 @@ class ExportSettings:
     semantic_probs: bool = False
 
 
-def task_token_ids(task: str, length: int) -> torch.Tensor:
-    from oneseg.model.tokenizer import task_text, tokenize
+def task_token_ids(task: str, length: int, template: str | None = None) -> torch.Tensor:
+    """[length] ids of the task prompt: the model's `task_text` template (default the
+    original's), as the task MLP was trained on it."""
+    from oneseg.model.tokenizer import TASK_TEMPLATE, task_text, tokenize
 
-    return tokenize(task_text(task), length)[0]
+    return tokenize(task_text(task, template or TASK_TEMPLATE), length)[0]
 
 
 def build_graph(model, label_map: LabelMap, settings: ExportSettings, task_seq_len: int = 77):
     tokens = None
     if getattr(model, "arch", "oneformer") == "oneformer":
-        tokens = task_token_ids(settings.task, task_seq_len)
+        tokens = task_token_ids(settings.task, task_seq_len, getattr(model, "task_text", None))
     return ExportGraph(
         model,
         settings.task,
@@ -83,6 +85,7 @@ def describe(graph: ExportGraph, label_map: LabelMap, settings: ExportSettings, 
         "oneseg_version": __version__,
         "task": settings.task,
         "arch": getattr(model, "arch", "oneformer"),
+        "task_text": getattr(model, "task_text", None) if graph.task_tokens is not None else None,
         "num_classes": len(label_map),
         "classes": label_map.to_categories(),
         "input": {
