@@ -173,6 +173,7 @@ def plot_history(path: Path, rows: list[dict], metric: str, maximize: bool) -> N
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import MaxNLocator
 
     figure, ax = plt.subplots(figsize=(7, 4))
     for state, marker, color in (("COMPLETE", "o", "tab:blue"), ("PRUNED", "x", "tab:gray")):
@@ -197,8 +198,10 @@ def plot_history(path: Path, rows: list[dict], metric: str, maximize: bool) -> N
     for row in rows:
         if row["state"] == "FAIL":
             ax.axvline(row["trial"], color="tab:red", alpha=0.3, lw=1)
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set_xlabel("trial (red lines: failed)")
     ax.set_ylabel(metric)
+    ax.set_title(f"{metric} per trial; the line: best so far", fontsize=10)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
     figure.tight_layout()

@@ -156,12 +156,16 @@ def make_objective(base_spec, space, automl_dir: Path):
         if reporter.pruned:
             step, value = reporter.last
             raise optuna.TrialPruned(f"{automl.metric} {value:.4g} after {step} report(s)")
-        if reporter.last is None:
-            raise RuntimeError(
+        if reporter.last is None or not math.isfinite(reporter.last[1]):
+            error = (
                 f"no {automl.metric} was measured: no validation ran (train.num_epochs "
                 f"{spec.train.num_epochs}, train.validation_interval "
                 f"{spec.train.validation_interval})"
+                if reporter.last is None
+                else f"{automl.metric} is {reporter.last[1]} at the last report"
             )
+            trial.set_user_attr("error", error)
+            raise RuntimeError(error)
         return reporter.last[1]
 
     return objective
