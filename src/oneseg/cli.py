@@ -32,7 +32,7 @@ ACTION_ENTRY = {
     "inference": "oneseg.inference:run_inference",
     "export": "oneseg.export.action:run_export",
     "gen_trt_engine": None,
-    "quantize": None,
+    "quantize": "oneseg.export.quantize:run_quantize",
     "automl": "oneseg.automl.study:run_automl",
 }
 

@@ -359,6 +359,10 @@ class QuantizeConfig:
         "node groups kept in float: postprocess (after the mask logits), softmax, grid_sample "
         "(deformable sampling), or ONNX node names",
     )
+    op_types: list[str] = f(
+        ["Conv", "MatMul", "Gemm"],
+        "ONNX op types to quantize; [] = every op ONNX Runtime can quantize (keep_float apart)",
+    )
     per_channel: bool = f(True, "per-output-channel weight scales")
     report: bool = f(True, "measure size, latency and FP32 vs INT8 metrics on dataset.val")
     report_images: int = f(0, "val images for the accuracy report; 0 = all", ge=0)
