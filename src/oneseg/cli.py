@@ -10,6 +10,7 @@ import signal
 import sys
 import threading
 import traceback
+import warnings
 
 from oneseg.config import ACTIONS
 from oneseg.errors import (
@@ -102,7 +103,11 @@ def _load(args):
     from oneseg.data.image_io import set_max_image_pixels
     from oneseg.spec import load_spec
 
-    spec = load_spec(args.spec, args.overrides)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        spec = load_spec(args.spec, args.overrides)
+    for warning in caught:  # an ignored TAO key: one line each, as errors are
+        print(f"oneseg: warning: {warning.message}", file=sys.stderr)
     set_max_image_pixels(spec.dataset.max_image_pixels)
     return spec
 
