@@ -67,9 +67,16 @@ def tiny_checkpoint(tmp_path_factory, synth_data, tiny_model_cfg):
 def one_torch_thread():
     """Every test's models are tiny and run faster on one thread: on a busy machine a second
     OpenMP thread mostly waits, and small ops ran 10-100x slower with two."""
+    import os
+
     import torch
 
-    threads = torch.get_num_threads()
+    threads, env = torch.get_num_threads(), os.environ.get("OMP_NUM_THREADS")
     torch.set_num_threads(1)
+    os.environ["OMP_NUM_THREADS"] = "1"  # what the actions' thread choice follows
     yield
     torch.set_num_threads(threads)
+    if env is None:
+        os.environ.pop("OMP_NUM_THREADS", None)
+    else:
+        os.environ["OMP_NUM_THREADS"] = env

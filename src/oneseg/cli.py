@@ -13,6 +13,7 @@ import traceback
 import warnings
 
 from oneseg.config import ACTIONS
+from oneseg.cpu_threads import quiet_thread_pool
 from oneseg.errors import (
     EXIT_BAD_INPUT,
     EXIT_FAILED,
@@ -235,6 +236,7 @@ def main(argv: list[str] | None = None) -> int:
     argv = [a for a in argv if a != "--debug"]
     parser = _parser()
     args = parser.parse_args(argv)
+    quiet_thread_pool()  # before an action imports torch: OpenMP reads it once, when loaded
     in_main_thread = threading.current_thread() is threading.main_thread()
     previous = signal.signal(signal.SIGTERM, _raise_stopped) if in_main_thread else None
     try:

@@ -403,6 +403,12 @@ class AutoMLConfig:
 @dataclass
 class ExperimentConfig:
     results_dir: str = f("results", "every action writes into results_dir/ACTION/")
+    cpu_threads: int = f(
+        0,
+        "intra-op CPU threads of train, evaluate and inference; 0 = the cores this process may "
+        "use (affinity) minus its data-loader workers, or OMP_NUM_THREADS when set",
+        ge=0,
+    )
     model: ModelConfig = sub(ModelConfig, "the network")
     dataset: DatasetConfig = sub(DatasetConfig, "data and augmentation")
     train: TrainConfig = sub(TrainConfig, "training")

@@ -27,6 +27,7 @@ import torch
 from PIL import Image, ImageOps
 
 from oneseg.config import ModelConfig
+from oneseg.cpu_threads import set_intra_op_threads
 from oneseg.data.collate import padded_size
 from oneseg.data.image_io import read_image, to_rgb
 from oneseg.data.intensity import Intensity
@@ -457,6 +458,7 @@ def run_inference(spec, run) -> None:
     from oneseg.results_io import InferenceOutputs
 
     cfg = spec.inference
+    set_intra_op_threads(spec.cpu_threads)  # images are read ahead by threads, not processes
     if cfg.onnx_file or cfg.trt_engine:
         predictor, tasks, dropped = _exported_predictor(spec)
         if dropped:

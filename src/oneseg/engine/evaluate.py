@@ -18,6 +18,7 @@ from pathlib import Path
 
 import torch
 
+from oneseg.cpu_threads import set_intra_op_threads
 from oneseg.engine.evaluator import Evaluator
 
 SUMMARY_KEYS = {
@@ -51,6 +52,7 @@ def run_evaluate(spec, run) -> None:
 
     spec = with_unpacked_archives(spec)
     cfg = spec.evaluate
+    set_intra_op_threads(spec.cpu_threads, spec.dataset.workers)
     exported = cfg.onnx_file or cfg.trt_engine
     if exported:
         source, model, engines, label_map, model_cfg, recorded, divisor = _exported(spec)

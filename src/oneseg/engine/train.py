@@ -17,6 +17,7 @@ from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
 from torch.utils.data import DataLoader
 
 from oneseg.checkpoint import load_state_dict_strict, read_checkpoint
+from oneseg.cpu_threads import set_intra_op_threads
 from oneseg.data.intensity import Intensity, dataset_window
 from oneseg.engine.callbacks import (
     BEST,
@@ -251,6 +252,8 @@ def run_train(spec, run, callbacks: list | tuple = (), progress_bar: bool = True
         run.log("RUNNING", message=f"warning: {warning}")
     devices = device_settings(spec.train)
     world = devices.pop("world_size")
+    processes = spec.train.num_processes_cpu if devices["accelerator"] == "cpu" else 1
+    set_intra_op_threads(spec.cpu_threads, spec.dataset.workers, processes)
     model = build_model_for_training(spec, num_classes)
     criterion = build_criterion(spec.model.loss, num_classes, spec.model.arch)
     train_loader, val_loader, sampler, val_samplers = build_loaders(spec, label_map, world)

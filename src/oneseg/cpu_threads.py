@@ -1,0 +1,72 @@
+"""Intra-op threads that fit the CPU this process may actually use.
+
+PyTorch starts one OpenMP thread per core it sees and lets them spin at every barrier. On a
+machine shared with another busy process (a data-loader worker, a second job), one of those
+threads is often descheduled and the others burn their time slices waiting for it: a training
+step was seen to go from 0.7 s to 14 s beside a single busy process. Two things keep the pool
+fitting the machine:
+
+- `quiet_thread_pool()` asks OpenMP to sleep instead of spinning while it waits. OpenMP reads
+  this once, when torch loads it, so it must run before `import torch` (the `oneseg` command
+  does; a script can call it first thing). Later it changes nothing and says so.
+- `set_intra_op_threads()` uses the cores of this process's affinity mask, minus the data-loader
+  worker processes that will compete for them, unless a count is asked for (spec `cpu_threads`).
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+
+# libgomp (PyTorch's OpenMP on Linux) and Intel's OpenMP: sleep at once when waiting.
+QUIET_POOL_ENV = {"OMP_WAIT_POLICY": "PASSIVE", "KMP_BLOCKTIME": "0"}
+_exported: list[str] = []  # OMP_NUM_THREADS values this module wrote (not the user's choice)
+
+
+def quiet_thread_pool() -> bool:
+    """Make OpenMP threads sleep rather than spin while waiting, unless the environment already
+    says otherwise. Returns True when it can still take effect (torch not imported yet)."""
+    for key, value in QUIET_POOL_ENV.items():
+        os.environ.setdefault(key, value)
+    return "torch" not in sys.modules
+
+
+def available_cores() -> int:
+    """Cores this process may run on (its affinity mask; os.cpu_count where there is none)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        return os.cpu_count() or 1
+
+
+def intra_op_threads(requested: int = 0, loader_workers: int = 0, processes: int = 1) -> int:
+    """The thread count to use: `requested` when > 0, else OMP_NUM_THREADS when set (the user
+    chose), else this process's share of the available cores minus the data-loader workers it
+    starts, at least 1."""
+    if requested < 0 or loader_workers < 0 or processes < 1:
+        raise ValueError(
+            f"cpu_threads {requested}, loader workers {loader_workers} and processes "
+            f"{processes} must be >= 0, >= 0 and >= 1"
+        )
+    if requested:
+        return requested
+    env = os.environ.get("OMP_NUM_THREADS", "").strip()
+    if env.isdigit() and int(env) > 0 and env not in _exported:
+        return int(env)
+    return max(1, available_cores() // processes - loader_workers)
+
+
+def set_intra_op_threads(requested: int = 0, loader_workers: int = 0, processes: int = 1) -> int:
+    """Set torch's intra-op thread count (see `intra_op_threads`); returns it.
+
+    With several processes OMP_NUM_THREADS is set to the count as well: the distributed
+    processes started later inherit it, and Lightning keeps a value that is set."""
+    import torch
+
+    threads = intra_op_threads(requested, loader_workers, processes)
+    if processes > 1:
+        os.environ["OMP_NUM_THREADS"] = str(threads)
+        _exported.append(str(threads))
+    if torch.get_num_threads() != threads:
+        torch.set_num_threads(threads)
+    return threads
