@@ -7,11 +7,56 @@ LayerNorm after (post-norm, the published setting) or before (pre-norm).
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 
 def with_pos(x: torch.Tensor, pos: torch.Tensor | None) -> torch.Tensor:
     return x if pos is None else x + pos
+
+
+def attention(
+    attn: nn.MultiheadAttention,
+    query: torch.Tensor,
+    key: torch.Tensor,
+    value: torch.Tensor,
+    attn_mask: torch.Tensor | None = None,
+    causal: bool = False,
+) -> torch.Tensor:
+    """`attn`'s multi-head attention through `F.scaled_dot_product_attention`.
+
+    The module only holds the weights (so checkpoints keep their names); the computation stays
+    batch-first from projection to output, and a mask shared by the heads is broadcast, not
+    repeated per head.
+
+    Arguments:
+        query: [B, Q, D]; key, value: [B, K, D].
+        attn_mask: bool, True where a query may not look: [B*heads, Q, K] (one per head) or
+            [B, Q, K] (the same for every head).
+        causal: position i sees positions <= i only (instead of a mask).
+    Returns:
+        [B, Q, D].
+    """
+    batch, num_queries, dim = query.shape
+    heads = attn.num_heads
+    w_q, w_k, w_v = attn.in_proj_weight.chunk(3)
+    b_q, b_k, b_v = attn.in_proj_bias.chunk(3) if attn.in_proj_bias is not None else (None,) * 3
+    # [B, L, D] -> [B, heads, L, D/heads]
+    q = F.linear(query, w_q, b_q).view(batch, num_queries, heads, -1).transpose(1, 2)
+    k = F.linear(key, w_k, b_k).view(batch, key.shape[1], heads, -1).transpose(1, 2)
+    v = F.linear(value, w_v, b_v).view(batch, value.shape[1], heads, -1).transpose(1, 2)
+    allowed = None
+    if attn_mask is not None:
+        if attn_mask.dim() == 3 and attn_mask.shape[0] == batch * heads and heads > 1:
+            allowed = ~attn_mask.view(batch, heads, num_queries, -1)
+        else:
+            allowed = ~attn_mask.view(batch, 1, num_queries, -1)
+    dropout = attn.dropout if attn.training else 0.0
+    out = F.scaled_dot_product_attention(
+        q, k, v, attn_mask=allowed, dropout_p=dropout, is_causal=causal
+    )
+    # [B, heads, Q, D/heads] -> [B, Q, D]
+    return attn.out_proj(out.transpose(1, 2).reshape(batch, num_queries, dim))
 
 
 class MLP(nn.Module):
@@ -50,15 +95,9 @@ class CrossAttentionLayer(nn.Module):
         query_pos: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """x: [B, Q, D]; memory, pos: [B, HW, D]; query_pos: [B, Q, D];
-        attn_mask: [B*heads, Q, HW] bool, True where a query may not look."""
+        attn_mask: [B*heads, Q, HW] or [B, Q, HW] bool, True where a query may not look."""
         q = self.norm(x) if self.pre_norm else x
-        out = self.attn(
-            with_pos(q, query_pos),
-            with_pos(memory, pos),
-            memory,
-            attn_mask=attn_mask,
-            need_weights=False,
-        )[0]
+        out = attention(self.attn, with_pos(q, query_pos), with_pos(memory, pos), memory, attn_mask)
         x = x + self.dropout(out)
         return x if self.pre_norm else self.norm(x)
 
@@ -77,7 +116,7 @@ class SelfAttentionLayer(nn.Module):
         """x, query_pos: [B, Q, D] -> [B, Q, D]."""
         h = self.norm(x) if self.pre_norm else x
         qk = with_pos(h, query_pos)
-        x = x + self.dropout(self.attn(qk, qk, h, need_weights=False)[0])
+        x = x + self.dropout(attention(self.attn, qk, qk, h))
         return x if self.pre_norm else self.norm(x)
 
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from oneseg.model.layers import MLP
+from oneseg.model.layers import MLP, attention
 
 
 class QuickGELU(nn.Module):
@@ -33,9 +33,9 @@ class TextBlock(nn.Module):
             nn.Linear(width, width * 4), QuickGELU(), nn.Linear(width * 4, width)
         )
 
-    def forward(self, x: torch.Tensor, causal_mask: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
         h = self.norm1(x)
-        x = x + self.attn(h, h, h, attn_mask=causal_mask, need_weights=False)[0]
+        x = x + attention(self.attn, h, h, h, causal=True)
         return x + self.mlp(self.norm2(x))
 
 
@@ -49,9 +49,6 @@ class TextEncoder(nn.Module):
         self.positional_embedding = nn.Parameter(torch.empty(context_length, width))
         self.blocks = nn.ModuleList(TextBlock(width, heads) for _ in range(layers))
         self.ln_final = nn.LayerNorm(width)
-        # additive mask: position i sees positions <= i only
-        mask = torch.full((context_length, context_length), float("-inf")).triu(1)
-        self.register_buffer("causal_mask", mask, persistent=False)
         self.reset_parameters(width, layers)
 
     def reset_parameters(self, width: int, layers: int) -> None:
@@ -67,9 +64,8 @@ class TextEncoder(nn.Module):
     def token_features(self, tokens: torch.Tensor) -> torch.Tensor:
         """Per-position features after the final LayerNorm, [N, L, width]."""
         x = self.token_embedding(tokens) + self.positional_embedding
-        mask = self.causal_mask.to(x.dtype)
         for block in self.blocks:
-            x = block(x, mask)
+            x = block(x)  # causal: position i sees positions <= i only
         return self.ln_final(x)
 
     def forward(self, tokens: torch.Tensor) -> torch.Tensor:
