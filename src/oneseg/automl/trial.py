@@ -145,7 +145,7 @@ def make_objective(base_spec, space, automl_dir: Path):
                 if reporter.pruned:
                     run.kpis["pruned_at_step"] = reporter.last[0]
                     run.log("RUNNING", message=f"pruned after {reporter.last[0]} report(s)")
-        except KeyboardInterrupt:
+        except (KeyboardInterrupt, SystemExit):  # Lightning turns Ctrl-C into SystemExit
             trial.set_user_attr("interrupted", True)
             raise
         except Exception as err:
