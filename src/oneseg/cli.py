@@ -33,7 +33,7 @@ ACTION_ENTRY = {
     "evaluate": "oneseg.engine.evaluate:run_evaluate",
     "inference": "oneseg.inference:run_inference",
     "export": "oneseg.export.action:run_export",
-    "gen_trt_engine": None,
+    "gen_trt_engine": "oneseg.export.tensorrt:run_gen_trt_engine",
     "quantize": "oneseg.export.quantize:run_quantize",
     "automl": "oneseg.automl.study:run_automl",
 }

@@ -79,38 +79,26 @@ def load_engines(path: str | Path, tasks: list[str], key: str) -> dict:
     return engines
 
 
-class OnnxEngine:
-    """One exported task graph in an ONNX Runtime session.
+class ExportedEngine:
+    """What every runtime of an exported graph shares: its description, the checks of task and
+    classes, fitting a batch to the graph's input, and results shaped as `postprocess`'s.
+    A subclass sets `path` and `description` and implements `run`."""
 
-    Arguments:
-        path: the .onnx file written by `oneseg export` (or `oneseg quantize`).
-        providers: ONNX Runtime execution providers; default CUDA when available, else CPU.
-        threads: intra-op threads (0 = ONNX Runtime's choice).
-    """
+    path: Path
+    description: dict
 
-    def __init__(self, path: str | Path, providers: list[str] | None = None, threads: int = 0):
-        import onnxruntime as ort
-
-        self.path = Path(path)
-        self.description = read_description(self.path)
+    def _read_description(self) -> None:
         self.task = self.description["task"]
         self.label_map = LabelMap.from_categories(self.description["classes"])
-        available = ort.get_available_providers()
-        if providers is None:
-            providers = [p for p in ("CUDAExecutionProvider",) if p in available]
-            providers.append("CPUExecutionProvider")
-        options = ort.SessionOptions()
-        options.intra_op_num_threads = threads
-        try:
-            self.session = ort.InferenceSession(str(self.path), options, providers=providers)
-        except Exception as err:  # noqa: BLE001 - ORT raises its own types for bad graphs
-            raise ValueError(f"{self.path}: ONNX Runtime cannot load it ({err})") from None
-        self.output_names = [o.name for o in self.session.get_outputs()]
         spec = self.description["input"]
         self.height, self.width = int(spec["height"]), int(spec["width"])
         self.batch_size = int(spec["batch_size"])
         self.dynamic_size = bool(spec["dynamic_size"])
         self.size_divisibility = int(spec["size_divisibility"])
+
+    def run(self, images: np.ndarray) -> dict[str, np.ndarray]:
+        """Raw graph outputs by name for [B, 3, H, W] uint8 images of an accepted size."""
+        raise NotImplementedError
 
     def check(self, task: str | None = None, label_map: LabelMap | None = None) -> None:
         """Refuse, naming the file, a graph of another task or of other classes."""
@@ -122,11 +110,6 @@ class OnnxEngine:
                 f"{self.label_map.category_ids[:8]}...), the dataset has {len(label_map)} "
                 f"({label_map.category_ids[:8]}...)"
             )
-
-    def run(self, images: np.ndarray) -> dict[str, np.ndarray]:
-        """Raw graph outputs by name for [B, 3, H, W] uint8 images of an accepted size."""
-        outputs = self.session.run(None, {"images": np.ascontiguousarray(images, np.uint8)})
-        return dict(zip(self.output_names, outputs))
 
     def fit_inputs(
         self, images: torch.Tensor, image_sizes: list[tuple[int, int]]
@@ -219,6 +202,38 @@ class OnnxEngine:
                 }
             )
         return segment_ids.int(), segments
+
+
+class OnnxEngine(ExportedEngine):
+    """One exported task graph in an ONNX Runtime session.
+
+    Arguments:
+        path: the .onnx file written by `oneseg export` (or `oneseg quantize`).
+        providers: ONNX Runtime execution providers; default CUDA when available, else CPU.
+        threads: intra-op threads (0 = ONNX Runtime's choice).
+    """
+
+    def __init__(self, path: str | Path, providers: list[str] | None = None, threads: int = 0):
+        import onnxruntime as ort
+
+        self.path = Path(path)
+        self.description = read_description(self.path)
+        self._read_description()
+        available = ort.get_available_providers()
+        if providers is None:
+            providers = [p for p in ("CUDAExecutionProvider",) if p in available]
+            providers.append("CPUExecutionProvider")
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = threads
+        try:
+            self.session = ort.InferenceSession(str(self.path), options, providers=providers)
+        except Exception as err:  # noqa: BLE001 - ORT raises its own types for bad graphs
+            raise ValueError(f"{self.path}: ONNX Runtime cannot load it ({err})") from None
+        self.output_names = [o.name for o in self.session.get_outputs()]
+
+    def run(self, images: np.ndarray) -> dict[str, np.ndarray]:
+        outputs = self.session.run(None, {"images": np.ascontiguousarray(images, np.uint8)})
+        return dict(zip(self.output_names, outputs))
 
 
 def _resize_map(values: torch.Tensor, size, output_size) -> torch.Tensor:
