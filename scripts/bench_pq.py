@@ -23,7 +23,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from oneseg.metrics import PanopticQuality, evaluate_coco_panoptic, read_id_png
+from oneseg.io import read_id_png
+from oneseg.metrics import PanopticQuality, evaluate_coco_panoptic
 
 NUM_THINGS, NUM_STUFF = 80, 53  # as in COCO panoptic
 

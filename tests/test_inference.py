@@ -13,8 +13,9 @@ from PIL import Image
 from oneseg import cli
 from oneseg.data.coco_panoptic import CocoPanopticReader
 from oneseg.data.label_map import LabelMap
+from oneseg.engine.inference import list_images, output_names, run_inference
 from oneseg.experiment import ActionRun
-from oneseg.inference import Predictor, list_images, output_names, run_inference
+from oneseg.predictor import Predictor
 from oneseg.spec import spec_from_dict
 
 TASKS = ["panoptic", "instance", "semantic"]

@@ -11,15 +11,17 @@ content and always read weights-only.
 from __future__ import annotations
 
 import dataclasses
-import os
 from pathlib import Path
 
 import torch
 
 from oneseg.config import ModelConfig
 from oneseg.convert.detectron2 import is_detectron2_layout, load_detectron2, strip_tao_prefix
+from oneseg.convert.hf import load_hf_oneformer
 from oneseg.convert.safe_load import read_weights_only, unwrap_state_dict
 from oneseg.data.label_map import LabelMap
+from oneseg.io import write_atomic
+from oneseg.model.build import build_model
 from oneseg.spec import section_from_dict
 
 
@@ -62,11 +64,15 @@ def read_intensity(path: str | Path) -> dict | None:
 
 def save_atomic(obj, path: str | Path) -> None:
     """torch.save to a temporary file beside `path`, then rename: never a half-written file."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
+    write_atomic(path, lambda tmp: torch.save(obj, tmp))
+
+
+def convert_checkpoint(source: str | Path, out_file: str | Path) -> Path:
+    """Write a oneseg checkpoint (torch.save of plain types) of any source `read_checkpoint`
+    reads: a transformers OneFormer folder, a Lightning or a oneseg checkpoint."""
+    model_cfg, label_map, state_dict = read_checkpoint(source)
+    save_atomic(make_checkpoint(model_cfg, label_map, state_dict), out_file)
+    return Path(out_file)
 
 
 def read_checkpoint(path: str | Path) -> tuple[ModelConfig, LabelMap, dict]:
@@ -74,8 +80,6 @@ def read_checkpoint(path: str | Path) -> tuple[ModelConfig, LabelMap, dict]:
     or of an original (detectron2) or TAO OneFormer/Mask2Former file, told apart by content."""
     path = Path(path)
     if path.is_dir():
-        from oneseg.model.convert_hf import load_hf_oneformer
-
         values, state_dict, categories = load_hf_oneformer(path)
         return model_cfg_from_dict(values), LabelMap.from_categories(categories), state_dict
     if not path.is_file():
@@ -121,8 +125,6 @@ def _original_layout_state(ckpt) -> dict | None:
 
 def load_model(path: str | Path, device: str | torch.device = "cpu"):
     """(model in eval mode, label map) rebuilt from a checkpoint file or transformers folder."""
-    from oneseg.model.build import build_model
-
     model_cfg, label_map, state_dict = read_checkpoint(path)
     model = build_model(model_cfg, num_classes=len(label_map))
     load_state_dict_strict(model, state_dict, str(path))

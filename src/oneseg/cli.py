@@ -12,7 +12,6 @@ import threading
 import traceback
 import warnings
 
-from oneseg.config import ACTIONS
 from oneseg.cpu_threads import quiet_thread_pool
 from oneseg.errors import (
     EXIT_BAD_INPUT,
@@ -27,11 +26,12 @@ from oneseg.errors import (
 DEBUG_ENV = "ONESEG_DEBUG"  # set to 1 to see the traceback behind a one-line error
 
 # What each action runs: "module:function(spec, run)". Imported only when the action is called,
-# so `oneseg --help` stays instant. An action mapped to None is not built yet.
+# so `oneseg --help` stays instant. Only built actions are listed: the spec schema
+# (`oneseg.config.ACTIONS`) may name more.
 ACTION_ENTRY = {
     "train": "oneseg.engine.train:run_train",
     "evaluate": "oneseg.engine.evaluate:run_evaluate",
-    "inference": "oneseg.inference:run_inference",
+    "inference": "oneseg.engine.inference:run_inference",
     "export": "oneseg.export.action:run_export",
     "gen_trt_engine": "oneseg.export.tensorrt:run_gen_trt_engine",
     "quantize": "oneseg.export.quantize:run_quantize",
@@ -65,19 +65,19 @@ def _parser() -> argparse.ArgumentParser:
         "--debug", action="store_true", help=f"show tracebacks (or set {DEBUG_ENV}=1)"
     )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
-    for action in ACTIONS:
+    for action in ACTION_ENTRY:
         p = sub.add_parser(action, help=ACTION_HELP[action], description=ACTION_HELP[action])
         p.add_argument("-e", "--experiment-spec", dest="spec", help="YAML spec file")
         p.add_argument("overrides", nargs="*", help="dotted overrides, e.g. train.num_epochs=5")
     p = sub.add_parser("template", help="print a complete default spec for an action")
-    p.add_argument("action", choices=ACTIONS)
+    p.add_argument("action", choices=list(ACTION_ENTRY))
     p.add_argument(
         "--preset",
         choices=("coco", "ade20k", "cityscapes"),
         help="the published training recipe of this dataset instead of the defaults",
     )
     p = sub.add_parser("schema", help="print the JSON Schema of an action's spec")
-    p.add_argument("action", choices=ACTIONS)
+    p.add_argument("action", choices=list(ACTION_ENTRY))
 
     data = sub.add_parser("data", help="dataset tools: synth, check")
     data_sub = data.add_subparsers(dest="data_command", metavar="DATA_COMMAND")
@@ -101,8 +101,8 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _load(args):
-    from oneseg.data.image_io import set_max_image_pixels
-    from oneseg.spec import load_spec
+    from oneseg.data.image_io import set_max_image_pixels  # imported on use: --help stays fast
+    from oneseg.spec import load_spec  # imported on use: --help stays fast
 
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
@@ -114,13 +114,11 @@ def _load(args):
 
 
 def _run_action(action: str, args) -> int:
-    from oneseg.experiment import ActionRun
-    from oneseg.spec import check_inputs
+    from oneseg.experiment import ActionRun  # imported on use: --help stays fast
+    from oneseg.spec import check_inputs  # imported on use: --help stays fast
 
     spec = _load(args)
     entry = ACTION_ENTRY[action]
-    if entry is None:
-        raise CliError(f"'{action}' is not built yet in this version of oneseg")
     check_inputs(spec, action)
     module_name, func_name = entry.split(":")
     func = getattr(importlib.import_module(module_name), func_name)
@@ -135,28 +133,28 @@ def _dispatch(args, parser) -> int:
     if command is None:
         parser.print_help()
         return 2
-    if command in ACTIONS:
+    if command in ACTION_ENTRY:
         return _run_action(command, args)
     if command == "template":
-        from oneseg.spec import template
+        from oneseg.spec import template  # imported on use: --help stays fast
 
         sys.stdout.write(template(args.action, args.preset))
         return 0
     if command == "schema":
-        from oneseg.spec import json_schema
+        from oneseg.spec import json_schema  # imported on use: --help stays fast
 
         print(json.dumps(json_schema(args.action), indent=2))
         return 0
     if command == "data":
         return _data(args, parser)
     if command == "convert":
-        from oneseg.model.convert_hf import convert_hf_checkpoint
+        from oneseg.checkpoint import convert_checkpoint  # imported on use: --help stays fast
 
-        convert_hf_checkpoint(args.from_hf, args.out)
+        convert_checkpoint(args.from_hf, args.out)
         print(f"convert: wrote {args.out}")
         return 0
     if command == "demo":
-        from oneseg.demo import run_demo
+        from oneseg.demo import run_demo  # imported on use: --help stays fast
 
         return run_demo(args.results_dir, fast=args.fast)
     raise CliError(f"unknown command {command}")
@@ -164,7 +162,7 @@ def _dispatch(args, parser) -> int:
 
 def _data(args, parser) -> int:
     if args.data_command == "synth":
-        from oneseg.data.synth import write_synthetic_dataset
+        from oneseg.data.synth import write_synthetic_dataset  # imported on use: --help stays fast
 
         kwargs = {"seed": args.seed}
         if args.num_train is not None:
@@ -179,7 +177,7 @@ def _data(args, parser) -> int:
                 print(f"  {split} {name}: {path}")
         return 0
     if args.data_command == "check":
-        from oneseg.data.check import check_main
+        from oneseg.data.check import check_main  # imported on use: --help stays fast
 
         return check_main(_load(args).dataset)
     parser.parse_args(["data", "--help"])
@@ -189,7 +187,7 @@ def _data(args, parser) -> int:
 def describe_failure(err: BaseException) -> tuple[int, str]:
     """(exit code, one line) for an exception that ended a command: every failure the user can
     act on is named here, once, for every command."""
-    from oneseg.spec import SpecError
+    from oneseg.spec import SpecError  # imported on use: --help stays fast
 
     if isinstance(err, SpecError):
         return EXIT_BAD_INPUT, f"spec error: {_first_line(err)}"

@@ -11,8 +11,9 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Literal
 
+from oneseg.constants import IGNORE, TASKS
+
 ACTIONS = ("train", "evaluate", "inference", "export", "gen_trt_engine", "quantize", "automl")
-TASKS = ("semantic", "instance", "panoptic")
 Task = Literal["semantic", "instance", "panoptic"]
 
 
@@ -196,7 +197,7 @@ class DatasetConfig:
         "it and stuff is left unlabelled (a binary instance segmenter); '' keeps the classes",
     )
     contiguous_id: bool = f(True, "map category ids to contiguous class indices in order")
-    ignore_value: int = f(255, "label of ignored pixels", ge=0)
+    ignore_value: int = f(IGNORE, "label of ignored pixels", ge=0)
     task_prob: dict[str, float] = f(
         {"semantic": 0.33, "instance": 0.33, "panoptic": 0.34},
         "probability of each task when sampling a training target",

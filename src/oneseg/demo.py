@@ -15,6 +15,10 @@ import time
 from pathlib import Path
 
 from oneseg.data.synth import write_synthetic_dataset
+from oneseg.engine.callbacks import latest_checkpoint
+from oneseg.engine.evaluate import run_evaluate
+from oneseg.engine.inference import run_inference
+from oneseg.engine.train import run_train
 from oneseg.errors import RunFailed
 from oneseg.experiment import ActionRun
 from oneseg.model.backbone import lite0_package_weights
@@ -89,11 +93,6 @@ def demo_spec(root: Path, data: dict, epochs: int, num_train: int) -> dict:
 
 
 def run_demo(results_dir: str | Path = "results/demo", fast: bool = False) -> int:
-    from oneseg.engine.callbacks import latest_checkpoint
-    from oneseg.engine.evaluate import run_evaluate
-    from oneseg.engine.train import run_train
-    from oneseg.inference import run_inference
-
     start = time.time()
     root = Path(results_dir)
     num_train, num_val, epochs = (16, 4, 1) if fast else (240, 32, 10)

@@ -7,13 +7,13 @@ lines with progress and KPIs, and a final SUCCESS or FAILURE line carrying the e
 from __future__ import annotations
 
 import json
-import math
 import os
 import time
 import traceback
 from datetime import datetime, timezone
 from pathlib import Path
 
+from oneseg.io import finite_json
 from oneseg.spec import dump_spec
 
 
@@ -46,7 +46,7 @@ class ActionRun:
             line["message"] = message
         line.update(fields)
         with open(self.status_file, "a") as out:
-            out.write(json.dumps(_finite(line), default=_jsonable) + "\n")
+            out.write(json.dumps(finite_json(line), default=_jsonable) + "\n")
 
     def __enter__(self) -> ActionRun:
         if self.rank == 0:
@@ -78,14 +78,3 @@ def _rank_from_env() -> int:
     if "RANK" in os.environ:
         return int(os.environ["RANK"])
     return int(os.environ.get("LOCAL_RANK", 0)) + int(os.environ.get("NODE_RANK", 0))
-
-
-def _finite(value):
-    """NaN and inf become null: status.json stays strict JSON."""
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    if isinstance(value, dict):
-        return {k: _finite(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_finite(v) for v in value]
-    return value

@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from oneseg.data.records import id_to_rgb
+from oneseg.io import id_to_rgb
 
 # Category ids with gaps, things and stuff interleaved, as in COCO.
 CATEGORIES = [

@@ -8,8 +8,9 @@ from PIL import Image
 from oneseg.data.coco_panoptic import CocoPanopticReader
 from oneseg.data.dataset import SegmentationDataset
 from oneseg.data.label_map import LabelMap
-from oneseg.data.records import DataError, id_to_rgb, rgb_to_id
+from oneseg.data.records import DataError
 from oneseg.data.transforms import EvalTransform
+from oneseg.io import id_to_rgb, rgb_to_id
 
 LABEL_MAP = LabelMap.from_categories(CATEGORIES)
 

@@ -9,8 +9,8 @@ from rich.console import Console
 
 from oneseg.config import DatasetConfig, DataSource
 from oneseg.data.check import check_dataset
-from oneseg.data.records import id_to_rgb
 from oneseg.data.report import ERROR, WARNING, print_report
+from oneseg.io import id_to_rgb
 
 
 def _find(report, severity, file_end, id_, words):

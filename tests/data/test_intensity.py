@@ -113,8 +113,8 @@ def test_training_evaluation_and_inference_see_the_same_pixels(tmp_path, tiny_mo
 
     from oneseg.checkpoint import make_checkpoint, read_intensity, save_atomic
     from oneseg.data.build import build_dataset, load_label_map
-    from oneseg.inference import Predictor, as_rgb_array
     from oneseg.model.build import build_model
+    from oneseg.predictor import Predictor, as_rgb_array
 
     cfg = _semantic_16bit(tmp_path)
     cfg.intensity = IntensityConfig(mode="minmax", per="dataset")

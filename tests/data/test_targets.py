@@ -9,7 +9,7 @@ from oneseg.data.label_map import LabelMap
 from oneseg.data.records import Segment
 from oneseg.data.targets import derive_targets, normalize_task_prob, sample_task, target_texts
 from oneseg.data.transforms import EvalTransform
-from oneseg.model.tokenizer import tokenize
+from oneseg.tokenizer import tokenize
 
 NAMES = ["cat", "dog", "sky", "grass"]
 # classes: cat 0, dog 1 (things); sky 2, grass 3 (stuff); a segment of cat with no pixels

@@ -8,6 +8,7 @@ import json
 
 import numpy as np
 import pytest
+from oneseg.inference import run_inference
 
 from oneseg.checkpoint import read_checkpoint
 from oneseg.config import LossConfig
@@ -17,7 +18,6 @@ from oneseg.engine.callbacks import latest_checkpoint
 from oneseg.engine.evaluate import run_evaluate
 from oneseg.engine.train import run_train, text_list_length
 from oneseg.experiment import ActionRun
-from oneseg.inference import run_inference
 from oneseg.spec import spec_from_dict
 
 # what evaluate reports for a model of each mode when asked for all three tasks

@@ -5,7 +5,8 @@ import pytest
 import torch
 from PIL import Image
 
-from oneseg.metrics import PanopticQuality, evaluate_coco_panoptic, read_id_png, rgb_to_id
+from oneseg.io import read_id_png, rgb_to_id
+from oneseg.metrics import PanopticQuality, evaluate_coco_panoptic
 
 THINGS = (1, 2, 3, 5, 8)
 STUFF = (10, 11, 12)

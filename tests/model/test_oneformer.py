@@ -9,7 +9,7 @@ import torch
 
 from oneseg.config import ModelConfig, PixelDecoderConfig, TextEncoderConfig
 from oneseg.model.build import build_model
-from oneseg.model.tokenizer import task_text, text_list, tokenize
+from oneseg.tokenizer import task_text, text_list, tokenize
 
 
 def tiny_cfg(**overrides) -> ModelConfig:

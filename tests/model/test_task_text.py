@@ -4,13 +4,13 @@ import dataclasses
 
 import pytest
 import torch
+from oneseg.inference import model_outputs
+from oneseg.model.tokenizer import TASK_TEMPLATE, task_text, tokenize
 
 from oneseg.checkpoint import load_model, make_checkpoint, read_checkpoint, save_atomic
 from oneseg.data.build import build_dataset
 from oneseg.data.label_map import LabelMap
-from oneseg.inference import model_outputs
 from oneseg.model.build import build_model
-from oneseg.model.tokenizer import TASK_TEMPLATE, task_text, tokenize
 from oneseg.spec import SpecError, spec_from_dict
 
 NV_ONEFORMER = "This task is {task}."

@@ -21,7 +21,10 @@ from collections.abc import Callable
 
 import torch
 
+from oneseg.config import ModelConfig
+from oneseg.model.build import build_model
 from oneseg.model.dinat import DINAT_SIZES, ONEFORMER_DINAT_LARGE, alternating_dilations
+from oneseg.spec import section_from_dict
 
 log = logging.getLogger(__name__)
 
@@ -318,10 +321,6 @@ def model_values(state: dict) -> tuple[str, dict]:
 def load_detectron2(state: dict, origin: str) -> tuple[dict, dict[str, torch.Tensor], list[dict]]:
     """(ModelConfig values, state dict in our names, label-map categories) of an original or
     TAO OneFormer/Mask2Former state dict."""
-    from oneseg.config import ModelConfig
-    from oneseg.model.build import build_model
-    from oneseg.spec import section_from_dict
-
     state = strip_tao_prefix(state)
     try:
         family, values = model_values(state)

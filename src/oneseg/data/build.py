@@ -5,7 +5,8 @@ from __future__ import annotations
 import torch
 from torch.utils.data import DataLoader, Sampler
 
-from oneseg.config import TASKS, AugmentationConfig, DatasetConfig, DataSource
+from oneseg.config import AugmentationConfig, DatasetConfig, DataSource
+from oneseg.constants import TASKS
 from oneseg.data.coco_instance import CocoInstanceReader
 from oneseg.data.coco_panoptic import CocoPanopticReader
 from oneseg.data.dataset import SegmentationDataset

@@ -22,9 +22,10 @@ from oneseg.data.coco_panoptic import default_panoptic_dir
 from oneseg.data.image_io import ImageReadError, image_size, raw_size, read_label, read_values
 from oneseg.data.intensity import LOW_RANGE_SHARE, range_share
 from oneseg.data.label_map import LabelMap
-from oneseg.data.records import DataError, category_mapper, load_json, rgb_to_id
-from oneseg.data.report import ERROR, WARNING, Report
+from oneseg.data.records import DataError, category_mapper, load_json
+from oneseg.data.report import ERROR, WARNING, Report, print_report
 from oneseg.data.semantic import SemanticReader
+from oneseg.io import rgb_to_id
 
 __all__ = ["check_dataset", "check_main"]
 
@@ -358,6 +359,4 @@ def check_dataset(
 
 def check_main(dataset_cfg: DatasetConfig, splits=("train", "val"), console=None) -> int:
     """Check, print the report and return the exit code (1 if any error)."""
-    from oneseg.data.report import print_report
-
     return print_report(check_dataset(dataset_cfg, splits), console)

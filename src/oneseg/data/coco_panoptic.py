@@ -20,8 +20,8 @@ from oneseg.data.records import (
     Segment,
     category_mapper,
     load_json,
-    rgb_to_id,
 )
+from oneseg.io import rgb_to_id
 
 
 def default_panoptic_dir(annotation_file: str | Path) -> Path:

@@ -67,18 +67,6 @@ def ignore_mask(segment_map: np.ndarray, segments: list[Segment]) -> np.ndarray:
     return ~np.isin(segment_map, np.asarray(kept, dtype=segment_map.dtype))
 
 
-def rgb_to_id(rgb: np.ndarray) -> np.ndarray:
-    """COCO panoptic PNG colours [H, W, 3] uint8 -> segment ids R + 256 G + 256^2 B, int32."""
-    rgb = rgb.astype(np.int32)
-    return rgb[..., 0] + 256 * rgb[..., 1] + 256 * 256 * rgb[..., 2]
-
-
-def id_to_rgb(ids: np.ndarray) -> np.ndarray:
-    """Segment ids [H, W] -> COCO panoptic PNG colours [H, W, 3] uint8."""
-    ids = ids.astype(np.int64)
-    return np.stack([ids % 256, ids // 256 % 256, ids // 65536 % 256], axis=-1).astype(np.uint8)
-
-
 def category_mapper(label_map: LabelMap, contiguous_id: bool) -> Callable[[int], int]:
     """Category id -> class index.
 

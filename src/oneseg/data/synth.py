@@ -25,7 +25,6 @@ import numpy as np
 from PIL import Image
 
 from oneseg.config import DatasetConfig, DataSource
-from oneseg.data.records import id_to_rgb
 from oneseg.data.synth_draw import (
     STUFF,
     THINGS,
@@ -35,6 +34,7 @@ from oneseg.data.synth_draw import (
     stuff_layout,
     stuff_texture,
 )
+from oneseg.io import id_to_rgb
 
 MIN_VISIBLE = 0.6  # an instance keeps at least this share of its pixels when others cover it
 CROWD_PROB = 0.12

@@ -19,7 +19,7 @@ import torch
 
 from oneseg.config import TASKS
 from oneseg.data.records import Segment
-from oneseg.model.tokenizer import (
+from oneseg.tokenizer import (
     FILLER_TEXT,
     TASK_TEMPLATE,
     TEXT_TEMPLATE,

@@ -17,9 +17,23 @@ import time
 from pathlib import Path
 
 import torch
+from rich.console import Console
+from rich.progress import Progress
+from rich.table import Table
 
+from oneseg.checkpoint import load_state_dict_strict, read_checkpoint, read_intensity
+from oneseg.config import ModelConfig
 from oneseg.cpu_threads import set_intra_op_threads
+from oneseg.data.build import build_dataloader, load_label_map
+from oneseg.data.intensity import choose_intensity
+from oneseg.data.label_map import LabelMap
+from oneseg.data.records import DataError
 from oneseg.engine.evaluator import Evaluator
+from oneseg.engine.inference import spec_postprocess_overrides
+from oneseg.engine.train import with_unpacked_archives
+from oneseg.export.runtime import load_engines
+from oneseg.io import write_json_atomic
+from oneseg.model.build import build_model, supported_tasks
 
 SUMMARY_KEYS = {
     "panoptic": ("pq", "sq", "rq", "pq_th", "pq_st"),
@@ -41,15 +55,6 @@ LABELS = {
 
 
 def run_evaluate(spec, run) -> None:
-    from rich.progress import Progress
-
-    from oneseg.checkpoint import load_state_dict_strict, read_checkpoint, read_intensity
-    from oneseg.data.build import build_dataloader
-    from oneseg.data.intensity import choose_intensity
-    from oneseg.engine.train import with_unpacked_archives
-    from oneseg.inference import spec_postprocess_overrides
-    from oneseg.model.build import build_model, supported_tasks
-
     spec = with_unpacked_archives(spec)
     cfg = spec.evaluate
     set_intra_op_threads(spec.cpu_threads, spec.dataset.workers)
@@ -127,9 +132,6 @@ def run_evaluate(spec, run) -> None:
 def _exported(spec):
     """(source, None, engines, label map, post-processing config, intensity, divisibility) of
     `evaluate.onnx_file` or `evaluate.trt_engine`; the thresholds are those baked in."""
-    from oneseg.config import ModelConfig
-    from oneseg.export.runtime import load_engines
-
     cfg = spec.evaluate
     key = "evaluate.onnx_file" if cfg.onnx_file else "evaluate.trt_engine"
     source = cfg.onnx_file or cfg.trt_engine
@@ -161,10 +163,6 @@ def _check_label_map(spec, label_map, run) -> None:
 
     A 1-class checkpoint on data of several classes needs `dataset.single_class` (the data's
     thing classes merged into its one class, as in training): refused without it."""
-    from oneseg.data.build import load_label_map
-    from oneseg.data.label_map import LabelMap
-    from oneseg.data.records import DataError
-
     if spec.dataset.single_class:
         return
     if len(label_map) == 1:
@@ -190,24 +188,14 @@ def _check_label_map(spec, label_map, run) -> None:
         print(f"oneseg evaluate: warning: {message}", file=sys.stderr)
 
 
-def _jsonable(value):
-    if isinstance(value, float) and math.isnan(value):
-        return None
-    if isinstance(value, dict):
-        return {k: _jsonable(v) for k, v in value.items()}
-    return value
-
-
 def write_metrics_json(path: Path, metrics: dict, per_class: dict, checkpoint: str, split: str):
-    from oneseg.results_io import write_json_atomic
-
     write_json_atomic(
         path,
         {
             "checkpoint": checkpoint,
             "split": split,
-            "metrics": _jsonable(metrics),
-            "per_class": _jsonable(per_class),
+            "metrics": metrics,
+            "per_class": per_class,
         },
     )
 
@@ -281,9 +269,6 @@ def write_class_chart(path: Path, per_class: dict) -> None:
 
 def print_summary(metrics: dict, tasks: list[str], num_images: int, split: str) -> None:
     """One row per number, grouped by task, so it reads in any terminal width."""
-    from rich.console import Console
-    from rich.table import Table
-
     table = Table(title=f"evaluate: {num_images} images of {split}")
     table.add_column("task")
     table.add_column("metric")

@@ -21,16 +21,15 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
-from oneseg.config import TASKS, ModelConfig
+from oneseg.config import ModelConfig
+from oneseg.constants import IGNORE, TASKS
 from oneseg.data.dataset import SegmentationDataset
 from oneseg.data.label_map import LabelMap
 from oneseg.data.records import PanopticAnnotation
 from oneseg.data.targets import semantic_label
-from oneseg.inference import model_outputs
 from oneseg.metrics import ConfusionMatrix, PanopticQuality, evaluate_segm, masks_to_rle
 from oneseg.model.postprocess import postprocess
-
-IGNORE = 255
+from oneseg.predictor import model_outputs
 
 
 def instance_ground_truth(

@@ -17,7 +17,10 @@ from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
 from torch.utils.data import DataLoader
 
 from oneseg.checkpoint import load_state_dict_strict, read_checkpoint
+from oneseg.convert.backbone_weights import load_pretrained_backbone
 from oneseg.cpu_threads import set_intra_op_threads
+from oneseg.data.archive import unpack_dataset_archives
+from oneseg.data.build import build_dataset, model_label_map
 from oneseg.data.intensity import Intensity, dataset_window
 from oneseg.engine.callbacks import (
     BEST,
@@ -29,8 +32,11 @@ from oneseg.engine.callbacks import (
     WeightSyncCheck,
     latest_checkpoint,
 )
+from oneseg.engine.evaluator import Evaluator
 from oneseg.engine.module import SegmentationModule
 from oneseg.engine.sampling import EpochSampler, SeededDataset
+from oneseg.model.build import build_model, supported_tasks
+from oneseg.model.criterion import build_criterion
 
 log = logging.getLogger(__name__)
 
@@ -70,9 +76,6 @@ def device_settings(train_cfg) -> dict:
 
 
 def build_model_for_training(spec, num_classes: int):
-    from oneseg.convert.backbone_weights import load_pretrained_backbone
-    from oneseg.model.build import build_model
-
     model = build_model(spec.model, num_classes=num_classes)
     if spec.model.pretrained:
         _, _, state = read_checkpoint(spec.model.pretrained)
@@ -114,8 +117,6 @@ def load_matching_weights(model: torch.nn.Module, state: dict, source: str) -> l
 
 def build_loaders(spec, label_map, world_size: int):
     """Loaders over our samplers; ranks are set by SamplerSetup once the processes exist."""
-    from oneseg.data.build import build_dataset
-
     divisibility = spec.model.size_divisibility
     texts = text_list_length(spec)
     # OneFormer draws each sample's task (dataset.task_prob) and reads task and text tokens;
@@ -183,8 +184,6 @@ def build_loaders(spec, label_map, world_size: int):
 
 def with_unpacked_archives(spec):
     """The spec with `.tar`/`.tar.gz` dataset folders unpacked into results_dir/cache."""
-    from oneseg.data.archive import unpack_dataset_archives
-
     cache = Path(spec.results_dir) / "cache"
     return dataclasses.replace(spec, dataset=unpack_dataset_archives(spec.dataset, cache))
 
@@ -229,11 +228,6 @@ def monitor_callback(
 def run_train(spec, run, callbacks: list | tuple = (), progress_bar: bool = True) -> None:
     """Train as the spec says, writing into `run.dir`. `callbacks`: extra Lightning callbacks
     (the AutoML search adds one that reports validation metrics to its trial)."""
-    from oneseg.data.build import model_label_map
-    from oneseg.engine.evaluator import Evaluator
-    from oneseg.model.build import supported_tasks
-    from oneseg.model.criterion import build_criterion
-
     L.seed_everything(spec.train.seed, workers=True, verbose=False)
     spec = with_unpacked_archives(spec)
     label_map = model_label_map(spec.dataset)

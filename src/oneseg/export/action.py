@@ -8,16 +8,19 @@ import numpy as np
 import torch
 from PIL import Image
 
+from oneseg.checkpoint import load_state_dict_strict, read_checkpoint, read_intensity
+from oneseg.constants import IMAGE_SUFFIXES
+from oneseg.data.image_io import read_image
+from oneseg.data.synth_draw import STUFF, paint_thing, shape_mask, stuff_layout, stuff_texture
+from oneseg.engine.inference import spec_postprocess_overrides
 from oneseg.export.onnx_export import ExportSettings, export_onnx
 from oneseg.export.runtime import TASKS
+from oneseg.model.build import build_model, model_tasks
 
 
 def check_image(spec) -> tuple[np.ndarray, str]:
     """[H, W, 3] uint8 picture to compare ONNX Runtime with PyTorch on, and where it is from:
     `export.check_image`, else the first image of `dataset.val.images`, else a drawn scene."""
-    from oneseg.data.image_io import read_image
-    from oneseg.inference import IMAGE_SUFFIXES
-
     if spec.export.check_image:
         return read_image(spec.export.check_image), spec.export.check_image
     folder = Path(spec.dataset.val.images) if spec.dataset.val.images else None
@@ -30,8 +33,6 @@ def check_image(spec) -> tuple[np.ndarray, str]:
 
 def drawn_scene(height: int, width: int, seed: int = 0) -> np.ndarray:
     """A textured picture with shapes, for when no photograph is at hand."""
-    from oneseg.data.synth_draw import STUFF, paint_thing, shape_mask, stuff_layout, stuff_texture
-
     rng = np.random.default_rng(seed)
     layout = stuff_layout(rng, height, width)
     picture = np.zeros((height, width, 3), dtype=np.float32)
@@ -66,10 +67,6 @@ def output_paths(spec, tasks: tuple[str, ...] = TASKS) -> dict[str, Path]:
 
 
 def run_export(spec, run) -> None:
-    from oneseg.checkpoint import load_state_dict_strict, read_checkpoint, read_intensity
-    from oneseg.inference import spec_postprocess_overrides
-    from oneseg.model.build import build_model, model_tasks
-
     cfg = spec.export
     checkpoint = cfg.checkpoint or spec.model.pretrained
     if not checkpoint:

@@ -25,6 +25,8 @@ import torch
 from oneseg import __version__
 from oneseg.data.label_map import LabelMap
 from oneseg.export.graph import ExportGraph
+from oneseg.io import write_json_atomic
+from oneseg.tokenizer import TASK_TEMPLATE, task_text, tokenize
 
 METADATA_KEY = "oneseg"
 # Agreement asked of ONNX Runtime against PyTorch: integer maps, classes and counts equal;
@@ -57,8 +59,6 @@ class ExportSettings:
 def task_token_ids(task: str, length: int, template: str | None = None) -> torch.Tensor:
     """[length] ids of the task prompt: the model's `task_text` template (default the
     original's), as the task MLP was trained on it."""
-    from oneseg.model.tokenizer import TASK_TEMPLATE, task_text, tokenize
-
     return tokenize(task_text(task, template or TASK_TEMPLATE), length)[0]
 
 
@@ -236,7 +236,6 @@ def export_onnx(
         os.replace(tmp, out_path)
     finally:
         tmp.unlink(missing_ok=True)
-    from oneseg.results_io import write_json_atomic
 
     write_json_atomic(out_path.with_suffix(".json"), description)
     return description

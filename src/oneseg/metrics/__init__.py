@@ -5,8 +5,6 @@ from oneseg.metrics.panoptic_quality import (
     VOID,
     PanopticQuality,
     evaluate_coco_panoptic,
-    read_id_png,
-    rgb_to_id,
 )
 from oneseg.metrics.semantic import ConfusionMatrix
 
@@ -19,6 +17,4 @@ __all__ = [
     "evaluate_segm",
     "load_coco",
     "masks_to_rle",
-    "read_id_png",
-    "rgb_to_id",
 ]

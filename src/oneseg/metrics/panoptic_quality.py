@@ -30,19 +30,10 @@ from functools import partial
 from pathlib import Path
 
 import numpy as np
-from PIL import Image
+
+from oneseg.io import read_id_png
 
 VOID = 0
-
-
-def rgb_to_id(rgb: np.ndarray) -> np.ndarray:
-    """COCO panoptic colours [H, W, 3] uint8 -> segment ids [H, W] uint32: R + 256 G + 256² B."""
-    ids = rgb[..., 2].astype(np.uint32)  # in-place shifts: one [H, W] buffer, no [H, W, 3] copy
-    ids <<= 8
-    ids |= rgb[..., 1]
-    ids <<= 8
-    ids |= rgb[..., 0]
-    return ids
 
 
 def _lookup(segment_ids: np.ndarray, query: np.ndarray) -> np.ndarray:
@@ -247,17 +238,6 @@ def _average(pq: np.ndarray, sq: np.ndarray, rq: np.ndarray, group: np.ndarray) 
         "rq": float(rq[group].mean()),
         "n": n,
     }
-
-
-def read_id_png(path: str | Path) -> np.ndarray:
-    """COCO panoptic PNG -> [H, W] uint32 segment ids."""
-    with Image.open(path) as image:
-        if image.mode != "RGB":
-            image = image.convert("RGB")
-        # RGBX bytes read as little-endian uint32 are R + 256 G + 256² B + 256³ X: two passes
-        # over the pixels instead of the six of rgb_to_id on an [H, W, 3] array
-        ids = np.frombuffer(image.tobytes("raw", "RGBX"), "<u4").reshape(image.height, image.width)
-        return ids & np.uint32(0xFFFFFF)
 
 
 def _evaluate_chunk(categories: dict[int, bool], jobs: list[tuple]) -> PanopticQuality:

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from oneseg.config import TASKS, ModelConfig
+from oneseg.config import ModelConfig
+from oneseg.constants import TASKS
 from oneseg.model.backbone import build_backbone
 from oneseg.model.layers import MLP
 from oneseg.model.oneformer import OneFormer

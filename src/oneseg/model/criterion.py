@@ -19,18 +19,15 @@ from __future__ import annotations
 
 import math
 import re
-from typing import TYPE_CHECKING
 
 import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
 
+from oneseg.config import LossConfig
 from oneseg.model.matcher import HungarianMatcher
 from oneseg.model.point_sampling import point_sample, sample_uncertain_points
-
-if TYPE_CHECKING:
-    from oneseg.config import LossConfig
 
 LOSSES = ("labels", "masks", "contrastive")
 _LAYER_SUFFIX = re.compile(r"_\d+$")

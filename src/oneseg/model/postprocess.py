@@ -22,7 +22,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-TASKS = ("semantic", "instance", "panoptic")
+from oneseg.constants import TASKS
 
 
 def resize_mask_logits(

@@ -7,69 +7,23 @@
   `score`, `bbox`), loadable by pycocotools' `COCO.loadRes`.
 - Semantic: label PNGs, 8-bit when every id fits, else 16-bit.
 
-Every file is written to a temporary name beside its target and renamed into place, so a run
-that is stopped never leaves a half-written file behind.
+Every file is written atomically (`oneseg.io`): a run that is stopped never leaves a
+half-written file behind.
 """
 
 from __future__ import annotations
 
-import json
-import os
-import tempfile
 from pathlib import Path
 
 import numpy as np
-from PIL import Image
 from pycocotools import mask as mask_util
 from scipy import ndimage
 
-from oneseg.data.records import id_to_rgb
+from oneseg.io import read_json, write_id_png, write_json_atomic, write_png_atomic
 from oneseg.metrics.instance import masks_to_rle
+from oneseg.visualize import overlay_instances, overlay_panoptic, overlay_semantic
 
 MIN_SIDE = 384  # overlays of smaller images are enlarged to this short side, to stay readable
-
-
-def _replace_atomic(path: Path, write) -> None:
-    """Call `write(tmp_path)`, then rename the temporary file onto `path`."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        write(Path(tmp))
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
-def write_json_atomic(path: str | Path, data) -> None:
-    def write(tmp: Path) -> None:
-        with open(tmp, "w", encoding="utf-8") as out:
-            json.dump(data, out, separators=(",", ":"))
-
-    _replace_atomic(Path(path), write)
-
-
-def read_json(path: str | Path, default):
-    """The JSON in `path`, or `default` when there is no such file."""
-    path = Path(path)
-    if not path.is_file():
-        return default
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as err:
-        raise ValueError(f"{path}: not valid JSON ({err}); move it away to start afresh") from None
-
-
-def write_png_atomic(path: str | Path, array: np.ndarray) -> None:
-    """An [H, W] or [H, W, 3] uint8 array, or an [H, W] uint16 array, as a PNG."""
-    image = Image.fromarray(array)
-
-    def write(tmp: Path) -> None:
-        image.save(tmp, format="PNG")
-
-    _replace_atomic(Path(path), write)
 
 
 def segment_areas_and_boxes(
@@ -123,10 +77,6 @@ def panoptic_segments_info(
             info["score"] = round(float(segment["score"]), 6)
         infos.append(info)
     return infos
-
-
-def write_panoptic_png(path: str | Path, segment_ids: np.ndarray) -> None:
-    write_png_atomic(path, id_to_rgb(np.asarray(segment_ids)))
 
 
 def instance_results(
@@ -206,9 +156,7 @@ class InferenceOutputs:
         )
 
     def add(self, name: str, path: Path, file_name: str, image: np.ndarray, results: dict):
-        """Write the results (task -> result, see `oneseg.inference`) of one image."""
-        from oneseg.visualize import overlay_instances, overlay_panoptic, overlay_semantic
-
+        """Write the results (task -> result, see `oneseg.predictor`) of one image."""
         entry = self.images.get(name)
         if entry is None:
             next_id = max((e["id"] for e in self.images.values()), default=0) + 1
@@ -222,7 +170,7 @@ class InferenceOutputs:
         image_id = entry["id"]
         for task, result in results.items():
             if task == "panoptic":
-                write_panoptic_png(self.folder / "panoptic" / f"{name}.png", result.segment_ids)
+                write_id_png(self.folder / "panoptic" / f"{name}.png", result.segment_ids)
                 infos = panoptic_segments_info(
                     result.segment_ids, result.segments, self.label_map.category_ids
                 )

@@ -21,7 +21,9 @@ from pathlib import Path
 import torch
 
 from oneseg.config import ModelConfig
-from oneseg.model.hf_key_map import Rule, canonical_key, rules_for, sources_of
+from oneseg.convert.hf_key_map import Rule, canonical_key, rules_for, sources_of
+from oneseg.model.build import build_model
+from oneseg.spec import section_from_dict
 
 log = logging.getLogger(__name__)
 
@@ -260,9 +262,6 @@ def _read_json(path: Path) -> dict | None:
 def load_hf_oneformer(directory: str | Path) -> tuple[dict, dict[str, torch.Tensor], list[dict]]:
     """(ModelConfig values, state dict in our names, label-map categories) of a local
     transformers OneFormer folder (config.json + model.safetensors or pytorch_model.bin)."""
-    from oneseg.model.build import build_model
-    from oneseg.spec import section_from_dict
-
     directory = Path(directory)
     config = _read_json(directory / "config.json")
     if config is None:
@@ -281,14 +280,3 @@ def load_hf_oneformer(directory: str | Path) -> tuple[dict, dict[str, torch.Tens
             len(absent),
         )
     return values, state, categories(config, preprocessor)
-
-
-def convert_hf_checkpoint(directory: str | Path, out_file: str | Path) -> Path:
-    """Write a oneseg checkpoint (torch.save of plain types) of a transformers OneFormer folder."""
-    from oneseg.checkpoint import make_checkpoint, model_cfg_from_dict, save_atomic
-    from oneseg.data.label_map import LabelMap
-
-    values, state, cats = load_hf_oneformer(directory)
-    ckpt = make_checkpoint(model_cfg_from_dict(values), LabelMap.from_categories(cats), state)
-    save_atomic(ckpt, out_file)
-    return Path(out_file)

@@ -1,4 +1,4 @@
-"""Segmenting images with a trained model: the Python `Predictor` and the `inference` action.
+"""Segmenting images in Python: `Predictor` and the results it returns.
 
     predictor = Predictor.from_checkpoint("model.pth")
     result = predictor("street.jpg", task="panoptic")   # a path, a PIL image or an array
@@ -11,13 +11,8 @@ as plain numpy arrays with class names and the dataset's category ids.
 
 from __future__ import annotations
 
-import glob
 import os
-import sys
-import time
-from collections import deque
-from collections.abc import Iterator, Sequence
-from concurrent.futures import Future, ThreadPoolExecutor
+from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
@@ -26,20 +21,18 @@ import numpy as np
 import torch
 from PIL import Image, ImageOps
 
+from oneseg.checkpoint import load_state_dict_strict, read_checkpoint, read_intensity
 from oneseg.config import ModelConfig
-from oneseg.cpu_threads import set_intra_op_threads
+from oneseg.constants import TASKS
 from oneseg.data.collate import padded_size
 from oneseg.data.image_io import read_image, to_rgb
 from oneseg.data.intensity import Intensity
 from oneseg.data.label_map import LabelMap
-from oneseg.data.records import DataError
 from oneseg.data.transforms import shortest_edge_size
-from oneseg.model.postprocess import TASKS, postprocess
-
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp", ".ppm", ".gif")
-LIST_SUFFIXES = (".txt", ".lst", ".list")
-FLUSH_EVERY_IMAGES = 25
-FLUSH_EVERY_SECONDS = 30.0
+from oneseg.export.runtime import load_engines
+from oneseg.model.build import build_model
+from oneseg.model.postprocess import postprocess
+from oneseg.tokenizer import TASK_TEMPLATE, task_text, tokenize
 
 
 # ---------------------------------------------------------------------------- model calls
@@ -47,8 +40,6 @@ FLUSH_EVERY_SECONDS = 30.0
 def task_tokens(task: str, length: int = 77, template: str | None = None) -> torch.Tensor:
     """[1, length] CLIP ids of the task prompt `template` (default "The task is {task}") of
     `task` (shared: do not modify in place)."""
-    from oneseg.model.tokenizer import TASK_TEMPLATE, task_text, tokenize
-
     if task not in TASKS:
         raise ValueError(f"unknown task {task!r}; expected one of {list(TASKS)}")
     return tokenize(task_text(task, template or TASK_TEMPLATE), length)
@@ -241,8 +232,6 @@ class Predictor:
         """A predictor running a file of `oneseg export` (or a TensorRT engine built from it)
         for those of `tasks` it holds (an `export.task=all` file brings its siblings). Its
         classes, thresholds and intensity rule are those recorded at export."""
-        from oneseg.export.runtime import load_engines
-
         engines = load_engines(path, list(tasks), key)
         first = next(iter(engines.values()))
         recorded = first.description.get("intensity") or {}
@@ -264,9 +253,6 @@ class Predictor:
     ) -> Predictor:
         """A predictor from a oneseg checkpoint (or transformers folder). Thresholds default to
         the checkpoint's model config; `settings` (see the constructor) override them."""
-        from oneseg.checkpoint import load_state_dict_strict, read_checkpoint, read_intensity
-        from oneseg.model.build import build_model
-
         model_cfg, label_map, state_dict = read_checkpoint(path)
         model = build_model(model_cfg, num_classes=len(label_map))
         load_state_dict_strict(model, state_dict, str(path))
@@ -342,229 +328,3 @@ class Predictor:
         for i, array in enumerate(resized):
             batch[i, :, : array.shape[0], : array.shape[1]] = torch.tensor(array).permute(2, 0, 1)
         return batch.to(self.device), [(int(h), int(w)) for h, w in sizes]
-
-
-# ---------------------------------------------------------------------------- the action
-def list_images(images: str) -> tuple[list[Path], Path]:
-    """The image files named by `inference.images` and the folder they are relative to.
-
-    `images` is a folder (its image files, sorted), a text file listing one path per line
-    (relative to the list's folder; '#' starts a comment), one image, or a glob pattern.
-    Listed files that do not exist are kept: the run reports and skips them.
-    """
-    if not images:
-        raise ValueError("inference.images is empty: give a folder, a glob, a list file or a file")
-    source = Path(images)
-    if source.is_dir():
-        paths = sorted(p for p in source.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
-        root = source
-    elif source.is_file() and source.suffix.lower() in LIST_SUFFIXES:
-        lines = [line.strip() for line in source.read_text().splitlines()]
-        paths = [source.parent / line for line in lines if line and not line.startswith("#")]
-        root = None
-    elif source.is_file():
-        paths, root = [source], source.parent
-    else:
-        paths = sorted(Path(p) for p in glob.glob(images, recursive=True) if Path(p).is_file())
-        root = None
-    paths = list(dict.fromkeys(paths))  # a file listed twice is segmented once
-    if not paths:
-        raise FileNotFoundError(f"inference.images: {images!r} names no image file")
-    if root is None:
-        root = Path(os.path.commonpath([p.absolute().parent for p in paths]))
-    return paths, root
-
-
-def relative_paths(paths: list[Path], root: Path) -> list[str]:
-    """Each path below `root`, '/'-separated: the `file_name` of the COCO images list."""
-    return [p.absolute().relative_to(root.absolute()).as_posix() for p in paths]
-
-
-def output_names(paths: list[Path], root: Path) -> list[str]:
-    """A unique, stable file stem for each image: its path below `root` without the suffix,
-    folders joined by '__' (the suffix stays, as '_jpg', where two files share a stem)."""
-    rel = relative_paths(paths, root)
-    stems = [r.rsplit(".", 1)[0] if "." in Path(r).name else r for r in rel]
-    stems = [s.replace("/", "__") for s in stems]
-    counts: dict[str, int] = {}
-    for stem in stems:
-        counts[stem] = counts.get(stem, 0) + 1
-    return [
-        stem if counts[stem] == 1 else r.replace("/", "__").replace(".", "_")
-        for stem, r in zip(stems, rel)
-    ]
-
-
-def spec_postprocess_overrides(spec_model: ModelConfig) -> dict:
-    """The post-processing settings (`object_mask_threshold`, `overlap_threshold`,
-    `test_topk_per_image`) that the spec sets to other than their defaults. The others come from
-    the checkpoint's model config: its thresholds are those chosen for the model."""
-    defaults = ModelConfig()
-    fields = ("object_mask_threshold", "overlap_threshold", "test_topk_per_image")
-    return {
-        name: getattr(spec_model, name)
-        for name in fields
-        if getattr(spec_model, name) != getattr(defaults, name)
-    }
-
-
-def _read_ahead(
-    paths: list[Path], depth: int, intensity: Intensity | None = None
-) -> Iterator[tuple[Path, np.ndarray | Exception]]:
-    """(path, image or its read error) in order, decoding up to `depth` images ahead."""
-
-    def read(path: Path):
-        try:
-            return read_image(path, intensity)
-        except DataError as err:
-            return err
-
-    with ThreadPoolExecutor(max_workers=2) as pool:
-        queue: deque[tuple[Path, Future]] = deque()
-        for path in paths:
-            queue.append((path, pool.submit(read, path)))
-            if len(queue) > depth:
-                done_path, future = queue.popleft()
-                yield done_path, future.result()
-        while queue:
-            done_path, future = queue.popleft()
-            yield done_path, future.result()
-
-
-def _good_batches(reads, batch_size: int, on_bad) -> Iterator[list[tuple[Path, np.ndarray]]]:
-    """Batches of readable images; `on_bad(path, error)` for each image that is not."""
-    batch = []
-    for path, image in reads:
-        if isinstance(image, Exception):
-            on_bad(path, image)
-            continue
-        batch.append((path, image))
-        if len(batch) == batch_size:
-            yield batch
-            batch = []
-    if batch:
-        yield batch
-
-
-def run_inference(spec, run) -> None:
-    """The `inference` action: each task of `inference.tasks` on every image of
-    `inference.images`, written into `run.dir` (see `oneseg.results_io.InferenceOutputs`).
-
-    Images whose outputs are all there are skipped unless `inference.overwrite`; an image that
-    cannot be read is reported (status.json and stderr) and skipped.
-    """
-    from rich.progress import Progress
-
-    from oneseg.results_io import InferenceOutputs
-
-    cfg = spec.inference
-    set_intra_op_threads(spec.cpu_threads)  # images are read ahead by threads, not processes
-    if cfg.onnx_file or cfg.trt_engine:
-        predictor, tasks, dropped = _exported_predictor(spec)
-        if dropped:
-            run.log("RUNNING", f"the exported file holds no {', '.join(dropped)} graph: skipped")
-    else:
-        predictor, tasks = _checkpoint_predictor(spec, run)
-    paths, root = list_images(cfg.images)
-    outputs = InferenceOutputs(run.dir, predictor.label_map, tasks, cfg.overlay, cfg.semantic_ids)
-    todo = {
-        path: (name, rel)
-        for path, name, rel in zip(paths, output_names(paths, root), relative_paths(paths, root))
-        if cfg.overwrite or not outputs.is_done(name)
-    }
-    run.log("RUNNING", f"{len(todo)} of {len(paths)} images to segment; the others are done")
-    counts = {"images": len(paths), "already_done": len(paths) - len(todo), "segmented": 0}
-    bad: list[str] = []
-    last_flush, unflushed = time.time(), 0
-    try:
-        with Progress(transient=True) as progress:
-            bar = progress.add_task("inference", total=len(todo))
-
-            def on_bad(path: Path, error: Exception) -> None:
-                _report_bad_image(run, path, error, bad)
-                progress.advance(bar)
-
-            reads = _read_ahead(list(todo), 2 * cfg.batch_size, predictor.intensity)
-            for batch in _good_batches(reads, cfg.batch_size, on_bad):
-                results = predictor.predict([image for _, image in batch], tasks)
-                for (path, image), result in zip(batch, results):
-                    name, rel = todo[path]
-                    outputs.add(name, path, rel, image, result)
-                counts["segmented"] += len(batch)
-                unflushed += len(batch)
-                progress.advance(bar, len(batch))
-                if (
-                    unflushed >= FLUSH_EVERY_IMAGES
-                    or time.time() - last_flush > FLUSH_EVERY_SECONDS
-                ):
-                    outputs.flush()
-                    last_flush, unflushed = time.time(), 0
-    finally:
-        outputs.flush()
-    counts["bad_images"] = len(bad)
-    run.kpis.update(counts)
-    summary = ", ".join(f"{k.replace('_', ' ')} {v}" for k, v in counts.items())
-    print(f"inference: {summary}; results in {run.dir}")
-
-
-def _exported_predictor(spec) -> tuple[Predictor, list[str], list[str]]:
-    """The predictor of `inference.onnx_file` / `inference.trt_engine`, the tasks it runs of
-    those asked for and those it cannot."""
-    from oneseg.data.intensity import choose_intensity
-
-    cfg = spec.inference
-    key = "inference.onnx_file" if cfg.onnx_file else "inference.trt_engine"
-    aug = spec.dataset.augmentation
-    predictor = Predictor.from_exported(
-        cfg.onnx_file or cfg.trt_engine,
-        list(cfg.tasks),
-        min_size=aug.eval_min_size,
-        max_size=aug.eval_max_size,
-        key=key,
-    )
-    recorded = next(iter(predictor.engines.values())).description.get("intensity")
-    predictor.intensity = choose_intensity(spec.dataset.intensity, recorded)
-    tasks = [t for t in dict.fromkeys(cfg.tasks) if t in predictor.engines]
-    dropped = [t for t in dict.fromkeys(cfg.tasks) if t not in predictor.engines]
-    return predictor, tasks, dropped
-
-
-def _checkpoint_predictor(spec, run) -> tuple[Predictor, list[str]]:
-    from oneseg.checkpoint import read_intensity
-    from oneseg.data.intensity import choose_intensity
-    from oneseg.model.build import supported_tasks
-
-    cfg = spec.inference
-    checkpoint = cfg.checkpoint or spec.model.pretrained
-    if not checkpoint:
-        raise ValueError(
-            "inference.checkpoint is empty (and model.pretrained, inference.onnx_file and "
-            "inference.trt_engine too): name a model"
-        )
-    aug = spec.dataset.augmentation
-    predictor = Predictor.from_checkpoint(
-        checkpoint,
-        min_size=aug.eval_min_size,
-        max_size=aug.eval_max_size,
-        **{
-            "topk" if name == "test_topk_per_image" else name: value
-            for name, value in spec_postprocess_overrides(spec.model).items()
-        },
-        intensity=choose_intensity(spec.dataset.intensity, read_intensity(checkpoint)),
-    )
-    tasks, dropped = supported_tasks(predictor.model_cfg, list(cfg.tasks))
-    if dropped:
-        message = (
-            f"a mask2former model in {predictor.model_cfg.mode} mode does {', '.join(tasks)}: "
-            f"skipping {', '.join(dropped)}"
-        )
-        run.log("RUNNING", message)
-        print(f"oneseg inference: {message}", file=sys.stderr)
-    return predictor, tasks
-
-
-def _report_bad_image(run, path: Path, error: Exception, bad: list[str]) -> None:
-    reason = str(error) if str(path) in str(error) else f"{path}: {error}"
-    bad.append(str(path))
-    run.log("RUNNING", f"skipped a bad image: {reason}", bad_image=str(path))
-    print(f"oneseg inference: skipped a bad image: {reason}", file=sys.stderr)

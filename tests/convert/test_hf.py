@@ -17,17 +17,16 @@ from transformers import (  # noqa: E402
     SwinConfig,
 )
 
-from oneseg.checkpoint import load_model, read_checkpoint  # noqa: E402
+from oneseg.checkpoint import convert_checkpoint, load_model, read_checkpoint  # noqa: E402
 from oneseg.config import ModelConfig  # noqa: E402
-from oneseg.model.build import build_model  # noqa: E402
-from oneseg.model.convert_hf import (  # noqa: E402
+from oneseg.convert.hf import (  # noqa: E402
     ConversionError,
-    convert_hf_checkpoint,
     load_hf_oneformer,
     model_values,
 )
-from oneseg.model.tokenizer import task_text, text_list, tokenize  # noqa: E402
+from oneseg.model.build import build_model  # noqa: E402
 from oneseg.spec import section_from_dict  # noqa: E402
+from oneseg.tokenizer import task_text, text_list, tokenize  # noqa: E402
 
 STAGES = ["stage1", "stage2", "stage3", "stage4"]
 TASKS = ("semantic", "instance", "panoptic")
@@ -237,7 +236,7 @@ def test_missing_and_unexpected_tensors_are_named(tmp_path, swin_b):
 
 def test_checkpoint_file_round_trip(tmp_path, swin_b):
     hf, folder, _ = swin_b
-    out_file = convert_hf_checkpoint(folder, tmp_path / "converted.pth")
+    out_file = convert_checkpoint(folder, tmp_path / "converted.pth")
     ckpt = torch.load(out_file, weights_only=True)
     assert ckpt["format"] == "oneseg" and ckpt["version"] == 1
     assert [c["name"] for c in ckpt["label_map"]] == list(hf.config.id2label.values())
@@ -277,7 +276,7 @@ def test_cli_convert_and_folder_as_a_checkpoint(tmp_path, swin_b, capsys):
     import numpy as np
 
     from oneseg import cli
-    from oneseg.inference import Predictor
+    from oneseg.predictor import Predictor
 
     _, folder, _ = swin_b
     out_file = tmp_path / "cli.pth"

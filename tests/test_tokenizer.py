@@ -5,7 +5,7 @@ import json
 
 import pytest
 
-from oneseg.model.tokenizer import FILLER_TEXT, task_text, text_list, tokenize
+from oneseg.tokenizer import FILLER_TEXT, task_text, text_list, tokenize
 
 NAMES = ["person", "traffic light", "potted-plant", "wall-other-merged", "tv", "hair drier"]
 
