@@ -49,12 +49,11 @@ def merged(base: dict, extra: dict) -> dict:
 
 def run_variant(root: Path, variant: str) -> None:
     """Synthesize the demo's data, then train, evaluate and segment as `variant` says."""
-    from oneseg.inference import run_inference
-
     from oneseg.data.synth import write_synthetic_dataset
     from oneseg.demo import IMAGE_SIZE, demo_spec
     from oneseg.engine.callbacks import latest_checkpoint
     from oneseg.engine.evaluate import run_evaluate
+    from oneseg.engine.inference import run_inference
     from oneseg.engine.train import run_train
     from oneseg.experiment import ActionRun
     from oneseg.spec import dump_spec, spec_from_dict

@@ -287,4 +287,5 @@ def test_cli_convert_and_folder_as_a_checkpoint(tmp_path, swin_b, capsys):
     from_folder = Predictor.from_checkpoint(folder)(image, task="semantic")
     assert from_file.labels.shape == (48, 80)
     assert np.array_equal(from_file.labels, from_folder.labels)
-    assert cli.main(["convert", "--from-hf", str(tmp_path / "nope"), "--out", "x.pth"]) == 1
+    # a missing source is bad input (exit 2)
+    assert cli.main(["convert", "--from-hf", str(tmp_path / "nope"), "--out", "x.pth"]) == 2

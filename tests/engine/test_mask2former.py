@@ -8,7 +8,6 @@ import json
 
 import numpy as np
 import pytest
-from oneseg.inference import run_inference
 
 from oneseg.checkpoint import read_checkpoint
 from oneseg.config import LossConfig
@@ -16,6 +15,7 @@ from oneseg.data.build import build_dataset, load_label_map, model_label_map
 from oneseg.data.synth import write_synthetic_dataset
 from oneseg.engine.callbacks import latest_checkpoint
 from oneseg.engine.evaluate import run_evaluate
+from oneseg.engine.inference import run_inference
 from oneseg.engine.train import run_train, text_list_length
 from oneseg.experiment import ActionRun
 from oneseg.spec import spec_from_dict

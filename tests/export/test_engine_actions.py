@@ -6,12 +6,12 @@ import json
 
 import numpy as np
 import pytest
-from oneseg.inference import Predictor
 from PIL import Image
 
 from oneseg.checkpoint import make_checkpoint, save_atomic
 from oneseg.cli import main
 from oneseg.data.label_map import LabelMap
+from oneseg.predictor import Predictor
 from tests.export.conftest import confident_tiny_model
 
 

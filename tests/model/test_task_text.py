@@ -4,14 +4,14 @@ import dataclasses
 
 import pytest
 import torch
-from oneseg.inference import model_outputs
-from oneseg.model.tokenizer import TASK_TEMPLATE, task_text, tokenize
 
 from oneseg.checkpoint import load_model, make_checkpoint, read_checkpoint, save_atomic
 from oneseg.data.build import build_dataset
 from oneseg.data.label_map import LabelMap
 from oneseg.model.build import build_model
+from oneseg.predictor import model_outputs
 from oneseg.spec import SpecError, spec_from_dict
+from oneseg.tokenizer import TASK_TEMPLATE, task_text, tokenize
 
 NV_ONEFORMER = "This task is {task}."
 

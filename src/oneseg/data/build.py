@@ -16,7 +16,7 @@ from oneseg.data.records import DataError, Reader, load_json
 from oneseg.data.semantic import SemanticReader
 from oneseg.data.single_class import SingleClassReader, single_class_label_map
 from oneseg.data.transforms import EvalTransform, TrainTransform
-from oneseg.model.tokenizer import TASK_TEMPLATE
+from oneseg.tokenizer import TASK_TEMPLATE
 
 SPLITS = ("train", "val", "test")
 

@@ -38,7 +38,7 @@ from oneseg.data.targets import (
     target_texts,
 )
 from oneseg.data.transforms import EvalTransform, TrainTransform
-from oneseg.model.tokenizer import TASK_TEMPLATE
+from oneseg.tokenizer import TASK_TEMPLATE
 
 log = logging.getLogger(__name__)
 

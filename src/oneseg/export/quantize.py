@@ -29,7 +29,17 @@ from pathlib import Path
 import numpy as np
 import onnx
 
+from oneseg.config import ModelConfig
+from oneseg.constants import IMAGE_SUFFIXES
+from oneseg.data.build import build_dataloader
+from oneseg.data.image_io import read_image
+from oneseg.data.intensity import choose_intensity
+from oneseg.engine.evaluate import _engine_results
+from oneseg.engine.evaluator import Evaluator
+from oneseg.export.action import resized_batch
 from oneseg.export.onnx_export import METADATA_KEY
+from oneseg.export.runtime import OnnxEngine, read_description
+from oneseg.io import write_json_atomic
 
 QUANTIZED_OPS = ("Conv", "MatMul", "Gemm")  # where the arithmetic is
 METRIC_OF = {"panoptic": "pq", "semantic": "miou", "instance": "ap"}
@@ -37,8 +47,6 @@ METRIC_OF = {"panoptic": "pq", "semantic": "miou", "instance": "ap"}
 
 def calibration_images(folder: str, count: int) -> list[Path]:
     """The first `count` images of `folder` (sorted); one clear error when there are none."""
-    from oneseg.inference import IMAGE_SUFFIXES
-
     if not folder:
         raise ValueError(
             "dataset.quant_calibration_dataset.images_dir is empty: name a folder of images to "
@@ -56,8 +64,6 @@ def calibration_images(folder: str, count: int) -> list[Path]:
 def engine_inputs(description: dict, image: np.ndarray) -> np.ndarray:
     """[B, 3, H, W] uint8 of an [H, W, 3] picture at the exported input size (B = the fixed
     batch, or 1)."""
-    from oneseg.export.action import resized_batch
-
     spec = description["input"]
     batch = 1 if spec["batch_size"] == -1 else spec["batch_size"]
     return resized_batch(image, spec["height"], spec["width"], batch).numpy()
@@ -72,8 +78,6 @@ class ImageReader:
         self._next = 0
 
     def get_next(self):
-        from oneseg.data.image_io import read_image
-
         if self._next >= len(self.paths):
             return None
         image = read_image(self.paths[self._next])
@@ -131,8 +135,6 @@ def quantize_onnx(
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
-    from oneseg.export.runtime import read_description
-
     source, target = Path(source), Path(target)
     description = read_description(source)
     proto = onnx.load(str(source))
@@ -182,7 +184,6 @@ def quantize_onnx(
         prepared.unlink(missing_ok=True)
         tmp.unlink(missing_ok=True)
         Path(str(tmp) + ".data").unlink(missing_ok=True)
-    from oneseg.results_io import write_json_atomic
 
     write_json_atomic(target.with_suffix(".json"), description)
     return description["quantization"]
@@ -190,8 +191,6 @@ def quantize_onnx(
 
 def latency_ms(path: Path, image: np.ndarray, runs: int = 10, threads: int = 0) -> float:
     """Median wall time of one run of the file on `image` at its input size, after a warm-up."""
-    from oneseg.export.runtime import OnnxEngine
-
     engine = OnnxEngine(path, providers=["CPUExecutionProvider"], threads=threads)
     inputs = engine_inputs(engine.description, image)
     engine.run(inputs)
@@ -205,13 +204,6 @@ def latency_ms(path: Path, image: np.ndarray, runs: int = 10, threads: int = 0) 
 
 def val_metrics(spec, path: Path, max_images: int) -> dict:
     """Metrics of the file's task on `dataset.val` (the first `max_images`, 0 = all)."""
-    from oneseg.config import ModelConfig
-    from oneseg.data.build import build_dataloader
-    from oneseg.data.intensity import choose_intensity
-    from oneseg.engine.evaluate import _engine_results
-    from oneseg.engine.evaluator import Evaluator
-    from oneseg.export.runtime import OnnxEngine
-
     engine = OnnxEngine(path, providers=["CPUExecutionProvider"])
     loader = build_dataloader(
         spec.dataset,
@@ -235,10 +227,6 @@ def val_metrics(spec, path: Path, max_images: int) -> dict:
 
 
 def run_quantize(spec, run) -> None:
-    from oneseg.data.image_io import read_image
-    from oneseg.export.runtime import read_description
-    from oneseg.results_io import write_json_atomic
-
     cfg = spec.quantize
     if not cfg.onnx_file:
         raise ValueError("quantize.onnx_file is empty: name the ONNX file of `oneseg export`")
