@@ -6,6 +6,7 @@ own conversion script (`convert_to_hf_oneformer.py`: original name -> transforme
 
 from __future__ import annotations
 
+import pickle
 import re
 
 import pytest
@@ -243,8 +244,11 @@ def test_original_mask2former_gives_transformers_outputs(tmp_path):
         for param in hf.parameters():
             param.add_(torch.randn(param.shape, generator=gen) * 0.05)
     hf.eval()
-    path = tmp_path / "mask2former_swin.pth"
-    torch.save({"model": original_mask2former_state_dict(hf.state_dict())}, path)
+    # the model zoo's layout: a pickle of numpy arrays
+    original = {k: v.numpy() for k, v in original_mask2former_state_dict(hf.state_dict()).items()}
+    path = tmp_path / "model_final_mask2former.pkl"
+    with open(path, "wb") as file:
+        pickle.dump({"model": original, "__author__": "Mask2Former"}, file)
     ours, label_map = load_model(path)
     assert len(label_map) == 3 and not hasattr(ours.decoder, "query_transformer")
     pixels = torch.randn(1, 3, 96, 64, generator=torch.Generator().manual_seed(1))
@@ -287,3 +291,11 @@ def test_original_dinat_oneformer_sizes_read_from_shapes(tmp_path, tiny_model_cf
     with torch.no_grad():
         expected, got = model(pixels, task_tokens), loaded(pixels, task_tokens)
     assert torch.equal(expected["pred_masks"], got["pred_masks"])
+
+
+def test_pickle_with_anything_but_arrays_is_refused(tmp_path):
+    path = tmp_path / "model_final.pkl"
+    with open(path, "wb") as file:
+        pickle.dump({"model": {"backbone.x": TaoExperimentConfig()}}, file)
+    with pytest.raises(ValueError, match="TaoExperimentConfig has no place in a weights file"):
+        read_checkpoint(path)

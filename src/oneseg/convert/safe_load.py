@@ -5,13 +5,18 @@ torch's allow-list, as the hyper-parameters a Lightning trainer saves beside the
 are (a TAO spec object, say). `read_weights_only` reads such files too: each foreign class is
 replaced by an inert placeholder, so nothing but tensors and plain containers is rebuilt and no
 foreign code runs.
+
+detectron2's own `.pkl` weight files (Mask2Former's model zoo: a pickled dict of numpy arrays) are
+read by an unpickler that knows nothing but numpy arrays and plain containers.
 """
 
 from __future__ import annotations
 
+import importlib
 import pickle
 from pathlib import Path
 
+import numpy as np
 import torch
 
 
@@ -40,6 +45,8 @@ def read_weights_only(path: str | Path):
         from safetensors.torch import load_file
 
         return load_file(str(path))
+    if path.suffix == ".pkl":
+        return read_numpy_pickle(path)
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as err:
@@ -52,6 +59,46 @@ def read_weights_only(path: str | Path):
     stand_ins = [(type(f"Placeholder[{name}]", (Placeholder,), {}), name) for name in foreign]
     with torch.serialization.safe_globals(stand_ins):
         return torch.load(path, map_location="cpu", weights_only=True)
+
+
+# What a detectron2 `.pkl` may hold: numpy arrays (and scalars) in plain containers.
+_NUMPY_GLOBALS = {
+    ("numpy.core.multiarray", "_reconstruct"),
+    ("numpy._core.multiarray", "_reconstruct"),
+    ("numpy.core.multiarray", "scalar"),
+    ("numpy._core.multiarray", "scalar"),
+    ("numpy", "ndarray"),
+    ("numpy", "dtype"),
+    ("_codecs", "encode"),
+    ("collections", "OrderedDict"),
+}
+
+
+class _NumpyUnpickler(pickle.Unpickler):
+    def find_class(self, module: str, name: str):
+        if (module, name) not in _NUMPY_GLOBALS:
+            raise pickle.UnpicklingError(f"{module}.{name} has no place in a weights file")
+        if module.startswith("numpy.core."):  # numpy 1 names, numpy 2 module
+            module = "numpy._core." + module[len("numpy.core.") :]
+        return getattr(importlib.import_module(module), name)
+
+
+def read_numpy_pickle(path: Path) -> dict:
+    """A detectron2 `.pkl` ({"model": {name: array}, ...}) with its arrays as tensors."""
+    try:
+        with open(path, "rb") as file:
+            obj = _NumpyUnpickler(file, encoding="latin1").load()
+    except (pickle.UnpicklingError, EOFError, ValueError) as err:
+        raise ValueError(f"{path}: not a detectron2 weights pickle ({err})") from None
+
+    def tensors(value):
+        if isinstance(value, dict):
+            return {k: tensors(v) for k, v in value.items()}
+        if isinstance(value, np.ndarray):
+            return torch.from_numpy(np.ascontiguousarray(value))
+        return value
+
+    return tensors(obj)
 
 
 def unwrap_state_dict(obj, origin: str) -> dict[str, torch.Tensor]:
