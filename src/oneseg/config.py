@@ -238,6 +238,9 @@ class OptimConfig:
         le=1.0,
     )
     gamma: float = f(0.1, "multistep: lr factor at each milestone", gt=0.0, le=1.0)
+    schedule_steps: int = f(
+        0, "steps the schedule spans (poly/cosine reach their end there); 0 = the whole run", ge=0
+    )
     warmup_steps: int = f(0, "linear warmup steps", ge=0)
     warmup_factor: float = f(1.0, "warmup starts at lr x this", gt=0.0, le=1.0)
 

@@ -234,9 +234,27 @@ def _resolve_tao_keys(tree: dict, parsed: list) -> tuple[dict, list]:
     return tree, parsed
 
 
+def _leaves(node, prefix: str):
+    """(dotted key, value) of every non-section value of a spec."""
+    for fl in dataclasses.fields(node):
+        value = getattr(node, fl.name)
+        if dataclasses.is_dataclass(value):
+            yield from _leaves(value, f"{prefix}{fl.name}.")
+        elif isinstance(value, list) and value and dataclasses.is_dataclass(value[0]):
+            for i, item in enumerate(value):
+                yield from _leaves(item, f"{prefix}{fl.name}[{i}].")
+        else:
+            yield f"{prefix}{fl.name}", value
+
+
 def _check_spec(spec: ExperimentConfig) -> None:
-    """Checks across a field's type: names that must be known."""
+    """Checks across a field's type: names that must be known, no value left to fill in."""
     from oneseg.tao.backbones import KNOWN_BACKBONES
+    from oneseg.tao.resolve import MISSING
+
+    for key, value in _leaves(spec, ""):
+        if value == MISSING:
+            raise SpecError(f"{key}: '???' marks a value to fill in; give it ({key}=...)")
 
     if spec.model.backbone not in KNOWN_BACKBONES:
         raise SpecError(

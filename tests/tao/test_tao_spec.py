@@ -386,3 +386,48 @@ def test_every_rename_lands_on_an_oneseg_key():
         if row.kind == "rename" and not row.optional and not exists(row.target)
     ]
     assert missing == []
+
+
+def test_tao_sample_spec_settings():
+    """Settings of TAO's own sample specs: iters_per_epoch sizes the schedule as TAO does,
+    '???' must be filled in, Mask2Former's source keys map, ADE JSONL is refused."""
+    spec = spec_from_dict({"train": {"num_epochs": 50, "iters_per_epoch": 15000}})
+    assert spec.train.optim.schedule_steps == 15000 * 50 + 1
+    with pytest.raises(SpecError, match=r"quantize.model_path: '\?\?\?' marks a value to fill"):
+        spec_from_dict({"quantize": {"model_path": "???"}})
+    with pytest.raises(SpecError, match=r"results_dir: '\?\?\?' marks a value to fill in"):
+        spec_from_dict({"results_dir": "???"})
+    assert spec_from_dict({"results_dir": "???"}, ["results_dir=out"]).results_dir == "out"
+    m2f_source = {
+        "type": "coco_panoptic",
+        "name": "coco_2017_train_panoptic",
+        "panoptic_json": "pan.json",
+        "img_dir": "imgs",
+        "panoptic_dir": "pan",
+        "batch_size": 1,
+    }
+    spec = spec_from_dict({"dataset": {"train": m2f_source, "val": dict(m2f_source)}})
+    assert spec.dataset.type == "coco_panoptic"
+    assert [(s.images, s.annotations, s.panoptic) for s in spec.dataset.train] == [
+        ("imgs", "pan.json", "pan")
+    ]
+    assert (spec.dataset.val.images, spec.dataset.val.annotations) == ("imgs", "pan.json")
+    ade = {"type": "ade", "annot_file": "ade_train.jsonl"}
+    with pytest.raises(SpecError, match="dataset.train.type: got 'ade'; oneseg reads"):
+        spec_from_dict({"dataset": {"train": ade}})
+
+
+def test_schedule_steps_end_the_poly_schedule_early():
+    import torch
+
+    from oneseg.config import OptimConfig
+    from oneseg.engine.optim import build_optimizer
+
+    cfg = OptimConfig(lr=1.0, lr_scheduler="poly", poly_power=1.0, schedule_steps=10)
+    optimizer, scheduler = build_optimizer(torch.nn.Linear(1, 1), cfg, total_steps=100)
+    lrs = []
+    for _ in range(12):
+        lrs.append(optimizer.param_groups[0]["lr"])
+        optimizer.step()
+        scheduler.step()
+    assert lrs[5] == pytest.approx(0.5) and lrs[10] == lrs[11] == 0.0

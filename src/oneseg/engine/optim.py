@@ -81,7 +81,8 @@ def lr_factor(
 
 
 def build_optimizer(model: nn.Module, optim_cfg, total_steps: int):
-    """AdamW and a per-step LambdaLR from the spec's `train.optim` section."""
+    """AdamW and a per-step LambdaLR from the spec's `train.optim` section; the schedule spans
+    `train.optim.schedule_steps` if set, else `total_steps`."""
     if list(optim_cfg.milestones) != sorted(optim_cfg.milestones):
         raise ValueError(
             f"train.optim.milestones: got {list(optim_cfg.milestones)}, expected increasing "
@@ -91,6 +92,7 @@ def build_optimizer(model: nn.Module, optim_cfg, total_steps: int):
         model, optim_cfg.lr, optim_cfg.weight_decay, optim_cfg.backbone_multiplier
     )
     optimizer = torch.optim.AdamW(groups, lr=optim_cfg.lr, weight_decay=optim_cfg.weight_decay)
+    total_steps = optim_cfg.schedule_steps or total_steps
     scheduler = torch.optim.lr_scheduler.LambdaLR(
         optimizer,
         lambda step: lr_factor(

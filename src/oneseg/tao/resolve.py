@@ -16,9 +16,18 @@ from collections.abc import Callable
 from typing import Any
 
 from oneseg.tao.backbones import resolve_backbone
-from oneseg.tao.table import ALIASES, Alias, SpecWarning, TaoKeyError, is_prefix, lookup
+from oneseg.tao.table import (
+    ALIASES,
+    M2F_SOURCE_KEYS,
+    Alias,
+    SpecWarning,
+    TaoKeyError,
+    is_prefix,
+    lookup,
+)
 
 TASK_NAMES = ("semantic", "instance", "panoptic")
+MISSING = "???"  # Hydra/OmegaConf's mark of a value the spec leaves to fill in
 
 
 # --------------------------------------------------------------------------- finding TAO keys
@@ -142,6 +151,8 @@ def resolve(tao: dict[str, Any], current: Callable[[str], Any]) -> list[tuple[st
 
     groups: dict[str, dict[str, Any]] = {}
     for key, value in tao.items():
+        if value == MISSING:
+            raise TaoKeyError(f"{key}: '???' marks a value to fill in; give it ({key}=...)")
         row = lookup(key)
         if row.kind == "group":
             groups.setdefault(row.target, {})[key] = value
@@ -156,7 +167,11 @@ def resolve(tao: dict[str, Any], current: Callable[[str], Any]) -> list[tuple[st
 
 def _train_sources(values: dict, current, emit) -> None:
     """dataset.train.{images,annotations,panoptic}: strings (one source) or lists (several)."""
-    lists = {k.rsplit(".", 1)[1]: v for k, v in values.items() if v not in (None, "")}
+    lists = {}
+    for key, value in values.items():
+        name = key.rsplit(".", 1)[1]
+        if value not in (None, ""):
+            lists[M2F_SOURCE_KEYS.get(name, name)] = value
     lengths = {k: len(v) for k, v in lists.items() if isinstance(v, list)}
     if len(set(lengths.values())) > 1:
         raise TaoKeyError(f"dataset.train: lists of different lengths {lengths}")
@@ -263,6 +278,38 @@ def _quantize(values: dict, current, emit) -> None:
     )
 
 
+def _dataset_type(values: dict, current, emit) -> None:
+    """Mask2Former's per-split `type`: one annotation format for all splits."""
+    jsonl = {k: v for k, v in values.items() if k.endswith(".annot_file") and v}
+    kinds = {k: v for k, v in values.items() if k.endswith(".type") and v not in (None, "")}
+    if len(set(kinds.values())) > 1:
+        raise TaoKeyError(f"{', '.join(kinds)}: one dataset type for all splits, got {kinds}")
+    for key, kind in kinds.items():
+        if kind not in ("coco_panoptic", "coco"):
+            raise TaoKeyError(
+                f"{key}: got {kind!r}; oneseg reads coco_panoptic and coco (ADE's JSONL is not "
+                "read: use label PNGs with dataset.type semantic)"
+            )
+        emit("dataset.type", kind)
+    if jsonl:
+        key = next(iter(jsonl))
+        raise TaoKeyError(
+            f"{key}: got {jsonl[key]!r}; ADE's JSONL annotations are not read: use label PNGs "
+            "with dataset.type semantic"
+        )
+
+
+def _schedule(values: dict, current, emit) -> None:
+    """TAO sizes its warmup-poly schedule as iters_per_epoch x num_epochs + 1 iterations (an
+    epoch still runs over the whole loader)."""
+    iters = values["train.iters_per_epoch"]
+    if iters is None:
+        return
+    if not isinstance(iters, int) or isinstance(iters, bool) or iters < 1:
+        raise TaoKeyError(f"train.iters_per_epoch: got {iters!r}, expected an integer >= 1")
+    emit("train.optim.schedule_steps", iters * current("train.num_epochs") + 1)
+
+
 def _quantize_mode(values: dict, current, emit) -> None:
     """TAO's static_ptq is oneseg's calibrated INT8 (`quantize.mode: static` where that key
     exists); weight-only quantization is not built."""
@@ -279,6 +326,8 @@ def _quantize_mode(values: dict, current, emit) -> None:
 
 
 GROUPS: dict[str, Callable] = {
+    "dataset_type": _dataset_type,
+    "schedule": _schedule,
     "quantize_mode": _quantize_mode,
     "backbone": resolve_backbone,
     "train_sources": _train_sources,

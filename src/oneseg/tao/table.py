@@ -180,9 +180,18 @@ def _backbone_rows() -> list[Alias]:
     return rows
 
 
+# Mask2Former's names of a source's files -> oneseg's.
+M2F_SOURCE_KEYS = {
+    "img_dir": "images",
+    "panoptic_json": "annotations",
+    "instance_json": "annotations",
+    "panoptic_dir": "panoptic",
+}
+
+
 def _dataset_rows() -> list[Alias]:
     rows = []
-    for key in ("images", "annotations", "panoptic"):
+    for key in ("images", "annotations", "panoptic", *M2F_SOURCE_KEYS):
         rows.append(
             group(
                 f"dataset.train.{key}",
@@ -196,7 +205,21 @@ def _dataset_rows() -> list[Alias]:
             rename(f"dataset.{split}.batch_size", target, "per process"),
             rename(f"dataset.{split}.num_workers", "dataset.workers"),
             ignored(f"dataset.{split}.names", None, "display names of the datasets"),
+            ignored(f"dataset.{split}.name", None, "Mask2Former: display name of the dataset"),
+            group(
+                f"dataset.{split}.type",
+                "dataset_type",
+                "Mask2Former: coco_panoptic / coco -> dataset.type (ade JSONL is not read)",
+            ),
+            group(f"dataset.{split}.annot_file", "dataset_type", "ADE JSONL: not read (refused)"),
+            fixed(f"dataset.{split}.root_dir", "", "paths are taken as given"),
+            ignored(f"dataset.{split}.target_size", None, "dataset.augmentation.eval_*_size"),
         ]
+        if split != "train":
+            rows += [
+                rename(f"dataset.{split}.{key}", f"dataset.{split}.{target}", "Mask2Former")
+                for key, target in M2F_SOURCE_KEYS.items()
+            ]
     aug = "dataset.augmentation."
     rows += [
         rename(aug + "train_crop_size", aug + "crop_size"),
@@ -298,8 +321,14 @@ def _train_rows() -> list[Alias]:
         fixed("train.clip_grad_type", "full", "one norm over the whole model"),
         fixed("train.accumulate_grad_batches", 1, "one batch per step"),
         fixed("train.distributed_strategy", "ddp", "DDP"),
-        fixed("train.iters_per_epoch", None, "an epoch is the whole training set"),
-        fixed("train.val_check_interval", 1.0, "validation at epoch ends"),
+        group(
+            "train.iters_per_epoch",
+            "schedule",
+            "TAO's schedule length: -> train.optim.schedule_steps = iters x num_epochs + 1",
+        ),
+        ignored(
+            "train.val_check_interval", 1.0, "validation every train.validation_interval epochs"
+        ),
         ignored("train.is_dry_run", False, "no dry-run mode"),
         ignored("train.verbose", False, "status.json and the logs say what happens"),
         ignored("train.cudnn.benchmark", False, "cuDNN autotuning is left to PyTorch"),
@@ -371,7 +400,7 @@ def _action_rows() -> list[Alias]:
         ignored("quantize.backend_kwargs", None, "no backend options"),
         ignored("encryption_key", None, "oneseg files are not encrypted"),
         ignored("model_name", None, "the spec sections say which model"),
-        ignored("wandb.*", None, "metrics go to TensorBoard, CSV and status.json"),
+        ignored("wandb.*", False, "metrics go to TensorBoard, CSV and status.json"),
         ignored("model.backbone.efficientvit.*", None, "read by TAO only with type efficientvit"),
         ignored("model.backbone.radio.*", None, "read by TAO only with name radio"),
     ]
