@@ -6,7 +6,8 @@ our model config values, the state dict in our names and the label map's categor
 of our tensors is taken from the file and every tensor of the file is used, except those that
 cannot change the outputs (listed in `IGNORED`); anything else is an error listing the keys.
 
-Supported backbones: Swin and ConvNeXt (mapped onto timm). transformers' Swin keeps separate
+Supported backbones: Swin and ConvNeXt (mapped onto timm) and DiNAT (ours, original names; its
+kernel and dilations come from config.json). transformers' Swin and DiNAT keep separate
 q/k/v projections (fused into timm's qkv here) and puts each patch-merging layer at the end of
 a stage, where timm puts it at the start of the next one.
 """
@@ -23,6 +24,7 @@ import torch
 from oneseg.config import ModelConfig
 from oneseg.convert.hf_key_map import Rule, canonical_key, rules_for, sources_of
 from oneseg.model.build import build_model
+from oneseg.model.dinat import DINAT_SIZES
 from oneseg.spec import section_from_dict
 
 log = logging.getLogger(__name__)
@@ -86,9 +88,12 @@ def _backbone_values(bb: dict) -> dict:
         _require(bb.get("hidden_act", "gelu") == "gelu", "ConvNeXt hidden_act must be gelu")
         dims = (hidden[0], list(bb["depths"]), [], 0)
         sizes = CONVNEXT_SIZES
+    elif kind == "dinat":
+        return _dinat_values(bb)
     else:
         raise ConversionError(
-            f"transformers OneFormer: backbone type {kind!r} is not supported (swin, convnext)"
+            f"transformers OneFormer: backbone type {kind!r} is not supported "
+            "(swin, convnext, dinat)"
         )
     # the named size that agrees with most of the backbone; the rest become overrides
     name = max(sizes, key=lambda n: sum(a == b for a, b in zip(sizes[n], dims)))
@@ -99,6 +104,31 @@ def _backbone_values(bb: dict) -> dict:
         "backbone_depths": dims[1] if dims[1] != named[1] else [],
         "backbone_num_heads": dims[2] if dims[2] != named[2] else [],
         "backbone_window_size": dims[3] if dims[3] != named[3] else 0,
+        "drop_path_rate": float(bb.get("drop_path_rate", 0.0)),
+    }
+
+
+def _dinat_values(bb: dict) -> dict:
+    """DiNAT: the named size with the same MLP ratio and layer scale; the rest as overrides
+    (the dilations are in the config, unlike in an original checkpoint)."""
+    _require(bb.get("patch_size", 4) == 4, "DiNAT patch_size must be 4")
+    _require(bb.get("qkv_bias", True), "DiNAT without qkv bias is not supported")
+    _require(bb.get("hidden_act", "gelu") == "gelu", "DiNAT hidden_act must be gelu")
+    layer_scale = float(bb.get("layer_scale_init_value", 0.0)) > 0
+    _require(not layer_scale, "DiNAT with layer scale (transformers keeps both in one tensor)")
+    mlp_ratio = float(bb.get("mlp_ratio", 3.0))
+    fitting = [
+        n for n, size in DINAT_SIZES.items() if size.mlp_ratio == mlp_ratio and not size.layer_scale
+    ]
+    _require(bool(fitting), f"DiNAT mlp_ratio {mlp_ratio} matches no published size")
+    embed = bb["embed_dim"]
+    return {
+        "backbone": min(fitting, key=lambda n: abs(DINAT_SIZES[n].embed_dim - embed)),
+        "backbone_embed_dim": embed,
+        "backbone_depths": list(bb["depths"]),
+        "backbone_num_heads": list(bb["num_heads"]),
+        "backbone_window_size": bb["kernel_size"],
+        "backbone_dilations": [list(d) for d in bb["dilations"]],
         "drop_path_rate": float(bb.get("drop_path_rate", 0.0)),
     }
 

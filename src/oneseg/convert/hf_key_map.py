@@ -61,6 +61,26 @@ def convnext_rules() -> list[Rule]:
     ]  # fmt: skip
 
 
+def dinat_rules() -> list[Rule]:
+    ours = r"backbone\.levels\.(\d+)\.blocks\.(\d+)\."
+    theirs = ENC + r"encoder.levels.\1.layers.\2."
+    return [
+        (r"backbone\.patch_embed\.proj\.(.+)", ENC + r"embeddings.patch_embeddings.projection.\1"),
+        (r"backbone\.patch_embed\.norm\.(.+)", ENC + r"embeddings.norm.\1"),
+        (ours + r"norm1\.(.+)", theirs + r"layernorm_before.\3"),
+        (ours + r"norm2\.(.+)", theirs + r"layernorm_after.\3"),
+        (ours + r"attn\.qkv\.(.+)",
+         [theirs + rf"attention.self.{p}.\3" for p in ("query", "key", "value")]),
+        (ours + r"attn\.rpb", theirs + "attention.self.rpb"),
+        (ours + r"attn\.proj\.(.+)", theirs + r"attention.output.dense.\3"),
+        (ours + r"mlp\.fc1\.(.+)", theirs + r"intermediate.dense.\3"),
+        (ours + r"mlp\.fc2\.(.+)", theirs + r"output.dense.\3"),
+        (r"backbone\.levels\.(\d+)\.downsample\.(.+)", ENC + r"encoder.levels.\1.downsample.\2"),
+        (r"backbone\.norm(\d)\.(.+)",
+         lambda m: f"{ENC}hidden_states_norms.stage{int(m[1]) + 1}.{m[2]}"),
+    ]  # fmt: skip
+
+
 def head_rules(num_fpn_levels: int) -> list[Rule]:
     layer, query_layer = r"decoder\.layers\.(\d+)\.", r"decoder\.query_transformer\.layers\.(\d+)\."
     their_layer, their_query_layer = TRF + r"layers.\1.", QT + r"layers.\1."
@@ -150,5 +170,5 @@ def canonical_key(key: str) -> str:
 
 
 def rules_for(backbone_family: str, num_fpn_levels: int) -> list[Rule]:
-    backbone = swin_rules() if backbone_family == "swin" else convnext_rules()
+    backbone = {"swin": swin_rules, "dinat": dinat_rules}.get(backbone_family, convnext_rules)()
     return backbone + head_rules(num_fpn_levels)
