@@ -87,7 +87,17 @@ def test_failing_action_exits_non_zero(tmp_path, monkeypatch, capsys):
     monkeypatch.setattr(
         cli.importlib, "import_module", lambda name: type("M", (), {"_never": boom})
     )
-    assert cli.main(["evaluate", f"results_dir={tmp_path}"]) == 1
+    assert (
+        cli.main(
+            [
+                "evaluate",
+                f"results_dir={tmp_path}",
+                f"dataset.val.images={tmp_path}",
+                f"evaluate.checkpoint={tmp_path}",
+            ]
+        )
+        == 1
+    )
     assert "3 images unreadable" in capsys.readouterr().err
     assert _lines(tmp_path / "evaluate" / "status.json")[-1]["status"] == "FAILURE"
 

@@ -20,6 +20,7 @@ from oneseg.convert.detectron2 import is_detectron2_layout, load_detectron2, str
 from oneseg.convert.hf import load_hf_oneformer
 from oneseg.convert.safe_load import read_weights_only, unwrap_state_dict
 from oneseg.data.label_map import LabelMap
+from oneseg.errors import CheckpointError
 from oneseg.io import write_atomic
 from oneseg.model.build import build_model
 from oneseg.spec import section_from_dict
@@ -83,12 +84,14 @@ def read_checkpoint(path: str | Path) -> tuple[ModelConfig, LabelMap, dict]:
         values, state_dict, categories = load_hf_oneformer(path)
         return model_cfg_from_dict(values), LabelMap.from_categories(categories), state_dict
     if not path.is_file():
-        raise FileNotFoundError(f"checkpoint not found: {path}")
+        raise CheckpointError(f"{path}: checkpoint not found")
     try:
         ckpt = read_weights_only(path)
     except Exception as err:  # noqa: BLE001 - any unpickling failure means an unusable file
-        raise ValueError(
-            f"{path}: not a readable checkpoint ({type(err).__name__}: {err})"
+        reason = str(err).strip().splitlines()[0] if str(err).strip() else ""
+        raise CheckpointError(
+            f"{path}: not a readable checkpoint ({type(err).__name__}: {reason}); only plain "
+            "tensors and types are loaded (weights_only)"
         ) from None
     if isinstance(ckpt, dict) and "oneseg" in ckpt:  # a Lightning training checkpoint
         meta = ckpt["oneseg"]
@@ -109,7 +112,7 @@ def read_checkpoint(path: str | Path) -> tuple[ModelConfig, LabelMap, dict]:
     if original is not None:  # detectron2 OneFormer/Mask2Former, or TAO's Lightning file
         values, state_dict, categories = load_detectron2(original, str(path))
         return model_cfg_from_dict(values), LabelMap.from_categories(categories), state_dict
-    raise ValueError(
+    raise CheckpointError(
         f"{path}: not a oneseg checkpoint (no 'format: oneseg' or Lightning entry) nor an original "
         "OneFormer/Mask2Former or TAO one (no backbone.* and sem_seg_head.predictor.* tensors)"
     )
@@ -132,10 +135,23 @@ def load_model(path: str | Path, device: str | torch.device = "cpu"):
 
 
 def load_state_dict_strict(model: torch.nn.Module, state_dict: dict, source: str) -> None:
-    """Load every tensor; otherwise one error listing the missing and unexpected keys."""
+    """Load every tensor; otherwise one error listing the missing and unexpected keys, or the
+    tensors whose shapes differ (weights of another class count or width)."""
+    own = model.state_dict()
+    differ = [
+        k for k, v in state_dict.items() if k in own and tuple(own[k].shape) != tuple(v.shape)
+    ]
+    if differ:
+        first = differ[0]
+        raise CheckpointError(
+            f"{source}: weights of another model: {len(differ)} tensors differ in shape, e.g. "
+            f"{first} {tuple(state_dict[first].shape)} here, {tuple(own[first].shape)} in the "
+            "model the spec describes (class count, widths or layers differ); use matching "
+            "model settings, or train.pretrained_model to load only the tensors that fit"
+        )
     result = model.load_state_dict(state_dict, strict=False)
     if result.missing_keys or result.unexpected_keys:
-        raise ValueError(
+        raise CheckpointError(
             f"{source}: weights do not fit the model: missing {sorted(result.missing_keys)[:20]}"
             f" ({len(result.missing_keys)}), unexpected {sorted(result.unexpected_keys)[:20]}"
             f" ({len(result.unexpected_keys)})"

@@ -88,6 +88,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     p = data_sub.add_parser("check", help="validate a dataset and name every problem")
     p.add_argument("-e", "--experiment-spec", dest="spec", help="YAML spec file")
+    p.add_argument("--json", action="store_true", help="print the report as JSON")
     p.add_argument("overrides", nargs="*", help="dotted overrides")
 
     p = sub.add_parser("convert", help="convert transformers OneFormer weights to oneseg")
@@ -179,7 +180,7 @@ def _data(args, parser) -> int:
     if args.data_command == "check":
         from oneseg.data.check import check_main  # imported on use: --help stays fast
 
-        return check_main(_load(args).dataset)
+        return check_main(_load(args).dataset, as_json=args.json)
     parser.parse_args(["data", "--help"])
     return 2
 
@@ -215,6 +216,10 @@ def describe_failure(err: BaseException) -> tuple[int, str]:
 def _first_line(err) -> str:
     lines = [line.strip() for line in str(err).strip().splitlines() if line.strip()]
     text = lines[0] if lines else type(err).__name__
+    if text.startswith("Caught ") and any(line.startswith("Original Traceback") for line in lines):
+        # raised in a data-loader worker: the original message is the traceback's last line
+        name, _, message = lines[-1].partition(": ")
+        text = message if message and " " not in name else lines[-1]
     return text if len(text) <= 400 else text[:397] + "..."
 
 

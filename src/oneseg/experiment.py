@@ -2,10 +2,15 @@
 
 `status.json` holds one JSON object per line, as NVIDIA TAO writes it: a STARTED line, RUNNING
 lines with progress and KPIs, and a final SUCCESS or FAILURE line carrying the error message.
+
+Before anything is written, the folder is checked and locked: a results_dir that is a file, a
+folder another run of the same action is writing into, or (for training) a folder holding a run
+of another model is refused with one line.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import time
@@ -13,8 +18,39 @@ import traceback
 from datetime import datetime, timezone
 from pathlib import Path
 
+import yaml
+
+from oneseg.errors import ResultsDirError
 from oneseg.io import finite_json
 from oneseg.spec import dump_spec
+
+try:
+    import fcntl
+except ImportError:  # Windows: no advisory locks; concurrent runs are not detected
+    fcntl = None
+
+LOCK_FILE = ".lock"
+# the model settings a checkpoint's weights depend on (thresholds and `pretrained` do not count)
+ARCHITECTURE_KEYS = (
+    "arch",
+    "backbone",
+    "backbone_embed_dim",
+    "backbone_depths",
+    "backbone_num_heads",
+    "backbone_window_size",
+    "num_classes",
+    "hidden_dim",
+    "num_queries",
+    "nheads",
+    "dim_feedforward",
+    "dec_layers",
+    "query_dec_layers",
+    "pre_norm",
+    "enforce_input_proj",
+    "task_seq_len",
+    "pixel_decoder",
+    "text_encoder",
+)
 
 
 class ActionRun:
@@ -27,6 +63,7 @@ class ActionRun:
         self.rank = _rank_from_env() if rank is None else rank
         self.kpis: dict = {}
         self._start = time.time()
+        self._lock = None
 
     @property
     def status_file(self) -> Path:
@@ -50,18 +87,80 @@ class ActionRun:
 
     def __enter__(self) -> ActionRun:
         if self.rank == 0:
+            root = Path(self.spec.results_dir)
+            for folder in (root, self.dir):
+                if folder.exists() and not folder.is_dir():
+                    raise ResultsDirError(f"results_dir: {folder} is a file; give a folder")
             self.dir.mkdir(parents=True, exist_ok=True)
-            (self.dir / "experiment.yaml").write_text(dump_spec(self.spec))
+            self._lock = _lock_folder(self.dir, self.action)
+            try:
+                if self.action == "train":
+                    _refuse_another_model(self.dir, self.spec)
+                (self.dir / "experiment.yaml").write_text(dump_spec(self.spec))
+            except BaseException:
+                self._release()
+                raise
         self.log("STARTED", f"{self.action} started")
         return self
 
     def __exit__(self, exc_type, exc, tb) -> bool:
-        if exc is None:
-            self.log("SUCCESS", f"{self.action} finished", kpi=self.kpis)
-        else:
-            detail = "".join(traceback.format_exception_only(exc_type, exc)).strip()
-            self.log("FAILURE", detail, kpi=self.kpis)
+        try:
+            if exc is None:
+                self.log("SUCCESS", f"{self.action} finished", kpi=self.kpis)
+            else:
+                detail = "".join(traceback.format_exception_only(exc_type, exc)).strip()
+                self.log("FAILURE", detail or exc_type.__name__, kpi=self.kpis)
+        finally:
+            self._release()
         return False
+
+    def _release(self) -> None:
+        if self._lock is not None:
+            self._lock.close()  # closing the file drops the lock
+            self._lock = None
+
+
+def _lock_folder(folder: Path, action: str):
+    """An open file holding an exclusive lock on `folder`; refuses a folder another process
+    holds (two inference runs into one folder would each rewrite the other's JSON files)."""
+    if fcntl is None:
+        return None
+    handle = open(folder / LOCK_FILE, "a+")
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        handle.seek(0)
+        holder = handle.read().strip() or "another process"
+        handle.close()
+        raise ResultsDirError(
+            f"{folder}: in use by another oneseg {action} run ({holder}); wait for it to end "
+            "or use another results_dir"
+        ) from None
+    handle.seek(0)
+    handle.truncate()
+    handle.write(f"process {os.getpid()}")
+    handle.flush()
+    return handle
+
+
+def _refuse_another_model(folder: Path, spec) -> None:
+    """A training folder with a checkpoint resumes; refuse it when the spec's model differs
+    from the one trained there (before experiment.yaml is overwritten)."""
+    previous = folder / "experiment.yaml"
+    if not (folder / "model_latest.ckpt").exists() or not previous.is_file():
+        return
+    try:
+        old = (yaml.safe_load(previous.read_text()) or {}).get("model", {})
+    except yaml.YAMLError:
+        return
+    new = dataclasses.asdict(spec.model)
+    differ = [k for k in ARCHITECTURE_KEYS if k in old and old[k] != new[k]]
+    if differ:
+        shown = ", ".join(f"model.{k}: {old[k]!r} there, {new[k]!r} now" for k in differ[:3])
+        raise ResultsDirError(
+            f"{folder}: results_dir holds a run of another model ({shown}); use a new "
+            "results_dir, or the model settings of that run"
+        )
 
 
 def _jsonable(value):

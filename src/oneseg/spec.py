@@ -168,6 +168,9 @@ def _set_dotted(tree: dict, path: list[str], value: Any, cls=ExperimentConfig) -
         child_tp = _hints(node_cls)[name]
         if not dataclasses.is_dataclass(child_tp):
             raise SpecError(f"{prefix}{name}.{path[depth + 1]}: '{prefix}{name}' has no sub-keys")
+        if node.get(name) is not None and not isinstance(node[name], dict):
+            # the spec gave a scalar where a section belongs: refuse, as the spec alone is
+            raise SpecError(f"{prefix}{name}: got {node[name]!r}, expected a mapping")
         if not isinstance(node.get(name), dict):
             node[name] = {}
         node, node_cls = node[name], child_tp
@@ -472,6 +475,19 @@ def check_inputs(spec: ExperimentConfig, action: str) -> None:
             value = getattr(source, name)
             if value and not Path(value).exists():
                 raise SpecError(f"{prefix}.{name}: got {value!r}, no such file or folder")
+    if action in ("evaluate", "inference"):
+        section = getattr(spec, action)
+        if not (section.checkpoint or spec.model.pretrained):
+            raise SpecError(
+                f"{action}.checkpoint is empty (and model.pretrained too): name the checkpoint"
+            )
+    if action == "evaluate":
+        source = getattr(spec.dataset, spec.evaluate.split)
+        if not (source.images or source.annotations or source.labels):
+            raise SpecError(
+                f"evaluate.split: got {spec.evaluate.split!r}, but dataset.{spec.evaluate.split} "
+                "names no images; set its images and annotations (or labels)"
+            )
 
 
 def section_from_dict(cls, data: dict, prefix: str):

@@ -162,7 +162,7 @@ def test_semantic_checks(tmp_path):
 
 def test_print_report_names_file_and_id_and_returns_exit_code(tmp_path):
     report = check_dataset(_broken_panoptic(tmp_path), splits=("train",))
-    console = Console(record=True, width=250)
+    console = Console(record=True, width=250, force_terminal=True)
     assert print_report(report, console) == 1
     text = console.export_text()
     assert "img1.png" in text and "image 101" in text and "FAILED" in text
@@ -170,6 +170,6 @@ def test_print_report_names_file_and_id_and_returns_exit_code(tmp_path):
     config = DatasetConfig(
         train=[DataSource(images=str(good["images"]), annotations=str(good["json"]))]
     )
-    console = Console(record=True, width=200)
+    console = Console(record=True, width=200, force_terminal=True)
     assert print_report(check_dataset(config), console) == 0
     assert "OK: 0 errors" in console.export_text()

@@ -23,6 +23,7 @@ import torch
 
 from oneseg.config import ModelConfig
 from oneseg.convert.hf_key_map import Rule, canonical_key, rules_for, sources_of
+from oneseg.errors import CheckpointError
 from oneseg.model.build import build_model
 from oneseg.model.dinat import DINAT_SIZES
 from oneseg.spec import section_from_dict
@@ -51,8 +52,8 @@ CONVNEXT_SIZES = {
 }
 
 
-class ConversionError(ValueError):
-    pass
+class ConversionError(CheckpointError):
+    """A transformers folder or weight file that cannot be converted; the message names it."""
 
 
 def _require(ok: bool, what: str) -> None:
@@ -220,11 +221,17 @@ def categories(config: dict, preprocessor: dict | None = None) -> list[dict]:
 
 
 def _load_weight_file(path: Path) -> dict[str, torch.Tensor]:
-    if path.suffix == ".safetensors":
-        from safetensors.torch import load_file
+    try:
+        if path.suffix == ".safetensors":
+            from safetensors.torch import load_file
 
-        return load_file(str(path))
-    return torch.load(path, map_location="cpu", weights_only=True)
+            return load_file(str(path))
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # noqa: BLE001 - any failure to unpickle means an unusable file
+        reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise ConversionError(
+            f"{path}: not a weights file torch or safetensors can read ({reason})"
+        ) from None
 
 
 def read_hf_weights(directory: Path) -> dict[str, torch.Tensor]:

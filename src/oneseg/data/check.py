@@ -9,7 +9,9 @@ Images are decoded in a thread pool: PIL releases the GIL while it decodes.
 
 from __future__ import annotations
 
+import json
 import os
+import sys
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -87,6 +89,18 @@ def _count(report: Report, label_map: LabelMap, class_index: int, iscrowd: bool)
         report.stuff += 1
 
 
+def _count_category(report: Report, label_map, class_of, json_path, item: dict, what: str):
+    """Count a segment or annotation by class; report a missing or unknown category id."""
+    where = f"{what} {item.get('id')}"
+    if "category_id" not in item:
+        report.add(ERROR, json_path, where, "no category_id")
+        return
+    try:
+        _count(report, label_map, class_of(item["category_id"]), item.get("iscrowd", 0))
+    except (KeyError, TypeError, ValueError) as err:
+        report.add(ERROR, json_path, where, str(err.args[0] if err.args else err))
+
+
 def _panoptic_pair(
     report: Report,
     label_map: LabelMap,
@@ -104,19 +118,21 @@ def _panoptic_pair(
     for dup in _duplicates(s.get("id") for s in infos):
         report.add(ERROR, json_path, f"image {image_id} / segment {dup}", "duplicate segment id")
     for info in infos:
-        try:
-            _count(report, label_map, class_of(info.get("category_id")), info.get("iscrowd", 0))
-        except KeyError as err:
-            report.add(
-                ERROR, json_path, f"image {image_id} / segment {info.get('id')}", err.args[0]
-            )
-    size = _image(
-        report,
-        images_dir / image.get("file_name", ""),
-        image_id,
-        (image.get("height"), image.get("width")),
-    )
-    png_path = panoptic_dir / ann.get("file_name", "")
+        _count_category(report, label_map, class_of, json_path, info, f"image {image_id} / segment")
+    if "file_name" not in image:
+        report.add(ERROR, json_path, f"image {image_id}", "no file_name")
+        size = None
+    else:
+        size = _image(
+            report,
+            images_dir / image["file_name"],
+            image_id,
+            (image.get("height"), image.get("width")),
+        )
+    if "file_name" not in ann:
+        report.add(ERROR, json_path, f"image {image_id}", "its annotation has no file_name (PNG)")
+        return
+    png_path = panoptic_dir / ann["file_name"]
     try:
         values = read_label(png_path)
     except ImageReadError as err:
@@ -200,10 +216,9 @@ def _instance_annotation(
     report: Report, label_map: LabelMap, class_of, json_path: Path, image: dict, ann: dict
 ) -> None:
     where = f"image {ann.get('image_id')} / annotation {ann.get('id')}"
-    try:
-        _count(report, label_map, class_of(ann.get("category_id")), ann.get("iscrowd", 0))
-    except KeyError as err:
-        report.add(ERROR, json_path, where, err.args[0])
+    _count_category(
+        report, label_map, class_of, json_path, ann, f"image {ann.get('image_id')} / annotation"
+    )
     seg = ann.get("segmentation")
     if isinstance(seg, list):
         if not seg:
@@ -255,16 +270,20 @@ def _check_instance(
     for image_id in images:
         if image_id not in annotated:
             report.add(WARNING, json_path, f"image {image_id}", "image has no annotations")
-    parts = [Report() for _ in images]
+    for img in images.values():
+        if "file_name" not in img:
+            report.add(ERROR, json_path, f"image {img.get('id')}", "no file_name")
+    named = [img for img in images.values() if "file_name" in img]
+    parts = [Report() for _ in named]
     jobs = [
         pool.submit(
             _image,
             part,
-            Path(source.images) / img.get("file_name", ""),
+            Path(source.images) / img["file_name"],
             img.get("id"),
             (img.get("height"), img.get("width")),
         )
-        for part, img in zip(parts, images.values())
+        for part, img in zip(parts, named)
     ]
     for part, job in zip(parts, jobs):
         job.result()
@@ -357,6 +376,13 @@ def check_dataset(
     return report
 
 
-def check_main(dataset_cfg: DatasetConfig, splits=("train", "val"), console=None) -> int:
-    """Check, print the report and return the exit code (1 if any error)."""
-    return print_report(check_dataset(dataset_cfg, splits), console)
+def check_main(
+    dataset_cfg: DatasetConfig, splits=("train", "val"), console=None, as_json: bool = False
+) -> int:
+    """Check, print the report (tables, plain lines when piped, or JSON) and return the exit
+    code (1 if any error)."""
+    report = check_dataset(dataset_cfg, splits)
+    if as_json:
+        print(json.dumps(report.to_dict(), indent=1), file=sys.stdout)
+        return report.exit_code
+    return print_report(report, console)

@@ -24,6 +24,7 @@ from oneseg.data.records import (
     Record,
     Segment,
     category_mapper,
+    coco_images,
     load_json,
 )
 
@@ -74,6 +75,7 @@ class CocoInstanceReader:
         self.label_map = label_map
         self.class_of = category_mapper(label_map, contiguous_id)
         data = load_json(self.annotation_file)
+        images = coco_images(self.annotation_file, data)
         by_image: dict = defaultdict(list)
         for ann in data.get("annotations", []):
             by_image[ann.get("image_id")].append(ann)
@@ -85,7 +87,7 @@ class CocoInstanceReader:
                 width=image.get("width"),
                 source=by_image.get(image["id"], []),
             )
-            for image in data.get("images", [])
+            for image in images.values()
         ]
 
     def load_annotation(self, record: Record) -> PanopticAnnotation:
@@ -99,6 +101,8 @@ class CocoInstanceReader:
         for seg_id, ann in enumerate(record.source, start=1):
             where = f"{self.annotation_file}: image {record.image_id}, annotation {ann.get('id')}"
             try:
+                if "category_id" not in ann:
+                    raise KeyError("no `category_id`")
                 class_index = self.class_of(ann["category_id"])
                 mask = decode_segmentation(ann.get("segmentation", []), height, width)
             except (KeyError, ValueError, TypeError) as err:

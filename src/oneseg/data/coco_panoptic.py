@@ -19,6 +19,7 @@ from oneseg.data.records import (
     Record,
     Segment,
     category_mapper,
+    coco_images,
     load_json,
 )
 from oneseg.io import rgb_to_id
@@ -57,14 +58,24 @@ class CocoPanopticReader:
         self.label_map = label_map
         self.class_of = category_mapper(label_map, contiguous_id)
         data = load_json(self.annotation_file)
-        images = {img["id"]: img for img in data.get("images", [])}
+        images = coco_images(self.annotation_file, data)
+        if not isinstance(data.get("annotations"), list):
+            raise DataError(
+                f"{self.annotation_file}: no `annotations` list; a COCO panoptic JSON gives each "
+                "image's segments_info there (an instance JSON needs dataset.type: coco)"
+            )
         self.records: list[Record] = []
-        for ann in data.get("annotations", []):
+        for ann in data["annotations"]:
             image = images.get(ann.get("image_id"))
             if image is None:
                 raise DataError(
                     f"{self.annotation_file}: annotation {ann.get('file_name')} refers to image "
                     f"id {ann.get('image_id')!r}, which `images` does not list"
+                )
+            if "file_name" not in ann:
+                raise DataError(
+                    f"{self.annotation_file}: the annotation of image {image['id']!r} has no "
+                    "`file_name` (its PNG)"
                 )
             self.records.append(
                 Record(
@@ -86,13 +97,14 @@ class CocoPanopticReader:
             segment_map = values.astype(np.int32)
         segments = []
         for info in ann.get("segments_info", []):
+            where = f"{self.annotation_file}: image {record.image_id}, segment {info.get('id')}"
+            for key in ("id", "category_id"):
+                if key not in info:
+                    raise DataError(f"{where}: no `{key}`")
             try:
                 class_index = self.class_of(info["category_id"])
-            except KeyError as err:
-                raise DataError(
-                    f"{self.annotation_file}: image {record.image_id}, segment {info.get('id')}: "
-                    f"{err.args[0]}"
-                ) from None
+            except (KeyError, TypeError, ValueError) as err:
+                raise DataError(f"{where}: {err.args[0] if err.args else err}") from None
             segments.append(
                 Segment(
                     id=int(info["id"]),

@@ -104,6 +104,30 @@ def load_json(path: str | Path) -> dict:
     return data
 
 
+def coco_images(path: str | Path, data: dict) -> dict:
+    """The `images` of a COCO JSON by id, refusing what would pair an image with another's
+    labels or crash later: a missing `id` or `file_name`, or an id listed twice."""
+    images = data.get("images")
+    if not isinstance(images, list) or not images:
+        raise DataError(f"{path}: no `images` list; a COCO JSON lists its images there")
+    by_id: dict = {}
+    for k, image in enumerate(images):
+        missing = [
+            key for key in ("id", "file_name") if not isinstance(image, dict) or key not in image
+        ]
+        if missing:
+            raise DataError(f"{path}: images[{k}] has no `{missing[0]}`")
+        if image["id"] in by_id:
+            first = by_id[image["id"]]["file_name"]
+            raise DataError(
+                f"{path}: image id {image['id']!r} is listed twice ({first} and "
+                f"{image['file_name']}): ids must be unique, or labels go to the wrong image; "
+                "`oneseg data check` lists every duplicate"
+            )
+        by_id[image["id"]] = image
+    return by_id
+
+
 class RecordStore:
     """An immutable sequence of picklable items (records) packed into one byte buffer.
 

@@ -43,6 +43,18 @@ class Report:
     def exit_code(self) -> int:
         return 1 if self.errors else 0
 
+    def to_dict(self) -> dict:
+        """The whole report as plain JSON types (`oneseg data check --json`)."""
+        return {
+            "ok": not self.errors,
+            "errors": len(self.errors),
+            "warnings": len(self.warnings),
+            "images": dict(self.images),
+            "segments": {"things": self.things, "stuff": self.stuff, "crowd": self.crowd},
+            "segments_per_class": dict(self.segments_per_class),
+            "problems": [p._asdict() for p in self.problems],
+        }
+
     def merge(self, other: Report) -> None:
         self.problems += other.problems
         self.images.update(other.images)
@@ -58,6 +70,8 @@ def print_report(report: Report, console=None) -> int:
     from rich.table import Table
 
     console = console or Console()
+    if not console.is_terminal:  # piped or redirected: one line per problem, never wrapped
+        return _print_plain(report, console)
     if report.problems:
         shown = sorted(report.problems, key=lambda p: p.severity != ERROR)[:MAX_ROWS]
         table = Table(title="Problems", show_lines=False)
@@ -83,4 +97,24 @@ def print_report(report: Report, console=None) -> int:
     errors, warnings = len(report.errors), len(report.warnings)
     verdict = "[bold red]FAILED[/]" if errors else "[bold green]OK[/]"
     console.print(f"{verdict}: {errors} errors, {warnings} warnings")
+    return report.exit_code
+
+
+def _print_plain(report: Report, console) -> int:
+    """Tab-separated lines (severity, file, id, message) and the summary, for grep and files."""
+
+    def out(line: str) -> None:
+        console.file.write(line + "\n")
+
+    for p in sorted(report.problems, key=lambda p: p.severity != ERROR):
+        out(f"{p.severity}\t{p.file}\t{p.id}\t{p.message}")
+    for name, count in sorted(report.segments_per_class.items(), key=lambda kv: -kv[1]):
+        out(f"class\t{name}\t{count}")
+    images = ", ".join(f"{split} {n}" for split, n in report.images.items()) or "none"
+    out(
+        f"images: {images}; segments: {report.things} things, {report.stuff} stuff, "
+        f"{report.crowd} crowd"
+    )
+    verdict = "FAILED" if report.errors else "OK"
+    out(f"{verdict}: {len(report.errors)} errors, {len(report.warnings)} warnings")
     return report.exit_code

@@ -10,6 +10,7 @@ from pathlib import Path
 import lightning as L
 
 from oneseg.engine.module import NonFiniteLossError
+from oneseg.errors import Stopped
 
 LATEST = "model_latest.ckpt"
 
@@ -22,7 +23,8 @@ def latest_checkpoint(folder: str | Path) -> Path | None:
 
 class AtomicCheckpoint(L.Callback):
     """Saves every `interval` epochs or steps (temp file + rename), points `model_latest.ckpt`
-    at the newest, and saves `model_crash.ckpt` when training dies of anything but a bad loss."""
+    at the newest, and saves `model_crash.ckpt` when training dies after its first step of
+    anything but a bad loss, an interrupt or a stop (SIGTERM)."""
 
     def __init__(self, folder: str | Path, interval: int, unit: str):
         self.folder = Path(folder)
@@ -32,7 +34,7 @@ class AtomicCheckpoint(L.Callback):
     def save(self, trainer: L.Trainer, module, name: str, latest: bool = True) -> Path:
         path = self.folder / name
         tmp = path.with_name(path.name + ".tmp")
-        trainer.save_checkpoint(tmp)
+        trainer.save_checkpoint(tmp, weights_only=False)  # optimizer and loops too
         if trainer.is_global_zero:
             os.replace(tmp, path)
         if trainer.is_global_zero and latest:
@@ -55,7 +57,9 @@ class AtomicCheckpoint(L.Callback):
             self.save(trainer, module, f"model_epoch{epoch:03d}.ckpt")
 
     def on_exception(self, trainer, module, exception) -> None:
-        if isinstance(exception, (NonFiniteLossError, KeyboardInterrupt)):
+        if isinstance(exception, (NonFiniteLossError, KeyboardInterrupt, Stopped, SystemExit)):
+            return
+        if trainer.global_step == 0:  # nothing learnt yet: no untrained weights to keep
             return
         try:
             # not the `latest`: a crash may leave a half-done step; resume takes the last good

@@ -9,6 +9,8 @@ from __future__ import annotations
 import dataclasses
 import logging
 import math
+import sys
+import warnings
 from pathlib import Path
 
 import lightning as L
@@ -35,8 +37,30 @@ from oneseg.engine.callbacks import (
 from oneseg.engine.evaluator import Evaluator
 from oneseg.engine.module import SegmentationModule
 from oneseg.engine.sampling import EpochSampler, SeededDataset
+from oneseg.errors import CheckpointError, ResultsDirError
+from oneseg.experiment import ARCHITECTURE_KEYS
 from oneseg.model.build import build_model, supported_tasks
 from oneseg.model.criterion import build_criterion
+
+# Lightning's messages that say nothing about this run: an advertisement, a hardware line that
+# is always false here, and a note on a value we set on purpose. Warnings are kept.
+_LIGHTNING_CHATTER = ("litlogger", "TPU available: False", "was configured so 100%")
+
+
+class _DropChatter(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        return not any(text in message for text in _LIGHTNING_CHATTER)
+
+
+def quiet_lightning() -> None:
+    """Keep Lightning's chatter and a deprecation inside Lightning itself (torch's `LeafSpec`,
+    not ours to fix) out of the user's terminal; its real warnings still show."""
+    logger = logging.getLogger("lightning.pytorch.utilities.rank_zero")
+    if not any(isinstance(f, _DropChatter) for f in logger.filters):
+        logger.addFilter(_DropChatter())
+    warnings.filterwarnings("ignore", message=r"`isinstance\(treespec, LeafSpec\)` is deprecated")
+
 
 log = logging.getLogger(__name__)
 
@@ -82,7 +106,14 @@ def build_model_for_training(spec, num_classes: int):
         load_state_dict_strict(model, state, spec.model.pretrained)
     if spec.train.pretrained_model:
         _, _, state = read_checkpoint(spec.train.pretrained_model)
-        load_matching_weights(model, state, spec.train.pretrained_model)
+        left = load_matching_weights(model, state, spec.train.pretrained_model)
+        if left:
+            print(
+                f"oneseg train: train.pretrained_model: {len(left)} model tensors do not fit "
+                f"{spec.train.pretrained_model} and start from initial values: "
+                f"{', '.join(left[:8])}{' ...' if len(left) > 8 else ''}",
+                file=sys.stderr,
+            )
     if spec.train.pretrained_backbone:
         load_pretrained_backbone(model.backbone, spec.train.pretrained_backbone)
     if spec.train.freeze_backbone:
@@ -110,9 +141,25 @@ def load_matching_weights(model: torch.nn.Module, state: dict, source: str) -> l
     own = model.state_dict()
     fitting = {k: v for k, v in state.items() if k in own and own[k].shape == v.shape}
     if not fitting:
-        raise ValueError(f"{source}: no tensor of these weights fits the model")
+        raise CheckpointError(f"{source}: no tensor of these weights fits the model")
     model.load_state_dict(fitting, strict=False)
     return sorted(set(own) - set(fitting))
+
+
+def check_resumable(path, model_cfg, label_map) -> None:
+    """Refuse, before Lightning restores it, a checkpoint that cannot be read weights-only or
+    that holds another model than the spec describes."""
+    saved_cfg, saved_labels, _ = read_checkpoint(path)
+    differ = [
+        name for name in ARCHITECTURE_KEYS if getattr(saved_cfg, name) != getattr(model_cfg, name)
+    ]
+    if saved_labels.category_ids != label_map.category_ids:
+        differ.append("classes")
+    if differ:
+        raise ResultsDirError(
+            f"{path}: a run of another model ({', '.join(differ)} differ); use a new "
+            "results_dir, or the model settings of that run"
+        )
 
 
 def build_loaders(spec, label_map, world_size: int):
@@ -228,6 +275,7 @@ def monitor_callback(
 def run_train(spec, run, callbacks: list | tuple = (), progress_bar: bool = True) -> None:
     """Train as the spec says, writing into `run.dir`. `callbacks`: extra Lightning callbacks
     (the AutoML search adds one that reports validation metrics to its trial)."""
+    quiet_lightning()
     L.seed_everything(spec.train.seed, workers=True, verbose=False)
     spec = with_unpacked_archives(spec)
     label_map = model_label_map(spec.dataset)
@@ -283,6 +331,7 @@ def run_train(spec, run, callbacks: list | tuple = (), progress_bar: bool = True
     folder = Path(run.dir)
     resume = spec.train.resume_training_checkpoint_path or latest_checkpoint(folder)
     if resume:
+        check_resumable(resume, spec.model, label_map)
         run.log("RUNNING", message=f"resuming from {resume}")
     checkpoint = AtomicCheckpoint(
         folder, spec.train.checkpoint_interval, spec.train.checkpoint_interval_unit
@@ -296,8 +345,9 @@ def run_train(spec, run, callbacks: list | tuple = (), progress_bar: bool = True
         gradient_clip_algorithm="norm",
         check_val_every_n_epoch=spec.train.validation_interval,
         num_sanity_val_steps=0,
-        limit_val_batches=1.0 if val_loader is not None else 0,
-        log_every_n_steps=spec.train.log_every_n_steps,
+        limit_val_batches=None if val_loader is not None else 0,
+        # no longer than an epoch: Lightning warns otherwise, and would log nothing per epoch
+        log_every_n_steps=min(spec.train.log_every_n_steps, steps_per_epoch),
         enable_checkpointing=False,
         use_distributed_sampler=False,
         sync_batchnorm=has_bn and world > 1,
@@ -323,7 +373,15 @@ def run_train(spec, run, callbacks: list | tuple = (), progress_bar: bool = True
         message=f"training {steps_per_epoch} steps/epoch x {spec.train.num_epochs} epochs "
         f"on {world} process(es)",
     )
-    trainer.fit(module, train_loader, val_loader, ckpt_path=str(resume) if resume else None)
+    # weights_only: a planted checkpoint must not run code, whatever torch's default
+    trainer.fit(
+        module,
+        train_loader,
+        val_loader,
+        ckpt_path=str(resume) if resume else None,
+        weights_only=True,
+    )
+    run.kpis["skipped_samples"] = train_loader.dataset.dataset.skipped
     run.kpis.update({k: v for k, v in module.last_metrics.items() if isinstance(v, (int, float))})
     run.kpis["steps"] = trainer.global_step
     run.kpis["final_loss"] = float(trainer.callback_metrics.get("loss", math.nan))

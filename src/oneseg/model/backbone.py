@@ -23,6 +23,7 @@ from timm.layers import LayerNorm2d, freeze_batch_norm_2d
 from timm.models.swin_transformer import SwinTransformerBlock, window_partition, window_reverse
 from torch import nn
 
+from oneseg.errors import CheckpointError
 from oneseg.model.dinat import DINAT_SIZES, DiNAT, build_dinat
 
 
@@ -192,17 +193,23 @@ def build_backbone(
 
 
 def _read_state_dict(path: Path) -> dict[str, torch.Tensor]:
-    if path.suffix == ".safetensors":
-        from safetensors.torch import load_file
+    try:
+        if path.suffix == ".safetensors":
+            from safetensors.torch import load_file
 
-        state = load_file(str(path))
-    else:
-        state = torch.load(path, map_location="cpu", weights_only=True)
+            state = load_file(str(path))
+        else:
+            state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # noqa: BLE001 - any failure to unpickle means an unusable file
+        reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise CheckpointError(
+            f"{path}: not a weights file torch or safetensors can read ({reason})"
+        ) from None
     for wrapper in ("state_dict", "model", "module"):
         if isinstance(state, dict) and isinstance(state.get(wrapper), dict):
             state = state[wrapper]
     if not isinstance(state, dict):
-        raise ValueError(f"{path}: no state dict found")
+        raise CheckpointError(f"{path}: no state dict found")
     return state
 
 
