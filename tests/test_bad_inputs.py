@@ -354,7 +354,7 @@ def test_10_planted_latest_checkpoint_is_not_unpickled(
     (folder / "model_latest.ckpt").symlink_to("model_epoch001.ckpt")
     monkeypatch.setenv("TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD", "1")
     spec = _spec_file(tmp_path, data, tiny_model_cfg)
-    _fails(["train", "-e", spec], EXIT_BAD_INPUT, capsys, "model_epoch001.ckpt", "weights_only")
+    _fails(["train", "-e", spec], EXIT_BAD_INPUT, capsys, "model_epoch001.ckpt")
     assert not marker.exists()
 
 
