@@ -89,9 +89,41 @@ class SemanticResult:
     task: str = "semantic"
 
 
+class QueryMasks:
+    """N full-size masks [H, W] stored once per query: what `Predictor` returns as instance
+    masks of an image too large for an [N, H, W] array (detections of one query under several
+    classes share its mask). Indexes like that array: `masks[i]` is [H, W] bool, `len(masks)`
+    is N; `np.asarray(masks)` builds the whole array.
+
+    Arguments:
+        query_masks: [U, H, W] bool, one mask per query kept.
+        index: [N] int, the row of `query_masks` of each detection.
+    """
+
+    def __init__(self, query_masks: np.ndarray, index: np.ndarray):
+        self.query_masks = query_masks
+        self.index = np.asarray(index, dtype=np.int64)
+
+    @property
+    def shape(self) -> tuple[int, int, int]:
+        return (len(self.index), *self.query_masks.shape[1:])
+
+    def __len__(self) -> int:
+        return len(self.index)
+
+    def __getitem__(self, i):
+        if isinstance(i, (int, np.integer)):
+            return self.query_masks[self.index[i]]
+        return QueryMasks(self.query_masks, self.index[i])
+
+    def __array__(self, dtype=None, copy=None):
+        array = self.query_masks[self.index]
+        return array if dtype is None else array.astype(dtype)
+
+
 @dataclass
 class InstanceResult:
-    masks: np.ndarray  # [N, H, W] bool
+    masks: np.ndarray | QueryMasks  # [N, H, W] bool (QueryMasks for very large images)
     scores: np.ndarray  # [N] float32, decreasing class probability
     labels: np.ndarray  # [N] int64 contiguous class index
     category_ids: np.ndarray  # [N] int64 dataset category ids
@@ -127,8 +159,14 @@ def _semantic_result(labels: torch.Tensor, label_map: LabelMap) -> SemanticResul
 
 def _instance_result(detections: dict, label_map: LabelMap) -> InstanceResult:
     labels = detections["labels"].cpu().numpy().astype(np.int64)
+    if "query_masks" in detections:  # a very large image: one mask per query
+        masks = QueryMasks(
+            detections["query_masks"].cpu().numpy(), detections["mask_index"].cpu().numpy()
+        )
+    else:
+        masks = detections["masks"].cpu().numpy().astype(bool)
     return InstanceResult(
-        masks=detections["masks"].cpu().numpy().astype(bool),
+        masks=masks,
         scores=detections["scores"].cpu().numpy().astype(np.float32),
         labels=labels,
         category_ids=np.asarray(label_map.category_ids, dtype=np.int64)[labels],

@@ -5,7 +5,8 @@ shades), outlined, and named in white on a dark box at its most interior point, 
 farthest from the region's border, so the name sits on the region even for rings and L shapes.
 
 Every function takes `min_side`: a picture whose short side is smaller is enlarged by a whole
-factor first (pixels repeated), so outlines and names stay readable on small images.
+factor first (pixels repeated), so outlines and names stay readable on small images. A picture of
+more than MAX_PIXELS is drawn on every s-th pixel (s whole), which bounds the memory drawing takes.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from scipy import ndimage
 
 from oneseg.data.label_map import LabelMap
 
+MAX_PIXELS = 16_000_000  # larger pictures are drawn on every s-th row and column
 TEXT_COLOR = (255, 255, 255)
 TEXT_BOX_COLOR = (20, 20, 20)
 
@@ -38,7 +40,8 @@ def overlay_semantic(
     min_side: int = 0,
 ) -> np.ndarray:
     """Tint each class of a label map [H, W] (contiguous ids; `ignore_value` left as is)."""
-    label = _as_numpy(label)
+    step = _step(image)
+    image, label = np.asarray(image)[::step, ::step], _as_numpy(label)[::step, ::step]
     regions = []
     for value in np.unique(label):
         if value == ignore_value:
@@ -64,15 +67,20 @@ def overlay_instances(
     Each is named "#index name score", index being its position in `masks`; larger instances
     are drawn first so that smaller ones in front of them stay visible.
     """
-    masks, labels, scores = _as_numpy(masks).astype(bool), _as_numpy(labels), _as_numpy(scores)
+    if hasattr(masks, "detach") or isinstance(masks, (list, tuple)):
+        masks = _as_numpy(masks)  # a sequence of [H, W] masks (an array, or QueryMasks) stays
+    labels, scores = _as_numpy(labels), _as_numpy(scores)
+    step = _step(image)
+    image = np.asarray(image)[::step, ::step]
+    shown = [np.asarray(masks[i], dtype=bool)[::step, ::step] for i in range(len(masks))]
     regions = []
-    for index in np.argsort(-masks.reshape(len(masks), -1).sum(1), kind="stable"):
-        if scores[index] < score_threshold or not masks[index].any():
+    for index in np.argsort([-int(np.count_nonzero(m)) for m in shown], kind="stable"):
+        if scores[index] < score_threshold or not shown[index].any():
             continue
         label = int(labels[index])
         color = _jitter(label_map.colors[label], int(index))
         text = f"#{index} {label_map.names[label]} {scores[index]:.2f}"
-        regions.append(Region(masks[index], color, text))
+        regions.append(Region(shown[index], color, text))
     return _draw(image, regions, alpha, min_side)
 
 
@@ -89,7 +97,8 @@ def overlay_panoptic(
     `segments` are dicts with `id` and `label` (contiguous class), as from
     `panoptic_inference`; things get one shade per segment, stuff its class colour.
     """
-    segment_ids = _as_numpy(segment_ids)
+    step = _step(image)
+    image, segment_ids = np.asarray(image)[::step, ::step], _as_numpy(segment_ids)[::step, ::step]
     regions = []
     for segment in segments:
         label = int(segment["label"])
@@ -127,6 +136,12 @@ def _draw(image: np.ndarray, regions: list[Region], alpha: float, min_side: int)
             point = _interior_point(region.mask)
             _draw_label(draw, font, region.text, point, image.shape[:2], taken)
     return np.asarray(picture)
+
+
+def _step(image) -> int:
+    """1, or the whole step s that brings a picture of more than MAX_PIXELS under it."""
+    height, width = np.shape(image)[:2]
+    return max(1, int(np.ceil(np.sqrt(height * width / MAX_PIXELS))))
 
 
 def _enlarge(array: np.ndarray, scale: int) -> np.ndarray:

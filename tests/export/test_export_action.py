@@ -43,6 +43,13 @@ def test_export_all_writes_one_checked_file_per_task(exported_all, deploy_label_
         assert sidecar["input"]["height"] == 64 and sidecar["input"]["dtype"] == "uint8"
         assert sidecar["check_image"].endswith(".png") or sidecar["check_image"].endswith(".jpg")
         assert sidecar["check"], "the ONNX Runtime comparison is recorded"
+        # how >8-bit images become the uint8 input, done before the graph as in training
+        assert sidecar["intensity"] == {
+            "mode": "percentile",
+            "low": 1.0,
+            "high": 99.8,
+            "per": "image",
+        }
     files = task_files(exported_all / "tiny_instance.onnx")
     assert sorted(files) == ["instance", "panoptic", "semantic"]
 

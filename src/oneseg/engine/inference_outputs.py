@@ -83,7 +83,7 @@ def instance_results(
     image_id: int, masks: np.ndarray, scores: np.ndarray, category_ids: np.ndarray
 ) -> list[dict]:
     """COCO result dicts of one image's detections (masks [N, H, W] bool)."""
-    rles = masks_to_rle(np.asarray(masks, dtype=bool))
+    rles = masks_to_rle(masks if hasattr(masks, "query_masks") else np.asarray(masks, bool))
     if not rles:
         return []
     boxes = mask_util.toBbox([{**r, "counts": r["counts"].encode("ascii")} for r in rles])

@@ -11,6 +11,7 @@ from PIL import Image
 from oneseg.checkpoint import load_state_dict_strict, read_checkpoint, read_intensity
 from oneseg.constants import IMAGE_SUFFIXES
 from oneseg.data.image_io import read_image
+from oneseg.data.intensity import choose_intensity
 from oneseg.data.synth_draw import STUFF, paint_thing, shape_mask, stuff_layout, stuff_texture
 from oneseg.engine.inference import spec_postprocess_overrides
 from oneseg.export.onnx_export import ExportSettings, export_onnx
@@ -82,6 +83,8 @@ def run_export(spec, run) -> None:
     load_state_dict_strict(model, state_dict, str(checkpoint))
     model = model.to(device).eval()
     post = {**_postprocess_of(model_cfg), **spec_postprocess_overrides(spec.model)}
+    # done before the graph: how images of more than 8 bits become its uint8 input
+    intensity = choose_intensity(spec.dataset.intensity, read_intensity(checkpoint)).to_dict()
     picture, source = check_image(spec)
     batch = 2 if cfg.batch_size == -1 else cfg.batch_size
     images = resized_batch(picture, cfg.input_height, cfg.input_width, batch).to(device)
@@ -106,11 +109,7 @@ def run_export(spec, run) -> None:
             path,
             images,
             task_seq_len=model_cfg.task_seq_len,
-            extra={
-                "checkpoint": str(checkpoint),
-                "check_image": source,
-                "intensity": read_intensity(checkpoint),
-            },
+            extra={"checkpoint": str(checkpoint), "check_image": source, "intensity": intensity},
         )
         run.kpis[f"{task}_onnx_mb"] = round(path.stat().st_size / 2**20, 2)
         print(f"export: {path} ({task}); ONNX Runtime agrees with PyTorch on {source}")

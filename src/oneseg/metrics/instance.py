@@ -29,7 +29,12 @@ def _to_numpy(x) -> np.ndarray:
 
 
 def masks_to_rle(masks) -> list[dict]:
-    """Binary masks [N, H, W] -> N COCO RLE dicts {"size": [H, W], "counts": str}."""
+    """Binary masks [N, H, W] -> N COCO RLE dicts {"size": [H, W], "counts": str}.
+
+    Masks that share rows of one array (`oneseg.inference.QueryMasks`) are encoded once."""
+    if hasattr(masks, "query_masks"):
+        unique = masks_to_rle(masks.query_masks)
+        return [dict(unique[j]) for j in masks.index]
     masks = _to_numpy(masks)
     if masks.ndim != 3:
         raise ValueError(f"masks must be [N, H, W], got shape {masks.shape}")

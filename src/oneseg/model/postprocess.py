@@ -14,6 +14,12 @@ here follow the original OneFormer inference (SHI-Labs/OneFormer, `oneformer_mod
 
 Where transformers' `OneFormerImageProcessor` does otherwise, the docstrings below say so; we
 follow the original because the published numbers were measured with it.
+
+Memory: Q mask logits at the size of an 8000x6000 photo take Q x 192 MB. When they would take
+more than `FULL_SIZE_BYTES`, `postprocess` works at the model's resolution and upsamples strips
+of rows one at a time (`upsample_rows`, bilinear as `F.interpolate` to float rounding): semantic
+and panoptic keep one strip of logits at a time, instance keeps one full-size mask per query
+(detections of one query under several classes share it). Smaller outputs take the direct path.
 """
 
 from __future__ import annotations
@@ -23,6 +29,10 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from oneseg.constants import TASKS
+from oneseg.model.strips import row_strips, upsample_rows
+
+FULL_SIZE_BYTES = 1 << 30  # mask logits at the output size above this: computed in strips
+STRIP_BYTES = 64 << 20  # about this much float32 per strip of rows
 
 
 def resize_mask_logits(
@@ -45,15 +55,23 @@ def resize_mask_logits(
     post-processing resizes the padded logits directly, which stretches the padding into the
     image.
     """
-    logits = F.interpolate(
-        mask_logits, size=tuple(padded_size), mode="bilinear", align_corners=False
-    )
-    logits = logits[..., : image_size[0], : image_size[1]]
+    logits = model_resolution_logits(mask_logits, padded_size, image_size)
     if tuple(logits.shape[-2:]) != tuple(output_size):
         logits = F.interpolate(
             logits, size=tuple(output_size), mode="bilinear", align_corners=False
         )
     return logits
+
+
+def model_resolution_logits(
+    mask_logits: Tensor, padded_size: tuple[int, int], image_size: tuple[int, int]
+) -> Tensor:
+    """[B, Q, h, w] logits -> [B, Q, h_img, w_img]: upsampled to the padded input the model saw,
+    padding cropped off. Small: the size of the model's input, not of the original image."""
+    logits = F.interpolate(
+        mask_logits, size=tuple(padded_size), mode="bilinear", align_corners=False
+    )
+    return logits[..., : image_size[0], : image_size[1]]
 
 
 def semantic_inference(class_logits: Tensor, mask_logits: Tensor) -> Tensor:
@@ -188,8 +206,17 @@ def panoptic_inference(
     ratio = won_area.cpu().double() / own_area.cpu().double().clamp(min=1)
     valid &= (ratio >= overlap_threshold).to(valid.device)
 
-    # Number the surviving queries; stuff queries of one class share the first one's id.
-    query_to_segment = torch.zeros(n, dtype=torch.int32, device=mask_logits.device)
+    query_to_segment, segments = _number_segments(
+        valid, labels, scores, final_area, isthing, mask_logits.device
+    )
+    segment_ids = torch.where(own, query_to_segment[winner], segment_ids)
+    return segment_ids, segments
+
+
+def _number_segments(valid, labels, scores, final_area, isthing, device):
+    """Number the surviving queries; stuff queries of one class share the first one's id.
+    Returns ([N] int32 segment id of each kept query, 0 if dropped; the segment dicts)."""
+    query_to_segment = torch.zeros(len(valid), dtype=torch.int32, device=device)
     segments: list[dict] = []
     stuff_segment: dict[int, dict] = {}
     for k in torch.nonzero(valid).flatten().tolist():
@@ -211,9 +238,7 @@ def panoptic_inference(
             if not thing:
                 stuff_segment[label] = segment
         query_to_segment[k] = segment["id"]
-
-    segment_ids = torch.where(own, query_to_segment[winner], segment_ids)
-    return segment_ids, segments
+    return query_to_segment, segments
 
 
 def postprocess(
@@ -263,6 +288,24 @@ def postprocess(
 
     results = []
     for i, (image_size, output_size) in enumerate(zip(image_sizes, output_sizes)):
+        if len(mask_logits[i]) * output_size[0] * output_size[1] * 4 > FULL_SIZE_BYTES:
+            low = model_resolution_logits(mask_logits[i : i + 1], padded_size, image_size)[0]
+            results.append(
+                _postprocess_in_strips(
+                    task,
+                    class_logits[i],
+                    low,
+                    tuple(output_size),
+                    num_classes=num_classes,
+                    isthing=isthing,
+                    thing_classes=thing_classes,
+                    topk=topk,
+                    object_mask_threshold=object_mask_threshold,
+                    overlap_threshold=overlap_threshold,
+                    score_threshold=score_threshold,
+                )
+            )
+            continue
         masks = resize_mask_logits(mask_logits[i : i + 1], padded_size, image_size, output_size)[0]
         if task == "semantic":
             scores = semantic_inference(class_logits[i], masks)
@@ -283,6 +326,110 @@ def postprocess(
             )
             results.append({"panoptic": panoptic})
     return results
+
+
+def _postprocess_in_strips(task: str, class_logits: Tensor, low: Tensor, output_size, **kw):
+    """One image's result from `low` [Q, h, w] logits at the model's resolution, upsampled to
+    `output_size` one strip of rows at a time (see the module docstring)."""
+    height, width = output_size
+    if task == "semantic":
+        labels = torch.empty((height, width), dtype=torch.long, device=low.device)
+        for start, stop in row_strips(height, len(low) * width * 4, STRIP_BYTES):
+            strip = upsample_rows(low, output_size, start, stop)
+            labels[start:stop] = semantic_inference(class_logits, strip).argmax(0)
+        return {"semantic": labels}
+    if task == "instance":
+        return {"instance": _instance_in_strips(class_logits, low, output_size, **kw)}
+    return {"panoptic": _panoptic_in_strips(class_logits, low, output_size, **kw)}
+
+
+def _instance_in_strips(
+    class_logits, low, output_size, *, num_classes, thing_classes, topk, score_threshold, **_
+) -> dict[str, Tensor]:
+    """`instance_inference` for a large output: one full-size mask per query kept, in
+    `query_masks` [U, H, W] bool, and `mask_index` [N] (detection -> row of query_masks)
+    instead of `masks` [N, H, W]."""
+    _check_num_classes(class_logits, num_classes)
+    class_probs = class_logits.softmax(-1)[:, :-1]  # [Q, K]
+    k = min(topk, class_probs.numel())
+    pair_scores, pair_indices = class_probs.flatten().topk(k)  # [Q*K] -> [k]
+    labels, queries = pair_indices % num_classes, pair_indices // num_classes
+    keep = torch.ones_like(pair_scores, dtype=torch.bool)
+    if score_threshold is not None:
+        keep &= pair_scores > score_threshold
+    if thing_classes is not None:
+        things = torch.as_tensor(thing_classes, dtype=labels.dtype, device=labels.device)
+        keep &= torch.isin(labels, things)
+    pair_scores, labels, queries = pair_scores[keep], labels[keep], queries[keep]
+    unique, mask_index = torch.unique(queries, sorted=True, return_inverse=True)
+    height, width = output_size
+    query_masks = torch.empty((len(unique), height, width), dtype=torch.bool, device=low.device)
+    inside = torch.zeros(len(unique), dtype=torch.float32, device=low.device)
+    area = torch.zeros(len(unique), dtype=torch.float32, device=low.device)
+    for start, stop in row_strips(height, max(len(unique), 1) * width * 4, STRIP_BYTES):
+        logits = upsample_rows(low[unique], output_size, start, stop)  # [U, rows, W]
+        masks = logits > 0
+        query_masks[:, start:stop] = masks
+        inside += (logits.sigmoid() * masks).flatten(1).sum(1)
+        area += masks.flatten(1).sum(1)
+    mask_scores = inside / (area + 1e-6)
+    return {
+        "query_masks": query_masks,
+        "mask_index": mask_index,
+        "scores": pair_scores * mask_scores[mask_index],
+        "labels": labels,
+        "queries": queries,
+    }
+
+
+def _panoptic_in_strips(
+    class_logits,
+    low,
+    output_size,
+    *,
+    num_classes,
+    isthing,
+    object_mask_threshold,
+    overlap_threshold,
+    **_,
+) -> tuple[Tensor, list[dict]]:
+    """`panoptic_inference` for a large output, in two passes over strips of rows: the areas
+    that decide which queries survive, then the segment map."""
+    _check_num_classes(class_logits, num_classes)
+    height, width = output_size
+    segment_ids = torch.zeros((height, width), dtype=torch.int32, device=low.device)
+    scores, labels = class_logits.softmax(-1).max(-1)  # [Q]
+    keep = labels.ne(num_classes) & (scores > object_mask_threshold)
+    scores, labels, kept = scores[keep], labels[keep], low[keep]
+    n = len(scores)
+    if n == 0:
+        return segment_ids, []
+    strips = list(row_strips(height, n * width * 4, STRIP_BYTES))
+
+    def winners(start: int, stop: int) -> tuple[Tensor, Tensor, Tensor]:
+        mask_probs = upsample_rows(kept, output_size, start, stop).sigmoid()  # [N, rows, W]
+        winner = (scores[:, None, None] * mask_probs).argmax(0)  # [rows, W]
+        own = mask_probs.gather(0, winner[None])[0] >= 0.5
+        return mask_probs, winner, own
+
+    won_area = torch.zeros(n, dtype=torch.long, device=low.device)
+    own_area = torch.zeros(n, dtype=torch.long, device=low.device)
+    final_area = torch.zeros(n, dtype=torch.long, device=low.device)
+    for start, stop in strips:
+        mask_probs, winner, own = winners(start, stop)
+        won_area += torch.bincount(winner.flatten(), minlength=n)
+        own_area += (mask_probs >= 0.5).flatten(1).sum(1)
+        final_area += torch.bincount(winner[own], minlength=n)
+    valid = (won_area > 0) & (own_area > 0) & (final_area > 0)
+    ratio = won_area.cpu().double() / own_area.cpu().double().clamp(min=1)
+    valid &= (ratio >= overlap_threshold).to(valid.device)
+    query_to_segment, segments = _number_segments(
+        valid, labels, scores, final_area, isthing, low.device
+    )
+    for start, stop in strips:
+        _, winner, own = winners(start, stop)
+        segment_ids[start:stop] = torch.where(own, query_to_segment[winner], 0)
+    return segment_ids, segments
 
 
 def _check_num_classes(class_logits: Tensor, num_classes: int) -> None:
