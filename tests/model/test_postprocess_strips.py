@@ -75,9 +75,8 @@ def test_instance_in_strips_shares_one_mask_per_query(monkeypatch):
 
 
 def test_query_masks_stand_for_the_full_array(monkeypatch):
-    from oneseg.predictor import QueryMasks
-
     from oneseg.metrics.instance import masks_to_rle
+    from oneseg.predictor import QueryMasks
 
     _, strips = _both("instance", monkeypatch, topk=20)
     masks = QueryMasks(strips["query_masks"].numpy(), strips["mask_index"].numpy())
@@ -101,9 +100,9 @@ def test_inference_action_on_a_large_image_writes_every_file(
     """Through the action: strip results make the same PNGs, RLE JSON and overlays."""
     import json
 
-    from oneseg.engine.inference import run_inference
     from pycocotools.coco import COCO
 
+    from oneseg.engine.inference import run_inference
     from oneseg.experiment import ActionRun
     from oneseg.spec import spec_from_dict
 

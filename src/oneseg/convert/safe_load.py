@@ -19,6 +19,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from oneseg.errors import CheckpointError
+
 
 class Placeholder:
     """Stands for an object of a class this program does not load: takes anything, does nothing."""
@@ -55,7 +57,13 @@ def read_weights_only(path: str | Path):
         except Exception:  # noqa: BLE001 - not a zip checkpoint: report the first error
             foreign = []
         if not foreign:
-            raise ValueError(f"{path}: not readable weights-only ({err})") from None
+            # torch's message opens with advice on weights_only; the cause follows this mark
+            _, found, cause = str(err).partition("WeightsUnpickler error:")
+            lines = [line.strip() for line in (cause if found else str(err)).splitlines()]
+            reason = next((line for line in lines if line), "unpickling failed")
+            raise CheckpointError(
+                f"{path}: not a weights file torch can read weights-only ({reason})"
+            ) from None
     stand_ins = [(type(f"Placeholder[{name}]", (Placeholder,), {}), name) for name in foreign]
     with torch.serialization.safe_globals(stand_ins):
         return torch.load(path, map_location="cpu", weights_only=True)
@@ -107,5 +115,5 @@ def unwrap_state_dict(obj, origin: str) -> dict[str, torch.Tensor]:
         if isinstance(obj, dict) and isinstance(obj.get(wrapper), dict):
             obj = obj[wrapper]
     if not isinstance(obj, dict) or not any(isinstance(v, torch.Tensor) for v in obj.values()):
-        raise ValueError(f"{origin}: no state dict of tensors found")
+        raise CheckpointError(f"{origin}: no state dict of tensors found")
     return {k: v for k, v in obj.items() if isinstance(v, torch.Tensor)}
