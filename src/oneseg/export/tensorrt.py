@@ -15,7 +15,6 @@ overflow 65504 long before the values themselves do).
 from __future__ import annotations
 
 import json
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -229,16 +228,13 @@ def build_engine(plan: BuildPlan, trt) -> bytes:
 
 
 def run_gen_trt_engine(spec, run) -> None:
-    from oneseg.results_io import write_json_atomic
+    from oneseg.io import write_atomic, write_json_atomic
 
     plan = build_plan(spec, run.dir)
     trt = require_tensorrt()
     run.log("RUNNING", f"building a {plan.data_type} TensorRT engine from {plan.onnx_file}")
     serialized = build_engine(plan, trt)
-    plan.engine_file.parent.mkdir(parents=True, exist_ok=True)
-    tmp = plan.engine_file.with_name(f".{plan.engine_file.name}.{os.getpid()}.tmp")
-    tmp.write_bytes(serialized)
-    os.replace(tmp, plan.engine_file)
+    write_atomic(plan.engine_file, lambda tmp: tmp.write_bytes(serialized))
     description = engine_description(read_description(plan.onnx_file), plan, trt.__version__)
     write_json_atomic(sidecar_of(plan.engine_file), description)
     run.kpis["engine_mb"] = round(plan.engine_file.stat().st_size / 2**20, 2)
