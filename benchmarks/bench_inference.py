@@ -208,6 +208,9 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--sizes", type=int, nargs="+", default=[512, 1024])
     parser.add_argument("--batches", type=int, nargs="+", default=[1, 4])
+    parser.add_argument(
+        "--settings", nargs="+", help="SIZExBATCH pairs instead of every size with every batch"
+    )
     parser.add_argument("--repeats", type=int, default=5, help="timed runs per contender")
     parser.add_argument("--threads", type=int, default=0, help="0: the cores available")
     parser.add_argument("--weights", type=Path, help="transformers folder (written if absent)")
@@ -221,22 +224,25 @@ def main(argv: list[str] | None = None) -> None:
     folder = write_hf_folder(args.weights or Path(tempfile.gettempdir()) / "oneseg-bench-hf")
     report = {"machine": machine_line(), "matmul_peak_gflops": matmul_peak_gflops()}
     runners = [Runner(name, folder) for name in CONTENDERS]
-    flops = {(r.name, s): forward_flops(r, s) for r in runners for s in args.sizes}
     report["settings"] = []
-    for size in args.sizes:
-        for batch in args.batches:
-            setting = {
-                "size": size,
-                "batch": batch,
-                **time_setting(runners, size, batch, args.repeats),
-            }
-            for runner in runners:
-                r = setting[runner.name]
-                r["gflop"] = flops[(runner.name, size)] * batch / 1e9
-                r["gflops_per_s"] = r["gflop"] / r["forward_s"]
-                r["peak_share"] = r["gflops_per_s"] / report["matmul_peak_gflops"]
-            report["settings"].append(setting)
-            print(json.dumps({k: v for k, v in setting.items()}, default=str)[:600], flush=True)
+    pairs = [(s, b) for s in args.sizes for b in args.batches]
+    if args.settings:
+        pairs = [tuple(int(v) for v in pair.lower().split("x")) for pair in args.settings]
+        args.sizes = sorted({s for s, _ in pairs})
+    flops = {(r.name, s): forward_flops(r, s) for r in runners for s in args.sizes}
+    for size, batch in pairs:
+        setting = {
+            "size": size,
+            "batch": batch,
+            **time_setting(runners, size, batch, args.repeats),
+        }
+        for runner in runners:
+            r = setting[runner.name]
+            r["gflop"] = flops[(runner.name, size)] * batch / 1e9
+            r["gflops_per_s"] = r["gflop"] / r["forward_s"]
+            r["peak_share"] = r["gflops_per_s"] / report["matmul_peak_gflops"]
+        report["settings"].append(setting)
+        print(json.dumps({k: v for k, v in setting.items()}, default=str)[:600], flush=True)
     # the peak is measured again at the end; the better of the two stands (a busy machine)
     report["matmul_peak_gflops"] = max(report["matmul_peak_gflops"], matmul_peak_gflops())
     for setting in report["settings"]:
