@@ -63,15 +63,23 @@ class TextEncoder(nn.Module):
 
     def token_features(self, tokens: torch.Tensor) -> torch.Tensor:
         """Per-position features after the final LayerNorm, [N, L, width]."""
-        x = self.token_embedding(tokens) + self.positional_embedding
+        x = self.token_embedding(tokens) + self.positional_embedding[: tokens.shape[1]]
         for block in self.blocks:
             x = block(x)  # causal: position i sees positions <= i only
         return self.ln_final(x)
 
     def forward(self, tokens: torch.Tensor) -> torch.Tensor:
-        x = self.token_features(tokens)
-        eot = tokens.argmax(dim=-1)
-        return x[torch.arange(x.shape[0], device=x.device), eot]
+        """tokens: [N, L] -> [N, width].
+
+        Only what the end-of-text features depend on is computed: attention is causal, so the
+        positions after the last end-of-text token are cut, and each distinct sequence is
+        encoded once (a text list repeats its filler text many times)."""
+        length = int(tokens.argmax(dim=-1).max()) + 1
+        # [N, length] -> [U, length] distinct rows, and the row of each sequence
+        distinct, inverse = torch.unique(tokens[:, :length], dim=0, return_inverse=True)
+        x = self.token_features(distinct)
+        eot = distinct.argmax(dim=-1)
+        return x[torch.arange(x.shape[0], device=x.device), eot][inverse]
 
 
 class TextQueries(nn.Module):
