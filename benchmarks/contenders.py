@@ -56,14 +56,14 @@ def load_ours(folder: Path, training: bool):
 
 
 def task_inputs(batch: int, task: str = "panoptic") -> torch.Tensor:
-    from oneseg.model.tokenizer import task_text, tokenize
+    from oneseg.tokenizer import task_text, tokenize
 
     return tokenize([task_text(task)] * batch)
 
 
 def training_targets(batch: int, size: int, seed: int = 1) -> dict:
     """Random rectangles of random classes, their text lists and task tokens: one batch."""
-    from oneseg.model.tokenizer import text_list, tokenize
+    from oneseg.tokenizer import text_list, tokenize
 
     gen = torch.Generator().manual_seed(seed)
     masks, labels, texts = [], [], []

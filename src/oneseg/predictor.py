@@ -24,6 +24,7 @@ from PIL import Image, ImageOps
 from oneseg.checkpoint import load_state_dict_strict, read_checkpoint, read_intensity
 from oneseg.config import ModelConfig
 from oneseg.constants import TASKS
+from oneseg.cpu_threads import set_intra_op_threads
 from oneseg.data.collate import padded_size
 from oneseg.data.image_io import read_image, to_rgb
 from oneseg.data.intensity import Intensity
@@ -224,6 +225,8 @@ class Predictor:
         intensity: how images of more than 8 bits become 0-255 (`oneseg.data.intensity`);
             `from_checkpoint` takes the rule recorded at training.
         device: where to run; default the GPU if there is one.
+        cpu_threads: intra-op threads on the CPU; 0 = the cores this process may use (or
+            OMP_NUM_THREADS when set), None = leave torch's setting alone.
     """
 
     def __init__(
@@ -239,10 +242,13 @@ class Predictor:
         task_seq_len: int = 77,
         intensity: Intensity | None = None,
         device: str | torch.device | None = None,
+        cpu_threads: int | None = 0,
     ):
         if device is None:
             device = "cuda" if torch.cuda.is_available() else "cpu"
         self.device = torch.device(device)
+        if cpu_threads is not None and self.device.type == "cpu":
+            set_intra_op_threads(cpu_threads)
         self.model = model.to(self.device).eval()
         self.label_map = label_map
         self.min_size, self.max_size = min_size, max_size

@@ -145,13 +145,13 @@ def run_inference(spec, run) -> None:
     """
 
     cfg = spec.inference
-    set_intra_op_threads(spec.cpu_threads)  # images are read ahead by threads, not processes
     if cfg.onnx_file or cfg.trt_engine:
         predictor, tasks, dropped = _exported_predictor(spec)
         if dropped:
             run.log("RUNNING", f"the exported file holds no {', '.join(dropped)} graph: skipped")
     else:
         predictor, tasks = _checkpoint_predictor(spec, run)
+    set_intra_op_threads(spec.cpu_threads)  # images are read ahead by threads, not processes
     paths, root = list_images(cfg.images)
     outputs = InferenceOutputs(run.dir, predictor.label_map, tasks, cfg.overlay, cfg.semantic_ids)
     todo = {
