@@ -212,8 +212,11 @@ def test_config_values():
 
 def test_unsupported_configs_are_refused():
     config = hf_config("a").to_dict()
+    config["backbone_config"] = {"model_type": "focalnet", "out_features": STAGES}
+    with pytest.raises(ConversionError, match="focalnet"):
+        model_values(config)
     config["backbone_config"] = {"model_type": "dinat", "out_features": STAGES}
-    with pytest.raises(ConversionError, match="dinat"):
+    with pytest.raises(ConversionError, match="DiNAT config lacks 'embed_dim'"):
         model_values(config)
     config = hf_config("a").to_dict()
     config["hidden_dim"] = 32

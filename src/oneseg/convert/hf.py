@@ -122,6 +122,10 @@ def _dinat_values(bb: dict) -> dict:
         n for n, size in DINAT_SIZES.items() if size.mlp_ratio == mlp_ratio and not size.layer_scale
     ]
     _require(bool(fitting), f"DiNAT mlp_ratio {mlp_ratio} matches no published size")
+    lacking = [
+        k for k in ("embed_dim", "depths", "num_heads", "kernel_size", "dilations") if k not in bb
+    ]
+    _require(not lacking, f"DiNAT config lacks {', '.join(map(repr, lacking))}")
     embed = bb["embed_dim"]
     return {
         "backbone": min(fitting, key=lambda n: abs(DINAT_SIZES[n].embed_dim - embed)),
