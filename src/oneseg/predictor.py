@@ -14,7 +14,6 @@ from __future__ import annotations
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass
-from functools import lru_cache
 from pathlib import Path
 
 import numpy as np
@@ -33,54 +32,9 @@ from oneseg.data.transforms import shortest_edge_size
 from oneseg.export.runtime import load_engines
 from oneseg.model.build import build_model
 from oneseg.model.postprocess import postprocess
-from oneseg.tokenizer import TASK_TEMPLATE, task_text, tokenize
 
 
 # ---------------------------------------------------------------------------- model calls
-@lru_cache(maxsize=16)
-def task_tokens(task: str, length: int = 77, template: str | None = None) -> torch.Tensor:
-    """[1, length] CLIP ids of the task prompt `template` (default "The task is {task}") of
-    `task` (shared: do not modify in place)."""
-    if task not in TASKS:
-        raise ValueError(f"unknown task {task!r}; expected one of {list(TASKS)}")
-    return tokenize(task_text(task, template or TASK_TEMPLATE), length)
-
-
-def model_outputs(
-    model: torch.nn.Module,
-    images: torch.Tensor,
-    tasks: Sequence[str],
-    task_seq_len: int = 77,
-    image_sizes: Sequence[tuple[int, int]] | None = None,
-) -> dict[str, dict]:
-    """Raw outputs of the model for each task, under no_grad.
-
-    Arguments:
-        images: [B, 3, H, W] RGB 0-255 (any dtype), already padded, on the model's device.
-        image_sizes: (h, w) of each image's content; the padding beyond is set to 0 after
-            normalisation, as in training.
-    Returns:
-        task -> {"pred_logits" [B, Q, K+1], "pred_masks" [B, Q, H/4, W/4]} in float32.
-        OneFormer runs once per task; Mask2Former, which has no task input, runs once.
-    """
-    with torch.no_grad():
-        sizes = [tuple(s) for s in image_sizes] if image_sizes is not None else None
-        normalized = model.normalize(images.float(), sizes)
-        outputs: dict[str, dict] = {}
-        shared = None
-        for task in tasks:
-            if getattr(model, "arch", "oneformer") == "mask2former":
-                if shared is None:
-                    shared = model(normalized, None)
-                raw = shared
-            else:
-                template = getattr(model, "task_text", None)
-                tokens = task_tokens(task, task_seq_len, template).to(images.device)
-                raw = model(normalized, tokens.expand(len(images), -1))
-            outputs[task] = {k: raw[k].float() for k in ("pred_logits", "pred_masks")}
-    return outputs
-
-
 # ---------------------------------------------------------------------------- results
 @dataclass
 class SemanticResult:
@@ -221,7 +175,6 @@ class Predictor:
         label_map: its classes.
         min_size, max_size: the shortest edge the model sees, and the cap on the longest.
         object_mask_threshold, overlap_threshold, topk: see `oneseg.model.postprocess`.
-        task_seq_len: length of the task token ids the model takes.
         intensity: how images of more than 8 bits become 0-255 (`oneseg.data.intensity`);
             `from_checkpoint` takes the rule recorded at training.
         device: where to run; default the GPU if there is one.
@@ -239,7 +192,6 @@ class Predictor:
         object_mask_threshold: float = 0.8,
         overlap_threshold: float = 0.8,
         topk: int = 150,
-        task_seq_len: int = 77,
         intensity: Intensity | None = None,
         device: str | torch.device | None = None,
         cpu_threads: int | None = 0,
@@ -255,7 +207,6 @@ class Predictor:
         self.object_mask_threshold = object_mask_threshold
         self.overlap_threshold = overlap_threshold
         self.topk = topk
-        self.task_seq_len = task_seq_len
         self.intensity = intensity or Intensity()
         self.model_cfg: ModelConfig | None = None  # known when built from a checkpoint
         self.size_divisibility = getattr(model, "size_divisibility", 32)
@@ -304,7 +255,6 @@ class Predictor:
             "object_mask_threshold": model_cfg.object_mask_threshold,
             "overlap_threshold": model_cfg.overlap_threshold,
             "topk": model_cfg.test_topk_per_image,
-            "task_seq_len": model_cfg.task_seq_len,
             "intensity": Intensity.from_config(read_intensity(path) or {}),
         }
         predictor = cls(model, label_map, device=device, **{**defaults, **settings})
@@ -325,7 +275,7 @@ class Predictor:
         if self.engines is not None:
             outputs = {task: self._engine(task) for task in tasks}
         else:
-            outputs = model_outputs(self.model, batch, tasks, self.task_seq_len, image_sizes)
+            outputs = self.model.predict(batch, tasks, image_sizes).outputs
         per_image: list[dict] = [{} for _ in arrays]
         for task, raw in outputs.items():
             if self.engines is not None:

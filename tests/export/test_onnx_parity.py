@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 
-from oneseg.export.onnx_export import ExportSettings, export_onnx, task_token_ids
+from oneseg.export.onnx_export import ExportSettings, export_onnx
 from oneseg.export.runtime import OnnxEngine
 from oneseg.model.postprocess import postprocess
 from tests.export.conftest import confident_tiny_model
@@ -44,11 +44,7 @@ def exported(tmp_path_factory, deploy_label_map, tiny_model_cfg) -> dict:
 
 
 def reference(model, images: torch.Tensor, task: str, label_map) -> list[dict]:
-    tokens = None
-    if model.arch == "oneformer":
-        tokens = task_token_ids(task, 77)[None].expand(len(images), -1)
-    with torch.no_grad():
-        raw = model(model.normalize(images.float()), tokens)
+    raw = model.predict(images, [task]).outputs[task]
     size = tuple(images.shape[-2:])
     return postprocess(
         raw,

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 
 from oneseg.model.build import build_model
-from oneseg.tokenizer import task_text, tokenize
+from oneseg.tokenizer import tokenize
 
 
 def test_text_encoder_cut_and_deduplicated_equals_full_length(tiny_model_cfg):

@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from oneseg.config import ModelConfig, PixelDecoderConfig, TextEncoderConfig
+from oneseg.constants import TASKS
 from oneseg.model.build import build_model
 from oneseg.tokenizer import task_text, text_list, tokenize
 
@@ -46,9 +47,8 @@ def text_tokens(cfg: ModelConfig, names: list[list[str]]) -> torch.Tensor:
 def test_inference_outputs():
     torch.manual_seed(0)
     model = build_model(tiny_cfg(dec_layers=4), num_classes=3).eval()
-    assert (model.arch, model.num_classes, model.num_queries, model.size_divisibility) == (
-        "oneformer", 3, 6, 32,
-    )  # fmt: skip
+    assert (model.task_conditioned, model.num_classes, model.num_queries) == (True, 3, 6)
+    assert model.size_divisibility == 32
     with torch.no_grad():
         out = model(torch.randn(2, 3, 64, 96), task_tokens("semantic", 2))
     assert set(out) == {"pred_logits", "pred_masks", "aux_outputs"}
@@ -83,7 +83,7 @@ def test_training_outputs_and_backward():
 def test_mask2former_single_class():
     torch.manual_seed(0)
     model = build_model(tiny_cfg(arch="mask2former", num_classes=1))
-    assert model.arch == "mask2former" and model.task_mlp is None and model.text_queries is None
+    assert not model.task_conditioned and model.task_mlp is None and model.text_queries is None
     names = [n for n, _ in model.named_parameters()]
     assert not any(n.startswith(("decoder.query_transformer", "text_queries")) for n in names)
     assert "decoder.query_feat.weight" in names and not hasattr(model, "logit_scale")
@@ -203,3 +203,59 @@ def test_padding_matches_transformers_processor():
     model = build_model(tiny_cfg(), num_classes=3)
     ours = model.normalize(batch, [a.shape[:2] for a in arrays])
     torch.testing.assert_close(ours, pixel_values, rtol=1e-5, atol=1e-5)
+
+
+def count_calls(module: torch.nn.Module) -> list:
+    calls = []
+    module.register_forward_hook(lambda *_: calls.append(1))
+    return calls
+
+
+def test_predict_equals_forward_with_tokenized_tasks():
+    torch.manual_seed(0)
+    model = build_model(tiny_cfg(), num_classes=3).eval()
+    images = torch.randint(0, 256, (2, 3, 64, 96), dtype=torch.uint8)
+    prediction = model.predict(images, ["semantic", "panoptic"])
+    assert prediction.image_sizes == [(64, 96)] * 2 and prediction.padded_size == (64, 96)
+    with torch.no_grad():
+        for task in ("semantic", "panoptic"):
+            out = model(model.normalize(images.float()), task_tokens(task, 2))
+            for key in ("pred_logits", "pred_masks"):
+                torch.testing.assert_close(prediction.outputs[task][key], out[key])
+
+
+def test_predict_runs_backbone_and_pixel_decoder_once_for_all_tasks():
+    model = build_model(tiny_cfg(), num_classes=3).eval()
+    backbone, pixel_decoder, decoder = (
+        count_calls(m) for m in (model.backbone, model.pixel_decoder, model.decoder)
+    )
+    prediction = model.predict(torch.zeros(1, 3, 64, 64, dtype=torch.uint8), TASKS)
+    assert list(prediction.outputs) == list(TASKS)
+    assert (len(backbone), len(pixel_decoder), len(decoder)) == (1, 1, 3)
+    logits = [prediction.outputs[t]["pred_logits"] for t in TASKS]
+    assert not torch.allclose(logits[0], logits[2])  # the task token changes the outputs
+
+
+def test_mask2former_predict_runs_the_decoder_once():
+    model = build_model(tiny_cfg(arch="mask2former", num_classes=2)).eval()
+    decoder = count_calls(model.decoder)
+    prediction = model.predict(torch.zeros(1, 3, 64, 64, dtype=torch.uint8), TASKS)
+    assert len(decoder) == 1
+    assert (
+        prediction.outputs["semantic"]["pred_masks"] is prediction.outputs["panoptic"]["pred_masks"]
+    )
+
+
+def test_predict_pads_after_normalisation_and_lists_equal_batches():
+    torch.manual_seed(0)
+    model = build_model(tiny_cfg(), num_classes=3).eval()
+    small = torch.randint(0, 256, (3, 40, 50), dtype=torch.uint8)
+    large = torch.randint(0, 256, (3, 64, 70), dtype=torch.uint8)
+    normalized, sizes = model.preprocess([small, large])
+    assert normalized.shape == (2, 3, 64, 96) and sizes == [(40, 50), (64, 70)]
+    assert normalized[0, :, 40:].abs().max() == 0 and normalized[0, :, :, 50:].abs().max() == 0
+    batch = torch.zeros(2, 3, 64, 96, dtype=torch.uint8)  # black padding, as a loader pads
+    batch[0, :, :40, :50], batch[1, :, :, :70] = small, large
+    from_list = model.predict([small, large], ["instance"]).outputs["instance"]
+    from_batch = model.predict(batch, ["instance"], sizes).outputs["instance"]
+    torch.testing.assert_close(from_list["pred_masks"], from_batch["pred_masks"])

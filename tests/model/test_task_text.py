@@ -9,7 +9,6 @@ from oneseg.checkpoint import load_model, make_checkpoint, read_checkpoint, save
 from oneseg.data.build import build_dataset
 from oneseg.data.label_map import LabelMap
 from oneseg.model.build import build_model
-from oneseg.predictor import model_outputs
 from oneseg.spec import SpecError, spec_from_dict
 from oneseg.tokenizer import TASK_TEMPLATE, task_text, tokenize
 
@@ -61,14 +60,14 @@ def test_dataset_task_token_rows_follow_the_template(synth_data):
 def test_the_template_changes_the_task_token_and_the_outputs(tiny_model_cfg):
     torch.manual_seed(0)
     model = build_model(tiny_model_cfg, num_classes=3).eval()
-    images = torch.rand(1, 3, 64, 64) * 255
-    original = model_outputs(model, images, ["panoptic"])["panoptic"]["pred_logits"]
-    model.task_text = NV_ONEFORMER
-    nv = model_outputs(model, images, ["panoptic"])["panoptic"]["pred_logits"]
+    nv_cfg = dataclasses.replace(tiny_model_cfg, task_text=NV_ONEFORMER)
+    nv_model = build_model(nv_cfg, num_classes=3).eval()
+    nv_model.load_state_dict(model.state_dict())  # same weights, other prompt
+    images = torch.randint(0, 256, (1, 3, 64, 64), dtype=torch.uint8)
+    original = model.predict(images).outputs["panoptic"]["pred_logits"]
+    nv = nv_model.predict(images).outputs["panoptic"]["pred_logits"]
     assert not torch.allclose(original, nv)
-    model.task_text = TASK_TEMPLATE
-    again = model_outputs(model, images, ["panoptic"])["panoptic"]["pred_logits"]
-    torch.testing.assert_close(again, original)
+    assert torch.equal(nv_model.task_token_ids[2], tokenize("This task is panoptic.")[0])
 
 
 def test_checkpoints_carry_the_template_and_old_ones_get_the_default(tmp_path, tiny_model_cfg):

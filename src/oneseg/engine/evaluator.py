@@ -29,7 +29,6 @@ from oneseg.data.records import PanopticAnnotation
 from oneseg.data.targets import semantic_label
 from oneseg.metrics import ConfusionMatrix, PanopticQuality, evaluate_segm, masks_to_rle
 from oneseg.model.postprocess import postprocess
-from oneseg.predictor import model_outputs
 
 
 def instance_ground_truth(
@@ -70,7 +69,7 @@ class Evaluator:
         dataset: the evaluation dataset; its untransformed annotations are the ground truth.
         label_map: the model's classes (category ids, names, things).
         model_cfg: post-processing settings (`object_mask_threshold`, `overlap_threshold`,
-            `test_topk_per_image`) and `task_seq_len`.
+            `test_topk_per_image`).
         tasks: the tasks to run and score: "panoptic" (PQ), "semantic" (mIoU), "instance" (AP).
     """
 
@@ -90,7 +89,6 @@ class Evaluator:
         self.object_mask_threshold = model_cfg.object_mask_threshold
         self.overlap_threshold = model_cfg.overlap_threshold
         self.topk = model_cfg.test_topk_per_image
-        self.task_seq_len = model_cfg.task_seq_len
         self.category_ids = list(label_map.category_ids)
         self._index_of = {}
         for index, record in enumerate(dataset.records):
@@ -112,9 +110,7 @@ class Evaluator:
             )
         device = next(model.parameters()).device
         images = batch["images"].to(device, non_blocking=True)
-        outputs = model_outputs(
-            model, images, self.tasks, self.task_seq_len, [tuple(s) for s in batch["image_sizes"]]
-        )
+        outputs = model.predict(images, self.tasks, batch["image_sizes"]).outputs
         per_task = {
             task: postprocess(
                 outputs[task],

@@ -64,8 +64,8 @@ def task_token_ids(task: str, length: int, template: str | None = None) -> torch
 
 def build_graph(model, label_map: LabelMap, settings: ExportSettings, task_seq_len: int = 77):
     tokens = None
-    if getattr(model, "arch", "oneformer") == "oneformer":
-        tokens = task_token_ids(settings.task, task_seq_len, getattr(model, "task_text", None))
+    if model.task_conditioned:
+        tokens = task_token_ids(settings.task, task_seq_len, model.task_text)
     return ExportGraph(
         model,
         settings.task,
@@ -84,8 +84,8 @@ def describe(graph: ExportGraph, label_map: LabelMap, settings: ExportSettings, 
         "format": "oneseg-onnx",
         "oneseg_version": __version__,
         "task": settings.task,
-        "arch": getattr(model, "arch", "oneformer"),
-        "task_text": getattr(model, "task_text", None) if graph.task_tokens is not None else None,
+        "arch": "oneformer" if model.task_conditioned else "mask2former",
+        "task_text": model.task_text if graph.task_tokens is not None else None,
         "num_classes": len(label_map),
         "classes": label_map.to_categories(),
         "input": {

@@ -20,7 +20,10 @@ from pathlib import Path
 
 import numpy as np
 
+from oneseg.export.quantize import calibration_images, is_network_node
 from oneseg.export.runtime import ExportedEngine, read_description
+from oneseg.export.tensorrt_calibrator import make_calibrator
+from oneseg.io import write_atomic, write_json_atomic
 
 FP32_OPS = {
     "ReduceSum",
@@ -74,8 +77,6 @@ class BuildPlan:
 
 def fp32_layers(proto) -> list[str]:
     """ONNX node names to keep in FP32 in a reduced-precision engine (module docstring)."""
-    from oneseg.export.quantize import is_network_node
-
     return sorted(
         node.name
         for node in proto.graph.node
@@ -124,8 +125,6 @@ def build_plan(spec, run_dir: str | Path) -> BuildPlan:
     if trt.data_type != "fp32":
         plan.fp32_layers = fp32_layers(onnx.load(str(onnx_file), load_external_data=False))
     if trt.data_type == "int8":
-        from oneseg.export.quantize import calibration_images
-
         cache = Path(trt.calibration_cache) if trt.calibration_cache else None
         plan.calibration_cache = cache
         if cache is None or not cache.is_file():
@@ -216,8 +215,6 @@ def build_engine(plan: BuildPlan, trt) -> bytes:
                     if layer.get_output(j).dtype in (trt.float16, trt.float32):
                         layer.set_output_type(j, trt.float32)
     if plan.data_type == "int8":
-        from oneseg.export.tensorrt_calibrator import make_calibrator
-
         config.set_flag(trt.BuilderFlag.INT8)
         config.int8_calibrator = make_calibrator(trt, plan)
         config.set_calibration_profile(profile)
@@ -228,8 +225,6 @@ def build_engine(plan: BuildPlan, trt) -> bytes:
 
 
 def run_gen_trt_engine(spec, run) -> None:
-    from oneseg.io import write_atomic, write_json_atomic
-
     plan = build_plan(spec, run.dir)
     trt = require_tensorrt()
     run.log("RUNNING", f"building a {plan.data_type} TensorRT engine from {plan.onnx_file}")

@@ -10,6 +10,7 @@ from oneseg.model.oneformer import OneFormer
 from oneseg.model.pixel_decoder import PixelDecoder
 from oneseg.model.text_encoder import TextQueries
 from oneseg.model.transformer_decoder import TransformerDecoder
+from oneseg.tokenizer import task_text, tokenize
 
 
 def model_tasks(cfg: ModelConfig) -> tuple[str, ...]:
@@ -82,9 +83,11 @@ def build_model(cfg: ModelConfig, num_classes: int | None = None) -> OneFormer:
         query_dropout=cfg.query_dropout,
         dropout=cfg.dropout,
     )
-    task_mlp = text_queries = None
+    task_mlp = text_queries = task_token_ids = None
     if oneformer:
         task_mlp = MLP(cfg.task_seq_len, cfg.hidden_dim, cfg.hidden_dim, 2)
+        prompts = [task_text(task, cfg.task_text) for task in TASKS]
+        task_token_ids = tokenize(prompts, cfg.task_seq_len)  # [3, task_seq_len]
         te = cfg.text_encoder
         if te.n_ctx >= cfg.num_queries:
             raise ValueError(
@@ -112,4 +115,5 @@ def build_model(cfg: ModelConfig, num_classes: int | None = None) -> OneFormer:
         pixel_std=cfg.pixel_std,
         contrastive_temperature=cfg.loss.contrastive_temperature,
         task_text=cfg.task_text,
+        task_token_ids=task_token_ids,
     )
