@@ -477,9 +477,12 @@ def check_inputs(spec: ExperimentConfig, action: str) -> None:
                 raise SpecError(f"{prefix}.{name}: got {value!r}, no such file or folder")
     if action in ("evaluate", "inference"):
         section = getattr(spec, action)
-        if not (section.checkpoint or spec.model.pretrained):
+        if not (
+            section.checkpoint or spec.model.pretrained or section.onnx_file or section.trt_engine
+        ):
             raise SpecError(
-                f"{action}.checkpoint is empty (and model.pretrained too): name the checkpoint"
+                f"{action}.checkpoint is empty (and model.pretrained, {action}.onnx_file and "
+                f"{action}.trt_engine too): name the model"
             )
     if action == "evaluate":
         source = getattr(spec.dataset, spec.evaluate.split)
