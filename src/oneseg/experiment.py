@@ -4,8 +4,8 @@
 lines with progress and KPIs, and a final SUCCESS or FAILURE line carrying the error message.
 
 Before anything is written, the folder is checked and locked: a results_dir that is a file, a
-folder another run of the same action is writing into, or (for training) a folder holding a run
-of another model is refused with one line.
+folder another run of the same action is writing into (automl excepted: its processes share one
+study), or (for training) a folder holding a run of another model is refused with one line.
 """
 
 from __future__ import annotations
@@ -30,6 +30,9 @@ except ImportError:  # Windows: no advisory locks; concurrent runs are not detec
     fcntl = None
 
 LOCK_FILE = ".lock"
+# actions whose folder several processes share by design: `oneseg automl` processes on one
+# study number their trials through its database and each trial writes its own sub-folder
+SHARED_FOLDER_ACTIONS = ("automl",)
 # the model settings a checkpoint's weights depend on (thresholds and `pretrained` do not count)
 ARCHITECTURE_KEYS = (
     "arch",
@@ -92,7 +95,8 @@ class ActionRun:
                 if folder.exists() and not folder.is_dir():
                     raise ResultsDirError(f"results_dir: {folder} is a file; give a folder")
             self.dir.mkdir(parents=True, exist_ok=True)
-            self._lock = _lock_folder(self.dir, self.action)
+            if self.action not in SHARED_FOLDER_ACTIONS:
+                self._lock = _lock_folder(self.dir, self.action)
             try:
                 if self.action == "train":
                     _refuse_another_model(self.dir, self.spec)
