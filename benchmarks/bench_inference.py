@@ -78,8 +78,8 @@ class Runner:
 
     def forward(self, images: torch.Tensor, tokens: torch.Tensor, mode=torch.inference_mode):
         with mode():
-            if self.name == "oneseg":
-                return self.model(images, tokens)
+            if self.name == "oneseg":  # as the predictor runs it: no earlier layers' outputs
+                return self.model(images, tokens, aux=False)
             return self.model(pixel_values=images, task_inputs=tokens)
 
     def postprocess(self, outputs, size: int):

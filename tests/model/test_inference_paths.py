@@ -1,4 +1,4 @@
-"""The shortcuts give the outputs of the full computation."""
+"""The inference shortcuts give the outputs of the full computation."""
 
 from __future__ import annotations
 
@@ -6,6 +6,25 @@ import torch
 
 from oneseg.model.build import build_model
 from oneseg.tokenizer import tokenize
+
+
+def test_without_aux_outputs_the_last_prediction_is_the_same(tiny_model_cfg):
+    torch.manual_seed(0)
+    model = build_model(tiny_model_cfg, num_classes=3).eval()
+    with torch.no_grad():
+        for p in model.parameters():  # random enough that masks are neither empty nor full
+            p.add_(torch.randn_like(p) * 0.05)
+    images = torch.randn(2, 3, 64, 96)
+    tokens = tokenize([task_text("panoptic")] * 2)
+    with torch.no_grad():
+        full = model(images, tokens)
+    with torch.inference_mode():
+        fast = model(images, tokens, aux=False)
+    assert fast["aux_outputs"] == [] and len(full["aux_outputs"]) == tiny_model_cfg.dec_layers
+    for key in ("pred_logits", "pred_masks"):
+        assert fast[key].shape == full[key].shape
+        assert (fast[key] - full[key]).abs().max() < 1e-5
+    assert full["pred_masks"].std() > 0.01
 
 
 def test_text_encoder_cut_and_deduplicated_equals_full_length(tiny_model_cfg):

@@ -149,12 +149,12 @@ def test_attention_mask_unmasks_empty_rows():
         decoder.mask_embed.layers[-1].bias.fill_(-100.0)  # every mask empty
         decoder.mask_embed.layers[-1].weight.zero_()
         x = torch.randn(2, 6, 32)
-        _, _, attn_mask = decoder.predict(x, torch.ones(2, 32, 16, 16), (4, 4))
-    assert attn_mask.shape == (2 * 2, 6, 16)
+        _, _, attn_mask = decoder.predict(x, torch.ones(2, 32, 16, 16), torch.ones(2, 32, 4, 4))
+    assert attn_mask.shape == (2, 6, 16)  # one mask for all heads
     assert not attn_mask.any()  # fully masked rows look everywhere
     with torch.no_grad():
         decoder.mask_embed.layers[-1].bias.fill_(100.0)
-        _, _, attn_mask = decoder.predict(x, torch.ones(2, 32, 16, 16), (4, 4))
+        _, _, attn_mask = decoder.predict(x, torch.ones(2, 32, 16, 16), torch.ones(2, 32, 4, 4))
     assert not attn_mask.any()  # sigmoid >= 0.5 everywhere: nothing masked
 
 

@@ -82,7 +82,7 @@ class ExportGraph(nn.Module):
         batch = images.shape[0]
         normalized = self.model.normalize(images.float())
         tokens = None if self.task_tokens is None else self.task_tokens.expand(batch, -1)
-        out = self.model(normalized, tokens)
+        out = self.model(normalized, tokens, aux=False)
         class_logits = out["pred_logits"]  # [B, Q, K+1]
         # [B, Q, H/4, W/4] -> [B, Q, H, W]
         mask_logits = F.interpolate(

@@ -171,10 +171,10 @@ class OneFormer(nn.Module):
         for task in dict.fromkeys(tasks):
             if self.task_conditioned:
                 token = self.task_token(task, len(images))
-                out = self.decoder(multi_scale, mask_features, token)
+                out = self.decoder(multi_scale, mask_features, token, aux=False)
             else:
                 if shared is None:
-                    shared = self.decoder(multi_scale, mask_features, None)
+                    shared = self.decoder(multi_scale, mask_features, None, aux=False)
                 out = shared
             outputs[task] = {"pred_logits": out["pred_logits"], "pred_masks": out["pred_masks"]}
         return outputs
@@ -198,17 +198,20 @@ class OneFormer(nn.Module):
         images: torch.Tensor,
         task_tokens: torch.Tensor | None = None,
         text_tokens: torch.Tensor | None = None,
+        aux: bool = True,
     ) -> dict:
         """
         Arguments:
             images: [B, 3, H, W] normalised, H and W multiples of `size_divisibility`.
             task_tokens: [B, task_seq_len] CLIP ids of the task text (OneFormer; required).
             text_tokens: [B, T, context_length] ids of the text lists (training, OneFormer).
+            aux: return the earlier layers' predictions; inference wants only the last, and
+                without them the earlier layers skip their full-size masks.
         Returns a dict:
             "pred_logits": [B, Q, K+1] class logits, the last class being no-object;
             "pred_masks": [B, Q, H/4, W/4] mask logits;
             "aux_outputs": list of {"pred_logits", "pred_masks"}, every earlier prediction in
-                order (the one before the first decoder layer first);
+                order (the one before the first decoder layer first); empty without `aux`;
             with text_tokens also "contrastive_logits" [B, Q, D] (the task-conditioned queries
                 before the first decoder layer), "texts" [B, T + n_ctx, D] and "logit_scale"
                 (scalar, log of the inverse temperature).
@@ -222,7 +225,7 @@ class OneFormer(nn.Module):
             raise ValueError("a mask2former model takes no task or text tokens")
         maps = self.backbone(images)
         mask_features, multi_scale = self.pixel_decoder(maps)
-        out = self.decoder(multi_scale, mask_features, task_token)
+        out = self.decoder(multi_scale, mask_features, task_token, aux=aux)
         queries = out.pop("queries")
         if text_tokens is not None:
             out["contrastive_logits"] = queries

@@ -141,16 +141,23 @@ class TransformerDecoder(nn.Module):
         queries = self.query_transformer(target, memory, pos, query_pos)
         return torch.cat([queries, task_token], dim=1)
 
-    def predict(self, x, mask_features, attn_size):
-        """Class logits [B, Q, K+1], mask logits [B, Q, H, W] and the attention mask that the
-        next layer uses at `attn_size`: [B*heads, Q, h*w], True where a query may not look."""
+    def predict(self, x, mask_features, attn_features, full: bool = True):
+        """Class logits [B, Q, K+1], mask logits [B, Q, H, W] (both None unless `full`) and the
+        attention mask of the next layer, [B, Q, h*w], True where a query may not look.
+
+        attn_features: the mask features resized to the next layer's attention size
+        [B, C, h, w]. Bilinear resizing acts on every channel alike, so the product with the
+        resized features equals the resized full-size logits (what OneFormer computes) without
+        computing the full-size map; at inference only the last layer needs that."""
         x = self.decoder_norm(x)
-        class_logits = self.class_embed(x)
-        mask_logits = torch.einsum("bqc,bchw->bqhw", self.mask_embed(x), mask_features)
-        small = F.interpolate(mask_logits, size=attn_size, mode="bilinear", align_corners=False)
-        # [B, Q, h, w] -> [B, Q, h*w] -> [B*heads, Q, h*w]
-        attn_mask = small.sigmoid().flatten(2) < 0.5
-        attn_mask = attn_mask.repeat_interleave(self.nheads, dim=0)
+        mask_embed = self.mask_embed(x)
+        class_logits = mask_logits = None
+        if full:
+            class_logits = self.class_embed(x)
+            mask_logits = torch.einsum("bqc,bchw->bqhw", mask_embed, mask_features)
+        # [B, Q, C] x [B, C, h*w] -> [B, Q, h*w]
+        small = torch.bmm(mask_embed, attn_features.flatten(2))
+        attn_mask = small.sigmoid() < 0.5
         # a query whose mask is empty everywhere may look everywhere
         attn_mask = attn_mask & ~attn_mask.all(-1, keepdim=True)
         return class_logits, mask_logits, attn_mask.detach()
@@ -160,36 +167,49 @@ class TransformerDecoder(nn.Module):
         features: list[torch.Tensor],
         mask_features: torch.Tensor,
         task_token: torch.Tensor | None = None,
+        aux: bool = True,
     ) -> dict:
         """features: the pixel decoder's 3 maps [B, C, h_l, w_l], coarse to fine;
-        mask_features: [B, mask_dim, H/4, W/4]; task_token: [B, D] (OneFormer only).
+        mask_features: [B, mask_dim, H/4, W/4]; task_token: [B, D] (OneFormer only);
+        aux: also return the earlier predictions (training, comparisons); without them the
+        earlier layers only compute their attention masks, at the attention resolution.
 
         Returns "pred_logits" [B, Q, K+1], "pred_masks" [B, Q, H/4, W/4], "aux_outputs" (the
-        earlier predictions, first to last) and "queries" [B, Q, D], the queries before the
-        first layer (what the contrastive loss compares with the texts)."""
+        earlier predictions, first to last; empty without `aux`) and "queries" [B, Q, D], the
+        queries before the first layer (what the contrastive loss compares with the texts)."""
         memories, positions, sizes = [], [], []
         for level, (feat, proj) in enumerate(zip(features, self.input_proj)):
             sizes.append(feat.shape[-2:])
             positions.append(self.pos_encoding(feat).flatten(2).transpose(1, 2))
             memory = proj(feat).flatten(2).transpose(1, 2)  # [B, C, h, w] -> [B, hw, D]
             memories.append(memory + self.level_embed.weight[level])
+        # the mask features at each attention size, for the attention masks
+        attn_features = [
+            F.interpolate(mask_features, size=size, mode="bilinear", align_corners=False)
+            for size in sizes
+        ]
         batch = mask_features.shape[0]
         query_pos = self.query_embed.weight.unsqueeze(0).expand(batch, -1, -1)
         queries = self.initial_queries(mask_features, task_token)
 
         x = queries
-        class_logits, mask_logits, attn_mask = self.predict(x, mask_features, sizes[0])
+        class_logits, mask_logits, attn_mask = self.predict(
+            x, mask_features, attn_features[0], full=aux
+        )
         predictions = [(class_logits, mask_logits)]
         for i, layer in enumerate(self.layers):
             level = i % NUM_SCALES
             x = layer(x, memories[level], attn_mask, positions[level], query_pos)
-            next_size = sizes[(i + 1) % NUM_SCALES]
-            class_logits, mask_logits, attn_mask = self.predict(x, mask_features, next_size)
+            last = i == len(self.layers) - 1
+            class_logits, mask_logits, attn_mask = self.predict(
+                x, mask_features, attn_features[(i + 1) % NUM_SCALES], full=aux or last
+            )
             predictions.append((class_logits, mask_logits))
 
+        aux_outputs = [{"pred_logits": c, "pred_masks": m} for c, m in predictions[:-1]]
         return {
             "pred_logits": predictions[-1][0],
             "pred_masks": predictions[-1][1],
-            "aux_outputs": [{"pred_logits": c, "pred_masks": m} for c, m in predictions[:-1]],
+            "aux_outputs": aux_outputs if aux else [],
             "queries": queries,
         }
