@@ -216,6 +216,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--weights", type=Path, help="transformers folder (written if absent)")
     parser.add_argument("--no-rss", action="store_true", help="skip the peak-memory processes")
     parser.add_argument("--profile", type=int, default=0, help="rows of a profiler table")
+    parser.add_argument("--name", default="inference", help="results file name")
     parser.add_argument("--child", choices=CONTENDERS, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     threads = set_intra_op_threads(args.threads)
@@ -255,7 +256,7 @@ def main(argv: list[str] | None = None) -> None:
                 )
     if args.profile:
         report["profile"] = profile(runners, args.sizes[0], args.profile)
-    md_path, _ = write_report("inference", markdown(report), report)
+    md_path, _ = write_report(args.name, markdown(report), report)
     print(md_path.read_text())
 
 
