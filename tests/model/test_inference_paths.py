@@ -41,3 +41,27 @@ def test_text_encoder_cut_and_deduplicated_equals_full_length(tiny_model_cfg):
     assert (fast - full).abs().max() < 1e-5
     fast.sum().backward()  # gradients reach the shared rows
     assert encoder.token_embedding.weight.grad.abs().sum() > 0
+
+
+def test_compiled_pixel_decoder_agrees_with_eager(tiny_model_cfg):
+    import shutil
+
+    import pytest
+
+    from oneseg.model.compiled import compile_pixel_decoder
+
+    if shutil.which("g++") is None and shutil.which("c++") is None:
+        pytest.skip("torch.compile on the CPU needs a C++ compiler")
+    torch.manual_seed(0)
+    model = build_model(tiny_model_cfg, num_classes=3).eval()
+    images = torch.randn(1, 3, 64, 64)
+    with torch.inference_mode():
+        maps = model.backbone(images)
+        eager_masks, eager_maps = model.pixel_decoder(maps)
+        keys = set(model.state_dict())
+        compile_pixel_decoder(model)
+        masks, multi_scale = model.pixel_decoder(maps)
+    assert set(model.state_dict()) == keys  # checkpoints keep their names
+    assert (masks - eager_masks).abs().max() < 1e-4
+    for a, b in zip(multi_scale, eager_maps):
+        assert (a - b).abs().max() < 1e-4

@@ -28,6 +28,7 @@ from oneseg.data.intensity import Intensity, choose_intensity
 from oneseg.data.records import DataError
 from oneseg.engine.inference_outputs import InferenceOutputs
 from oneseg.model.build import supported_tasks
+from oneseg.model.compiled import compile_pixel_decoder
 from oneseg.predictor import Predictor
 
 LIST_SUFFIXES = (".txt", ".lst", ".list")
@@ -151,6 +152,8 @@ def run_inference(spec, run) -> None:
             run.log("RUNNING", f"the exported file holds no {', '.join(dropped)} graph: skipped")
     else:
         predictor, tasks = _checkpoint_predictor(spec, run)
+        if cfg.compile:
+            compile_pixel_decoder(predictor.model)
     set_intra_op_threads(spec.cpu_threads)  # images are read ahead by threads, not processes
     paths, root = list_images(cfg.images)
     outputs = InferenceOutputs(run.dir, predictor.label_map, tasks, cfg.overlay, cfg.semantic_ids)
