@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 
 from oneseg.model.build import build_model
-from oneseg.tokenizer import tokenize
+from oneseg.tokenizer import task_text, tokenize
 
 
 def test_without_aux_outputs_the_last_prediction_is_the_same(tiny_model_cfg):
