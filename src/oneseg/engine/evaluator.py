@@ -93,9 +93,13 @@ class Evaluator:
         self._index_of = {}
         for index, record in enumerate(dataset.records):
             self._index_of.setdefault(record.image_id, index)
-        self._pq = PanopticQuality(dict(zip(self.category_ids, label_map.isthing)))
-        self._confusion = ConfusionMatrix(len(label_map), ignore_index=IGNORE)
         self.reset()
+
+    def _new_pq(self) -> PanopticQuality:
+        return PanopticQuality(dict(zip(self.category_ids, self.label_map.isthing)))
+
+    def _new_confusion(self) -> ConfusionMatrix:
+        return ConfusionMatrix(len(self.label_map), ignore_index=IGNORE)
 
     def reset(self) -> None:
         self.images: dict[int, dict] = {}  # dataset index -> what that image adds
@@ -168,19 +172,13 @@ class Evaluator:
             for s in segments
         ]
         pred_ids = _numpy(segment_ids)
-        self._pq.reset()
-        self._pq.update(annotation.segment_map, gt_segments, pred_ids, pred_segments)
-        pq = self._pq
-        present = np.flatnonzero(pq.tp + pq.fp + pq.fn)
-        return present, pq.tp[present], pq.fp[present], pq.fn[present], pq.iou[present]
+        return self._new_pq().image_counts(
+            annotation.segment_map, gt_segments, pred_ids, pred_segments
+        )
 
     def _confusion_counts(self, annotation, labels) -> tuple[np.ndarray, np.ndarray]:
-        self._confusion.reset()
         target = semantic_label(annotation.segment_map, annotation.segments, IGNORE)
-        self._confusion.update(_numpy(labels), target)
-        counts = self._confusion.matrix.reshape(-1)
-        present = np.flatnonzero(counts)
-        return present, counts[present]
+        return self._new_confusion().image_counts(_numpy(labels), target)
 
     def _instance_results(self, image_id: int, detections: dict) -> list[dict]:
         scores = _numpy(detections["scores"]).tolist()
@@ -245,14 +243,9 @@ class Evaluator:
         ]
 
     def _compute_panoptic(self, images: dict, metrics: dict, per_class: dict) -> None:
-        pq = self._pq
-        pq.reset()
+        pq = self._new_pq()
         for entry in images.values():
-            present, tp, fp, fn, iou = entry["panoptic"]
-            np.add.at(pq.tp, present, tp)
-            np.add.at(pq.fp, present, fp)
-            np.add.at(pq.fn, present, fn)
-            np.add.at(pq.iou, present, iou)
+            pq.add(entry["panoptic"])
         result = pq.compute()
         for group, suffix in (("All", ""), ("Things", "_th"), ("Stuff", "_st")):
             for key in ("pq", "sq", "rq"):
@@ -266,12 +259,9 @@ class Evaluator:
                 values[key] = 100 * row[key] if by_category[values["category_id"]] else math.nan
 
     def _compute_semantic(self, images: dict, metrics: dict, per_class: dict) -> None:
-        confusion = self._confusion
-        confusion.reset()
-        flat = confusion.matrix.reshape(-1)
+        confusion = self._new_confusion()
         for entry in images.values():
-            present, counts = entry["semantic"]
-            np.add.at(flat, present, counts)
+            confusion.add(entry["semantic"])
         result = confusion.compute()
         metrics["miou"] = 100 * result["miou"]
         metrics["fwiou"] = 100 * result["fwiou"]

@@ -119,7 +119,27 @@ class PanopticQuality:
         pred_ids: np.ndarray,
         pred_segments: Sequence[Mapping],
     ) -> None:
-        """Add one image.
+        """Add one image (see `image_counts` for the arguments)."""
+        self.add(self.image_counts(gt_ids, gt_segments, pred_ids, pred_segments))
+
+    def add(self, counts: tuple[np.ndarray, ...]) -> None:
+        """Add the counts of one image as `image_counts` returns them."""
+        present, tp, fp, fn, iou = counts
+        np.add.at(self.tp, present, tp)
+        np.add.at(self.fp, present, fp)
+        np.add.at(self.fn, present, fn)
+        np.add.at(self.iou, present, iou)
+
+    def image_counts(
+        self,
+        gt_ids: np.ndarray,
+        gt_segments: Sequence[Mapping],
+        pred_ids: np.ndarray,
+        pred_segments: Sequence[Mapping],
+    ) -> tuple[np.ndarray, ...]:
+        """The counts of one image, not added: (classes [M], tp [M], fp [M], fn [M], iou [M])
+        over the M classes (indices into `category_ids`) it has a TP, FP or FN of. Small
+        enough to keep per image; `add` adds them.
 
         Arguments:
             gt_ids (np.ndarray): [H, W] non-negative int segment ids, 0 = void (numpy or torch).
@@ -158,28 +178,33 @@ class PanopticQuality:
             raise ValueError(f"predicted segments {empty} are listed but have no pixels")
         gt_area = counts[1 : num_gt + 1].sum(1)  # includes pixels with no prediction
         inter = counts[1 : num_gt + 1, 1:]
-        self._add_image(inter, counts[0, 1:], gt_area, pred_area, gt_cls, gt_crowd, pred_cls)
+        tp, fp, fn, iou = self._class_counts(
+            inter, counts[0, 1:], gt_area, pred_area, gt_cls, gt_crowd, pred_cls
+        )
+        present = np.flatnonzero(tp + fp + fn)
+        return present, tp[present], fp[present], fn[present], iou[present]
 
-    def _add_image(self, inter, pred_void, gt_area, pred_area, gt_cls, gt_crowd, pred_cls):
-        """inter [G, P], pred_void [P], gt_area [G], pred_area [P], gt_cls / gt_crowd [G],
-        pred_cls [P]: pixel counts and classes of one image."""
+    def _class_counts(self, inter, pred_void, gt_area, pred_area, gt_cls, gt_crowd, pred_cls):
+        """tp, fp, fn [K] int64 and iou [K] float64 of one image from inter [G, P], pred_void
+        [P], gt_area [G], pred_area [P], gt_cls / gt_crowd [G], pred_cls [P]."""
         k = len(self.category_ids)
         union = gt_area[:, None] + pred_area[None, :] - inter - pred_void[None, :]
         iou = inter / np.maximum(union, 1)
         same_class = gt_cls[:, None] == pred_cls[None, :]  # [G, P]
         gt_idx, pred_idx = np.nonzero(same_class & ~gt_crowd[:, None] & (iou > 0.5))
-        self.tp += np.bincount(gt_cls[gt_idx], minlength=k)
-        self.iou += np.bincount(gt_cls[gt_idx], weights=iou[gt_idx, pred_idx], minlength=k)
+        tp = np.bincount(gt_cls[gt_idx], minlength=k).astype(np.int64)
+        iou_sum = np.bincount(gt_cls[gt_idx], weights=iou[gt_idx, pred_idx], minlength=k)
 
         gt_unmatched = np.ones(len(gt_cls), bool)
         gt_unmatched[gt_idx] = False
-        self.fn += np.bincount(gt_cls[gt_unmatched & ~gt_crowd], minlength=k)
+        fn = np.bincount(gt_cls[gt_unmatched & ~gt_crowd], minlength=k).astype(np.int64)
 
         pred_unmatched = np.ones(len(pred_cls), bool)
         pred_unmatched[pred_idx] = False
         on_crowd = (inter * (same_class & gt_crowd[:, None])).sum(0)  # [P] same-class crowd
         ignored = (pred_void + on_crowd) / pred_area > 0.5
-        self.fp += np.bincount(pred_cls[pred_unmatched & ~ignored], minlength=k)
+        fp = np.bincount(pred_cls[pred_unmatched & ~ignored], minlength=k).astype(np.int64)
+        return tp, fp, fn, iou_sum.astype(np.float64)
 
     def merge(self, other: PanopticQuality) -> PanopticQuality:
         """Add the counts of ``other`` (same categories) into this accumulator; returns self."""

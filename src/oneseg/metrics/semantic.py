@@ -34,7 +34,19 @@ class ConfusionMatrix:
         self.matrix = np.zeros((self.num_classes, self.num_classes + 1), np.int64)
 
     def update(self, pred, target) -> None:
-        """Add predictions and labels of any equal shape, e.g. [B, H, W] or [H, W].
+        """Add predictions and labels (see `image_counts`)."""
+        self.add(self.image_counts(pred, target))
+
+    def add(self, counts: tuple[np.ndarray, np.ndarray]) -> None:
+        """Add counts as `image_counts` returns them."""
+        present, values = counts
+        flat = self.matrix.reshape(-1)  # a view: adding to it adds to the matrix
+        np.add.at(flat, present, values)
+
+    def image_counts(self, pred, target) -> tuple[np.ndarray, np.ndarray]:
+        """The counts of predictions and labels of any equal shape, e.g. [B, H, W] or [H, W],
+        not added: (cells [M] of the flattened matrix, counts [M]) over the cells that are not
+        0. Small enough to keep per image; `add` adds them.
 
         Arguments:
             pred: integer class indices, a numpy array or a torch tensor.
@@ -56,8 +68,9 @@ class ConfusionMatrix:
                 raise ValueError(f"target values must be in [0, {k}) or {self.ignore_index}")
             pred = torch.where((pred >= 0) & (pred < k), pred, k)
             counts = torch.bincount(target * (k + 1) + pred, minlength=k * (k + 1))
-            self.matrix += counts.cpu().numpy().reshape(k, k + 1)
-            return
+            counts = counts.cpu().numpy()
+            present = np.flatnonzero(counts)
+            return present, counts[present]
         pred, target = np.asarray(pred).reshape(-1), np.asarray(target).reshape(-1)
         valid = target != self.ignore_index
         pred, target = pred[valid].astype(np.int64), target[valid].astype(np.int64)
@@ -65,7 +78,8 @@ class ConfusionMatrix:
             raise ValueError(f"target values must be in [0, {k}) or {self.ignore_index}")
         pred = np.where((pred >= 0) & (pred < k), pred, k)
         counts = np.bincount(target * (k + 1) + pred, minlength=k * (k + 1))
-        self.matrix += counts.reshape(k, k + 1)
+        present = np.flatnonzero(counts)
+        return present, counts[present].astype(np.int64)
 
     def merge(self, other: ConfusionMatrix) -> ConfusionMatrix:
         """Add the counts of ``other`` into this matrix; returns self."""
