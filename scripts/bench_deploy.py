@@ -106,7 +106,7 @@ def demo_rows(args, threads: int) -> dict:
     if not checkpoint.is_file():
         checkpoint = demo / "train" / "model_latest.ckpt"
     spec = load_spec(demo / "train" / "experiment.yaml")
-    model, label_map = load_model(checkpoint)
+    model, label_map, _ = load_model(checkpoint)
     size = spec.dataset.augmentation.eval_min_size
     train_images = sorted(Path(spec.dataset.train[0].images).iterdir())
     picture = read_image(sorted(Path(spec.dataset.val.images).iterdir())[0])

@@ -15,17 +15,21 @@ from oneseg.data.coco_panoptic import CocoPanopticReader
 from oneseg.data.label_map import LabelMap
 from oneseg.engine.inference import list_images, output_names, run_inference
 from oneseg.experiment import ActionRun
+from oneseg.model.postprocess import PostprocessConfig
 from oneseg.predictor import Predictor
 from oneseg.spec import spec_from_dict
 
 TASKS = ["panoptic", "instance", "semantic"]
 # random weights are never confident: let every query take part
 LOOSE = {"object_mask_threshold": 0.0, "overlap_threshold": 0.0}
+LOOSE_POST = PostprocessConfig(object_mask_threshold=0.0, overlap_threshold=0.0)
 
 
 @pytest.fixture(scope="module")
 def predictor(tiny_checkpoint):
-    return Predictor.from_checkpoint(tiny_checkpoint, device="cpu", min_size=64, **LOOSE)
+    return Predictor.from_checkpoint(
+        tiny_checkpoint, device="cpu", min_size=64, postprocess=LOOSE_POST
+    )
 
 
 @pytest.fixture

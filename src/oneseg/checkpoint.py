@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 from pathlib import Path
+from typing import NamedTuple
 
 import torch
 
@@ -126,12 +127,19 @@ def _original_layout_state(ckpt) -> dict | None:
     return state if is_detectron2_layout(state) else None
 
 
-def load_model(path: str | Path, device: str | torch.device = "cpu"):
-    """(model in eval mode, label map) rebuilt from a checkpoint file or transformers folder."""
+class LoadedModel(NamedTuple):
+    model: torch.nn.Module  # in eval mode, on the device asked for
+    label_map: LabelMap
+    model_cfg: ModelConfig  # as saved: its thresholds are those chosen for the model
+
+
+def load_model(path: str | Path, device: str | torch.device = "cpu") -> LoadedModel:
+    """The one way to load a model: (model, label map, model config) rebuilt from any source
+    `read_checkpoint` reads (oneseg, Lightning, transformers folder, original or TAO file)."""
     model_cfg, label_map, state_dict = read_checkpoint(path)
     model = build_model(model_cfg, num_classes=len(label_map))
     load_state_dict_strict(model, state_dict, str(path))
-    return model.to(device).eval(), label_map
+    return LoadedModel(model.to(device).eval(), label_map, model_cfg)
 
 
 def load_state_dict_strict(model: torch.nn.Module, state_dict: dict, source: str) -> None:

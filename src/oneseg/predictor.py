@@ -20,7 +20,7 @@ import numpy as np
 import torch
 from PIL import Image, ImageOps
 
-from oneseg.checkpoint import load_state_dict_strict, read_checkpoint, read_intensity
+from oneseg.checkpoint import load_model, read_intensity
 from oneseg.config import ModelConfig
 from oneseg.constants import TASKS
 from oneseg.cpu_threads import set_intra_op_threads
@@ -30,8 +30,7 @@ from oneseg.data.intensity import Intensity
 from oneseg.data.label_map import LabelMap
 from oneseg.data.transforms import shortest_edge_size
 from oneseg.export.runtime import load_engines
-from oneseg.model.build import build_model
-from oneseg.model.postprocess import postprocess
+from oneseg.model.postprocess import PostprocessConfig, postprocess
 
 
 # ---------------------------------------------------------------------------- model calls
@@ -174,7 +173,8 @@ class Predictor:
         model: a OneFormer / Mask2Former network (see `oneseg.model.build`).
         label_map: its classes.
         min_size, max_size: the shortest edge the model sees, and the cap on the longest.
-        object_mask_threshold, overlap_threshold, topk: see `oneseg.model.postprocess`.
+        postprocess: thresholds and top-k (`PostprocessConfig`; `from_checkpoint` takes the
+            checkpoint's).
         intensity: how images of more than 8 bits become 0-255 (`oneseg.data.intensity`);
             `from_checkpoint` takes the rule recorded at training.
         device: where to run; default the GPU if there is one.
@@ -189,9 +189,7 @@ class Predictor:
         *,
         min_size: int = 512,
         max_size: int = 2048,
-        object_mask_threshold: float = 0.8,
-        overlap_threshold: float = 0.8,
-        topk: int = 150,
+        postprocess: PostprocessConfig | None = None,
         intensity: Intensity | None = None,
         device: str | torch.device | None = None,
         cpu_threads: int | None = 0,
@@ -204,9 +202,7 @@ class Predictor:
         self.model = model.to(self.device).eval()
         self.label_map = label_map
         self.min_size, self.max_size = min_size, max_size
-        self.object_mask_threshold = object_mask_threshold
-        self.overlap_threshold = overlap_threshold
-        self.topk = topk
+        self.postprocess = postprocess or PostprocessConfig()
         self.intensity = intensity or Intensity()
         self.model_cfg: ModelConfig | None = None  # known when built from a checkpoint
         self.size_divisibility = getattr(model, "size_divisibility", 32)
@@ -244,17 +240,18 @@ class Predictor:
 
     @classmethod
     def from_checkpoint(
-        cls, path: str | Path, device: str | torch.device | None = None, **settings
+        cls,
+        path: str | Path,
+        device: str | torch.device | None = None,
+        spec_model: ModelConfig | None = None,
+        **settings,
     ) -> Predictor:
-        """A predictor from a oneseg checkpoint (or transformers folder). Thresholds default to
-        the checkpoint's model config; `settings` (see the constructor) override them."""
-        model_cfg, label_map, state_dict = read_checkpoint(path)
-        model = build_model(model_cfg, num_classes=len(label_map))
-        load_state_dict_strict(model, state_dict, str(path))
+        """A predictor from any checkpoint `oneseg.checkpoint.load_model` reads. Thresholds are
+        the checkpoint's model config's, with those `spec_model` (a spec's `model` section)
+        sets to other than their defaults; `settings` (see the constructor) override all."""
+        model, label_map, model_cfg = load_model(path)
         defaults = {
-            "object_mask_threshold": model_cfg.object_mask_threshold,
-            "overlap_threshold": model_cfg.overlap_threshold,
-            "topk": model_cfg.test_topk_per_image,
+            "postprocess": PostprocessConfig.of_model(model_cfg, spec_model),
             "intensity": Intensity.from_config(read_intensity(path) or {}),
         }
         predictor = cls(model, label_map, device=device, **{**defaults, **settings})
@@ -289,9 +286,7 @@ class Predictor:
                     orig_sizes,
                     num_classes=len(self.label_map),
                     isthing=self.label_map.isthing,
-                    topk=self.topk,
-                    object_mask_threshold=self.object_mask_threshold,
-                    overlap_threshold=self.overlap_threshold,
+                    config=self.postprocess,
                 )
             for store, result in zip(per_image, results):
                 if task == "semantic":

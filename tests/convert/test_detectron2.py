@@ -136,7 +136,7 @@ def test_original_checkpoint_gives_transformers_outputs(tmp_path, hf_and_origina
     hf, original = hf_and_original
     path = tmp_path / "oneformer_swin.pth"
     torch.save({"model": original, "iteration": 100}, path)  # detectron2's checkpointer layout
-    ours, label_map = load_model(path)
+    ours, label_map, _ = load_model(path)
     assert len(label_map) == 3
     assert_same_outputs(ours, hf)
 
@@ -157,7 +157,7 @@ def test_tao_lightning_checkpoint_read_weights_only(tmp_path, hf_and_original):
                 "hyper_parameters": {"cfg": TaoExperimentConfig()}}, path)  # fmt: skip
     with pytest.raises(Exception, match="Unsupported global"):  # plain weights-only refuses it
         torch.load(path, weights_only=True)
-    ours, _ = load_model(path)
+    ours, _, _ = load_model(path)
     assert_same_outputs(ours, hf)
     assert not hasattr(TaoExperimentConfig, "loaded")  # nothing of it ran
 
@@ -183,7 +183,7 @@ def test_inference_checkpoint_without_text_branch(tmp_path, hf_and_original):
     inference_only = {k: v for k, v in original.items() if not k.startswith(text_branch)}
     path = tmp_path / "inference.pth"
     torch.save({"model": inference_only}, path)
-    ours, _ = load_model(path)
+    ours, _, _ = load_model(path)
     assert_same_outputs(ours, hf)
 
 
@@ -249,7 +249,7 @@ def test_original_mask2former_gives_transformers_outputs(tmp_path):
     path = tmp_path / "model_final_mask2former.pkl"
     with open(path, "wb") as file:
         pickle.dump({"model": original, "__author__": "Mask2Former"}, file)
-    ours, label_map = load_model(path)
+    ours, label_map, _ = load_model(path)
     assert len(label_map) == 3 and not hasattr(ours.decoder, "query_transformer")
     pixels = torch.randn(1, 3, 96, 64, generator=torch.Generator().manual_seed(1))
     with torch.no_grad():
@@ -283,7 +283,7 @@ def test_original_dinat_oneformer_sizes_read_from_shapes(tmp_path, tiny_model_cf
         original[template(match) if callable(template) else match.expand(template)] = value
     assert "backbone.levels.1.blocks.1.attn.rpb" in original
     torch.save({"model": original}, tmp_path / "oneformer_dinat.pth")
-    loaded, _ = load_model(tmp_path / "oneformer_dinat.pth")
+    loaded, _, _ = load_model(tmp_path / "oneformer_dinat.pth")
     assert loaded.backbone.levels[0].blocks[1].attn.dilation == 8  # 224-px schedule
     assert loaded.backbone.levels[0].blocks[0].attn.kernel_size == 3
     pixels = torch.randn(1, 3, 64, 64)

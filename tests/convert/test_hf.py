@@ -244,7 +244,7 @@ def test_checkpoint_file_round_trip(tmp_path, swin_b):
     assert ckpt["format"] == "oneseg" and ckpt["version"] == 1
     assert [c["name"] for c in ckpt["label_map"]] == list(hf.config.id2label.values())
     json.dumps(ckpt["model_cfg"])  # plain types only
-    model, label_map = load_model(out_file)
+    model, label_map, _ = load_model(out_file)
     assert len(label_map) == 3 and model.num_classes == 3
     _, _, state = read_checkpoint(folder)  # a transformers folder is a source too
     assert set(state) == set(model.state_dict())

@@ -53,7 +53,7 @@ def test_dinat_folder_loads_with_kernel_and_dilations(tmp_path, monkeypatch):
         for param in hf.parameters():
             param.add_(torch.randn(param.shape, generator=gen) * 0.05)
     hf.eval().save_pretrained(tmp_path / "hf_dinat")
-    ours, _ = load_model(tmp_path / "hf_dinat")
+    ours, _, _ = load_model(tmp_path / "hf_dinat")
     blocks = ours.backbone.levels[0].blocks
     assert [b.attn.dilation for b in blocks] == [1, 3] and blocks[0].attn.kernel_size == 5
     pixels = torch.randn(1, 3, 96, 64, generator=torch.Generator().manual_seed(1))

@@ -16,8 +16,10 @@ from oneseg.data.label_map import LabelMap
 from oneseg.data.synth import synthetic_dataset_config
 from oneseg.engine.evaluator import Evaluator, instance_ground_truth
 from oneseg.model.oneformer import Prediction
+from oneseg.model.postprocess import PostprocessConfig
 
 TASKS = ["panoptic", "semantic", "instance"]
+POST = PostprocessConfig()
 
 
 def _val_set(synth_data, min_size=64):
@@ -84,7 +86,7 @@ def test_ground_truth_as_prediction_scores_100(synth_data, tiny_model_cfg):
     dataset, label_map = _val_set(synth_data)
     assert any(s.iscrowd for i in range(len(dataset)) for s in dataset.annotation(i).segments)
     model = GroundTruthModel(dataset, len(label_map))
-    evaluator = Evaluator(dataset, label_map, tiny_model_cfg, tasks=TASKS)
+    evaluator = Evaluator(dataset, label_map, PostprocessConfig(), tasks=TASKS)
     for batch in _batches(dataset):
         evaluator.process(model, batch)
     metrics = evaluator.compute(gather=True)
@@ -115,7 +117,7 @@ def _rotated_things_model(dataset, label_map):
 def test_wrong_thing_labels_lower_the_thing_metrics(synth_data, tiny_model_cfg):
     dataset, label_map = _val_set(synth_data)
     model = _rotated_things_model(dataset, label_map)
-    evaluator = Evaluator(dataset, label_map, tiny_model_cfg, tasks=TASKS)
+    evaluator = Evaluator(dataset, label_map, PostprocessConfig(), tasks=TASKS)
     for batch in _batches(dataset):
         evaluator.process(model, batch)
     metrics = evaluator.compute()
@@ -130,11 +132,13 @@ def test_merge_counts_an_image_seen_twice_once(synth_data, tiny_model_cfg):
     dataset, label_map = _val_set(synth_data)
     model = _rotated_things_model(dataset, label_map)
     batches = _batches(dataset, batch_size=1)
-    whole = Evaluator(dataset, label_map, tiny_model_cfg, tasks=TASKS)
+    whole = Evaluator(dataset, label_map, PostprocessConfig(), tasks=TASKS)
     for batch in batches:
         whole.process(model, batch)
     # two "processes": the second repeats an image, as a padding distributed sampler does
-    first, second = (Evaluator(dataset, label_map, tiny_model_cfg, tasks=TASKS) for _ in range(2))
+    first, second = (
+        Evaluator(dataset, label_map, PostprocessConfig(), tasks=TASKS) for _ in range(2)
+    )
     for batch in batches[:2]:
         first.process(model, batch)
     for batch in batches[1:]:
@@ -172,7 +176,7 @@ def test_real_model_metrics_in_range(synth_data, tiny_model_cfg, tiny_model):
     # eval size 96: images are resized for the model and its results resized back to 64
     dataset, label_map = _val_set(synth_data, min_size=96)
     cfg = dataclasses.replace(tiny_model_cfg, object_mask_threshold=0.0, overlap_threshold=0.0)
-    evaluator = Evaluator(dataset, label_map, cfg, tasks=TASKS)
+    evaluator = Evaluator(dataset, label_map, PostprocessConfig.of_model(cfg), tasks=TASKS)
     for batch in _batches(dataset, batch_size=2)[:1]:
         evaluator.process(tiny_model, batch)
     metrics = evaluator.compute()
@@ -185,7 +189,7 @@ def test_real_model_metrics_in_range(synth_data, tiny_model_cfg, tiny_model):
 def test_rejects_unknown_task(synth_data, tiny_model_cfg):
     dataset, label_map = _val_set(synth_data)
     with pytest.raises(ValueError, match="tasks"):
-        Evaluator(dataset, label_map, tiny_model_cfg, tasks=["depth"])
+        Evaluator(dataset, label_map, PostprocessConfig(), tasks=["depth"])
 
 
 def test_evaluate_action_writes_metrics_tables_and_chart(tmp_path, synth_data, tiny_checkpoint):
@@ -237,7 +241,9 @@ def test_compute_gathers_the_images_of_every_process(synth_data, tiny_model_cfg,
     dataset, label_map = _val_set(synth_data)
     model = GroundTruthModel(dataset, len(label_map))
     batches = _batches(dataset, batch_size=2)
-    local, remote = (Evaluator(dataset, label_map, tiny_model_cfg, tasks=TASKS) for _ in range(2))
+    local, remote = (
+        Evaluator(dataset, label_map, PostprocessConfig(), tasks=TASKS) for _ in range(2)
+    )
     local.process(model, batches[0])
     remote.process(model, batches[1])
 

@@ -12,7 +12,7 @@ import torch
 
 from oneseg.export.onnx_export import ExportSettings, export_onnx
 from oneseg.export.runtime import OnnxEngine
-from oneseg.model.postprocess import postprocess
+from oneseg.model.postprocess import PostprocessConfig, postprocess
 from tests.export.conftest import confident_tiny_model
 
 TASKS = ("semantic", "instance", "panoptic")
@@ -53,9 +53,7 @@ def reference(model, images: torch.Tensor, task: str, label_map) -> list[dict]:
         [size] * len(images),
         num_classes=len(label_map),
         isthing=label_map.isthing,
-        topk=12,
-        object_mask_threshold=0.5,
-        overlap_threshold=0.8,
+        config=PostprocessConfig(topk=12, object_mask_threshold=0.5, overlap_threshold=0.8),
     )
 
 

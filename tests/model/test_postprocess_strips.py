@@ -27,7 +27,8 @@ def _outputs(seed=0, queries=10):
 
 def _both(task, monkeypatch, **kwargs):
     args = (_outputs(), task, PADDED, [IMAGE], [OUTPUT])
-    kwargs = dict(num_classes=NUM_CLASSES, isthing=ISTHING, object_mask_threshold=0.5, **kwargs)
+    config = pp.PostprocessConfig(object_mask_threshold=0.5, **kwargs)
+    kwargs = dict(num_classes=NUM_CLASSES, isthing=ISTHING, config=config)
     direct = pp.postprocess(*args, **kwargs)[0][task]
     monkeypatch.setattr(pp, "FULL_SIZE_BYTES", 0)  # every output counts as large
     monkeypatch.setattr(pp, "STRIP_BYTES", 10 * OUTPUT[1] * 4 * 7)  # about 7 rows a strip

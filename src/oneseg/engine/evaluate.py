@@ -10,7 +10,6 @@ and puts the headline numbers into status.json as KPIs.
 from __future__ import annotations
 
 import csv
-import dataclasses
 import math
 import sys
 import time
@@ -21,7 +20,7 @@ from rich.console import Console
 from rich.progress import Progress
 from rich.table import Table
 
-from oneseg.checkpoint import load_state_dict_strict, read_checkpoint, read_intensity
+from oneseg.checkpoint import load_model, read_intensity
 from oneseg.config import ModelConfig
 from oneseg.cpu_threads import set_intra_op_threads
 from oneseg.data.build import build_dataloader, load_label_map
@@ -29,11 +28,11 @@ from oneseg.data.intensity import choose_intensity
 from oneseg.data.label_map import LabelMap
 from oneseg.data.records import DataError
 from oneseg.engine.evaluator import Evaluator
-from oneseg.engine.inference import spec_postprocess_overrides
 from oneseg.engine.train import with_unpacked_archives
 from oneseg.export.runtime import load_engines
 from oneseg.io import write_json_atomic
-from oneseg.model.build import build_model, supported_tasks
+from oneseg.model.build import supported_tasks
+from oneseg.model.postprocess import PostprocessConfig
 
 SUMMARY_KEYS = {
     "panoptic": ("pq", "sq", "rq", "pq_th", "pq_st"),
@@ -73,11 +72,7 @@ def run_evaluate(spec, run) -> None:
                 "evaluate.trt_engine too): name the model to evaluate"
             )
         device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-        model_cfg, label_map, state_dict = read_checkpoint(source)
-        model = build_model(model_cfg, num_classes=len(label_map))
-        load_state_dict_strict(model, state_dict, str(source))
-        model = model.to(device).eval()
-        model_cfg = dataclasses.replace(model_cfg, **spec_postprocess_overrides(spec.model))
+        model, label_map, model_cfg = load_model(source, device)
         recorded, divisor = read_intensity(source), model.size_divisibility
         tasks, dropped = supported_tasks(model_cfg, list(cfg.tasks))
         if dropped:
@@ -101,7 +96,8 @@ def run_evaluate(spec, run) -> None:
         intensity=choose_intensity(spec.dataset.intensity, recorded),
         tokens=False,
     )
-    evaluator = Evaluator(loader.dataset, label_map, model_cfg, tasks)
+    post = PostprocessConfig.of_model(model_cfg, spec.model)
+    evaluator = Evaluator(loader.dataset, label_map, post, tasks)
     run.log("RUNNING", f"evaluating {source} on {len(loader.dataset)} images ({cfg.split})")
     start = time.time()
     log_every = max(1, len(loader) // 10)

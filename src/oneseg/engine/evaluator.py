@@ -21,14 +21,13 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
-from oneseg.config import ModelConfig
 from oneseg.constants import IGNORE, TASKS
 from oneseg.data.dataset import SegmentationDataset
 from oneseg.data.label_map import LabelMap
 from oneseg.data.records import PanopticAnnotation
 from oneseg.data.targets import semantic_label
 from oneseg.metrics import ConfusionMatrix, PanopticQuality, evaluate_segm, masks_to_rle
-from oneseg.model.postprocess import postprocess
+from oneseg.model.postprocess import PostprocessConfig, postprocess
 
 
 def instance_ground_truth(
@@ -68,8 +67,7 @@ class Evaluator:
     Arguments:
         dataset: the evaluation dataset; its untransformed annotations are the ground truth.
         label_map: the model's classes (category ids, names, things).
-        model_cfg: post-processing settings (`object_mask_threshold`, `overlap_threshold`,
-            `test_topk_per_image`).
+        postprocess: how raw outputs become results (`PostprocessConfig.of_model`).
         tasks: the tasks to run and score: "panoptic" (PQ), "semantic" (mIoU), "instance" (AP).
     """
 
@@ -77,7 +75,7 @@ class Evaluator:
         self,
         dataset: SegmentationDataset,
         label_map: LabelMap,
-        model_cfg: ModelConfig,
+        postprocess: PostprocessConfig,
         tasks: list[str],
     ):
         unknown = [t for t in tasks if t not in TASKS]
@@ -86,9 +84,7 @@ class Evaluator:
         self.dataset = dataset
         self.label_map = label_map
         self.tasks = list(dict.fromkeys(tasks))
-        self.object_mask_threshold = model_cfg.object_mask_threshold
-        self.overlap_threshold = model_cfg.overlap_threshold
-        self.topk = model_cfg.test_topk_per_image
+        self.postprocess = postprocess
         self.category_ids = list(label_map.category_ids)
         self._index_of = {}
         for index, record in enumerate(dataset.records):
@@ -124,9 +120,7 @@ class Evaluator:
                 [tuple(s) for s in batch["orig_sizes"]],
                 num_classes=len(self.label_map),
                 isthing=self.label_map.isthing,
-                topk=self.topk,
-                object_mask_threshold=self.object_mask_threshold,
-                overlap_threshold=self.overlap_threshold,
+                config=self.postprocess,
             )
             for task in self.tasks
         }

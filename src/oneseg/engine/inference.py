@@ -20,7 +20,6 @@ import numpy as np
 from rich.progress import Progress
 
 from oneseg.checkpoint import read_intensity
-from oneseg.config import ModelConfig
 from oneseg.constants import IMAGE_SUFFIXES
 from oneseg.cpu_threads import set_intra_op_threads
 from oneseg.data.image_io import read_image
@@ -84,19 +83,6 @@ def output_names(paths: list[Path], root: Path) -> list[str]:
         stem if counts[stem] == 1 else r.replace("/", "__").replace(".", "_")
         for stem, r in zip(stems, rel)
     ]
-
-
-def spec_postprocess_overrides(spec_model: ModelConfig) -> dict:
-    """The post-processing settings (`object_mask_threshold`, `overlap_threshold`,
-    `test_topk_per_image`) that the spec sets to other than their defaults. The others come from
-    the checkpoint's model config: its thresholds are those chosen for the model."""
-    defaults = ModelConfig()
-    fields = ("object_mask_threshold", "overlap_threshold", "test_topk_per_image")
-    return {
-        name: getattr(spec_model, name)
-        for name in fields
-        if getattr(spec_model, name) != getattr(defaults, name)
-    }
 
 
 def _read_ahead(
@@ -230,10 +216,7 @@ def _checkpoint_predictor(spec, run) -> tuple[Predictor, list[str]]:
         checkpoint,
         min_size=aug.eval_min_size,
         max_size=aug.eval_max_size,
-        **{
-            "topk" if name == "test_topk_per_image" else name: value
-            for name, value in spec_postprocess_overrides(spec.model).items()
-        },
+        spec_model=spec.model,
         intensity=choose_intensity(spec.dataset.intensity, read_intensity(checkpoint)),
     )
     tasks, dropped = supported_tasks(predictor.model_cfg, list(cfg.tasks))

@@ -8,15 +8,15 @@ import numpy as np
 import torch
 from PIL import Image
 
-from oneseg.checkpoint import load_state_dict_strict, read_checkpoint, read_intensity
+from oneseg.checkpoint import load_model, read_intensity
 from oneseg.constants import IMAGE_SUFFIXES
 from oneseg.data.image_io import read_image
 from oneseg.data.intensity import choose_intensity
 from oneseg.data.synth_draw import STUFF, paint_thing, shape_mask, stuff_layout, stuff_texture
-from oneseg.engine.inference import spec_postprocess_overrides
 from oneseg.export.onnx_export import ExportSettings, export_onnx
 from oneseg.export.runtime import TASKS
-from oneseg.model.build import build_model, model_tasks
+from oneseg.model.build import model_tasks
+from oneseg.model.postprocess import PostprocessConfig
 
 
 def check_image(spec) -> tuple[np.ndarray, str]:
@@ -73,16 +73,13 @@ def run_export(spec, run) -> None:
     if not checkpoint:
         raise ValueError("export.checkpoint is empty (and model.pretrained too): name a model")
     device = "cuda" if torch.cuda.is_available() and not cfg.on_cpu else "cpu"
-    model_cfg, label_map, state_dict = read_checkpoint(checkpoint)
+    model, label_map, model_cfg = load_model(checkpoint, device)
     paths = output_paths(spec, model_tasks(model_cfg))
     if not cfg.overwrite:
         for path in paths.values():
             if path.exists():
                 raise ValueError(f"{path}: exists (set export.overwrite=true to replace it)")
-    model = build_model(model_cfg, num_classes=len(label_map))
-    load_state_dict_strict(model, state_dict, str(checkpoint))
-    model = model.to(device).eval()
-    post = {**_postprocess_of(model_cfg), **spec_postprocess_overrides(spec.model)}
+    post = PostprocessConfig.of_model(model_cfg, spec.model)
     # done before the graph: how images of more than 8 bits become its uint8 input
     intensity = choose_intensity(spec.dataset.intensity, read_intensity(checkpoint)).to_dict()
     picture, source = check_image(spec)
@@ -96,9 +93,9 @@ def run_export(spec, run) -> None:
             batch_size=cfg.batch_size,
             dynamic_size=cfg.dynamic_size,
             opset_version=cfg.opset_version,
-            topk=post["test_topk_per_image"],
-            object_mask_threshold=post["object_mask_threshold"],
-            overlap_threshold=post["overlap_threshold"],
+            topk=post.topk,
+            object_mask_threshold=post.object_mask_threshold,
+            overlap_threshold=post.overlap_threshold,
             semantic_probs=cfg.semantic_probs,
         )
         run.log("RUNNING", f"exporting the {task} graph to {path}")
@@ -114,11 +111,3 @@ def run_export(spec, run) -> None:
         run.kpis[f"{task}_onnx_mb"] = round(path.stat().st_size / 2**20, 2)
         print(f"export: {path} ({task}); ONNX Runtime agrees with PyTorch on {source}")
         run.log("RUNNING", f"{path}: checked", check=description["check"])
-
-
-def _postprocess_of(model_cfg) -> dict:
-    return {
-        "test_topk_per_image": model_cfg.test_topk_per_image,
-        "object_mask_threshold": model_cfg.object_mask_threshold,
-        "overlap_threshold": model_cfg.overlap_threshold,
-    }

@@ -29,7 +29,6 @@ from pathlib import Path
 import numpy as np
 import onnx
 
-from oneseg.config import ModelConfig
 from oneseg.constants import IMAGE_SUFFIXES
 from oneseg.data.build import build_dataloader
 from oneseg.data.image_io import read_image
@@ -40,6 +39,7 @@ from oneseg.export.action import resized_batch
 from oneseg.export.onnx_export import METADATA_KEY
 from oneseg.export.runtime import OnnxEngine, read_description
 from oneseg.io import write_json_atomic
+from oneseg.model.postprocess import PostprocessConfig
 
 QUANTIZED_OPS = ("Conv", "MatMul", "Gemm")  # where the arithmetic is
 METRIC_OF = {"panoptic": "pq", "semantic": "miou", "instance": "ap"}
@@ -216,7 +216,7 @@ def val_metrics(spec, path: Path, max_images: int) -> dict:
         intensity=choose_intensity(spec.dataset.intensity, engine.description.get("intensity")),
         tokens=False,
     )
-    evaluator = Evaluator(loader.dataset, engine.label_map, ModelConfig(), [engine.task])
+    evaluator = Evaluator(loader.dataset, engine.label_map, PostprocessConfig(), [engine.task])
     for step, batch in enumerate(loader):
         if max_images and step >= max_images:
             break

@@ -24,15 +24,55 @@ and panoptic keep one strip of logits at a time, instance keeps one full-size ma
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from oneseg.config import ModelConfig
 from oneseg.constants import TASKS
 from oneseg.model.strips import row_strips, upsample_rows
 
 FULL_SIZE_BYTES = 1 << 30  # mask logits at the output size above this: computed in strips
 STRIP_BYTES = 64 << 20  # about this much float32 per strip of rows
+
+
+@dataclass(frozen=True)
+class PostprocessConfig:
+    """How raw outputs become results; the one set of settings the evaluator, `Predictor` and
+    the exported graph share.
+
+    object_mask_threshold, overlap_threshold: see `panoptic_inference`.
+    topk, score_threshold: see `instance_inference`.
+    """
+
+    object_mask_threshold: float = 0.8
+    overlap_threshold: float = 0.8
+    topk: int = 150
+    score_threshold: float | None = None
+
+    @classmethod
+    def of_model(
+        cls, model_cfg: ModelConfig, spec_model: ModelConfig | None = None
+    ) -> PostprocessConfig:
+        """The settings chosen for a model (its config, e.g. from a checkpoint), with those a
+        spec's `model` section sets to other than their defaults taking over."""
+        values = {
+            "object_mask_threshold": model_cfg.object_mask_threshold,
+            "overlap_threshold": model_cfg.overlap_threshold,
+            "topk": model_cfg.test_topk_per_image,
+        }
+        if spec_model is not None:
+            defaults = ModelConfig()
+            for name, field in (
+                ("object_mask_threshold", "object_mask_threshold"),
+                ("overlap_threshold", "overlap_threshold"),
+                ("topk", "test_topk_per_image"),
+            ):
+                if getattr(spec_model, field) != getattr(defaults, field):
+                    values[name] = getattr(spec_model, field)
+        return cls(**values)
 
 
 def resize_mask_logits(
@@ -250,10 +290,7 @@ def postprocess(
     *,
     num_classes: int | None = None,
     isthing: list[bool] | None = None,
-    topk: int = 150,
-    object_mask_threshold: float = 0.8,
-    overlap_threshold: float = 0.8,
-    score_threshold: float | None = None,
+    config: PostprocessConfig | None = None,
 ) -> list[dict]:
     """Results for each image of a batch.
 
@@ -265,8 +302,9 @@ def postprocess(
         output_sizes: B x (H_out, W_out), the original image sizes; default `image_sizes`.
         num_classes: K; default read from `pred_logits`.
         isthing: [K] thing flags. Needed for panoptic; for instance, non-things are dropped.
-        topk, score_threshold: see `instance_inference`.
-        object_mask_threshold, overlap_threshold: see `panoptic_inference`.
+        config: thresholds and top-k (`PostprocessConfig`; default its defaults).
+    With a `Prediction` of `OneFormer.predict`: `postprocess(p.outputs[task], task,
+    p.padded_size, p.image_sizes, output_sizes, ...)`.
     Returns:
         B dicts, each with one key named after the task:
         - "semantic": [H_out, W_out] long label map of contiguous class ids;
@@ -275,6 +313,7 @@ def postprocess(
     """
     if task not in TASKS:
         raise ValueError(f"task must be one of {TASKS}, got {task!r}")
+    config = config or PostprocessConfig()
     class_logits, mask_logits = outputs["pred_logits"], outputs["pred_masks"]
     if num_classes is None:
         num_classes = class_logits.shape[-1] - 1
@@ -299,10 +338,10 @@ def postprocess(
                     num_classes=num_classes,
                     isthing=isthing,
                     thing_classes=thing_classes,
-                    topk=topk,
-                    object_mask_threshold=object_mask_threshold,
-                    overlap_threshold=overlap_threshold,
-                    score_threshold=score_threshold,
+                    topk=config.topk,
+                    object_mask_threshold=config.object_mask_threshold,
+                    overlap_threshold=config.overlap_threshold,
+                    score_threshold=config.score_threshold,
                 )
             )
             continue
@@ -312,7 +351,12 @@ def postprocess(
             results.append({"semantic": scores.argmax(0)})
         elif task == "instance":
             detections = instance_inference(
-                class_logits[i], masks, num_classes, topk, thing_classes, score_threshold
+                class_logits[i],
+                masks,
+                num_classes,
+                config.topk,
+                thing_classes,
+                config.score_threshold,
             )
             results.append({"instance": detections})
         else:
@@ -321,8 +365,8 @@ def postprocess(
                 masks,
                 num_classes,
                 isthing,
-                object_mask_threshold,
-                overlap_threshold,
+                config.object_mask_threshold,
+                config.overlap_threshold,
             )
             results.append({"panoptic": panoptic})
     return results
