@@ -14,6 +14,7 @@ Each step appends to `RESULTS/summary.md`, so a stopped run still shows what it 
 
     python scripts/automl_check.py                         # results in results/automl_check
     python scripts/automl_check.py --skip-full             # steps 1 and 2 only
+    python scripts/automl_check.py --skip-search           # step 2 only
 """
 
 from __future__ import annotations
@@ -54,25 +55,8 @@ def train_and_measure(spec, label: str, summary: Path) -> dict:
     return row
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--results-dir", default="results/automl_check")
-    parser.add_argument("--trials", type=int, default=12)
-    parser.add_argument("--search-epochs", type=int, default=2)
-    parser.add_argument("--skip-full", action="store_true", help="no 10-epoch comparison")
-    parser.add_argument("--num-train", type=int, default=240, help="fewer for a quick try")
-    parser.add_argument("--num-val", type=int, default=32)
-    args = parser.parse_args(argv)
-    root = Path(args.results_dir).resolve()
-    summary = root / "summary.md"
-    root.mkdir(parents=True, exist_ok=True)
-    data = write_synthetic_dataset(
-        root / "data", num_train=args.num_train, num_val=args.num_val, size=(IMAGE_SIZE, IMAGE_SIZE)
-    )
-    demo_values = demo_spec(root, data, FULL_EPOCHS, args.num_train)
-    summary.write_text(f"# AutoML check ({time.strftime('%Y-%m-%d %H:%M')})\n\n")
-
-    # 1. the search
+def run_search(root: Path, demo_values: dict, args, summary: Path) -> tuple[float, dict]:
+    """`oneseg automl` on the shortened demo spec; returns its seconds and the best values."""
     search = shortened(demo_values, args.search_epochs)
     search["results_dir"] = str(root / "search")
     search["automl"] = {
@@ -92,13 +76,37 @@ def main(argv: list[str] | None = None) -> int:
         out.write(f"## Search: {args.trials} trials, {search_s:.0f} s\n\n")
         out.write((automl_dir / "trials.md").read_text() + "\n## Comparison\n\n")
     best = load_spec(automl_dir / "best_spec.yaml")
-    best_values = {key: _get(best, key) for key in PARAMETERS}
+    return search_s, {key: _get(best, key) for key in PARAMETERS}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--results-dir", default="results/automl_check")
+    parser.add_argument("--trials", type=int, default=12)
+    parser.add_argument("--search-epochs", type=int, default=2)
+    parser.add_argument("--skip-full", action="store_true", help="no 10-epoch comparison")
+    parser.add_argument("--skip-search", action="store_true", help="only step 2")
+    parser.add_argument("--num-train", type=int, default=240, help="fewer for a quick try")
+    parser.add_argument("--num-val", type=int, default=32)
+    args = parser.parse_args(argv)
+    root = Path(args.results_dir).resolve()
+    summary = root / "summary.md"
+    root.mkdir(parents=True, exist_ok=True)
+    data = write_synthetic_dataset(
+        root / "data", num_train=args.num_train, num_val=args.num_val, size=(IMAGE_SIZE, IMAGE_SIZE)
+    )
+    demo_values = demo_spec(root, data, FULL_EPOCHS, args.num_train)
+    summary.write_text(f"# AutoML check ({time.strftime('%Y-%m-%d %H:%M')})\n\n")
+
+    # 1. the search
+    if not args.skip_search:
+        search_s, best_values = run_search(root, demo_values, args, summary)
 
     # 2. the demo's values on the search's schedule
     short = shortened(demo_values, args.search_epochs)
     short["results_dir"] = str(root / "demo_short")
     train_and_measure(spec_from_dict(short), "demo values (short)", summary)
-    if args.skip_full:
+    if args.skip_full or args.skip_search:
         return 0
 
     # 3. both on the demo's full schedule
