@@ -67,7 +67,16 @@ def matmul_peak_gflops(size: int = 2048, repeats: int = 6) -> float:
 
 
 def peak_rss_mib() -> float:
-    """Peak resident memory of this process so far (Linux reports KiB)."""
+    """Peak resident memory of this process so far, in MiB.
+
+    VmHWM belongs to the process's own memory map; ru_maxrss would carry over the parent's
+    size into a child started by fork + exec (Linux keeps the larger across exec)."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024  # kB
+    except OSError:
+        pass
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
