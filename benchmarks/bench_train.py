@@ -7,7 +7,7 @@ OneFormer, same weights, same batch and targets, one process.
 Swin-T OneFormer at the published sizes (see contenders.py), text branch on, panoptic targets
 (six random rectangles of random classes per image, with their text lists), AdamW lr 1e-4, the
 gradient clipped to norm 0.01 in both. The contenders alternate after one warm-up step each.
-Peak RSS is measured for each in a fresh process (load + warm-up + two steps). Writes
+Peak RSS is measured for each in a fresh process (load + two steps). Writes
 benchmarks/results/train.{md,json}.
 """
 
@@ -147,7 +147,7 @@ def main(argv: list[str] | None = None) -> None:
     batch = training_targets(args.batch, args.size)
     if args.child:
         trainer = Trainer(args.child, folder)
-        for _ in range(3):
+        for _ in range(2):  # the optimizer's state exists from the first step on
             trainer.step(batch)
         print(json.dumps({"peak_rss_mib": peak_rss_mib()}))
         return
