@@ -1,6 +1,7 @@
 """`oneseg demo` as the README runs it, and its refusal to succeed when a step produced nothing."""
 
 import json
+import math
 import os
 import subprocess
 import sys
@@ -30,8 +31,12 @@ def test_demo_as_the_readme_runs_it(tmp_path):
         status = (root / action / "status.json").read_text().splitlines()
         assert json.loads(status[-1])["status"] == "SUCCESS", action
     metrics = json.loads((root / "evaluate" / "metrics.json").read_text())["metrics"]
-    for key in ("pq", "miou", "ap"):
-        assert key in metrics
+    # every headline number is a real percentage (a NaN or a stray scale would pass "in")
+    for key in ("pq", "sq", "rq", "miou", "pixel_acc", "ap", "ap50"):
+        value = metrics[key]
+        assert isinstance(value, float) and math.isfinite(value), (key, value)
+        assert 0.0 <= value <= 100.0, (key, value)
+    assert metrics["num_images"] == 4
     overlays = sorted((root / "inference" / "overlays").rglob("*.png"))
     assert len(overlays) == 4 * 3  # 4 images x 3 tasks
     assert json.loads(status[-1])["kpi"]["bad_images"] == 0

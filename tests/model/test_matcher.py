@@ -114,17 +114,33 @@ def test_batched_matching_equals_per_image_matching():
         assert all(torch.equal(x, y) for x, y in zip(single[0], batched[b]))
 
 
-def test_matching_under_autocast_is_computed_in_float32():
-    outputs, targets = _inputs(seed=5)
-    low = {k: v.bfloat16() for k, v in outputs.items()}
-    matcher = HungarianMatcher(2, 5, 5, num_points=64)
+DEVICES = ["cpu", *(["cuda"] if torch.cuda.is_available() else [])]
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_matching_under_autocast_is_computed_in_float32(device):
+    # the cost matrices, not only the assignments: an assignment can survive a bfloat16 cost
+    # matrix (off by ~1e-2) while the costs cannot
+    outputs, targets = _inputs(seed=5, size=(32, 32))
+    low = {k: v.bfloat16().to(device) for k, v in outputs.items()}
+    targets = [{k: v.to(device) for k, v in t.items()} for t in targets]
+    matcher = HungarianMatcher(2, 5, 5, num_points=256)
+    coords = torch.rand(1, 256, 2, generator=torch.Generator().manual_seed(0)).to(device)
+    for b, target in enumerate(targets):
+        args = (target["labels"], target["masks"], coords)
+        logits, masks = low["pred_logits"][b], low["pred_masks"][b]
+        with torch.autocast(device, dtype=torch.bfloat16):
+            under_autocast = matcher._cost_matrix(logits, masks, *args)
+        in_fp32 = matcher._cost_matrix(logits.float(), masks.float(), *args)
+        assert under_autocast.dtype == torch.float32
+        torch.testing.assert_close(under_autocast, in_fp32, rtol=0, atol=1e-6)
     torch.manual_seed(0)
-    with torch.autocast("cpu", dtype=torch.bfloat16):
-        under_autocast = matcher(low, targets)
+    with torch.autocast(device, dtype=torch.bfloat16):
+        matched = matcher(low, targets)
     torch.manual_seed(0)
-    in_fp32 = matcher({k: v.float() for k, v in low.items()}, targets)
-    for a, b in zip(under_autocast, in_fp32):
-        assert torch.equal(a[0], b[0]) and torch.equal(a[1], b[1])
+    expected = matcher({k: v.float() for k, v in low.items()}, targets)
+    for x, y in zip(matched, expected):
+        assert torch.equal(x[0], y[0]) and torch.equal(x[1], y[1])
 
 
 def test_all_zero_costs_are_refused():
