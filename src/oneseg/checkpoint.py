@@ -77,6 +77,26 @@ def convert_checkpoint(source: str | Path, out_file: str | Path) -> Path:
     return Path(out_file)
 
 
+# Keys renamed since checkpoints were first written: (old prefix, new prefix).
+RENAMED_KEYS = (
+    ("decoder.query_transformer.", "decoder.query_init.query_transformer."),
+    ("decoder.query_input_proj.", "decoder.query_init.query_input_proj."),
+    ("decoder.query_feat.", "decoder.query_init.query_feat."),
+)
+
+
+def upgrade_keys(state_dict: dict) -> dict:
+    """The state dict with keys of older oneseg versions renamed to today's."""
+    out = {}
+    for key, value in state_dict.items():
+        for old, new in RENAMED_KEYS:
+            if key.startswith(old):
+                key = new + key[len(old) :]
+                break
+        out[key] = value
+    return out
+
+
 def read_checkpoint(path: str | Path) -> tuple[ModelConfig, LabelMap, dict]:
     """(model config, label map, model state dict) of a oneseg, Lightning or transformers source,
     or of an original (detectron2) or TAO OneFormer/Mask2Former file, told apart by content."""
@@ -101,13 +121,13 @@ def read_checkpoint(path: str | Path) -> tuple[ModelConfig, LabelMap, dict]:
         return (
             model_cfg_from_dict(meta["model_cfg"]),
             LabelMap.from_categories(meta["label_map"]),
-            state,
+            upgrade_keys(state),
         )
     if isinstance(ckpt, dict) and ckpt.get("format") == "oneseg":
         return (
             model_cfg_from_dict(ckpt["model_cfg"]),
             LabelMap.from_categories(ckpt["label_map"]),
-            ckpt["state_dict"],
+            upgrade_keys(ckpt["state_dict"]),
         )
     original = _original_layout_state(ckpt)
     if original is not None:  # detectron2 OneFormer/Mask2Former, or TAO's Lightning file

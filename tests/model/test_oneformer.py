@@ -10,6 +10,7 @@ import torch
 from oneseg.config import ModelConfig, PixelDecoderConfig, TextEncoderConfig
 from oneseg.constants import TASKS
 from oneseg.model.build import build_model
+from oneseg.model.transformer_decoder import LearnedQueries, TaskConditionedQueries
 from oneseg.tokenizer import task_text, text_list, tokenize
 
 
@@ -85,8 +86,11 @@ def test_mask2former_single_class():
     model = build_model(tiny_cfg(arch="mask2former", num_classes=1))
     assert not model.task_conditioned and model.task_mlp is None and model.text_queries is None
     names = [n for n, _ in model.named_parameters()]
-    assert not any(n.startswith(("decoder.query_transformer", "text_queries")) for n in names)
-    assert "decoder.query_feat.weight" in names and not hasattr(model, "logit_scale")
+    assert not any(
+        n.startswith(("decoder.query_init.query_transformer", "text_queries")) for n in names
+    )
+    assert isinstance(model.decoder.query_init, LearnedQueries)
+    assert "decoder.query_init.query_feat.weight" in names and not hasattr(model, "logit_scale")
     out = model(torch.randn(2, 3, 64, 64))
     assert out["pred_logits"].shape == (2, 6, 2)
     (out["pred_logits"].sum() + out["pred_masks"].mean()).backward()
@@ -259,3 +263,29 @@ def test_predict_pads_after_normalisation_and_lists_equal_batches():
     from_list = model.predict([small, large], ["instance"]).outputs["instance"]
     from_batch = model.predict(batch, ["instance"], sizes).outputs["instance"]
     torch.testing.assert_close(from_list["pred_masks"], from_batch["pred_masks"])
+
+
+def test_query_initialisation_is_a_part_chosen_by_build_model():
+    oneformer = build_model(tiny_cfg(), num_classes=2)
+    assert isinstance(oneformer.decoder.query_init, TaskConditionedQueries)
+    with pytest.raises(ValueError, match="task token"):
+        oneformer.decoder.query_init(torch.zeros(1, 32, 4, 4), oneformer.decoder.query_embed.weight)
+
+
+def test_checkpoints_with_the_earlier_decoder_keys_still_load(tmp_path):
+    from oneseg.checkpoint import RENAMED_KEYS, load_model, make_checkpoint, save_atomic
+    from oneseg.data.label_map import LabelMap
+
+    cfg = tiny_cfg(num_classes=2)
+    model = build_model(cfg)
+    old = {}
+    for key, value in model.state_dict().items():
+        for earlier, now in RENAMED_KEYS:
+            key = key.replace(now, earlier)
+        old[key] = value
+    assert "decoder.query_transformer.norm.weight" in old
+    labels = LabelMap.from_categories([{"id": 1, "name": "a"}, {"id": 2, "name": "b"}])
+    save_atomic(make_checkpoint(cfg, labels, old), tmp_path / "old.pth")
+    loaded = load_model(tmp_path / "old.pth").model
+    for key, value in model.state_dict().items():
+        assert torch.equal(loaded.state_dict()[key], value), key

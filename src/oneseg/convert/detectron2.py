@@ -85,7 +85,8 @@ def backbone_rules(family: str) -> list[tuple[str, Template]]:
 
 
 def head_rules(num_fpn_levels: int) -> list[tuple[str, Template]]:
-    layer, query_layer = r"decoder\.layers\.(\d+)\.", r"decoder\.query_transformer\.layers\.(\d+)\."
+    layer = r"decoder\.layers\.(\d+)\."
+    query_layer = r"decoder\.query_init\.query_transformer\.layers\.(\d+)\."
     cross, self_ = (
         PRED + r"transformer_cross_attention_layers.\1.",
         PRED + r"transformer_self_attention_layers.\1.",
@@ -111,7 +112,8 @@ def head_rules(num_fpn_levels: int) -> list[tuple[str, Template]]:
         *fpn("layer", "output_convs"),
         (r"pixel_decoder\.mask_features\.(.+)", PD + r"mask_features.\1"),
         (r"task_mlp\.(.+)", r"task_mlp.\1"),
-        (r"decoder\.(level_embed|query_embed|query_feat)\.weight", PRED + r"\1.weight"),
+        (r"decoder\.(level_embed|query_embed)\.weight", PRED + r"\1.weight"),
+        (r"decoder\.query_init\.query_feat\.weight", PRED + "query_feat.weight"),
         (r"decoder\.input_proj\.(.+)", PRED + r"input_proj.\1"),
         (query_layer + r"self_attn\.attn\.(.+)", class_layer + r"self_attn.\2"),
         (query_layer + r"self_attn\.norm\.(.+)", class_layer + r"norm1.\2"),
@@ -119,8 +121,9 @@ def head_rules(num_fpn_levels: int) -> list[tuple[str, Template]]:
         (query_layer + r"cross_attn\.norm\.(.+)", class_layer + r"norm2.\2"),
         (query_layer + r"ffn\.(linear\d)\.(.+)", class_layer + r"\2.\3"),
         (query_layer + r"ffn\.norm\.(.+)", class_layer + r"norm3.\2"),
-        (r"decoder\.query_transformer\.norm\.(.+)", PRED + r"class_transformer.decoder.norm.\1"),
-        (r"decoder\.query_input_proj\.(.+)", PRED + r"class_input_proj.\1"),
+        (r"decoder\.query_init\.query_transformer\.norm\.(.+)",
+         PRED + r"class_transformer.decoder.norm.\1"),
+        (r"decoder\.query_init\.query_input_proj\.(.+)", PRED + r"class_input_proj.\1"),
         (layer + r"cross_attn\.attn\.(.+)", cross + r"multihead_attn.\2"),
         (layer + r"cross_attn\.norm\.(.+)", cross + r"norm.\2"),
         (layer + r"self_attn\.attn\.(.+)", self_ + r"self_attn.\2"),

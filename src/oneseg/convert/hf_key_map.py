@@ -82,7 +82,8 @@ def dinat_rules() -> list[Rule]:
 
 
 def head_rules(num_fpn_levels: int) -> list[Rule]:
-    layer, query_layer = r"decoder\.layers\.(\d+)\.", r"decoder\.query_transformer\.layers\.(\d+)\."
+    layer = r"decoder\.layers\.(\d+)\."
+    query_layer = r"decoder\.query_init\.query_transformer\.layers\.(\d+)\."
     their_layer, their_query_layer = TRF + r"layers.\1.", QT + r"layers.\1."
     pixel_layer, their_pixel_layer = r"pixel_decoder\.encoder\.(\d+)\.", DEC + r"encoder.layers.\1."
     text_block, their_text_block = (
@@ -116,8 +117,8 @@ def head_rules(num_fpn_levels: int) -> list[Rule]:
         (query_layer + r"cross_attn\.norm\.(.+)", their_query_layer + r"norm2.\2"),
         (query_layer + r"ffn\.(linear1|linear2)\.(.+)", their_query_layer + r"\2.\3"),
         (query_layer + r"ffn\.norm\.(.+)", their_query_layer + r"norm3.\2"),
-        (r"decoder\.query_transformer\.norm\.(.+)", QT + r"norm.\1"),
-        (r"decoder\.query_input_proj\.(.+)", TRF + r"query_input_projection.\1"),
+        (r"decoder\.query_init\.query_transformer\.norm\.(.+)", QT + r"norm.\1"),
+        (r"decoder\.query_init\.query_input_proj\.(.+)", TRF + r"query_input_projection.\1"),
         # masked-attention layers and heads
         (layer + r"cross_attn\.attn\.(.+)", their_layer + r"cross_attn.multihead_attn.\2"),
         (layer + r"cross_attn\.norm\.(.+)", their_layer + r"cross_attn.norm.\2"),

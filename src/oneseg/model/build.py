@@ -9,7 +9,11 @@ from oneseg.model.layers import MLP
 from oneseg.model.oneformer import OneFormer
 from oneseg.model.pixel_decoder import PixelDecoder
 from oneseg.model.text_encoder import TextQueries
-from oneseg.model.transformer_decoder import TransformerDecoder
+from oneseg.model.transformer_decoder import (
+    LearnedQueries,
+    TaskConditionedQueries,
+    TransformerDecoder,
+)
 from oneseg.tokenizer import task_text, tokenize
 
 
@@ -67,6 +71,18 @@ def build_model(cfg: ModelConfig, num_classes: int | None = None) -> OneFormer:
         dropout=pd.dropout,
         norm_groups=pd.norm_groups,
     )
+    if oneformer:
+        query_init = TaskConditionedQueries(
+            hidden_dim=cfg.hidden_dim,
+            mask_dim=pd.mask_dim,
+            nheads=cfg.nheads,
+            dim_feedforward=cfg.dim_feedforward,
+            num_layers=cfg.query_dec_layers,
+            dropout=cfg.query_dropout,
+            pre_norm=cfg.pre_norm,
+        )
+    else:
+        query_init = LearnedQueries(cfg.num_queries, cfg.hidden_dim)
     decoder = TransformerDecoder(
         in_channels=pd.conv_dim,
         mask_dim=pd.mask_dim,
@@ -78,9 +94,7 @@ def build_model(cfg: ModelConfig, num_classes: int | None = None) -> OneFormer:
         dec_layers=cfg.dec_layers,
         pre_norm=cfg.pre_norm,
         enforce_input_proj=cfg.enforce_input_proj,
-        task_conditioned=oneformer,
-        query_dec_layers=cfg.query_dec_layers,
-        query_dropout=cfg.query_dropout,
+        query_init=query_init,
         dropout=cfg.dropout,
     )
     task_mlp = text_queries = task_token_ids = None

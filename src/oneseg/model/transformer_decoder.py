@@ -4,9 +4,10 @@ Queries attend, layer by layer, to one of three pixel-decoder scales (coarse to 
 each time only inside the mask the previous prediction drew for them. A prediction (class logits
 and mask logits) is made before the first layer and after every layer.
 
-OneFormer builds its queries from the task token: N-1 learned queries are refined by a small
-query transformer whose target is the (normalised) task token, and the task token itself is
-appended as the N-th query. Mask2Former starts from N learned query features instead.
+How the queries before the first layer are made is a part passed in (`query_init`):
+`TaskConditionedQueries` (OneFormer: N-1 learned queries refined by a small query transformer
+whose target is the normalised task token, and the task token itself appended as the N-th
+query) or `LearnedQueries` (Mask2Former: N learned query features).
 """
 
 from __future__ import annotations
@@ -69,6 +70,62 @@ class QueryTransformer(nn.Module):
         return self.norm(target)
 
 
+class LearnedQueries(nn.Module):
+    """Mask2Former's queries: N learned features, the same for every image and task."""
+
+    def __init__(self, num_queries: int, hidden_dim: int):
+        super().__init__()
+        self.query_feat = nn.Embedding(num_queries, hidden_dim)
+
+    def forward(self, mask_features, query_embed, task_token=None) -> torch.Tensor:
+        """mask_features [B, C, H, W] (for the batch size) -> queries [B, Q, D]."""
+        if task_token is not None:
+            raise ValueError("learned queries take no task token (a mask2former model)")
+        return self.query_feat.weight.unsqueeze(0).expand(mask_features.shape[0], -1, -1)
+
+
+class TaskConditionedQueries(nn.Module):
+    """OneFormer's queries: N-1 learned queries refined by the query transformer with the task
+    token as target, attending to the stride-4 mask features; the task token is the N-th."""
+
+    def __init__(
+        self,
+        *,
+        hidden_dim: int,
+        mask_dim: int,
+        nheads: int,
+        dim_feedforward: int,
+        num_layers: int,
+        dropout: float,
+        pre_norm: bool,
+    ):
+        super().__init__()
+        self.pos_encoding = SinePositionEncoding(hidden_dim // 2)
+        self.query_transformer = QueryTransformer(
+            hidden_dim, nheads, dim_feedforward, num_layers, dropout, pre_norm
+        )
+        self.query_input_proj = nn.Conv2d(mask_dim, hidden_dim, kernel_size=1)
+        nn.init.kaiming_uniform_(self.query_input_proj.weight, a=1)
+        nn.init.zeros_(self.query_input_proj.bias)
+
+    def forward(self, mask_features, query_embed, task_token=None) -> torch.Tensor:
+        """mask_features [B, mask_dim, H/4, W/4], query_embed [Q, D] (positions of all
+        queries), task_token [B, D] already normalised -> queries [B, Q, D]."""
+        if task_token is None:
+            raise ValueError("task-conditioned queries need a task token (a oneformer model)")
+        batch = mask_features.shape[0]
+        task_token = task_token.unsqueeze(1)  # [B, 1, D]
+        query_pos = query_embed[:-1].unsqueeze(0).expand(batch, -1, -1)
+        target = task_token.expand(-1, query_pos.shape[1], -1)
+        # As in the published weights (OneFormer issue #110): the memory is the sine encoding
+        # of the stride-4 grid and the projected mask features serve as its positions, so the
+        # values carry position only while the keys see the features.
+        memory = self.pos_encoding(mask_features).flatten(2).transpose(1, 2)  # [B, HW, D]
+        pos = self.query_input_proj(mask_features).flatten(2).transpose(1, 2)
+        queries = self.query_transformer(target, memory, pos, query_pos)
+        return torch.cat([queries, task_token], dim=1)
+
+
 class TransformerDecoder(nn.Module):
     """Queries -> per-layer class logits [B, Q, K+1] and mask logits [B, Q, H/4, W/4]."""
 
@@ -85,15 +142,14 @@ class TransformerDecoder(nn.Module):
         dec_layers: int,
         pre_norm: bool,
         enforce_input_proj: bool,
-        task_conditioned: bool,
-        query_dec_layers: int = 2,
-        query_dropout: float = 0.0,
+        query_init: nn.Module,
         dropout: float = 0.0,
     ):
-        """task_conditioned: OneFormer queries (from the task token) instead of Mask2Former's."""
+        """query_init: makes the queries before the first layer from (mask_features,
+        query_embed [Q, D], normalised task token or None): `TaskConditionedQueries` or
+        `LearnedQueries`."""
         super().__init__()
         self.nheads = nheads
-        self.task_conditioned = task_conditioned
         self.pos_encoding = SinePositionEncoding(hidden_dim // 2)
         self.level_embed = nn.Embedding(NUM_SCALES, hidden_dim)
         self.input_proj = nn.ModuleList(
@@ -104,13 +160,7 @@ class TransformerDecoder(nn.Module):
         )
         # positions of the queries; in OneFormer the first N-1 also steer the query transformer
         self.query_embed = nn.Embedding(num_queries, hidden_dim)
-        if task_conditioned:
-            self.query_transformer = QueryTransformer(
-                hidden_dim, nheads, dim_feedforward, query_dec_layers, query_dropout, pre_norm
-            )
-            self.query_input_proj = nn.Conv2d(mask_dim, hidden_dim, kernel_size=1)
-        else:
-            self.query_feat = nn.Embedding(num_queries, hidden_dim)
+        self.query_init = query_init
         self.layers = nn.ModuleList(
             DecoderLayer(hidden_dim, nheads, dim_feedforward, dropout, pre_norm)
             for _ in range(dec_layers)
@@ -120,26 +170,16 @@ class TransformerDecoder(nn.Module):
         self.decoder_norm = nn.LayerNorm(hidden_dim)
         self.class_embed = nn.Linear(hidden_dim, num_classes + 1)
         self.mask_embed = MLP(hidden_dim, hidden_dim, mask_dim, 3)
-        for proj in [*self.input_proj, *([self.query_input_proj] if task_conditioned else [])]:
+        for proj in self.input_proj:
             if isinstance(proj, nn.Conv2d):
                 nn.init.kaiming_uniform_(proj.weight, a=1)
                 nn.init.zeros_(proj.bias)
 
     def initial_queries(self, mask_features, task_token):
         """The queries before the first layer, [B, Q, D]."""
-        batch = mask_features.shape[0]
-        if not self.task_conditioned:
-            return self.query_feat.weight.unsqueeze(0).expand(batch, -1, -1)
-        task_token = self.decoder_norm(task_token).unsqueeze(1)  # [B, 1, D]
-        query_pos = self.query_embed.weight[:-1].unsqueeze(0).expand(batch, -1, -1)
-        target = task_token.expand(-1, query_pos.shape[1], -1)
-        # As in the published weights (OneFormer issue #110): the memory is the sine encoding
-        # of the stride-4 grid and the projected mask features serve as its positions, so the
-        # values carry position only while the keys see the features.
-        memory = self.pos_encoding(mask_features).flatten(2).transpose(1, 2)  # [B, HW, D]
-        pos = self.query_input_proj(mask_features).flatten(2).transpose(1, 2)
-        queries = self.query_transformer(target, memory, pos, query_pos)
-        return torch.cat([queries, task_token], dim=1)
+        if task_token is not None:
+            task_token = self.decoder_norm(task_token)  # OneFormer normalises the task token
+        return self.query_init(mask_features, self.query_embed.weight, task_token)
 
     def predict(self, x, mask_features, attn_features, full: bool = True):
         """Class logits [B, Q, K+1], mask logits [B, Q, H, W] (both None unless `full`) and the
