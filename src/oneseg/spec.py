@@ -18,6 +18,10 @@ from typing import Any, Literal, get_args, get_origin
 import yaml
 
 from oneseg.config import ACTIONS, ExperimentConfig
+from oneseg.presets import preset_values
+from oneseg.tao.backbones import KNOWN_BACKBONES
+from oneseg.tao.resolve import MISSING, extract, resolve, split_overrides
+from oneseg.tao.table import TaoKeyError
 
 
 class SpecError(ValueError):
@@ -198,9 +202,6 @@ def spec_from_dict(data: dict | None, overrides: list[str] = ()) -> ExperimentCo
 
 
 def _resolve_tao_keys(tree: dict, parsed: list) -> tuple[dict, list]:
-    from oneseg.tao.resolve import extract, resolve, split_overrides
-    from oneseg.tao.table import TaoKeyError
-
     try:
         found: dict = {}
         tree = extract(tree, "", ExperimentConfig, found)
@@ -252,9 +253,6 @@ def _leaves(node, prefix: str):
 
 def _check_spec(spec: ExperimentConfig) -> None:
     """Checks across a field's type: names that must be known, no value left to fill in."""
-    from oneseg.tao.backbones import KNOWN_BACKBONES
-    from oneseg.tao.resolve import MISSING
-
     for key, value in _leaves(spec, ""):
         if value == MISSING:
             raise SpecError(f"{key}: '???' marks a value to fill in; give it ({key}=...)")
@@ -341,8 +339,6 @@ def template(action: str, preset: str | None = None) -> str:
             f"# oneseg {action} spec: every key with its default. Run: oneseg {action} -e FILE"
         ]
     else:
-        from oneseg.presets import preset_values
-
         try:
             spec = spec_from_dict(preset_values(preset))
         except ValueError as err:

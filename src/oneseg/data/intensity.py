@@ -26,6 +26,8 @@ from pathlib import Path
 
 import numpy as np
 
+from oneseg.config import IntensityConfig
+
 MODES = ("percentile", "minmax", "full_range", "fixed")
 LOW_RANGE_SHARE = 0.10  # `data check` warns below this share of the type's range
 DATASET_SAMPLE_IMAGES = 64  # images read to compute a per-dataset window
@@ -140,8 +142,6 @@ def choose_intensity(spec_cfg, recorded: dict | None) -> Intensity:
     """The rule for evaluation and inference: the spec's `dataset.intensity` when it is set to
     other than the default, else the one recorded in the checkpoint at training, else the
     default. So a model sees its images as it saw them in training unless told otherwise."""
-    from oneseg.config import IntensityConfig
-
     spec_rule = Intensity.from_config(spec_cfg) if spec_cfg is not None else Intensity()
     if spec_cfg is not None and dataclasses.asdict(spec_cfg) != dataclasses.asdict(
         IntensityConfig()
