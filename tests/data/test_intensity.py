@@ -11,8 +11,8 @@ import pytest
 from PIL import Image
 
 from oneseg.config import DatasetConfig, DataSource, IntensityConfig
-from oneseg.data.image_io import read_image
-from oneseg.data.intensity import Intensity, choose_intensity, dataset_window, to_uint8
+from oneseg.data.image_io import dataset_window, read_image
+from oneseg.data.intensity import Intensity, choose_intensity, to_uint8
 from oneseg.data.report import WARNING
 
 

@@ -12,12 +12,13 @@ An image whose header claims more pixels than `max_image_pixels` (PIL's decompre
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from pathlib import Path
 
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from oneseg.data.intensity import Intensity, to_uint8, value_kind
+from oneseg.data.intensity import DATASET_SAMPLE_IMAGES, Intensity, to_uint8, value_kind
 from oneseg.data.records import DataError
 
 EXIF_ORIENTATION = 0x0112
@@ -149,3 +150,22 @@ def raw_size(path: str | Path) -> tuple[int, int]:
     except Image.DecompressionBombError as err:
         raise _too_large(Path(path), err) from None
     return height, width
+
+
+def dataset_window(paths: Iterable[str | Path], rule: Intensity) -> Intensity:
+    """A `per: dataset` rule made `fixed`: its window computed once over (up to
+    DATASET_SAMPLE_IMAGES of) the images, evenly spread; other rules are returned unchanged."""
+    if rule.per != "dataset" or rule.mode in ("fixed", "full_range"):
+        return rule
+    paths = list(paths)
+    step = max(len(paths) // DATASET_SAMPLE_IMAGES, 1)
+    samples = []
+    for path in paths[::step][:DATASET_SAMPLE_IMAGES]:
+        values, kind = read_values(path)
+        if kind != "8bit":
+            flat = values.astype(np.float64).ravel()
+            samples.append(flat[:: max(flat.size // 100_000, 1)])  # about 1e5 values per image
+    if not samples:
+        return Intensity(mode="full_range")  # 8-bit data: the rule changes nothing
+    lo, hi = rule.window(np.concatenate(samples), kind)
+    return Intensity(mode="fixed", low=lo, high=max(hi, lo + 1e-6))

@@ -20,9 +20,7 @@ applies a rule: training, evaluation and inference all decode through it.
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Iterable
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 
@@ -115,27 +113,6 @@ def range_share(values: np.ndarray, kind: str) -> float:
         return 1.0
     lo, hi = (0.0, 65535.0) if kind in ("16bit", "32bit") else type_range(kind, values)
     return float(values.max() - values.min()) / (hi - lo)
-
-
-def dataset_window(paths: Iterable[str | Path], rule: Intensity) -> Intensity:
-    """A `per: dataset` rule made `fixed`: its window computed once over (up to
-    DATASET_SAMPLE_IMAGES of) the images, evenly spread; other rules are returned unchanged."""
-    from oneseg.data.image_io import read_values
-
-    if rule.per != "dataset" or rule.mode in ("fixed", "full_range"):
-        return rule
-    paths = list(paths)
-    step = max(len(paths) // DATASET_SAMPLE_IMAGES, 1)
-    samples = []
-    for path in paths[::step][:DATASET_SAMPLE_IMAGES]:
-        values, kind = read_values(path)
-        if kind != "8bit":
-            flat = values.astype(np.float64).ravel()
-            samples.append(flat[:: max(flat.size // 100_000, 1)])  # about 1e5 values per image
-    if not samples:
-        return Intensity(mode="full_range")  # 8-bit data: the rule changes nothing
-    lo, hi = rule.window(np.concatenate(samples), kind)
-    return Intensity(mode="fixed", low=lo, high=max(hi, lo + 1e-6))
 
 
 def choose_intensity(spec_cfg, recorded: dict | None) -> Intensity:

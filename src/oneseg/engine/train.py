@@ -23,7 +23,8 @@ from oneseg.convert.backbone_weights import load_pretrained_backbone
 from oneseg.cpu_threads import set_intra_op_threads
 from oneseg.data.archive import unpack_dataset_archives
 from oneseg.data.build import build_dataset, model_label_map
-from oneseg.data.intensity import Intensity, dataset_window
+from oneseg.data.image_io import dataset_window
+from oneseg.data.intensity import Intensity
 from oneseg.engine.callbacks import (
     BEST,
     MONITOR_TASK,
