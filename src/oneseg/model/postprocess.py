@@ -173,13 +173,15 @@ def instance_inference(
         keep &= torch.isin(labels, things)
     pair_scores, labels, queries = pair_scores[keep], labels[keep], queries[keep]
 
-    logits = mask_logits[queries]  # [N, H, W]
+    # one query's mask serves all its classes: work on each query kept once ([U, H, W], U <= Q)
+    unique, index = torch.unique(queries, sorted=True, return_inverse=True)
+    logits = mask_logits[unique]  # [U, H, W]
     masks = logits > 0
-    probs_inside = (logits.sigmoid() * masks).flatten(1).sum(1)  # [N, H, W] -> [N]
+    probs_inside = (logits.sigmoid() * masks).flatten(1).sum(1)  # [U, H, W] -> [U]
     mask_scores = probs_inside / (masks.flatten(1).sum(1) + 1e-6)
     return {
-        "masks": masks,
-        "scores": pair_scores * mask_scores,
+        "masks": masks[index],  # [N, H, W]
+        "scores": pair_scores * mask_scores[index],
         "labels": labels,
         "queries": queries,
     }
