@@ -6,6 +6,7 @@ prints its peak resident memory (ru_maxrss). With random weights every query is 
 (`model.object_mask_threshold=0`), the worst case for panoptic and instance memory.
 
     python scripts/inference_memory.py [--size 8000x6000] [--checkpoint CKPT] [--out DIR]
+                                       [--tasks semantic,instance,panoptic]
 """
 
 from __future__ import annotations
@@ -61,6 +62,7 @@ def main() -> int:
     parser.add_argument("--size", default="8000x6000", help="WIDTHxHEIGHT")
     parser.add_argument("--checkpoint", default="", help="default: the demo model, random")
     parser.add_argument("--out", default="", help="working folder (default: a temporary one)")
+    parser.add_argument("--tasks", default="semantic,instance,panoptic", help="comma-separated")
     args = parser.parse_args()
     width, height = (int(v) for v in args.size.split("x"))
     root = Path(args.out or tempfile.mkdtemp(prefix="oneseg-memory-"))
@@ -71,7 +73,7 @@ def main() -> int:
     if not args.checkpoint:
         demo_checkpoint(checkpoint)
     rows = []
-    for task in ("semantic", "instance", "panoptic"):
+    for task in args.tasks.split(","):
         argv = [
             "inference",
             f"results_dir={root / task}",
