@@ -20,6 +20,8 @@ Each step appends to `RESULTS/summary.md`, so a stopped run still shows what it 
 from __future__ import annotations
 
 import argparse
+import csv
+import shutil
 import sys
 import time
 from pathlib import Path
@@ -41,6 +43,9 @@ def shortened(values: dict, epochs: int) -> dict:
 
 
 def train_and_measure(spec, label: str, summary: Path) -> dict:
+    # a fresh training each time: a rerun would otherwise resume the finished one and measure
+    # nothing
+    shutil.rmtree(Path(spec.results_dir) / "train", ignore_errors=True)
     start = time.time()
     with ActionRun(spec, "train") as run:
         run_train(spec, run, progress_bar=False)
@@ -64,16 +69,17 @@ def run_search(root: Path, demo_values: dict, args, summary: Path) -> tuple[floa
         "metric": "pq",
         "max_trials": args.trials,
         "parameters": PARAMETERS,
-        "seed": 0,
+        "seed": args.seed,
     }
     spec = spec_from_dict(search)
-    start = time.time()
     with ActionRun(spec, "automl") as run:
         run_automl(spec, run)
-    search_s = time.time() - start
     automl_dir = root / "search" / "automl"
+    # the search's cost: the trials' own wall times, whichever process (or rerun) ran them
+    with open(automl_dir / "trials.csv") as rows:
+        search_s = sum(float(r["seconds"] or 0) for r in csv.DictReader(rows))
     with open(summary, "a") as out:
-        out.write(f"## Search: {args.trials} trials, {search_s:.0f} s\n\n")
+        out.write(f"## Search: {args.trials} trials, {search_s:.0f} s of trials\n\n")
         out.write((automl_dir / "trials.md").read_text() + "\n## Comparison\n\n")
     best = load_spec(automl_dir / "best_spec.yaml")
     return search_s, {key: _get(best, key) for key in PARAMETERS}
@@ -86,6 +92,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--search-epochs", type=int, default=2)
     parser.add_argument("--skip-full", action="store_true", help="no 10-epoch comparison")
     parser.add_argument("--skip-search", action="store_true", help="only step 2")
+    parser.add_argument("--seed", type=int, default=0, help="sampler seed (another to resume)")
     parser.add_argument("--num-train", type=int, default=240, help="fewer for a quick try")
     parser.add_argument("--num-val", type=int, default=32)
     args = parser.parse_args(argv)
