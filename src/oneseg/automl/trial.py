@@ -86,13 +86,15 @@ class TrialRun(ActionRun):
 
 
 def mark_identity(trial: optuna.Trial, folder: Path) -> None:
-    """Who runs the trial, so a rerun on this host can tell a dead process's trial."""
-    trial.set_user_attr("host", socket.gethostname())
+    """Who runs the trial, so a rerun on this host can tell a dead process's trial. The host
+    is written last: another process looks only at trials of its host, and must not see one
+    whose pid is not written yet."""
     trial.set_user_attr("pid", os.getpid())
     trial.set_user_attr("pid_start", process_start_time(os.getpid()))
     trial.set_user_attr("folder", str(folder))
     trial.set_user_attr("interrupted", False)
     trial.set_user_attr("error", "")
+    trial.set_user_attr("host", socket.gethostname())
 
 
 def process_start_time(pid: int) -> int | None:
