@@ -25,6 +25,7 @@ import optuna
 from optuna.storages import RetryHeartbeatStaleTrialCallback
 from optuna.trial import FrozenTrial, TrialState
 
+from oneseg.automl.space import searched_tree
 from oneseg.spec import dump_spec, spec_from_dict, spec_to_dict
 
 FINISHED = ("COMPLETE", "PRUNED", "FAIL")
@@ -127,8 +128,6 @@ def write_reports(study: optuna.Study, spec, space, folder: Path) -> dict:
 
 
 def _write_best_spec(path: Path, spec, space, best: FrozenTrial, total: int) -> None:
-    from oneseg.automl.trial import searched_tree
-
     metric = spec.automl.metric
     values = {p.key: best.params[p.key] for p in space if p.key in best.params}
     best_spec = spec_from_dict(searched_tree(spec_to_dict(spec), space, values, metric))

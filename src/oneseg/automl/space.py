@@ -257,3 +257,11 @@ def _check_ends(tree: dict, param: SearchParam) -> None:
             spec_from_dict(apply_values(tree, [param], {param.key: value}))
         except SpecError as err:
             raise SpecError(f"automl.ranges.{param.key}: {value!r} is refused: {err}") from None
+
+
+def searched_tree(base_tree: dict, space, values: dict, metric: str) -> dict:
+    """The nested spec of a trial: the base spec with the sampled values, and model_best.ckpt
+    kept by the searched metric."""
+    tree = apply_values(base_tree, space, values)
+    tree["train"]["monitor"] = metric
+    return tree

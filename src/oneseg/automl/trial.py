@@ -20,8 +20,9 @@ import optuna
 import yaml
 
 from oneseg.automl.report import retry_history
-from oneseg.automl.space import apply_values, suggest
+from oneseg.automl.space import searched_tree, suggest
 from oneseg.engine.callbacks import latest_checkpoint
+from oneseg.engine.train import run_train
 from oneseg.experiment import ActionRun
 from oneseg.spec import spec_from_dict, spec_to_dict
 
@@ -106,18 +107,8 @@ def process_start_time(pid: int) -> int | None:
         return None
 
 
-def searched_tree(base_tree: dict, space, values: dict, metric: str) -> dict:
-    """The nested spec of a trial: the base spec with the sampled values, and model_best.ckpt
-    kept by the searched metric."""
-    tree = apply_values(base_tree, space, values)
-    tree["train"]["monitor"] = metric
-    return tree
-
-
 def make_objective(base_spec, space, automl_dir: Path):
     """The function Optuna calls with each trial; returns the trial's final metric."""
-    from oneseg.engine.train import run_train
-
     automl = base_spec.automl
     base_tree = spec_to_dict(base_spec)
 

@@ -5,15 +5,15 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
+import torch
+
+from oneseg.data.image_io import read_image
+from oneseg.export.action import resized_batch
+
 
 def make_calibrator(trt, plan):
     """An `IInt8EntropyCalibrator2` over `plan.calibration_images` (or `plan.calibration_cache`)."""
-    import numpy as np
-    import torch
-
-    from oneseg.data.image_io import read_image
-    from oneseg.export.action import resized_batch
-
     batch, _, height, width = plan.opt_shape
 
     class Calibrator(trt.IInt8EntropyCalibrator2):
