@@ -20,6 +20,19 @@ from PIL import Image
 _MISSING = object()
 
 
+def _umask() -> int:
+    """The process's umask: from /proc where Linux shows it, else by setting and restoring it."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    except (OSError, ValueError):
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
 def write_atomic(path: str | Path, write: Callable[[Path], None]) -> None:
     """Call `write(tmp_path)` on a fresh temporary file beside `path`, then rename it onto
     `path` (creating the folder). On any error the temporary file is removed."""
@@ -28,6 +41,7 @@ def write_atomic(path: str | Path, write: Callable[[Path], None]) -> None:
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     os.close(fd)
     try:
+        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; a result file is as open() makes it
         write(Path(tmp))
         os.replace(tmp, path)
     except BaseException:

@@ -15,8 +15,6 @@ import csv
 import io
 import json
 import math
-import os
-import tempfile
 import warnings
 from datetime import datetime, timezone
 from pathlib import Path
@@ -26,6 +24,7 @@ from optuna.storages import RetryHeartbeatStaleTrialCallback
 from optuna.trial import FrozenTrial, TrialState
 
 from oneseg.automl.space import searched_tree
+from oneseg.io import write_atomic
 from oneseg.spec import dump_spec, spec_from_dict, spec_to_dict
 
 FINISHED = ("COMPLETE", "PRUNED", "FAIL")
@@ -253,21 +252,8 @@ def _finite(value) -> bool:
 
 
 def _write_text(path: Path, text: str) -> None:
-    _replace(path, lambda tmp: tmp.write_text(text))
+    write_atomic(path, lambda tmp: tmp.write_text(text))
 
 
 def _save_figure(figure, path: Path) -> None:
-    _replace(path, lambda tmp: figure.savefig(tmp, dpi=100, format="png"))
-
-
-def _replace(path: Path, write) -> None:
-    """Write through a temporary file renamed onto `path`: several processes may write the
-    same report, and a reader never sees half a file."""
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        write(Path(tmp))
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    write_atomic(path, lambda tmp: figure.savefig(tmp, dpi=100, format="png"))
