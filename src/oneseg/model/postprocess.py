@@ -158,20 +158,9 @@ def instance_inference(
     into a non-overlapping segment map via the panoptic argmax, does not rescale scores by
     mask probability, and filters things only for `task_type="panoptic"`.
     """
-    _check_num_classes(class_logits, num_classes)
-    class_probs = class_logits.softmax(-1)[:, :-1]  # [Q, K]
-    k = min(topk, class_probs.numel())
-    pair_scores, pair_indices = class_probs.flatten().topk(k)  # [Q, K] -> [Q*K] -> [k]
-    labels = pair_indices % num_classes
-    queries = pair_indices // num_classes
-
-    keep = torch.ones_like(pair_scores, dtype=torch.bool)
-    if score_threshold is not None:
-        keep &= pair_scores > score_threshold
-    if thing_classes is not None:
-        things = torch.as_tensor(thing_classes, dtype=labels.dtype, device=labels.device)
-        keep &= torch.isin(labels, things)
-    pair_scores, labels, queries = pair_scores[keep], labels[keep], queries[keep]
+    pair_scores, labels, queries = _top_pairs(
+        class_logits, num_classes, topk, score_threshold, thing_classes
+    )
 
     # one query's mask serves all its classes: work on each query kept once ([U, H, W], U <= Q)
     unique, index = torch.unique(queries, sorted=True, return_inverse=True)
@@ -395,18 +384,9 @@ def _instance_in_strips(
     """`instance_inference` for a large output: one full-size mask per query kept, in
     `query_masks` [U, H, W] bool, and `mask_index` [N] (detection -> row of query_masks)
     instead of `masks` [N, H, W]."""
-    _check_num_classes(class_logits, num_classes)
-    class_probs = class_logits.softmax(-1)[:, :-1]  # [Q, K]
-    k = min(topk, class_probs.numel())
-    pair_scores, pair_indices = class_probs.flatten().topk(k)  # [Q*K] -> [k]
-    labels, queries = pair_indices % num_classes, pair_indices // num_classes
-    keep = torch.ones_like(pair_scores, dtype=torch.bool)
-    if score_threshold is not None:
-        keep &= pair_scores > score_threshold
-    if thing_classes is not None:
-        things = torch.as_tensor(thing_classes, dtype=labels.dtype, device=labels.device)
-        keep &= torch.isin(labels, things)
-    pair_scores, labels, queries = pair_scores[keep], labels[keep], queries[keep]
+    pair_scores, labels, queries = _top_pairs(
+        class_logits, num_classes, topk, score_threshold, thing_classes
+    )
     unique, mask_index = torch.unique(queries, sorted=True, return_inverse=True)
     height, width = output_size
     query_masks = torch.empty((len(unique), height, width), dtype=torch.bool, device=low.device)
@@ -476,6 +456,23 @@ def _panoptic_in_strips(
         _, winner, own = winners(start, stop)
         segment_ids[start:stop] = torch.where(own, query_to_segment[winner], 0)
     return segment_ids, segments
+
+
+def _top_pairs(class_logits, num_classes, topk, score_threshold, thing_classes):
+    """The top-k (query, class) pairs by class probability, less those under the threshold
+    or of a stuff class: (scores [k'], labels [k'], queries [k'])."""
+    _check_num_classes(class_logits, num_classes)
+    class_probs = class_logits.softmax(-1)[:, :-1]  # [Q, K]
+    k = min(topk, class_probs.numel())
+    pair_scores, pair_indices = class_probs.flatten().topk(k)  # [Q, K] -> [Q*K] -> [k]
+    labels, queries = pair_indices % num_classes, pair_indices // num_classes
+    keep = torch.ones_like(pair_scores, dtype=torch.bool)
+    if score_threshold is not None:
+        keep &= pair_scores > score_threshold
+    if thing_classes is not None:
+        things = torch.as_tensor(thing_classes, dtype=labels.dtype, device=labels.device)
+        keep &= torch.isin(labels, things)
+    return pair_scores[keep], labels[keep], queries[keep]
 
 
 def _check_num_classes(class_logits: Tensor, num_classes: int) -> None:
