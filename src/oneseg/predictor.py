@@ -29,7 +29,7 @@ from oneseg.data.image_io import read_image, to_rgb
 from oneseg.data.intensity import Intensity
 from oneseg.data.label_map import LabelMap
 from oneseg.data.transforms import shortest_edge_size
-from oneseg.export.runtime import load_engines
+from oneseg.export.engines import load_engines
 from oneseg.model.postprocess import PostprocessConfig, postprocess
 
 

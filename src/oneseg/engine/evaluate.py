@@ -29,7 +29,8 @@ from oneseg.data.label_map import LabelMap
 from oneseg.data.records import DataError
 from oneseg.engine.evaluator import Evaluator
 from oneseg.engine.train import with_unpacked_archives
-from oneseg.export.runtime import load_engines
+from oneseg.export.engines import load_engines
+from oneseg.export.runtime import batch_results
 from oneseg.io import write_json_atomic
 from oneseg.model.build import supported_tasks
 from oneseg.model.postprocess import PostprocessConfig
@@ -107,7 +108,7 @@ def run_evaluate(spec, run) -> None:
             if model is not None:
                 evaluator.process(model, batch)
             else:
-                evaluator.add_batch(batch, _engine_results(engines, batch))
+                evaluator.add_batch(batch, batch_results(engines, batch))
             progress.advance(bar)
             if step % log_every == 0 and step < len(loader):
                 run.log("RUNNING", f"batch {step}/{len(loader)}", step=step, total=len(loader))
@@ -143,15 +144,6 @@ def _exported(spec):
         description.get("intensity"),
         first.size_divisibility,
     )
-
-
-def _engine_results(engines: dict, batch: dict) -> dict[str, list[dict]]:
-    image_sizes = [tuple(s) for s in batch["image_sizes"]]
-    orig_sizes = [tuple(s) for s in batch["orig_sizes"]]
-    return {
-        task: engine.predict(batch["images"], image_sizes, orig_sizes)
-        for task, engine in engines.items()
-    }
 
 
 def _check_label_map(spec, label_map, run) -> None:

@@ -33,11 +33,10 @@ from oneseg.constants import IMAGE_SUFFIXES
 from oneseg.data.build import build_dataloader
 from oneseg.data.image_io import read_image
 from oneseg.data.intensity import choose_intensity
-from oneseg.engine.evaluate import _engine_results
 from oneseg.engine.evaluator import Evaluator
 from oneseg.export.action import resized_batch
 from oneseg.export.onnx_export import METADATA_KEY
-from oneseg.export.runtime import OnnxEngine, read_description
+from oneseg.export.runtime import OnnxEngine, batch_results, read_description
 from oneseg.io import write_json_atomic
 from oneseg.model.postprocess import PostprocessConfig
 
@@ -220,7 +219,7 @@ def val_metrics(spec, path: Path, max_images: int) -> dict:
     for step, batch in enumerate(loader):
         if max_images and step >= max_images:
             break
-        evaluator.add_batch(batch, _engine_results({engine.task: engine}, batch))
+        evaluator.add_batch(batch, batch_results({engine.task: engine}, batch))
     metrics = evaluator.compute(gather=False)
     metrics.pop("per_class")
     return metrics

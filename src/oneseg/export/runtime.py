@@ -55,30 +55,6 @@ def task_files(path: str | Path) -> dict[str, Path]:
     return files
 
 
-def load_engines(path: str | Path, tasks: list[str], key: str) -> dict:
-    """task -> engine for those of `tasks` that an exported file (ONNX, or a TensorRT engine
-    built from one) and its `all` siblings hold; when it holds none of them, one error naming
-    the file and the spec `key`."""
-    path = Path(path)
-    if path.suffix.lower() == ".onnx":
-        files, make = task_files(path), OnnxEngine
-    else:
-        from oneseg.export.tensorrt import TensorRTEngine, engine_task_files
-
-        files, make = engine_task_files(path), TensorRTEngine
-    present = [task for task in tasks if task in files]
-    if not present:
-        raise ValueError(
-            f"{key}: {path} holds the {', '.join(files)} graph(s), not {', '.join(tasks)}; "
-            "export the task asked for (or export.task=all)"
-        )
-    engines = {task: make(files[task]) for task in present}
-    first = next(iter(engines.values()))
-    for engine in engines.values():
-        engine.check(label_map=first.label_map)
-    return engines
-
-
 class ExportedEngine:
     """What every runtime of an exported graph shares: its description, the checks of task and
     classes, fitting a batch to the graph's input, and results shaped as `postprocess`'s.
@@ -245,3 +221,13 @@ def _resize_map(values: torch.Tensor, size, output_size) -> torch.Tensor:
     flat = values.reshape(-1, 1, *values.shape[-2:]).float()
     flat = F.interpolate(flat, size=tuple(output_size), mode="nearest-exact")
     return flat.reshape(*values.shape[:-2], *output_size).to(dtype)
+
+
+def batch_results(engines: dict, batch: dict) -> dict[str, list[dict]]:
+    """task -> per-image results of each engine on a loader batch, as `postprocess` gives."""
+    image_sizes = [tuple(s) for s in batch["image_sizes"]]
+    orig_sizes = [tuple(s) for s in batch["orig_sizes"]]
+    return {
+        task: engine.predict(batch["images"], image_sizes, orig_sizes)
+        for task, engine in engines.items()
+    }
