@@ -102,8 +102,9 @@ def rgb_to_id(rgb: np.ndarray) -> np.ndarray:
 
 def id_to_rgb(ids: np.ndarray) -> np.ndarray:
     """Segment ids [H, W] -> COCO panoptic colours [H, W, 3] uint8."""
-    ids = np.asarray(ids).astype(np.int64)
-    return np.stack([ids % 256, ids // 256 % 256, ids // 65536 % 256], axis=-1).astype(np.uint8)
+    # little-endian uint32 bytes are R, G, B, X: one [H, W] copy instead of int64 temporaries
+    ids = np.ascontiguousarray(ids, dtype="<u4")
+    return np.ascontiguousarray(ids.view(np.uint8).reshape(*ids.shape, 4)[..., :3])
 
 
 def read_id_png(path: str | Path) -> np.ndarray:
