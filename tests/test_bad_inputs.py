@@ -7,6 +7,7 @@ exit code 2 (bad input), 1 (failed) or 143 (stopped by SIGTERM). Each test names
 import json
 import logging
 import os
+import random
 import shutil
 import signal
 import struct
@@ -20,7 +21,8 @@ import pytest
 import yaml
 
 from oneseg import cli
-from oneseg.errors import EXIT_BAD_INPUT, EXIT_FAILED, EXIT_STOPPED
+from oneseg.convert.safe_load import read_weights_only
+from oneseg.errors import EXIT_BAD_INPUT, EXIT_FAILED, EXIT_STOPPED, CheckpointError
 
 
 # ------------------------------------------------------------------------------ helpers
@@ -148,10 +150,19 @@ def test_1_evaluate_split_without_images(tmp_path, data, tiny_model_cfg, tiny_ch
 
 def test_1_garbage_backbone_weights(tmp_path, data, tiny_model_cfg, capsys):
     garbage = tmp_path / "backbone.pth"
-    garbage.write_bytes(os.urandom(300))
+    garbage.write_bytes(random.Random(0).randbytes(300))
     spec = _spec_file(tmp_path, data, tiny_model_cfg)
     argv = ["train", "-e", spec, f"train.pretrained_backbone={garbage}"]
     _fails(argv, EXIT_BAD_INPUT, capsys, garbage, "not a weights file")
+
+
+@pytest.mark.parametrize("seed", range(40))
+def test_1_any_garbage_weights_file_is_bad_input(tmp_path, seed):
+    # random bytes fail in many places of torch's unpickler (IndexError, EOFError, ...)
+    garbage = tmp_path / "weights.pth"
+    garbage.write_bytes(random.Random(seed).randbytes(16 + 37 * seed))
+    with pytest.raises(CheckpointError, match="not a weights file"):
+        read_weights_only(garbage)
 
 
 def test_1_invalid_annotation_json(tmp_path, data, tiny_model_cfg, capsys):

@@ -51,6 +51,8 @@ def read_weights_only(path: str | Path):
         return read_numpy_pickle(path)
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
+    except (OSError, MemoryError):
+        raise
     except pickle.UnpicklingError as err:
         try:
             foreign = torch.serialization.get_unsafe_globals_in_checkpoint(path)
@@ -64,6 +66,10 @@ def read_weights_only(path: str | Path):
             raise CheckpointError(
                 f"{path}: not a weights file torch can read weights-only ({reason})"
             ) from None
+    except Exception as err:  # noqa: BLE001 - arbitrary bytes fail anywhere in the unpickler
+        raise CheckpointError(
+            f"{path}: not a weights file torch can read weights-only ({type(err).__name__}: {err})"
+        ) from None
     stand_ins = [(type(f"Placeholder[{name}]", (Placeholder,), {}), name) for name in foreign]
     with torch.serialization.safe_globals(stand_ins):
         return torch.load(path, map_location="cpu", weights_only=True)
