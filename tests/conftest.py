@@ -80,3 +80,29 @@ def one_torch_thread():
         os.environ.pop("OMP_NUM_THREADS", None)
     else:
         os.environ["OMP_NUM_THREADS"] = env
+
+
+@pytest.fixture
+def tao_mask2former_card(tmp_path):
+    """The model block of TAO's Mask2Former model card, as written, in a spec file."""
+    path = tmp_path / "tao_mask2former_card.yaml"
+    path.write_text(TAO_MASK2FORMER_CARD)
+    return path
+
+
+TAO_MASK2FORMER_CARD = """
+model:
+  mode: instance
+  backbone:
+    type: swin
+    swin:
+      type: tiny
+      window_size: 7
+      ape: False
+      pretrain_img_size: 224
+  mask_former:
+    num_object_queries: 100
+  sem_seg_head:
+    norm: GN
+    num_classes: 1
+"""

@@ -197,31 +197,14 @@ def test_one_class_without_single_class_names_the_key(tmp_path, synth, tiny_mode
         run_train(spec, run)
 
 
-TAO_MASK2FORMER_CARD = """
-model:
-  mode: instance
-  backbone:
-    type: swin
-    swin:
-      type: tiny
-      window_size: 7
-      ape: False
-      pretrain_img_size: 224
-  mask_former:
-    num_object_queries: 100
-  sem_seg_head:
-    norm: GN
-    num_classes: 1
-"""
-
-
-def test_tao_card_model_block_trains_on_a_multi_class_dataset(tmp_path, synth):
+def test_tao_card_model_block_trains_on_a_multi_class_dataset(
+    tmp_path, synth, tao_mask2former_card
+):
     """The card's block as written (1 class, 100 queries, instance mode), narrowed to a CPU-sized
     Swin and heads by oneseg keys; the data's thing classes become its one class."""
     from oneseg.spec import load_spec
 
-    card = tmp_path / "card.yaml"
-    card.write_text(TAO_MASK2FORMER_CARD)
+    card = tao_mask2former_card
     values = _values(tmp_path, synth, {})
     source = values["dataset"]["train"][0]
     overrides = [

@@ -207,30 +207,8 @@ def test_quantize_overrides(paths):
         load_spec(p["spec"], ["quantize.mode=weight_only_ptq"])
 
 
-MASK2FORMER_CARD = """
-model:
-  mode: instance
-  backbone:
-    type: swin
-    swin:
-      type: tiny
-      window_size: 7
-      ape: False
-      pretrain_img_size: 224
-  mask_former:
-    num_object_queries: 100
-  sem_seg_head:
-    norm: GN
-    num_classes: 1
-"""
-
-
-def test_mask2former_card_block(tmp_path):
-    if "mode" not in {f.name for f in ExperimentConfig().model.__dataclass_fields__.values()}:
-        pytest.skip("model.mode (Mask2Former training mode) is not in this build")
-    path = tmp_path / "m2f.yaml"
-    path.write_text(MASK2FORMER_CARD)
-    spec = load_spec(path)
+def test_mask2former_card_block(tao_mask2former_card):
+    spec = load_spec(tao_mask2former_card)
     model = spec.model
     assert (model.arch, model.mode, model.num_classes, model.num_queries) == (
         "mask2former",
