@@ -125,19 +125,25 @@ class ExportGraph(nn.Module):
         scores, labels = class_logits.softmax(-1).max(-1)  # [B, Q]
         keep = (labels != num_classes) & (scores > self.object_mask_threshold)
         mask_probs = mask_logits.sigmoid()  # [B, Q, H, W]
-        # queries that take no part can win no pixel: their weighted probability is -1
-        weighted = torch.where(keep[:, :, None, None], scores[:, :, None, None] * mask_probs, -1.0)
-        winner = weighted.argmax(1)  # [B, H, W]
+        # The pixel's winner among the queries that take part: score x probability, in [0, 1].
+        # The others are moved to [-2, -1] by one multiply-add (two passes over [B, Q, H, W]
+        # where a select on a broadcast condition is a slow third), so they win no pixel while
+        # any query takes part, and ties stay with the first query as in `postprocess`.
+        gain = torch.where(keep, scores, torch.ones_like(scores))[:, :, None, None]
+        offset = torch.where(keep, torch.zeros_like(scores), -2.0)[:, :, None, None]
+        winner = (mask_probs * gain + offset).argmax(1)  # [B, H, W]
         if self.require_own_mask:
             own = mask_probs.gather(1, winner[:, None])[:, 0] >= 0.5  # [B, H, W]
         else:
             own = torch.ones_like(winner, dtype=torch.bool)
-        query_ids = torch.arange(num_queries, device=winner.device)
-        won = winner[:, None] == query_ids[None, :, None, None]  # [B, Q, H, W]
-        won_area = won.flatten(2).sum(2)  # [B, Q]
-        own_area = (mask_probs >= 0.5).flatten(2).sum(2)
-        final_area = (won & own[:, None]).flatten(2).sum(2)
-        ratio = won_area.float() / own_area.clamp(min=1).float()
+        # Areas as histograms of the winners (a scatter-add over H*W pixels) rather than as
+        # sums of [B, Q, H, W] one-hot maps; floats count exactly up to 2**24 pixels.
+        dtype = mask_probs.dtype
+        flat = winner.flatten(1)  # [B, HW]
+        won_area = torch.zeros_like(scores).scatter_add(1, flat, torch.ones_like(flat, dtype=dtype))
+        final_area = torch.zeros_like(scores).scatter_add(1, flat, own.flatten(1).to(dtype))
+        own_area = (mask_probs >= 0.5).to(dtype).flatten(2).sum(2)  # [B, Q]
+        ratio = won_area / own_area.clamp(min=1)
         valid = keep & (won_area > 0) & (own_area > 0) & (final_area > 0)
         valid = valid & (ratio >= self.overlap_threshold)
 
