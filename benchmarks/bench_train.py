@@ -15,9 +15,10 @@ from __future__ import annotations
 
 import sys
 
-from oneseg.cpu_threads import quiet_thread_pool
+from oneseg.cpu_threads import keep_freed_memory, quiet_thread_pool
 
 quiet_thread_pool()  # before torch loads OpenMP
+keep_freed_memory()  # for every contender of the process alike
 
 import argparse  # noqa: E402
 import json  # noqa: E402

@@ -50,3 +50,16 @@ def test_quiet_pool_keeps_the_users_choice(monkeypatch):
     monkeypatch.delenv("KMP_BLOCKTIME")  # absent, and restored to absent afterwards
     assert cpu_threads.quiet_thread_pool() is False  # torch is loaded in this process
     assert os.environ["OMP_WAIT_POLICY"] == "ACTIVE" and os.environ["KMP_BLOCKTIME"] == "0"
+
+
+def test_keep_freed_memory_applies_on_glibc_and_respects_the_user(monkeypatch):
+    import platform
+
+    from oneseg.cpu_threads import keep_freed_memory
+
+    monkeypatch.setenv("MALLOC_MMAP_THRESHOLD_", "65536")
+    assert keep_freed_memory() is False  # the user's own allocator setting wins
+    monkeypatch.delenv("MALLOC_MMAP_THRESHOLD_")
+    monkeypatch.delenv("MALLOC_TRIM_THRESHOLD_", raising=False)
+    expected = platform.system() == "Linux" and platform.libc_ver()[0] == "glibc"
+    assert keep_freed_memory() is expected

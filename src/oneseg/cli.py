@@ -12,7 +12,7 @@ import threading
 import traceback
 import warnings
 
-from oneseg.cpu_threads import quiet_thread_pool
+from oneseg.cpu_threads import keep_freed_memory, quiet_thread_pool
 from oneseg.errors import (
     EXIT_BAD_INPUT,
     EXIT_FAILED,
@@ -240,6 +240,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = _parser()
     args = parser.parse_args(argv)
     quiet_thread_pool()  # before an action imports torch: OpenMP reads it once, when loaded
+    keep_freed_memory()
     in_main_thread = threading.current_thread() is threading.main_thread()
     previous = signal.signal(signal.SIGTERM, _raise_stopped) if in_main_thread else None
     try:

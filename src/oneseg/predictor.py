@@ -23,7 +23,7 @@ from PIL import Image, ImageOps
 from oneseg.checkpoint import load_model, read_intensity
 from oneseg.config import ModelConfig
 from oneseg.constants import TASKS
-from oneseg.cpu_threads import set_intra_op_threads
+from oneseg.cpu_threads import keep_freed_memory, set_intra_op_threads
 from oneseg.data.collate import padded_size
 from oneseg.data.image_io import read_image, to_rgb
 from oneseg.data.intensity import Intensity
@@ -179,7 +179,8 @@ class Predictor:
             `from_checkpoint` takes the rule recorded at training.
         device: where to run; default the GPU if there is one.
         cpu_threads: intra-op threads on the CPU; 0 = the cores this process may use (or
-            OMP_NUM_THREADS when set), None = leave torch's setting alone.
+            OMP_NUM_THREADS when set), None = leave torch's setting alone. Unless None, the
+            allocator also keeps freed memory for reuse (`cpu_threads.keep_freed_memory`).
     """
 
     def __init__(
@@ -199,6 +200,7 @@ class Predictor:
         self.device = torch.device(device)
         if cpu_threads is not None and self.device.type == "cpu":
             set_intra_op_threads(cpu_threads)
+            keep_freed_memory()
         self.model = model.to(self.device).eval()
         self.label_map = label_map
         self.min_size, self.max_size = min_size, max_size

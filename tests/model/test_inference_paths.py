@@ -65,3 +65,24 @@ def test_compiled_pixel_decoder_agrees_with_eager(tiny_model_cfg):
     assert (masks - eager_masks).abs().max() < 1e-4
     for a, b in zip(multi_scale, eager_maps):
         assert (a - b).abs().max() < 1e-4
+
+
+def test_query_memory_shortcut_equals_the_modules(tiny_model_cfg):
+    """The inference path of the task-conditioned queries (keys and values of the sine memory
+    from row and column tables, W_k W_proj as one product) against the modules' own path."""
+    torch.manual_seed(0)
+    model = build_model(tiny_model_cfg, num_classes=3).eval()
+    with torch.no_grad():
+        for p in model.decoder.query_init.parameters():  # non-zero biases everywhere
+            p.add_(torch.randn_like(p) * 0.1)
+    query_init = model.decoder.query_init
+    embed = model.decoder.query_embed.weight
+    for batch in (1, 2):  # one image takes the single-product branch
+        features = torch.randn(batch, tiny_model_cfg.pixel_decoder.mask_dim, 12, 20)
+        token = torch.randn(batch, tiny_model_cfg.hidden_dim)
+        modules = query_init(features, embed, token)  # grad enabled: the modules
+        assert modules.requires_grad
+        with torch.no_grad():
+            shortcut = query_init(features, embed, token)
+        assert (shortcut - modules.detach()).abs().max() < 1e-5
+        assert modules.std() > 0.1

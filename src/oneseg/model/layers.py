@@ -11,6 +11,11 @@ import torch.nn.functional as F
 from torch import nn
 
 
+def is_exporting() -> bool:
+    """Whether the computation is being traced or exported into a graph (ONNX, torch.export)."""
+    return torch.onnx.is_in_onnx_export() or torch.compiler.is_exporting() or torch.jit.is_tracing()
+
+
 def with_pos(x: torch.Tensor, pos: torch.Tensor | None) -> torch.Tensor:
     return x if pos is None else x + pos
 
@@ -37,14 +42,30 @@ def attention(
     Returns:
         [B, Q, D].
     """
-    batch, num_queries, dim = query.shape
+    batch = query.shape[0]
     heads = attn.num_heads
-    w_q, w_k, w_v = attn.in_proj_weight.chunk(3)
-    b_q, b_k, b_v = attn.in_proj_bias.chunk(3) if attn.in_proj_bias is not None else (None,) * 3
+    _, w_k, w_v = attn.in_proj_weight.chunk(3)
+    _, b_k, b_v = attn.in_proj_bias.chunk(3) if attn.in_proj_bias is not None else (None,) * 3
     # [B, L, D] -> [B, heads, L, D/heads]
-    q = F.linear(query, w_q, b_q).view(batch, num_queries, heads, -1).transpose(1, 2)
     k = F.linear(key, w_k, b_k).view(batch, key.shape[1], heads, -1).transpose(1, 2)
     v = F.linear(value, w_v, b_v).view(batch, value.shape[1], heads, -1).transpose(1, 2)
+    return attend(attn, query, k, v, attn_mask, causal)
+
+
+def attend(
+    attn: nn.MultiheadAttention,
+    query: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    attn_mask: torch.Tensor | None = None,
+    causal: bool = False,
+) -> torch.Tensor:
+    """`attention` with the keys and values already projected: k, v [B, heads, K, D/heads]."""
+    batch, num_queries, dim = query.shape
+    heads = attn.num_heads
+    w_q = attn.in_proj_weight[:dim]
+    b_q = attn.in_proj_bias[:dim] if attn.in_proj_bias is not None else None
+    q = F.linear(query, w_q, b_q).view(batch, num_queries, heads, -1).transpose(1, 2)
     allowed = None
     if attn_mask is not None:
         if attn_mask.dim() == 3 and attn_mask.shape[0] == batch * heads and heads > 1:
@@ -99,6 +120,13 @@ class CrossAttentionLayer(nn.Module):
         q = self.norm(x) if self.pre_norm else x
         out = attention(self.attn, with_pos(q, query_pos), with_pos(memory, pos), memory, attn_mask)
         x = x + self.dropout(out)
+        return x if self.pre_norm else self.norm(x)
+
+    def forward_projected(self, x, k, v, query_pos=None) -> torch.Tensor:
+        """The same with the memory's keys and values already projected:
+        k, v [B, heads, HW, D/heads]."""
+        q = self.norm(x) if self.pre_norm else x
+        x = x + self.dropout(attend(self.attn, with_pos(q, query_pos), k, v))
         return x if self.pre_norm else self.norm(x)
 
 

@@ -14,7 +14,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from oneseg.model.deformable_attention import MultiScaleDeformableAttention
+from oneseg.model.deformable_attention import (
+    MultiScaleDeformableAttention,
+    SamplingGrid,
+    uses_grid_sample,
+)
 from oneseg.model.position_encoding import SinePositionEncoding
 
 NUM_LEVELS = 3  # the encoder always reads the three coarsest maps
@@ -33,9 +37,10 @@ class DeformableEncoderLayer(nn.Module):
         self.norm2 = nn.LayerNorm(dim)
         self.dropout = nn.Dropout(dropout)
 
-    def forward(self, src, pos, reference_points, spatial_shapes):
-        """src, pos: [B, S, D]; reference_points: [B, S, levels, 2] -> [B, S, D]."""
-        attn = self.self_attn(src + pos, reference_points, src, spatial_shapes)
+    def forward(self, src, pos, reference_points, spatial_shapes, grid=None):
+        """src, pos: [B, S, D]; reference_points: [B, S, levels, 2] -> [B, S, D];
+        grid: the `SamplingGrid` all layers share at inference."""
+        attn = self.self_attn(src + pos, reference_points, src, spatial_shapes, grid)
         src = self.norm1(src + self.dropout(attn))
         ffn = self.linear2(self.dropout(torch.relu(self.linear1(src))))
         return self.norm2(src + self.dropout(ffn))
@@ -141,8 +146,14 @@ class PixelDecoder(nn.Module):
             pos.append(level_pos + self.level_embed[level].view(1, 1, -1))
         src, pos = torch.cat(srcs, 1), torch.cat(pos, 1)
         ref = reference_points(shapes, src.shape[0], src.device, src.dtype)
+        grid = None
+        if self.encoder and not uses_grid_sample(src, *self.encoder.parameters()):
+            attn = self.encoder[0].self_attn
+            grid = SamplingGrid(
+                shapes, src.shape[0], attn.n_heads, attn.n_points, src.device, src.dtype, ref
+            )
         for layer in self.encoder:
-            src = layer(src, pos, ref, shapes)
+            src = layer(src, pos, ref, shapes, grid)
 
         # [B, S, C] -> per level [B, C, H, W]
         maps = [

@@ -21,15 +21,15 @@ class SinePositionEncoding(nn.Module):
         self.num_feats = num_feats
         self.temperature = temperature
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """x: [B, C, H, W] (only its shape, device and dtype are read) -> [B, 2*num_feats, H, W]."""
-        batch, _, height, width = x.shape
+    def axes(self, height: int, width: int, device) -> tuple[torch.Tensor, torch.Tensor]:
+        """The encoding's two factors in float32: [H, F] of the rows (the first F channels) and
+        [W, F] of the columns (the last F): pixel (y, x) is their concatenation."""
         eps, scale = 1e-6, 2 * math.pi
-        y = torch.arange(1, height + 1, dtype=torch.float32, device=x.device)
-        xs = torch.arange(1, width + 1, dtype=torch.float32, device=x.device)
+        y = torch.arange(1, height + 1, dtype=torch.float32, device=device)
+        xs = torch.arange(1, width + 1, dtype=torch.float32, device=device)
         y = y / (height + eps) * scale
         xs = xs / (width + eps) * scale
-        dim_t = torch.arange(self.num_feats, dtype=torch.float32, device=x.device)
+        dim_t = torch.arange(self.num_feats, dtype=torch.float32, device=device)
         dim_t = self.temperature ** (
             2 * torch.div(dim_t, 2, rounding_mode="floor") / self.num_feats
         )
@@ -38,6 +38,12 @@ class SinePositionEncoding(nn.Module):
         # interleave sin of even channels with cos of odd channels: [H, F/2, 2] -> [H, F]
         pos_y = torch.stack((pos_y[:, 0::2].sin(), pos_y[:, 1::2].cos()), dim=2).flatten(1)
         pos_x = torch.stack((pos_x[:, 0::2].sin(), pos_x[:, 1::2].cos()), dim=2).flatten(1)
+        return pos_y, pos_x
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """x: [B, C, H, W] (only its shape, device and dtype are read) -> [B, 2*num_feats, H, W]."""
+        batch, _, height, width = x.shape
+        pos_y, pos_x = self.axes(height, width, x.device)
         pos = torch.cat(
             (
                 pos_y[:, None, :].expand(height, width, self.num_feats),

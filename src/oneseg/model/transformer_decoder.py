@@ -16,7 +16,14 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from oneseg.model.layers import MLP, CrossAttentionLayer, FFNLayer, SelfAttentionLayer, xavier_init_
+from oneseg.model.layers import (
+    MLP,
+    CrossAttentionLayer,
+    FFNLayer,
+    SelfAttentionLayer,
+    is_exporting,
+    xavier_init_,
+)
 from oneseg.model.position_encoding import SinePositionEncoding
 
 NUM_SCALES = 3
@@ -49,6 +56,12 @@ class QueryLayer(nn.Module):
     def forward(self, x, memory, pos, query_pos):
         x = self.self_attn(x, query_pos=query_pos)
         x = self.cross_attn(x, memory, pos=pos, query_pos=query_pos)
+        return self.ffn(x)
+
+    def forward_projected(self, x, k, v, query_pos):
+        """The same with the memory's keys and values already projected [B, heads, HW, Dh]."""
+        x = self.self_attn(x, query_pos=query_pos)
+        x = self.cross_attn.forward_projected(x, k, v, query_pos=query_pos)
         return self.ffn(x)
 
 
@@ -120,10 +133,59 @@ class TaskConditionedQueries(nn.Module):
         # As in the published weights (OneFormer issue #110): the memory is the sine encoding
         # of the stride-4 grid and the projected mask features serve as its positions, so the
         # values carry position only while the keys see the features.
-        memory = self.pos_encoding(mask_features).flatten(2).transpose(1, 2)  # [B, HW, D]
-        pos = self.query_input_proj(mask_features).flatten(2).transpose(1, 2)
-        queries = self.query_transformer(target, memory, pos, query_pos)
+        if torch.is_grad_enabled():
+            memory = self.pos_encoding(mask_features).flatten(2).transpose(1, 2)  # [B, HW, D]
+            pos = self.query_input_proj(mask_features).flatten(2).transpose(1, 2)
+            queries = self.query_transformer(target, memory, pos, query_pos)
+        else:
+            keys, values = self.projected_memory(mask_features)
+            for layer, k, v in zip(self.query_transformer.layers, keys, values):
+                target = layer.forward_projected(target, k, v, query_pos)
+            queries = self.query_transformer.norm(target)
         return torch.cat([queries, task_token], dim=1)
+
+    def projected_memory(self, mask_features):
+        """Every layer's cross-attention keys and values [B, heads, HW, Dh], with less work.
+
+        The same numbers as projecting memory + positions and memory (to rounding), because
+        every step is linear:
+        - the memory (the sine encoding) is a row factor [H, F] beside a column factor
+          [W, F], so its projection is a row table plus a column table, and the values need
+          no product over the HW tokens at all;
+        - the keys' projection of the projected mask features is one product with
+          W_k W_proj, all layers in one matrix product.
+        At 512x512 this replaces five [HW, 256] x [256, 256] products and the additions of
+        positions with two."""
+        batch, channels, height, width = mask_features.shape
+        pos_y, pos_x = self.pos_encoding.axes(height, width, mask_features.device)
+        pos_y, pos_x = pos_y.to(mask_features.dtype), pos_x.to(mask_features.dtype)
+        half = pos_y.shape[1]
+        proj_w = self.query_input_proj.weight.flatten(1)  # [D, C]
+        proj_b = self.query_input_proj.bias
+        features = mask_features.flatten(2).transpose(1, 2)  # [B, HW, C]
+        tokens = height * width
+        keys, values = [], []
+        for layer in self.query_transformer.layers:
+            attn = layer.cross_attn.attn
+            heads = attn.num_heads
+            _, w_k, w_v = attn.in_proj_weight.chunk(3)
+            _, b_k, b_v = attn.in_proj_bias.chunk(3)
+            # [H, 1, D] + [1, W, D]: the projection of every grid position's sine encoding
+            key_table = (pos_y @ w_k[:, :half].T + (w_k @ proj_b + b_k))[:, None] + (
+                pos_x @ w_k[:, half:].T
+            )[None]
+            value_table = (pos_y @ w_v[:, :half].T + b_v)[:, None] + (pos_x @ w_v[:, half:].T)[None]
+            weight = (w_k @ proj_w).T  # [C, D]
+            # (a graph gets MatMul + Add: a Gemm whose C is a matrix confuses quantizers)
+            if batch == 1 and not is_exporting():
+                k = torch.addmm(key_table.view(tokens, -1), features[0], weight)[None]
+            else:
+                k = torch.matmul(features, weight) + key_table.view(1, tokens, -1)
+            # [B, HW, D] -> [B, heads, HW, Dh]
+            keys.append(k.view(batch, tokens, heads, -1).transpose(1, 2))
+            v = value_table.view(1, tokens, heads, -1).transpose(1, 2)
+            values.append(v.expand(batch, -1, -1, -1))
+        return keys, values
 
 
 class TransformerDecoder(nn.Module):
