@@ -370,11 +370,31 @@ class QuantizeConfig:
     )
     op_types: list[str] = f(
         ["Conv", "MatMul", "Gemm"],
-        "ONNX op types to quantize; [] = every op ONNX Runtime can quantize (keep_float apart)",
+        "ONNX op types quantized in a region of mode op_types; [] = every op ONNX Runtime can "
+        "quantize (keep_float apart)",
+    )
+    regions: dict[str, str] = f(
+        {"backbone": "all", "decoder": "float"},
+        "mode of each network region (backbone, pixel_decoder, decoder): float (kept float), "
+        "op_types (only quantize.op_types) or all (every op type, so integer tensors pass from "
+        "op to op); a region not named is op_types",
+    )
+    search: bool = f(
+        False,
+        "choose regions by measuring: each region alone in each mode (latency alternated with "
+        "the float file, metric on dataset.val), then the fastest combination within "
+        "max_metric_drop; recorded in the file's description and the report",
+    )
+    max_metric_drop: float = f(
+        1.0, "search: points of PQ / mIoU / AP the INT8 file may lose on dataset.val", ge=0.0
     )
     per_channel: bool = f(True, "per-output-channel weight scales")
     report: bool = f(True, "measure size, latency and FP32 vs INT8 metrics on dataset.val")
-    report_images: int = f(0, "val images for the accuracy report; 0 = all", ge=0)
+    report_images: int = f(0, "val images for the accuracy report and the search; 0 = all", ge=0)
+    latency_runs: int = f(
+        20, "timed runs per file (alternated, medians) of report and search", ge=1
+    )
+    threads: int = f(0, "ONNX Runtime intra-op threads of the timings; 0 = its choice", ge=0)
     overwrite: bool = f(True, "replace an existing file")
 
 

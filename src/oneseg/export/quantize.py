@@ -1,204 +1,70 @@
 """The `quantize` action: static INT8 post-training quantization of an exported ONNX file.
 
-ONNX Runtime's quantizer writes a QDQ graph with per-channel weight scales, calibrated on
-`dataset.quant_calibration_dataset.images_dir`. What stays in float is chosen by name groups
-(`quantize.keep_float`):
+The INT8 file (`oneseg.export.qdq`) is calibrated on `dataset.quant_calibration_dataset.images_dir`.
+What stays float is set by `quantize.keep_float` and, per network region, `quantize.regions`
+(float | op_types | all); with `quantize.search=true` the regions' modes are chosen by measuring:
 
-- `postprocess`: every node of the export wrapper outside the network (input normalisation,
-  mask upsampling, softmax / argmax / top-k / the panoptic rules): its outputs are class ids,
-  masks and scores whose thresholds (0.5, 0.8) an 8-bit step would move;
-- `softmax`: attention softmaxes, whose small probabilities 8 bits cannot resolve;
-- `grid_sample`: the deformable sampling of the pixel decoder (its offsets are positions);
-- any other entry: an ONNX node name.
+1. each region alone in each mode (`op_types`, `all`), the other regions float: its latency,
+   alternated with the float file's in one process (medians of `quantize.latency_runs`), and the
+   metric of the file's task (PQ / mIoU / AP) on `dataset.val`;
+2. regions join, largest time saved first, in the mode that saves most while the summed metric
+   drops stay within `quantize.max_metric_drop`; a mode that saves under 1 % is noise, not taken;
+3. the chosen combination is measured; while it loses more than the budget, the region that saved
+   least goes back to float.
 
-Only the op types of `quantize.op_types` are quantized (default Conv, MatMul, Gemm: where the
-arithmetic is); `[]` lets ONNX Runtime quantize every op it can, keep_float apart.
-
-The report (`quantize_report.json`) gives file sizes, latency and the metric of the file's task
-(PQ / mIoU / AP) for the float and the INT8 file on `dataset.val`.
+The measurements and the choice go into the INT8 file's description (`quantization.search`) and
+the report. The report (`quantize_report.json`) gives file sizes, latency (alternated) and the
+metric for the float and the INT8 file on `dataset.val`.
 """
 
 from __future__ import annotations
 
 import json
-import logging
-import os
+import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
 import onnx
 
-from oneseg.constants import IMAGE_SUFFIXES
 from oneseg.data.build import build_dataloader
 from oneseg.data.image_io import read_image
 from oneseg.data.intensity import choose_intensity
 from oneseg.engine.evaluator import Evaluator
-from oneseg.export.action import resized_batch
-from oneseg.export.onnx_export import METADATA_KEY
+from oneseg.export.qdq import (  # noqa: F401 - the quantize API lives in qdq, used from here
+    DEFAULT_REGIONS,
+    KEEP_FLOAT,
+    QUANTIZED_OPS,
+    calibration_images,
+    engine_inputs,
+    float_nodes,
+    is_network_node,
+    node_regions,
+    quantize_onnx,
+)
 from oneseg.export.runtime import OnnxEngine, batch_results, read_description
 from oneseg.io import write_json_atomic
 from oneseg.model.postprocess import PostprocessConfig
 
-QUANTIZED_OPS = ("Conv", "MatMul", "Gemm")  # where the arithmetic is
 METRIC_OF = {"panoptic": "pq", "semantic": "miou", "instance": "ap"}
+NOISE = 0.01  # a mode saving less than this share of the float time is not taken
 
 
-def calibration_images(folder: str, count: int) -> list[Path]:
-    """The first `count` images of `folder` (sorted); one clear error when there are none."""
-    if not folder:
-        raise ValueError(
-            "dataset.quant_calibration_dataset.images_dir is empty: name a folder of images to "
-            "calibrate on"
-        )
-    path = Path(folder)
-    if not path.is_dir():
-        raise FileNotFoundError(f"{path}: calibration folder not found")
-    images = sorted(p for p in path.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
-    if not images:
-        raise ValueError(f"{path}: calibration folder holds no image")
-    return images[:count]
-
-
-def engine_inputs(description: dict, image: np.ndarray) -> np.ndarray:
-    """[B, 3, H, W] uint8 of an [H, W, 3] picture at the exported input size (B = the fixed
-    batch, or 1)."""
-    spec = description["input"]
-    batch = 1 if spec["batch_size"] == -1 else spec["batch_size"]
-    return resized_batch(image, spec["height"], spec["width"], batch).numpy()
-
-
-class ImageReader:
-    """onnxruntime's CalibrationDataReader over image files."""
-
-    def __init__(self, paths: list[Path], description: dict):
-        self.paths = list(paths)
-        self.description = description
-        self._next = 0
-
-    def get_next(self):
-        if self._next >= len(self.paths):
-            return None
-        image = read_image(self.paths[self._next])
-        self._next += 1
-        return {"images": engine_inputs(self.description, image)}
-
-    def rewind(self) -> None:
-        self._next = 0
-
-
-def is_network_node(node: onnx.NodeProto) -> bool:
-    """Whether a node belongs to the network (not to the export wrapper around it). The
-    TorchScript exporter names nodes by module path (`/model/...`); the dynamo exporter
-    records the module classes in the node's metadata."""
-    hierarchy = next(
-        (p.value for p in node.metadata_props if p.key.endswith("class_hierarchy")), ""
-    )
-    if hierarchy:
-        return "oneseg.model." in hierarchy
-    return node.name.startswith("/model/")
-
-
-def float_nodes(proto: onnx.ModelProto, groups: list[str]) -> list[str]:
-    """Names of the nodes `groups` keep in float (see the module docstring)."""
-    names = set()
-    for node in proto.graph.node:
-        if "postprocess" in groups and not is_network_node(node):
-            names.add(node.name)
-        if "softmax" in groups and node.op_type == "Softmax":
-            names.add(node.name)
-        if "grid_sample" in groups and node.op_type == "GridSample":
-            names.add(node.name)
-    known = {n.name for n in proto.graph.node}
-    for entry in groups:
-        if entry not in ("postprocess", "softmax", "grid_sample"):
-            if entry not in known:
-                raise ValueError(f"quantize.keep_float: {entry!r} is no group and no node name")
-            names.add(entry)
-    return sorted(names)
-
-
-def quantize_onnx(
-    source: str | Path,
-    target: str | Path,
-    images: list[Path],
-    *,
-    keep_float: list[str],
-    per_channel: bool = True,
-    method: str = "minmax",
-    op_types: list[str] = QUANTIZED_OPS,
-) -> dict:
-    """Write the INT8 QDQ model of `source` to `target`; returns what was done.
-
-    op_types: ONNX op types to quantize; empty = every op type ONNX Runtime quantizes."""
-    from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
-    from onnxruntime.quantization.shape_inference import quant_pre_process
-
-    source, target = Path(source), Path(target)
-    description = read_description(source)
-    proto = onnx.load(str(source))
-    excluded = float_nodes(proto, keep_float)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    prepared = target.with_name(f".{target.stem}.{os.getpid()}.pre.onnx")
-    tmp = target.with_name(f".{target.stem}.{os.getpid()}.int8.onnx")
-    root_logger = logging.getLogger()
-    level = root_logger.level
-    root_logger.setLevel(logging.ERROR)  # the quantizer warns once per 1-D weight it skips
-    try:
-        quant_pre_process(str(source), str(prepared), skip_symbolic_shape=True)
-        quantize_static(
-            str(prepared),
-            str(tmp),
-            ImageReader(images, description),
-            quant_format=QuantFormat.QDQ,
-            op_types_to_quantize=list(op_types) or None,
-            per_channel=per_channel,
-            activation_type=QuantType.QUInt8,
-            weight_type=QuantType.QInt8,
-            nodes_to_exclude=excluded,
-            calibrate_method={
-                "minmax": CalibrationMethod.MinMax,
-                "entropy": CalibrationMethod.Entropy,
-                "percentile": CalibrationMethod.Percentile,
-            }[method],
-            extra_options={"ActivationSymmetric": False, "WeightSymmetric": True},
-        )
-        quantized = onnx.load(str(tmp))
-        description = dict(description)
-        description["quantization"] = {
-            "format": "QDQ",
-            "weights": "int8 per-channel" if per_channel else "int8 per-tensor",
-            "activations": "uint8",
-            "calibration_images": len(images),
-            "calibration_method": method,
-            "op_types": list(op_types) or "all",
-            "keep_float": keep_float,
-            "float_nodes": len(excluded),
-        }
-        onnx.helper.set_model_props(quantized, {METADATA_KEY: json.dumps(description)})
-        onnx.save(quantized, str(tmp))
-        os.replace(tmp, target)
-    finally:
-        root_logger.setLevel(level)
-        prepared.unlink(missing_ok=True)
-        tmp.unlink(missing_ok=True)
-        Path(str(tmp) + ".data").unlink(missing_ok=True)
-
-    write_json_atomic(target.with_suffix(".json"), description)
-    return description["quantization"]
-
-
-def latency_ms(path: Path, image: np.ndarray, runs: int = 10, threads: int = 0) -> float:
-    """Median wall time of one run of the file on `image` at its input size, after a warm-up."""
-    engine = OnnxEngine(path, providers=["CPUExecutionProvider"], threads=threads)
-    inputs = engine_inputs(engine.description, image)
-    engine.run(inputs)
-    times = []
-    for _ in range(runs):
-        start = time.perf_counter()
-        engine.run(inputs)
-        times.append(time.perf_counter() - start)
-    return float(np.median(times) * 1000)
+def latencies(paths: list[Path], image: np.ndarray, runs: int, threads: int = 0) -> list[float]:
+    """Median ms of one run of each file on `image`, the files alternated within each round (one
+    process, so that a busy machine slows them alike), the order rotated between rounds."""
+    engines = [OnnxEngine(p, providers=["CPUExecutionProvider"], threads=threads) for p in paths]
+    inputs = [engine_inputs(e.description, image) for e in engines]
+    for engine, x in zip(engines, inputs):
+        engine.run(x)  # warm-up
+    times: list[list[float]] = [[] for _ in engines]
+    for step in range(runs):
+        for k in range(len(engines)):
+            i = (k + step) % len(engines)
+            start = time.perf_counter()
+            engines[i].run(inputs[i])
+            times[i].append(time.perf_counter() - start)
+    return [float(np.median(t) * 1000) for t in times]
 
 
 def val_metrics(spec, path: Path, max_images: int) -> dict:
@@ -225,6 +91,82 @@ def val_metrics(spec, path: Path, max_images: int) -> dict:
     return metrics
 
 
+def choose_regions(rows: list[dict], names: list[str], budget: float, min_gain: float) -> dict:
+    """region -> mode from the measured rows (region, mode, gain_ms, drop): regions join by time
+    saved, largest first, while the summed drops (a gain counts as 0) stay within `budget`."""
+    chosen: dict[str, dict] = {}
+    for row in sorted(rows, key=lambda r: -r["gain_ms"]):
+        spent = sum(max(r["drop"], 0.0) for r in chosen.values())
+        if row["gain_ms"] <= min_gain or row["region"] in chosen:
+            continue
+        if spent + max(row["drop"], 0.0) <= budget:
+            chosen[row["region"]] = row
+    return {name: chosen[name]["mode"] if name in chosen else "float" for name in names}
+
+
+def search_regions(spec, source: Path, images: list[Path], folder: Path) -> dict:
+    """The measured choice of `quantize.regions` (module docstring); returns the measurements,
+    `regions` (the choice) and `cache` (the calibration ranges, for the final file)."""
+    cfg = spec.quantize
+    if not spec.dataset.val.images:
+        raise ValueError("quantize.search measures the metric on dataset.val: set dataset.val")
+    metric = METRIC_OF[read_description(source)["task"]]
+    proto = onnx.load(str(source), load_external_data=False)
+    names = sorted(set(node_regions(proto).values()) - {""})
+    cache = folder / "ranges.json"
+
+    def build(regions: dict, path: Path) -> Path:
+        quantize_onnx(
+            source,
+            path,
+            images,
+            keep_float=list(cfg.keep_float),
+            per_channel=cfg.per_channel,
+            method=cfg.calibration_method,
+            op_types=list(cfg.op_types),
+            regions=regions,
+            calibration_cache=cache,
+        )
+        return path
+
+    def score(path: Path) -> float:
+        return float(val_metrics(spec, path, cfg.report_images)[metric])
+
+    candidates = [(name, mode) for name in names for mode in ("op_types", "all")]
+    paths = [
+        build({r: mode if r == name else "float" for r in names}, folder / f"{name}_{mode}.onnx")
+        for name, mode in candidates
+    ]
+    picture = read_image(images[0])
+    base_ms, *times = latencies([source, *paths], picture, cfg.latency_runs, cfg.threads)
+    base = score(source)
+    rows = []
+    for (name, mode), path, ms in zip(candidates, paths, times):
+        value = score(path)
+        rows.append(
+            {"region": name, "mode": mode, "ms": round(ms, 3), metric: round(value, 3)}
+            | {"gain_ms": round(base_ms - ms, 3), "drop": round(base - value, 3)}
+        )
+    regions = choose_regions(rows, names, cfg.max_metric_drop, NOISE * base_ms)
+    gains = {r["region"]: r["gain_ms"] for r in rows if regions[r["region"]] == r["mode"]}
+    while True:
+        value = score(build(regions, folder / "chosen.onnx"))
+        if base - value <= cfg.max_metric_drop or not gains:
+            break
+        least = min(gains, key=gains.get)
+        regions[least] = "float"
+        gains.pop(least)
+    return {
+        "float_ms": round(base_ms, 3),
+        f"float_{metric}": round(base, 3),
+        "candidates": rows,
+        "regions": regions,
+        f"chosen_{metric}": round(value, 3),
+        "max_metric_drop": cfg.max_metric_drop,
+        "cache": cache,
+    }
+
+
 def run_quantize(spec, run) -> None:
     cfg = spec.quantize
     if not cfg.onnx_file:
@@ -239,16 +181,31 @@ def run_quantize(spec, run) -> None:
     images = calibration_images(
         spec.dataset.quant_calibration_dataset.images_dir, cfg.num_calib_images
     )
-    run.log("RUNNING", f"calibrating {source} on {len(images)} images")
-    done = quantize_onnx(
-        source,
-        target,
-        images,
-        keep_float=list(cfg.keep_float),
-        per_channel=cfg.per_channel,
-        method=cfg.calibration_method,
-        op_types=list(cfg.op_types),
-    )
+    target.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=target.parent) as folder:
+        search, regions, cache = None, dict(cfg.regions), None
+        if cfg.search:
+            run.log("RUNNING", f"measuring the regions of {source}")
+            search = search_regions(spec, source, images, Path(folder))
+            regions, cache = search.pop("regions"), search.pop("cache")
+        run.log("RUNNING", f"calibrating {source} on {len(images)} images")
+        done = quantize_onnx(
+            source,
+            target,
+            images,
+            keep_float=list(cfg.keep_float),
+            per_channel=cfg.per_channel,
+            method=cfg.calibration_method,
+            op_types=list(cfg.op_types),
+            regions=regions,
+            calibration_cache=cache,
+            record={"search": search} if search else None,
+        )
+    write_report(spec, run, source, target, images, done)
+
+
+def write_report(spec, run, source: Path, target: Path, images: list[Path], done: dict) -> None:
+    cfg = spec.quantize
     report = {
         "fp32": {"file": str(source), "mb": round(source.stat().st_size / 2**20, 2)},
         "int8": {"file": str(target), "mb": round(target.stat().st_size / 2**20, 2)},
@@ -256,14 +213,15 @@ def run_quantize(spec, run) -> None:
     }
     if cfg.report:
         picture = read_image(images[0])
-        task = description["task"]
-        for name, path in (("fp32", source), ("int8", target)):
-            report[name]["latency_ms"] = round(latency_ms(path, picture), 2)
+        metric = METRIC_OF[read_description(source)["task"]]
+        speeds = latencies([source, target], picture, cfg.latency_runs, cfg.threads)
+        for name, path, ms in zip(("fp32", "int8"), (source, target), speeds):
+            report[name]["latency_ms"] = round(ms, 2)
             if spec.dataset.val.images:
                 metrics = val_metrics(spec, path, cfg.report_images)
-                report[name][METRIC_OF[task]] = round(metrics[METRIC_OF[task]], 3)
+                report[name][metric] = round(metrics[metric], 3)
                 report[name]["val_images"] = int(metrics["num_images"])
-        report["speedup"] = round(report["fp32"]["latency_ms"] / report["int8"]["latency_ms"], 3)
+        report["speedup"] = round(speeds[0] / speeds[1], 3)
     write_json_atomic(Path(run.dir) / "quantize_report.json", report)
     run.kpis.update(
         {
