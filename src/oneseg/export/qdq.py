@@ -9,11 +9,11 @@ What stays in float:
   class ids, masks and scores meet thresholds (0.5, 0.8) an 8-bit step would move; `softmax`,
   attention softmaxes, whose small probabilities 8 bits cannot resolve; `grid_sample`, the
   deformable sampling of the pixel decoder (its offsets are positions); or an ONNX node name;
-- per network region (`backbone`, `pixel_decoder`, `decoder`: the model's top-level modules), its
-  mode: `float` (nothing quantized), `op_types` (only `op_types`, default Conv / MatMul / Gemm:
-  where the arithmetic is) or `all` (every op type ONNX Runtime quantizes, so that integer
-  tensors flow from one quantized op to the next without a DequantizeLinear / QuantizeLinear
-  pair between them);
+- per network region (`backbone`, `pixel_decoder`, `decoder`, ...: the model's top-level
+  modules; `model` for the nodes of its own forward), its mode: `float` (nothing quantized),
+  `op_types` (only `op_types`, default Conv / MatMul / Gemm: where the arithmetic is) or `all`
+  (every op type ONNX Runtime quantizes, so that integer tensors flow from one quantized op to
+  the next without a DequantizeLinear / QuantizeLinear pair between them);
 - every node reading or writing a tensor whose calibrated range is infinite (the -inf of masked
   attention): 8 bits over an infinite range hold nothing.
 """
@@ -105,7 +105,8 @@ def _own_region(node: onnx.NodeProto) -> str | None:
         parts = [s.strip(" '\"") for s in scopes.strip("[]").split(",")]
         return parts[parts.index("model") + 1] if "model" in parts[:-1] else ""
     if node.name.startswith("/model/"):
-        return node.name.split("/")[2]
+        parts = node.name.split("/")  # /model/backbone/.../Conv; /model/Cast: the model's own
+        return parts[2] if len(parts) > 3 else "model"
     if node.name.startswith("/") or any(
         p.key.endswith("class_hierarchy") for p in node.metadata_props
     ):

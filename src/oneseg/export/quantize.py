@@ -8,7 +8,8 @@ What stays float is set by `quantize.keep_float` and, per network region, `quant
    alternated with the float file's in one process (medians of `quantize.latency_runs`), and the
    metric of the file's task (PQ / mIoU / AP) on `dataset.val`;
 2. regions join, largest time saved first, in the mode that saves most while the summed metric
-   drops stay within `quantize.max_metric_drop`; a mode that saves under 1 % is noise, not taken;
+   drops stay within `quantize.max_metric_drop`; a mode saving less than 1 % of the float time,
+   or than twice the difference between two timings of the float file, is noise, not taken;
 3. the chosen combination is measured; while it loses more than the budget, the region that saved
    least goes back to float.
 
@@ -112,7 +113,8 @@ def search_regions(spec, source: Path, images: list[Path], folder: Path) -> dict
         raise ValueError("quantize.search measures the metric on dataset.val: set dataset.val")
     metric = METRIC_OF[read_description(source)["task"]]
     proto = onnx.load(str(source), load_external_data=False)
-    names = sorted(set(node_regions(proto).values()) - {""})
+    where = node_regions(proto)  # searched: the regions holding a matrix op
+    names = sorted({where[n.name] for n in proto.graph.node if n.op_type in QUANTIZED_OPS} - {""})
     cache = folder / "ranges.json"
 
     def build(regions: dict, path: Path) -> Path:
@@ -138,7 +140,11 @@ def search_regions(spec, source: Path, images: list[Path], folder: Path) -> dict
         for name, mode in candidates
     ]
     picture = read_image(images[0])
-    base_ms, *times = latencies([source, *paths], picture, cfg.latency_runs, cfg.threads)
+    # the float file twice: the difference of its two medians is the noise of a measurement
+    first, second, *times = latencies(
+        [source, source, *paths], picture, cfg.latency_runs, cfg.threads
+    )
+    base_ms, noise = (first + second) / 2, abs(first - second)
     base = score(source)
     rows = []
     for (name, mode), path, ms in zip(candidates, paths, times):
@@ -147,7 +153,8 @@ def search_regions(spec, source: Path, images: list[Path], folder: Path) -> dict
             {"region": name, "mode": mode, "ms": round(ms, 3), metric: round(value, 3)}
             | {"gain_ms": round(base_ms - ms, 3), "drop": round(base - value, 3)}
         )
-    regions = choose_regions(rows, names, cfg.max_metric_drop, NOISE * base_ms)
+    min_gain = max(NOISE * base_ms, 2 * noise)
+    regions = choose_regions(rows, names, cfg.max_metric_drop, min_gain)
     gains = {r["region"]: r["gain_ms"] for r in rows if regions[r["region"]] == r["mode"]}
     while True:
         value = score(build(regions, folder / "chosen.onnx"))
@@ -158,6 +165,7 @@ def search_regions(spec, source: Path, images: list[Path], folder: Path) -> dict
         gains.pop(least)
     return {
         "float_ms": round(base_ms, 3),
+        "min_gain_ms": round(min_gain, 3),
         f"float_{metric}": round(base, 3),
         "candidates": rows,
         "regions": regions,
