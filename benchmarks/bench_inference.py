@@ -103,9 +103,17 @@ def inputs(size: int, batch: int) -> tuple[torch.Tensor, torch.Tensor]:
 
 def forward_flops(runner: Runner, size: int) -> int:
     images, tokens = inputs(size, 1)
-    # the flop counter's module tracker needs autograd's graph: a forward with grad, same work
-    with FlopCounterMode(display=False) as counter:
-        runner.forward(images, tokens, mode=contextlib.nullcontext)
+    # The flop counter's module tracker fails without grad mode; with grad mode on and every
+    # parameter frozen, the forward takes the inference paths (the work that is timed).
+    frozen = [p for p in runner.model.parameters() if p.requires_grad]
+    for p in frozen:
+        p.requires_grad_(False)
+    try:
+        with FlopCounterMode(display=False) as counter:
+            runner.forward(images, tokens, mode=contextlib.nullcontext)
+    finally:
+        for p in frozen:
+            p.requires_grad_(True)
     return counter.get_total_flops()
 
 

@@ -113,7 +113,10 @@ class Backbone(nn.Module):
         if self.out_norms is not None:
             maps = [norm(m) for norm, m in zip(self.out_norms, maps)]
         if self.nhwc:
-            maps = [m.permute(0, 3, 1, 2).contiguous() for m in maps]  # [B,H,W,C] -> [B,C,H,W]
+            # [B, H, W, C] -> [B, C, H, W] as channels-last views, no copy: convolutions and
+            # bilinear resizing downstream keep that layout, and several steps on CPU are faster
+            # in it (a bilinear resize of NCHW maps first copies them to channels-last)
+            maps = [m.permute(0, 3, 1, 2) for m in maps]
         return maps
 
 

@@ -16,6 +16,12 @@ def is_exporting() -> bool:
     return torch.onnx.is_in_onnx_export() or torch.compiler.is_exporting() or torch.jit.is_tracing()
 
 
+def tokens(x: torch.Tensor) -> torch.Tensor:
+    """[B, C, H, W] -> [B, HW, C]: a view when `x` is channels-last (the pixel decoder's maps
+    are), one copy otherwise."""
+    return x.permute(0, 2, 3, 1).flatten(1, 2)
+
+
 def with_pos(x: torch.Tensor, pos: torch.Tensor | None) -> torch.Tensor:
     return x if pos is None else x + pos
 

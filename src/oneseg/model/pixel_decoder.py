@@ -19,6 +19,7 @@ from oneseg.model.deformable_attention import (
     SamplingGrid,
     uses_grid_sample,
 )
+from oneseg.model.layers import tokens
 from oneseg.model.position_encoding import SinePositionEncoding
 
 NUM_LEVELS = 3  # the encoder always reads the three coarsest maps
@@ -141,7 +142,7 @@ class PixelDecoder(nn.Module):
         for level, (feat, proj) in enumerate(zip(coarse, self.input_proj)):
             src = proj(feat)
             shapes.append((src.shape[2], src.shape[3]))
-            srcs.append(src.flatten(2).transpose(1, 2))  # [B, C, H, W] -> [B, HW, C]
+            srcs.append(tokens(src))  # [B, C, H, W] -> [B, HW, C]
             level_pos = self.pos_encoding(src).flatten(2).transpose(1, 2)
             pos.append(level_pos + self.level_embed[level].view(1, 1, -1))
         src, pos = torch.cat(srcs, 1), torch.cat(pos, 1)

@@ -22,6 +22,7 @@ from oneseg.model.layers import (
     FFNLayer,
     SelfAttentionLayer,
     is_exporting,
+    tokens,
     xavier_init_,
 )
 from oneseg.model.position_encoding import SinePositionEncoding
@@ -133,7 +134,10 @@ class TaskConditionedQueries(nn.Module):
         # As in the published weights (OneFormer issue #110): the memory is the sine encoding
         # of the stride-4 grid and the projected mask features serve as its positions, so the
         # values carry position only while the keys see the features.
-        if torch.is_grad_enabled():
+        wants_grad = torch.is_grad_enabled() and (
+            mask_features.requires_grad or any(p.requires_grad for p in self.parameters())
+        )
+        if wants_grad:
             memory = self.pos_encoding(mask_features).flatten(2).transpose(1, 2)  # [B, HW, D]
             pos = self.query_input_proj(mask_features).flatten(2).transpose(1, 2)
             queries = self.query_transformer(target, memory, pos, query_pos)
@@ -162,8 +166,8 @@ class TaskConditionedQueries(nn.Module):
         half = pos_y.shape[1]
         proj_w = self.query_input_proj.weight.flatten(1)  # [D, C]
         proj_b = self.query_input_proj.bias
-        features = mask_features.flatten(2).transpose(1, 2)  # [B, HW, C]
-        tokens = height * width
+        features = tokens(mask_features)  # [B, HW, C]
+        count = height * width
         keys, values = [], []
         for layer in self.query_transformer.layers:
             attn = layer.cross_attn.attn
@@ -178,12 +182,12 @@ class TaskConditionedQueries(nn.Module):
             weight = (w_k @ proj_w).T  # [C, D]
             # (a graph gets MatMul + Add: a Gemm whose C is a matrix confuses quantizers)
             if batch == 1 and not is_exporting():
-                k = torch.addmm(key_table.view(tokens, -1), features[0], weight)[None]
+                k = torch.addmm(key_table.view(count, -1), features[0], weight)[None]
             else:
-                k = torch.matmul(features, weight) + key_table.view(1, tokens, -1)
+                k = torch.matmul(features, weight) + key_table.view(1, count, -1)
             # [B, HW, D] -> [B, heads, HW, Dh]
-            keys.append(k.view(batch, tokens, heads, -1).transpose(1, 2))
-            v = value_table.view(1, tokens, heads, -1).transpose(1, 2)
+            keys.append(k.view(batch, count, heads, -1).transpose(1, 2))
+            v = value_table.view(1, count, heads, -1).transpose(1, 2)
             values.append(v.expand(batch, -1, -1, -1))
         return keys, values
 
@@ -256,9 +260,12 @@ class TransformerDecoder(nn.Module):
         class_logits = mask_logits = None
         if full:
             class_logits = self.class_embed(x)
-            mask_logits = torch.einsum("bqc,bchw->bqhw", mask_embed, mask_features)
+            # [B, Q, C] x [B, C, HW]: the features' own layout (channels-last) read as is
+            height, width = mask_features.shape[-2:]
+            mask_logits = torch.matmul(mask_embed, tokens(mask_features).transpose(1, 2))
+            mask_logits = mask_logits.view(*mask_logits.shape[:2], height, width)
         # [B, Q, C] x [B, C, h*w] -> [B, Q, h*w]
-        small = torch.bmm(mask_embed, attn_features.flatten(2))
+        small = torch.matmul(mask_embed, tokens(attn_features).transpose(1, 2))
         attn_mask = small.sigmoid() < 0.5
         # a query whose mask is empty everywhere may look everywhere
         attn_mask = attn_mask & ~attn_mask.all(-1, keepdim=True)
@@ -283,7 +290,7 @@ class TransformerDecoder(nn.Module):
         for level, (feat, proj) in enumerate(zip(features, self.input_proj)):
             sizes.append(feat.shape[-2:])
             positions.append(self.pos_encoding(feat).flatten(2).transpose(1, 2))
-            memory = proj(feat).flatten(2).transpose(1, 2)  # [B, C, h, w] -> [B, hw, D]
+            memory = tokens(proj(feat))  # [B, C, h, w] -> [B, hw, D]
             memories.append(memory + self.level_embed.weight[level])
         # the mask features at each attention size, for the attention masks
         attn_features = [
