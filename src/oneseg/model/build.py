@@ -7,6 +7,7 @@ from oneseg.constants import TASKS
 from oneseg.model.backbone import build_backbone
 from oneseg.model.layers import MLP
 from oneseg.model.oneformer import OneFormer
+from oneseg.model.packed import use_packed_linears
 from oneseg.model.pixel_decoder import PixelDecoder
 from oneseg.model.text_encoder import TextQueries
 from oneseg.model.transformer_decoder import (
@@ -116,7 +117,7 @@ def build_model(cfg: ModelConfig, num_classes: int | None = None) -> OneFormer:
             n_ctx=te.n_ctx,
             dim=cfg.hidden_dim,
         )
-    return OneFormer(
+    model = OneFormer(
         backbone=backbone,
         pixel_decoder=pixel_decoder,
         decoder=decoder,
@@ -131,3 +132,5 @@ def build_model(cfg: ModelConfig, num_classes: int | None = None) -> OneFormer:
         task_text=cfg.task_text,
         task_token_ids=task_token_ids,
     )
+    use_packed_linears(model)  # inference on the CPU reads prepacked weights (same parameters)
+    return model

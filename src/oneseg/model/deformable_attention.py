@@ -21,7 +21,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from oneseg.model.layers import is_exporting
+from oneseg.model.packed import is_exporting
 
 
 class SamplingGrid:

@@ -10,10 +10,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-
-def is_exporting() -> bool:
-    """Whether the computation is being traced or exported into a graph (ONNX, torch.export)."""
-    return torch.onnx.is_in_onnx_export() or torch.compiler.is_exporting() or torch.jit.is_tracing()
+from oneseg.model.packed import packed_linear
 
 
 def tokens(x: torch.Tensor) -> torch.Tensor:
@@ -53,8 +50,9 @@ def attention(
     _, w_k, w_v = attn.in_proj_weight.chunk(3)
     _, b_k, b_v = attn.in_proj_bias.chunk(3) if attn.in_proj_bias is not None else (None,) * 3
     # [B, L, D] -> [B, heads, L, D/heads]
-    k = F.linear(key, w_k, b_k).view(batch, key.shape[1], heads, -1).transpose(1, 2)
-    v = F.linear(value, w_v, b_v).view(batch, value.shape[1], heads, -1).transpose(1, 2)
+    k = packed_linear(key, w_k, b_k, attn, "k").view(batch, key.shape[1], heads, -1)
+    v = packed_linear(value, w_v, b_v, attn, "v").view(batch, value.shape[1], heads, -1)
+    k, v = k.transpose(1, 2), v.transpose(1, 2)
     return attend(attn, query, k, v, attn_mask, causal)
 
 
@@ -71,7 +69,8 @@ def attend(
     heads = attn.num_heads
     w_q = attn.in_proj_weight[:dim]
     b_q = attn.in_proj_bias[:dim] if attn.in_proj_bias is not None else None
-    q = F.linear(query, w_q, b_q).view(batch, num_queries, heads, -1).transpose(1, 2)
+    q = packed_linear(query, w_q, b_q, attn, "q").view(batch, num_queries, heads, -1)
+    q = q.transpose(1, 2)
     allowed = None
     if attn_mask is not None:
         if attn_mask.dim() == 3 and attn_mask.shape[0] == batch * heads and heads > 1:

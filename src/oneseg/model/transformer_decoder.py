@@ -21,10 +21,10 @@ from oneseg.model.layers import (
     CrossAttentionLayer,
     FFNLayer,
     SelfAttentionLayer,
-    is_exporting,
     tokens,
     xavier_init_,
 )
+from oneseg.model.packed import is_exporting
 from oneseg.model.position_encoding import SinePositionEncoding
 
 NUM_SCALES = 3

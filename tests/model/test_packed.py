@@ -1,0 +1,55 @@
+"""Prepacked linear layers: the same numbers as `F.linear`, fresh after every weight change."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from oneseg.model import packed
+from oneseg.model.build import build_model
+from oneseg.model.packed import PackedLinear, packed_linear
+
+needs_onednn = pytest.mark.skipif(not packed._AVAILABLE, reason="no oneDNN in this torch build")
+
+
+@needs_onednn
+def test_packed_linear_equals_f_linear_and_follows_weight_changes():
+    torch.manual_seed(0)
+    layer = torch.nn.Linear(48, 80)
+    layer.__class__ = PackedLinear
+    x = torch.randn(2, 37, 48)
+    with torch.no_grad():
+        out = layer(x)
+        assert "weight" in layer._packed_weights  # the packed path ran
+        assert (out - F.linear(x, layer.weight, layer.bias)).abs().max() < 1e-5
+        layer.weight.mul_(-2)  # an optimizer step or load_state_dict writes in place
+        again = layer(x)
+    assert (again - F.linear(x, layer.weight, layer.bias)).abs().max() < 1e-5
+    assert (again - out).abs().max() > 1.0
+
+
+@needs_onednn
+def test_gradients_take_f_linear():
+    layer = torch.nn.Linear(8, 4)
+    layer.__class__ = PackedLinear
+    out = layer(torch.randn(3, 8))
+    out.sum().backward()
+    assert layer.weight.grad is not None and "_packed_weights" not in layer.__dict__
+
+
+def test_no_bias_and_other_dtypes_fall_back():
+    weight = torch.randn(5, 6, dtype=torch.float64)
+    x = torch.randn(4, 6, dtype=torch.float64)
+    owner = torch.nn.Module()
+    with torch.no_grad():
+        assert torch.equal(packed_linear(x, weight, None, owner, "w"), F.linear(x, weight))
+    assert "_packed_weights" not in owner.__dict__
+
+
+def test_model_linears_are_packed_and_keep_their_names(tiny_model_cfg):
+    model = build_model(tiny_model_cfg, num_classes=3)
+    linears = [m for m in model.modules() if isinstance(m, torch.nn.Linear)]
+    assert linears and all(isinstance(m, PackedLinear) for m in linears)
+    fresh = build_model(tiny_model_cfg, num_classes=3)
+    fresh.load_state_dict(model.state_dict())  # same keys, same shapes
