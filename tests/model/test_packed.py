@@ -53,3 +53,18 @@ def test_model_linears_are_packed_and_keep_their_names(tiny_model_cfg):
     assert linears and all(isinstance(m, PackedLinear) for m in linears)
     fresh = build_model(tiny_model_cfg, num_classes=3)
     fresh.load_state_dict(model.state_dict())  # same keys, same shapes
+
+
+@needs_onednn
+def test_fused_relu_equals_relu_of_the_linear():
+    from oneseg.model.packed import linear_relu
+
+    torch.manual_seed(1)
+    layer = torch.nn.Linear(16, 24)
+    x = torch.randn(5, 7, 16)
+    expected = torch.relu(F.linear(x, layer.weight, layer.bias))
+    assert torch.equal(linear_relu(layer, x), expected)  # grad mode: the unpacked path
+    with torch.inference_mode():
+        fused = linear_relu(layer, x)
+    assert "weight" in layer._packed_weights
+    assert (fused - expected).abs().max() < 1e-5 and (fused == 0).any()

@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from oneseg.model.packed import packed_linear
+from oneseg.model.packed import linear_relu, packed_linear
 
 
 def tokens(x: torch.Tensor) -> torch.Tensor:
@@ -166,7 +166,7 @@ class FFNLayer(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         h = self.norm(x) if self.pre_norm else x
-        h = self.linear2(self.dropout(torch.relu(self.linear1(h))))
+        h = self.linear2(self.dropout(linear_relu(self.linear1, h)))
         x = x + self.dropout(h)
         return x if self.pre_norm else self.norm(x)
 

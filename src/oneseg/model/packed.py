@@ -37,12 +37,19 @@ def _packable(x: torch.Tensor, weight: torch.Tensor) -> bool:
 
 
 def packed_linear(
-    x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, owner: nn.Module, name: str
+    x: torch.Tensor,
+    weight: torch.Tensor,
+    bias: torch.Tensor | None,
+    owner: nn.Module,
+    name: str,
+    relu: bool = False,
 ) -> torch.Tensor:
-    """`F.linear(x, weight, bias)`, through a packed copy of `weight` kept on `owner` under
-    `name` where that applies (see the module docstring)."""
+    """`F.linear(x, weight, bias)` (then ReLU when `relu`, inside the kernel where packed),
+    through a packed copy of `weight` kept on `owner` under `name` where that applies (see the
+    module docstring)."""
     if not _packable(x, weight):
-        return F.linear(x, weight, bias)
+        out = F.linear(x, weight, bias)
+        return torch.relu(out) if relu else out
     key = (weight.data_ptr(), weight._version, tuple(weight.shape))
     cache = owner.__dict__.setdefault("_packed_weights", {})
     entry = cache.get(name)
@@ -51,8 +58,14 @@ def packed_linear(
             entry = (key, torch.ops.mkldnn._reorder_linear_weight(weight.detach(), None))
         cache[name] = entry
     flat = x.reshape(-1, x.shape[-1])
-    out = torch.ops.mkldnn._linear_pointwise(flat, entry[1], bias, "none", [], "")
+    post = "relu" if relu else "none"
+    out = torch.ops.mkldnn._linear_pointwise(flat, entry[1], bias, post, [], "")
     return out.view(*x.shape[:-1], out.shape[-1])
+
+
+def linear_relu(layer: nn.Linear, x: torch.Tensor) -> torch.Tensor:
+    """relu(layer(x)), the ReLU fused into the packed kernel at inference."""
+    return packed_linear(x, layer.weight, layer.bias, layer, "weight", relu=True)
 
 
 class PackedLinear(nn.Linear):

@@ -20,6 +20,7 @@ from oneseg.model.deformable_attention import (
     uses_grid_sample,
 )
 from oneseg.model.layers import tokens
+from oneseg.model.packed import linear_relu
 from oneseg.model.position_encoding import SinePositionEncoding
 
 NUM_LEVELS = 3  # the encoder always reads the three coarsest maps
@@ -43,7 +44,7 @@ class DeformableEncoderLayer(nn.Module):
         grid: the `SamplingGrid` all layers share at inference."""
         attn = self.self_attn(src + pos, reference_points, src, spatial_shapes, grid)
         src = self.norm1(src + self.dropout(attn))
-        ffn = self.linear2(self.dropout(torch.relu(self.linear1(src))))
+        ffn = self.linear2(self.dropout(linear_relu(self.linear1, src)))
         return self.norm2(src + self.dropout(ffn))
 
 
