@@ -68,3 +68,24 @@ def test_fused_relu_equals_relu_of_the_linear():
         fused = linear_relu(layer, x)
     assert "weight" in layer._packed_weights
     assert (fused - expected).abs().max() < 1e-5 and (fused == 0).any()
+
+
+@needs_onednn
+def test_timm_mlp_gelu_fused_gives_the_same_numbers():
+    from timm.layers import Mlp
+
+    from oneseg.model.packed import PackedLinearGELU, use_packed_linears
+
+    torch.manual_seed(2)
+    mlp = Mlp(12, 40).eval()
+    x = torch.randn(3, 9, 12)
+    with torch.no_grad():
+        expected = mlp(x)
+    use_packed_linears(mlp)
+    assert isinstance(mlp.fc1, PackedLinearGELU) and isinstance(mlp.act, torch.nn.Identity)
+    assert torch.allclose(mlp(x), expected, atol=1e-6)  # grad mode: F.linear + F.gelu
+    with torch.inference_mode():
+        fused = mlp(x)
+    assert (fused - expected).abs().max() < 1e-5
+    use_packed_linears(mlp)  # again: nothing changes
+    assert isinstance(mlp.fc1, PackedLinearGELU)

@@ -26,6 +26,9 @@ def is_exporting() -> bool:
     return torch.onnx.is_in_onnx_export() or torch.compiler.is_exporting() or torch.jit.is_tracing()
 
 
+_ACTIVATIONS = {"none": lambda x: x, "relu": torch.relu, "gelu": F.gelu}
+
+
 def _packable(x: torch.Tensor, weight: torch.Tensor) -> bool:
     if not _AVAILABLE or x.device.type != "cpu":
         return False
@@ -42,14 +45,13 @@ def packed_linear(
     bias: torch.Tensor | None,
     owner: nn.Module,
     name: str,
-    relu: bool = False,
+    activation: str = "none",
 ) -> torch.Tensor:
-    """`F.linear(x, weight, bias)` (then ReLU when `relu`, inside the kernel where packed),
-    through a packed copy of `weight` kept on `owner` under `name` where that applies (see the
-    module docstring)."""
+    """`F.linear(x, weight, bias)`, then `activation` ("none", "relu" or "gelu", the exact
+    erf form; inside the kernel where packed), through a packed copy of `weight` kept on
+    `owner` under `name` where that applies (see the module docstring)."""
     if not _packable(x, weight):
-        out = F.linear(x, weight, bias)
-        return torch.relu(out) if relu else out
+        return _ACTIVATIONS[activation](F.linear(x, weight, bias))
     key = (weight.data_ptr(), weight._version, tuple(weight.shape))
     cache = owner.__dict__.setdefault("_packed_weights", {})
     entry = cache.get(name)
@@ -58,14 +60,14 @@ def packed_linear(
             entry = (key, torch.ops.mkldnn._reorder_linear_weight(weight.detach(), None))
         cache[name] = entry
     flat = x.reshape(-1, x.shape[-1])
-    post = "relu" if relu else "none"
-    out = torch.ops.mkldnn._linear_pointwise(flat, entry[1], bias, post, [], "")
+    algorithm = "none" if activation == "gelu" else ""
+    out = torch.ops.mkldnn._linear_pointwise(flat, entry[1], bias, activation, [], algorithm)
     return out.view(*x.shape[:-1], out.shape[-1])
 
 
 def linear_relu(layer: nn.Linear, x: torch.Tensor) -> torch.Tensor:
     """relu(layer(x)), the ReLU fused into the packed kernel at inference."""
-    return packed_linear(x, layer.weight, layer.bias, layer, "weight", relu=True)
+    return packed_linear(x, layer.weight, layer.bias, layer, "weight", "relu")
 
 
 class PackedLinear(nn.Linear):
@@ -75,12 +77,35 @@ class PackedLinear(nn.Linear):
         return packed_linear(x, self.weight, self.bias, self, "weight")
 
 
+class PackedLinearGELU(PackedLinear):
+    """`nn.Linear` followed by the exact GELU, fused at inference: a timm `Mlp`'s `fc1` takes
+    over its `act` (which becomes an identity; no parameter moves)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return packed_linear(x, self.weight, self.bias, self, "weight", "gelu")
+
+
+def _fuse_mlp_gelu(module: nn.Module) -> bool:
+    """timm's Mlp (fc1, act, drop1, norm, fc2): GELU into fc1 when nothing sits between."""
+    fc1, act, norm = (getattr(module, name, None) for name in ("fc1", "act", "norm"))
+    if not (isinstance(fc1, PackedLinear) and isinstance(act, nn.GELU)):
+        return False
+    if act.approximate != "none" or not isinstance(norm, nn.Identity):
+        return False
+    fc1.__class__ = PackedLinearGELU
+    module.act = nn.Identity()
+    return True
+
+
 def use_packed_linears(model: nn.Module) -> int:
-    """Make every `nn.Linear` of `model` (the backbone's included) a `PackedLinear`; returns
-    how many. Subclasses with their own forward are left alone."""
+    """Make every `nn.Linear` of `model` (the backbone's included) a `PackedLinear`, with the
+    GELU of timm MLPs fused; returns how many linears. Subclasses with their own forward are
+    left alone."""
     count = 0
     for module in model.modules():
         if type(module).forward is nn.Linear.forward and not isinstance(module, PackedLinear):
             module.__class__ = PackedLinear
             count += 1
+    for module in model.modules():
+        _fuse_mlp_gelu(module)
     return count
