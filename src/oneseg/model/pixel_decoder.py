@@ -167,4 +167,7 @@ class PixelDecoder(nn.Module):
         for feat, lateral, output in zip(fine, self.lateral_convs, self.output_convs):
             up = F.interpolate(out, size=feat.shape[-2:], mode="bilinear", align_corners=False)
             out = torch.relu(output(lateral(feat) + up))
-        return self.mask_features(out), maps
+        # channels-last whatever the backbone gave (a copy only where it was not): the decoder
+        # reads the mask features as tokens and resizes them, both copy-free in that layout
+        mask_features = self.mask_features(out).contiguous(memory_format=torch.channels_last)
+        return mask_features, maps
