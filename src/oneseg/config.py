@@ -364,9 +364,10 @@ class QuantizeConfig:
         "minmax", "how activation ranges are chosen from the calibration images"
     )
     keep_float: list[str] = f(
-        ["postprocess", "softmax", "grid_sample"],
+        ["postprocess", "softmax", "grid_sample", "attention_matmul"],
         "node groups kept in float: postprocess (after the mask logits), softmax, grid_sample "
-        "(deformable sampling), or ONNX node names",
+        "(deformable sampling), attention_matmul (products of two computed tensors), or ONNX "
+        "node names",
     )
     op_types: list[str] = f(
         ["Conv", "MatMul", "Gemm"],

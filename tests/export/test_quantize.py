@@ -11,7 +11,7 @@ import onnx
 import pytest
 
 from oneseg.cli import main
-from oneseg.export.qdq import node_regions
+from oneseg.export.qdq import KEEP_FLOAT, node_regions
 from oneseg.export.quantize import choose_regions, float_nodes, is_network_node, quantize_onnx
 from oneseg.export.runtime import OnnxEngine, read_description
 
@@ -217,3 +217,33 @@ def test_search_records_its_measurements(tmp_path, synth_data, panoptic_onnx):
     assert all(r["gain_ms"] > search["min_gain_ms"] for r in taken)
     within = search["float_pq"] - search["chosen_pq"] <= search["max_metric_drop"]
     assert within or set(chosen.values()) == {"float"}
+
+
+def test_attention_products_stay_float(tmp_path, panoptic_onnx, calibration):
+    """`attention_matmul` keeps the products of two computed tensors float where their
+    neighbours are float (`op_types` regions): ONNX Runtime then runs none of them as
+    QLinearMatMul, as it does without the group."""
+    import onnxruntime as ort
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    prepared = tmp_path / "prepared.onnx"
+    quant_pre_process(str(panoptic_onnx), str(prepared), skip_symbolic_shape=True)
+    graph = onnx.load(str(prepared)).graph
+    constants = {i.name for i in graph.initializer}
+    constants |= {o for n in graph.node if n.op_type == "Constant" for o in n.output}
+    products = {
+        n.name for n in graph.node if n.op_type == "MatMul" and not constants & set(n.input)
+    }
+    assert products
+
+    def integer_products(groups: tuple[str, ...]) -> set[str]:
+        target = tmp_path / f"{len(groups)}.onnx"
+        quantize_onnx(panoptic_onnx, target, calibration, keep_float=groups, regions={})
+        options = ort.SessionOptions()
+        options.optimized_model_filepath = str(tmp_path / f"{len(groups)}.opt.onnx")
+        ort.InferenceSession(str(target), options, providers=["CPUExecutionProvider"])
+        optimised = onnx.load(options.optimized_model_filepath).graph.node
+        return {n.name for n in optimised if n.op_type == "QLinearMatMul"} & products
+
+    assert not integer_products(KEEP_FLOAT)
+    assert integer_products(tuple(g for g in KEEP_FLOAT if g != "attention_matmul"))
