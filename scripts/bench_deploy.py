@@ -72,7 +72,7 @@ def onnx_pair(model, label_map, folder: Path, size: int, calibration, picture, t
     int8 = folder / "model_int8.onnx"
     check = resized_batch(picture, size, size, 1)
     export_onnx(model, label_map, settings, fp32, check)
-    quantize_onnx(fp32, int8, calibration, keep_float=["postprocess", "softmax", "grid_sample"])
+    quantize_onnx(fp32, int8, calibration)  # the defaults of `oneseg quantize`
     return fp32, int8
 
 
