@@ -298,3 +298,30 @@ def test_postprocess_batched_equals_per_image():
             assert all(len(result["panoptic"][1]) >= 2 for result in batched)
     with pytest.raises(ValueError, match="task"):
         postprocess(outputs, "detection", (40, 40), sizes)
+
+
+@pytest.mark.parametrize("threshold", [0.3, 1.0])
+def test_panoptic_postprocess_resizes_only_the_queries_that_take_part(threshold):
+    """postprocess resizes the kept queries only; the result equals panoptic_inference on all
+    queries resized, including the case where no query is confident."""
+    from oneseg.model.postprocess import PostprocessConfig, postprocess, resize_mask_logits
+
+    gen = torch.Generator().manual_seed(3)
+    class_logits = torch.randn(1, 12, 5, generator=gen) * 3
+    mask_logits = torch.randn(1, 12, 8, 10, generator=gen) * 4
+    isthing = [True, True, False, False]
+    config = PostprocessConfig(object_mask_threshold=threshold, overlap_threshold=0.5)
+    out = postprocess(
+        {"pred_logits": class_logits, "pred_masks": mask_logits},
+        "panoptic",
+        (32, 40),
+        [(30, 37)],
+        [(45, 50)],
+        isthing=isthing,
+        config=config,
+    )[0]["panoptic"]
+    masks = resize_mask_logits(mask_logits, (32, 40), (30, 37), (45, 50))[0]
+    ids, segments = panoptic_inference(class_logits[0], masks, 4, isthing, threshold, 0.5)
+    assert torch.equal(out[0], ids) and out[1] == segments
+    assert ids.shape == (45, 50)
+    assert (len(segments) > 0) == (threshold < 1)

@@ -336,6 +336,26 @@ def postprocess(
                 )
             )
             continue
+        if task == "panoptic":
+            # only the queries that take part can win a pixel: resize just those (the rule
+            # that picks them, taken again inside on the subset, keeps every one of them)
+            scores, labels = class_logits[i].softmax(-1).max(-1)
+            keep = labels.ne(num_classes) & (scores > config.object_mask_threshold)
+            if keep.any():
+                low = mask_logits[i : i + 1, keep]
+                masks = resize_mask_logits(low, padded_size, image_size, output_size)[0]
+            else:
+                masks = mask_logits.new_zeros((0, *output_size))
+            panoptic = panoptic_inference(
+                class_logits[i, keep],
+                masks,
+                num_classes,
+                isthing,
+                config.object_mask_threshold,
+                config.overlap_threshold,
+            )
+            results.append({"panoptic": panoptic})
+            continue
         masks = resize_mask_logits(mask_logits[i : i + 1], padded_size, image_size, output_size)[0]
         if task == "semantic":
             scores = semantic_inference(class_logits[i], masks)
@@ -350,16 +370,6 @@ def postprocess(
                 config.score_threshold,
             )
             results.append({"instance": detections})
-        else:
-            panoptic = panoptic_inference(
-                class_logits[i],
-                masks,
-                num_classes,
-                isthing,
-                config.object_mask_threshold,
-                config.overlap_threshold,
-            )
-            results.append({"panoptic": panoptic})
     return results
 
 
