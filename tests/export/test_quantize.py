@@ -247,3 +247,15 @@ def test_attention_products_stay_float(tmp_path, panoptic_onnx, calibration):
 
     assert not integer_products(KEEP_FLOAT)
     assert integer_products(tuple(g for g in KEEP_FLOAT if g != "attention_matmul"))
+
+
+def test_histogram_calibration_bins_around_infinite_ranges(tmp_path, panoptic_onnx, calibration):
+    """Percentile histograms cannot bin -inf: the masked tensors keep their min-max range and
+    stay float, every other tensor is binned, and the file has finite scales only."""
+    target = tmp_path / "percentile.onnx"
+    regions = {"backbone": "all", "pixel_decoder": "all", "decoder": "all"}
+    done = quantize_onnx(panoptic_onnx, target, calibration, regions=regions, method="percentile")
+    assert done["calibration_method"] == "percentile" and done["float_for_infinite_ranges"]
+    graph = onnx.load(str(target)).graph
+    scales = [i for i in graph.initializer if i.name.endswith("_scale")]
+    assert scales and all(np.isfinite(onnx.numpy_helper.to_array(s)).all() for s in scales)

@@ -196,29 +196,52 @@ def float_nodes(
 CALIBRATION_METHODS = ("minmax", "entropy", "percentile")
 
 
+def _collect(kind, model: Path, images, description, folder: str, skip: set[str], **options):
+    """Ranges by one of ONNX Runtime's calibrators over every float tensor but `skip`."""
+
+    class Selected(kind):
+        def select_tensors_to_calibrate(self, proto):
+            tensors, value_infos = super().select_tensors_to_calibrate(proto)
+            return tensors - skip, value_infos
+
+    calibrator = Selected(model, None, str(Path(folder) / f"{kind.__name__}.onnx"), **options)
+    calibrator.augment_graph()
+    calibrator.execution_providers = ["CPUExecutionProvider"]
+    calibrator.create_inference_session()
+    calibrator.collect_data(ImageReader(images, description))
+    return calibrator.compute_data()
+
+
 def calibrate(model: Path, images: list[Path], description: dict, method: str, cache: Path) -> None:
     """Activation ranges of every float tensor of `model` over `images`, saved to `cache` (ONNX
-    Runtime's calibration cache, read back by `quantize_static`)."""
-    from onnxruntime.quantization.calibrate import create_calibrator, save_tensors_data
+    Runtime's calibration cache, read back by `quantize_static`). Histograms (entropy,
+    percentile) cannot bin the -inf of attention masks: those tensors keep their min-max range
+    (and later stay float), the others are binned."""
+    from onnxruntime.quantization.calibrate import (
+        EntropyCalibrater,
+        MinMaxCalibrater,
+        PercentileCalibrater,
+        TensorsData,
+        save_tensors_data,
+    )
 
+    calibration_method(method)  # one clear error for an unknown method
     with tempfile.TemporaryDirectory(dir=cache.parent) as folder:
-        calibrator = create_calibrator(
-            model,
-            None,
-            augmented_model_path=str(Path(folder) / "augmented.onnx"),
-            calibrate_method=calibration_method(method),
-            providers=["CPUExecutionProvider"],
-        )
-        try:
-            calibrator.collect_data(ImageReader(images, description))
-        except ValueError as err:
-            if "not finite" not in str(err):
-                raise
-            raise ValueError(
-                f"quantize.calibration_method={method}: the network holds infinite activations "
-                "(attention masks), which histograms cannot bin; use minmax"
-            ) from None
-        save_tensors_data(calibrator.compute_data(), cache)
+        ranges = _collect(MinMaxCalibrater, model, images, description, folder, set())
+        if method != "minmax":
+            infinite = {name for name, data in ranges.data.items() if not _finite(data)}
+            kind, options = {
+                "entropy": (EntropyCalibrater, {"num_bins": 128, "num_quantized_bins": 128}),
+                "percentile": (PercentileCalibrater, {"num_bins": 2048, "symmetric": True}),
+            }[method]
+            binned = _collect(kind, model, images, description, folder, infinite, **options)
+            data = dict(binned.data) | {name: ranges.data[name] for name in infinite}
+            ranges = TensorsData(binned.calibration_method, data)
+        save_tensors_data(ranges, cache)
+
+
+def _finite(data) -> bool:
+    return bool(np.isfinite(np.asarray(data.range_value, dtype=np.float64)).all())
 
 
 def finite_ranges(cache: Path, target: Path) -> set[str]:
@@ -232,11 +255,7 @@ def finite_ranges(cache: Path, target: Path) -> set[str]:
     )
 
     ranges = load_tensors_data(cache)
-    infinite = {
-        name
-        for name, data in ranges.data.items()
-        if not np.isfinite(np.asarray(data.range_value, dtype=np.float64)).all()
-    }
+    infinite = {name for name, data in ranges.data.items() if not _finite(data)}
     kept = {name: data for name, data in ranges.data.items() if name not in infinite}
     save_tensors_data(TensorsData(ranges.calibration_method, kept), target)
     return infinite
