@@ -41,6 +41,8 @@ class PostprocessOnly(nn.Module):
         )
 
     def forward(self, class_logits, mask_logits):
+        if self.graph.task != "instance":  # these two take the queries last, [B, H, W, Q]
+            mask_logits = mask_logits.permute(0, 2, 3, 1)
         return getattr(self.graph, f"_{self.graph.task}")(class_logits, mask_logits)
 
 
