@@ -8,7 +8,7 @@ Two models, each at one input size, batch 1, panoptic task:
   converted, so that transformers' eager model and ours hold the same numbers.
 
 What one call times, for every contender: a uint8 image in, a panoptic result out.
-- PyTorch eager: `ExportGraph` (normalisation, network, post-processing) under inference_mode;
+- PyTorch eager: oneseg's `Predictor` (normalisation, network, `postprocess`), as in Python;
 - ORT FP32 / INT8: the exported file / its quantized copy in an ONNX Runtime session;
 - transformers: normalisation, `OneFormerForUniversalSegmentation` and the image processor's
   `post_process_panoptic_segmentation`; also its forward alone.
@@ -27,8 +27,13 @@ import sys
 import time
 from pathlib import Path
 
-import numpy as np
-import torch
+from oneseg.cpu_threads import keep_freed_memory, quiet_thread_pool
+
+quiet_thread_pool()  # before torch loads OpenMP, as the oneseg command does
+keep_freed_memory()  # for every contender of the process alike
+
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
 
@@ -36,7 +41,7 @@ from contenders import load_hf, load_ours, task_inputs, write_hf_folder  # noqa:
 
 from oneseg.data.image_io import read_image  # noqa: E402
 from oneseg.export.action import resized_batch  # noqa: E402
-from oneseg.export.onnx_export import ExportSettings, build_graph, export_onnx  # noqa: E402
+from oneseg.export.onnx_export import ExportSettings, export_onnx  # noqa: E402
 from oneseg.export.quantize import quantize_onnx, val_metrics  # noqa: E402
 from oneseg.export.runtime import OnnxEngine  # noqa: E402
 
@@ -77,15 +82,23 @@ def onnx_pair(model, label_map, folder: Path, size: int, calibration, picture, t
 
 
 def eager_call(model, label_map, size: int, picture, threshold: float):
-    settings = ExportSettings(
-        task="panoptic", height=size, width=size, object_mask_threshold=threshold
+    """oneseg in PyTorch as a user runs it: `Predictor` (model.predict + postprocess)."""
+    from oneseg.model.postprocess import PostprocessConfig
+    from oneseg.predictor import Predictor
+
+    predictor = Predictor(
+        model,
+        label_map,
+        min_size=size,
+        max_size=size,
+        postprocess=PostprocessConfig(object_mask_threshold=threshold),
+        device="cpu",
+        cpu_threads=None,  # the benchmark's thread count stays
     )
-    graph = build_graph(model, label_map, settings)
-    images = resized_batch(picture, size, size, 1)
+    image = resized_batch(picture, size, size, 1)[0].permute(1, 2, 0).numpy()
 
     def call():
-        with torch.inference_mode():
-            graph(images)
+        predictor(image, "panoptic")
 
     return call
 
