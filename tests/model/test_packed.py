@@ -89,3 +89,12 @@ def test_timm_mlp_gelu_fused_gives_the_same_numbers():
     assert (fused - expected).abs().max() < 1e-5
     use_packed_linears(mlp)  # again: nothing changes
     assert isinstance(mlp.fc1, PackedLinearGELU)
+
+
+def test_a_layer_built_under_inference_mode_runs():
+    with torch.inference_mode():
+        layer = torch.nn.Linear(4, 3)
+        layer.__class__ = PackedLinear
+        x = torch.randn(2, 4)
+        assert (layer(x) - F.linear(x, layer.weight, layer.bias)).abs().max() < 1e-5
+    assert "_packed_weights" not in layer.__dict__  # F.linear: no version counter to trust

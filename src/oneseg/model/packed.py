@@ -36,6 +36,8 @@ def _packable(x: torch.Tensor, weight: torch.Tensor) -> bool:
         return False
     if torch.is_grad_enabled() and (x.requires_grad or weight.requires_grad):
         return False
+    if weight.is_inference():  # built under inference_mode: no version counter tells changes
+        return False
     return not (is_exporting() or torch.compiler.is_compiling())
 
 
