@@ -47,3 +47,10 @@ def test_module_inference_path_equals_training_path():
     with torch.inference_mode():
         inferred = attn(query, ref_points, value, SHAPES)  # gather
     assert (inferred - trained.detach()).abs().max() < 1e-5
+
+
+def test_nan_points_give_nan_not_an_index_error():
+    value = torch.randn(1, sum(h * w for h, w in SHAPES), 2, 4)
+    pixels = torch.full((1, 3, 2, len(SHAPES), 2, 2), float("nan"))
+    weights = torch.rand(1, 3, 2, len(SHAPES), 2)
+    assert gather_sample(value, SHAPES, pixels, weights).isnan().all()

@@ -48,7 +48,6 @@ class SamplingGrid:
     ):
         """reference_points: [B, Q, levels, 2] (x, y) in [0, 1], for `anchors`."""
         self.spatial_shapes = list(spatial_shapes)
-        self.batch, self.heads = batch, heads
         levels = len(spatial_shapes)
         self.padded = [(height + 3, width + 3) for height, width in spatial_shapes]
         starts = [0]
@@ -133,6 +132,8 @@ def gather_sample(
     # the 4 corners before the levels and points ([B, Q, heads, 4, L, P]): the order within a
     # head's bag is free, and stacking whole [L, P] blocks copies faster than interleaving
     rows = torch.stack([row] + [row + step for step in grid.corner_steps], 3)
+    # a NaN point (a diverged model) has no row: keep it inside the table, its weight is NaN
+    rows.clamp_(0, batch * grid.tokens * heads - 1)
 
     frac_x, frac_y = frac[..., 0], frac[..., 1]
     bottom = attention_weights * frac_y  # the weight of the lower row (y1)
