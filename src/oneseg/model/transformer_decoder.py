@@ -156,11 +156,11 @@ class TaskConditionedQueries(nn.Module):
         - the memory (the sine encoding) is a row factor [H, F] beside a column factor
           [W, F], so its projection is a row table plus a column table, and the values need
           no product over the HW tokens at all;
-        - the keys' projection of the projected mask features is one product with
-          W_k W_proj, all layers in one matrix product.
+        - the keys' projection of the projected mask features is one product with W_k W_proj
+          per layer (the 1x1 convolution folded in).
         At 512x512 this replaces five [HW, 256] x [256, 256] products and the additions of
         positions with two."""
-        batch, channels, height, width = mask_features.shape
+        batch, _, height, width = mask_features.shape
         pos_y, pos_x = self.pos_encoding.axes(height, width, mask_features.device)
         pos_y, pos_x = pos_y.to(mask_features.dtype), pos_x.to(mask_features.dtype)
         half = pos_y.shape[1]
