@@ -107,6 +107,16 @@ def choose_regions(rows: list[dict], names: list[str], budget: float, min_gain: 
     return {name: chosen[name]["mode"] if name in chosen else "float" for name in names}
 
 
+def spec_settings(cfg) -> dict:
+    """The `quantize_onnx` arguments the spec's quantize section sets."""
+    return {
+        "keep_float": list(cfg.keep_float),
+        "per_channel": cfg.per_channel,
+        "method": cfg.calibration_method,
+        "op_types": list(cfg.op_types),
+    }
+
+
 def search_regions(spec, source: Path, images: list[Path], folder: Path) -> dict:
     """The measured choice of `quantize.regions` (module docstring); returns the measurements,
     `regions` (the choice) and `cache` (the calibration ranges, for the final file)."""
@@ -124,10 +134,7 @@ def search_regions(spec, source: Path, images: list[Path], folder: Path) -> dict
             source,
             path,
             images,
-            keep_float=list(cfg.keep_float),
-            per_channel=cfg.per_channel,
-            method=cfg.calibration_method,
-            op_types=list(cfg.op_types),
+            **spec_settings(cfg),
             regions=regions,
             calibration_cache=cache,
         )
@@ -207,10 +214,7 @@ def run_quantize(spec, run) -> None:
             source,
             target,
             images,
-            keep_float=list(cfg.keep_float),
-            per_channel=cfg.per_channel,
-            method=cfg.calibration_method,
-            op_types=list(cfg.op_types),
+            **spec_settings(cfg),
             regions=regions,
             calibration_cache=cache,
             record={"search": search} if search else None,
