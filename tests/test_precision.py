@@ -137,3 +137,76 @@ def test_task_token_stays_float32_under_autocast(model):
         low = model.task_token("panoptic", 1)
     # bf16 would round the token ids (up to 49407) by up to 128 before the MLP
     assert low.dtype == torch.float32 and torch.equal(low, exact)
+
+
+def test_predictor_runs_in_the_precision_picked(monkeypatch, tiny_checkpoint, synth_data):
+    from oneseg.predictor import Predictor
+
+    monkeypatch.setattr(precision, "cpu_flags", lambda: {"avx512_bf16"})
+    image = sorted(synth_data["val"]["images"].iterdir())[0]
+    results = {}
+    for asked in ("fp32", "auto"):
+        predictor = Predictor.from_checkpoint(
+            tiny_checkpoint, device="cpu", min_size=64, precision=asked
+        )
+        results[predictor.precision] = predictor(image, "semantic").labels
+    assert set(results) == {"fp32", "bf16"}
+    assert (results["fp32"] == results["bf16"]).mean() >= 0.98
+
+
+def test_cli_precision_in_status_and_refused_for_exported(
+    monkeypatch, tmp_path, tiny_checkpoint, synth_data, capsys
+):
+    import json
+
+    from oneseg import cli
+
+    monkeypatch.setattr(precision, "cpu_flags", lambda: {"amx_bf16"})
+    images = synth_data["val"]["images"]
+    common = ["inference.overlay=false", "dataset.augmentation.eval_min_size=64"]
+    code = cli.main(
+        ["inference", f"results_dir={tmp_path / 'r'}", f"inference.checkpoint={tiny_checkpoint}"]
+        + [f"inference.images={sorted(images.iterdir())[0]}", "inference.precision=auto", *common]
+    )
+    assert code == 0
+    status = tmp_path / "r" / "inference" / "status.json"
+    last = json.loads(status.read_text().splitlines()[-1])
+    assert last["kpi"]["precision"] == "bf16"
+    (tmp_path / "m.onnx").write_bytes(b"")  # refused before it is read
+    code = cli.main(
+        ["inference", f"results_dir={tmp_path / 'r2'}", f"inference.onnx_file={tmp_path}/m.onnx"]
+        + [f"inference.images={images}", "inference.precision=bf16", *common]
+    )
+    assert code == 2
+    assert "inference.precision: bf16 applies to checkpoints" in capsys.readouterr().err
+
+
+def test_evaluate_action_in_bf16(tmp_path, synth_data, tiny_checkpoint):
+    import json
+
+    from oneseg import cli
+
+    kpis = {}
+    for asked in ("fp32", "bf16"):
+        code = cli.main(
+            [
+                "evaluate",
+                f"results_dir={tmp_path / asked}",
+                f"evaluate.checkpoint={tiny_checkpoint}",
+                f"dataset.label_map={synth_data['label_map']}",
+                f"dataset.val.images={synth_data['val']['images']}",
+                f"dataset.val.annotations={synth_data['val']['panoptic_json']}",
+                f"dataset.val.panoptic={synth_data['val']['panoptic']}",
+                "dataset.augmentation.eval_min_size=64",
+                "dataset.workers=0",
+                "evaluate.tasks=[semantic]",
+                "evaluate.iou_per_class=false",
+                f"evaluate.precision={asked}",
+            ]
+        )
+        assert code == 0
+        status = (tmp_path / asked / "evaluate" / "status.json").read_text()
+        kpis[asked] = json.loads(status.splitlines()[-1])["kpi"]
+    assert kpis["bf16"]["precision"] == "bf16" and kpis["fp32"]["precision"] == "fp32"
+    # random weights: pixels of near-tied classes may flip; >= 98% of pixels agree (above)
+    assert abs(kpis["bf16"]["pixel_acc"] - kpis["fp32"]["pixel_acc"]) <= 2.0

@@ -15,6 +15,11 @@ from oneseg.constants import IGNORE, TASKS
 
 ACTIONS = ("train", "evaluate", "inference", "export", "gen_trt_engine", "quantize", "automl")
 Task = Literal["semantic", "instance", "panoptic"]
+Precision = Literal["fp32", "bf16", "fp16", "auto"]
+PRECISION_HELP = (
+    "forward precision of a checkpoint (docs/precision.md); auto = bf16 on a CPU with "
+    "AVX512-BF16 or AMX, bf16 (fp16 where unsupported) on CUDA, else fp32"
+)
 
 
 def f(default, help: str, **bounds):
@@ -265,7 +270,7 @@ class TrainConfig:
         "'' = none",
     )
     precision: Literal["32", "16-mixed", "bf16-mixed"] = f(
-        "32", "numeric precision (mixed only on GPU)"
+        "32", "numeric precision; on CPU 32 or bf16-mixed (16-mixed runs as 32)"
     )
     clip_grad_norm: float = f(0.01, "full-model gradient-norm clip; 0 = off", ge=0.0)
     seed: int = f(1234, "random seed", ge=0)
@@ -291,6 +296,7 @@ class EvaluateConfig:
     onnx_file: str = f("", "evaluate this exported ONNX file instead of a checkpoint")
     trt_engine: str = f("", "evaluate this TensorRT engine instead of a checkpoint")
     iou_per_class: bool = f(True, "write per-class tables and the bar chart")
+    precision: Precision = f("fp32", PRECISION_HELP)
 
 
 @dataclass
@@ -309,6 +315,7 @@ class InferenceConfig:
         "torch.compile the pixel decoder (checkpoints): ~20% faster on CPU once compiled; "
         "compiling takes minutes per input size",
     )
+    precision: Precision = f("fp32", PRECISION_HELP)
 
 
 @dataclass

@@ -87,3 +87,28 @@ def autocast(precision: str, device: str | torch.device) -> contextlib.AbstractC
 def full_precision(tensor: torch.Tensor) -> contextlib.AbstractContextManager:
     """Autocast disabled on `tensor`'s device: what runs inside stays in its inputs' dtype."""
     return torch.autocast(tensor.device.type, enabled=False)
+
+
+def precision_setting(requested: str, device: str | torch.device, key: str) -> str:
+    """`choose_precision` for the spec key `key` (e.g. "inference.precision"): what cannot be
+    honoured becomes a `SpecError` naming the key (exit 2). Logs the pick."""
+    from oneseg.spec import SpecError  # on use: the model imports this module
+
+    try:
+        picked = choose_precision(requested, device)
+    except ValueError as err:
+        raise SpecError(f"{key}: {err}") from None
+    log.info("%s %s: the forward runs in %s on %s", key, requested, picked, device)
+    return picked
+
+
+def refuse_for_exported(requested: str, key: str) -> None:
+    """An exported file runs in the precision it was built in: a low precision asked for it is
+    refused (`SpecError` naming `key`); fp32 and auto leave the file as it is."""
+    from oneseg.spec import SpecError
+
+    if requested in ("bf16", "fp16"):
+        raise SpecError(
+            f"{key}: {requested} applies to checkpoints; an exported file runs in the precision "
+            "it was built in (gen_trt_engine.tensorrt.data_type for TensorRT)"
+        )

@@ -31,6 +31,7 @@ from oneseg.data.label_map import LabelMap
 from oneseg.data.transforms import shortest_edge_size
 from oneseg.export.engines import load_engines
 from oneseg.model.postprocess import PostprocessConfig, postprocess
+from oneseg.precision import choose_precision
 
 
 # ---------------------------------------------------------------------------- model calls
@@ -181,6 +182,8 @@ class Predictor:
         cpu_threads: intra-op threads on the CPU; 0 = the cores this process may use (or
             OMP_NUM_THREADS when set), None = leave torch's setting alone. Unless None, the
             allocator also keeps freed memory for reuse (`cpu_threads.keep_freed_memory`).
+        precision: the forward's, "fp32", "bf16", "fp16" or "auto" (`oneseg.precision`);
+            `self.precision` holds the one picked. Results are post-processed in float32.
     """
 
     def __init__(
@@ -194,6 +197,7 @@ class Predictor:
         intensity: Intensity | None = None,
         device: str | torch.device | None = None,
         cpu_threads: int | None = 0,
+        precision: str = "fp32",
     ):
         if device is None:
             device = "cuda" if torch.cuda.is_available() else "cpu"
@@ -202,6 +206,7 @@ class Predictor:
             set_intra_op_threads(cpu_threads)
             keep_freed_memory()
         self.model = model.to(self.device).eval()
+        self.precision = choose_precision(precision, self.device)
         self.label_map = label_map
         self.min_size, self.max_size = min_size, max_size
         self.postprocess = postprocess or PostprocessConfig()
@@ -274,7 +279,7 @@ class Predictor:
         if self.engines is not None:
             outputs = {task: self._engine(task) for task in tasks}
         else:
-            outputs = self.model.predict(batch, tasks, image_sizes).outputs
+            outputs = self.model.predict(batch, tasks, image_sizes, self.precision).outputs
         per_image: list[dict] = [{} for _ in arrays]
         for task, raw in outputs.items():
             if self.engines is not None:

@@ -34,6 +34,7 @@ from oneseg.export.runtime import batch_results
 from oneseg.io import write_json_atomic
 from oneseg.model.build import supported_tasks
 from oneseg.model.postprocess import PostprocessConfig
+from oneseg.precision import precision_setting, refuse_for_exported
 
 SUMMARY_KEYS = {
     "panoptic": ("pq", "sq", "rq", "pq_th", "pq_st"),
@@ -59,7 +60,9 @@ def run_evaluate(spec, run) -> None:
     cfg = spec.evaluate
     set_intra_op_threads(spec.cpu_threads, spec.dataset.workers)
     exported = cfg.onnx_file or cfg.trt_engine
+    precision = None
     if exported:
+        refuse_for_exported(cfg.precision, "evaluate.precision")
         source, model, engines, label_map, model_cfg, recorded, divisor = _exported(spec)
         tasks = list(engines)
         dropped = [t for t in dict.fromkeys(cfg.tasks) if t not in engines]
@@ -74,6 +77,9 @@ def run_evaluate(spec, run) -> None:
             )
         device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
         model, label_map, model_cfg = load_model(source, device)
+        precision = precision_setting(cfg.precision, device, "evaluate.precision")
+        run.kpis["precision"] = precision
+        run.log("RUNNING", f"forward precision {precision} ({cfg.precision} asked)")
         recorded, divisor = read_intensity(source), model.size_divisibility
         tasks, dropped = supported_tasks(model_cfg, list(cfg.tasks))
         if dropped:
@@ -106,7 +112,7 @@ def run_evaluate(spec, run) -> None:
         bar = progress.add_task(f"evaluate {cfg.split}", total=len(loader))
         for step, batch in enumerate(loader, 1):
             if model is not None:
-                evaluator.process(model, batch)
+                evaluator.process(model, batch, precision)
             else:
                 evaluator.add_batch(batch, batch_results(engines, batch))
             progress.advance(bar)

@@ -101,8 +101,9 @@ class Evaluator:
         self.images: dict[int, dict] = {}  # dataset index -> what that image adds
 
     # ------------------------------------------------------------------ accumulation
-    def process(self, model: torch.nn.Module, batch: dict) -> None:
-        """Run `model` on a collated batch for every task and add each image's results."""
+    def process(self, model: torch.nn.Module, batch: dict, precision: str = "fp32") -> None:
+        """Run `model` on a collated batch for every task and add each image's results;
+        `precision`: the forward's (`oneseg.precision`, resolved)."""
         num_classes = getattr(model, "num_classes", len(self.label_map))
         if num_classes != len(self.label_map):
             raise ValueError(
@@ -110,7 +111,7 @@ class Evaluator:
             )
         device = next(model.parameters()).device
         images = batch["images"].to(device, non_blocking=True)
-        outputs = model.predict(images, self.tasks, batch["image_sizes"]).outputs
+        outputs = model.predict(images, self.tasks, batch["image_sizes"], precision).outputs
         per_task = {
             task: postprocess(
                 outputs[task],

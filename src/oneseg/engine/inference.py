@@ -17,6 +17,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
+import torch
 from rich.progress import Progress
 
 from oneseg.checkpoint import read_intensity
@@ -28,6 +29,7 @@ from oneseg.data.records import DataError
 from oneseg.engine.inference_outputs import InferenceOutputs
 from oneseg.model.build import supported_tasks
 from oneseg.model.compiled import compile_pixel_decoder
+from oneseg.precision import precision_setting, refuse_for_exported
 from oneseg.predictor import Predictor
 
 LIST_SUFFIXES = (".txt", ".lst", ".list")
@@ -133,11 +135,14 @@ def run_inference(spec, run) -> None:
 
     cfg = spec.inference
     if cfg.onnx_file or cfg.trt_engine:
+        refuse_for_exported(cfg.precision, "inference.precision")
         predictor, tasks, dropped = _exported_predictor(spec)
         if dropped:
             run.log("RUNNING", f"the exported file holds no {', '.join(dropped)} graph: skipped")
     else:
         predictor, tasks = _checkpoint_predictor(spec, run)
+        run.kpis["precision"] = predictor.precision
+        run.log("RUNNING", f"forward precision {predictor.precision} ({cfg.precision} asked)")
         if cfg.compile:
             compile_pixel_decoder(predictor.model)
     set_intra_op_threads(spec.cpu_threads)  # images are read ahead by threads, not processes
@@ -212,8 +217,11 @@ def _checkpoint_predictor(spec, run) -> tuple[Predictor, list[str]]:
             "inference.trt_engine too): name a model"
         )
     aug = spec.dataset.augmentation
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")  # as Predictor's
     predictor = Predictor.from_checkpoint(
         checkpoint,
+        device=device,
+        precision=precision_setting(cfg.precision, device, "inference.precision"),
         min_size=aug.eval_min_size,
         max_size=aug.eval_max_size,
         spec_model=spec.model,
