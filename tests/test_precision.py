@@ -210,3 +210,52 @@ def test_evaluate_action_in_bf16(tmp_path, synth_data, tiny_checkpoint):
     assert kpis["bf16"]["precision"] == "bf16" and kpis["fp32"]["precision"] == "fp32"
     # random weights: pixels of near-tied classes may flip; >= 98% of pixels agree (above)
     assert abs(kpis["bf16"]["pixel_acc"] - kpis["fp32"]["pixel_acc"]) <= 2.0
+
+
+def test_train_bf16_mixed_on_cpu(tmp_path, monkeypatch, synth_data, tiny_model_cfg):
+    import dataclasses
+    import json
+
+    from oneseg.config import LossConfig
+    from oneseg.engine.train import run_train
+    from oneseg.experiment import ActionRun
+    from oneseg.model.oneformer import OneFormer
+    from oneseg.spec import spec_from_dict
+
+    seen = []
+    forward = OneFormer.forward
+
+    def recording_forward(self, *args, **kwargs):
+        if self.training:
+            seen.append(torch.get_autocast_dtype("cpu") if torch.is_autocast_enabled("cpu") else 0)
+        return forward(self, *args, **kwargs)
+
+    monkeypatch.setattr(OneFormer, "forward", recording_forward)
+    model = dataclasses.replace(tiny_model_cfg, loss=LossConfig(train_num_points=256))
+    train_split = synth_data["train"]
+    spec = spec_from_dict(
+        {
+            "results_dir": str(tmp_path),
+            "model": dataclasses.asdict(model),
+            "dataset": {
+                "train": [
+                    {
+                        "images": str(train_split["images"]),
+                        "annotations": str(train_split["panoptic_json"]),
+                        "panoptic": str(train_split["panoptic"]),
+                    }
+                ],
+                "label_map": str(synth_data["label_map"]),
+                "batch_size": 2,
+                "workers": 0,
+                "augmentation": {"train_min_size": [64], "crop_size": [64, 64]},
+            },
+            "train": {"num_epochs": 2, "log_every_n_steps": 1, "precision": "bf16-mixed"},
+        }
+    )
+    with ActionRun(spec, "train") as run:
+        run_train(spec, run)
+    lines = (tmp_path / "train" / "status.json").read_text().splitlines()
+    losses = [d["loss"] for d in map(json.loads, lines) if "loss" in d]
+    assert seen and set(seen) == {torch.bfloat16}  # every training forward under bf16 autocast
+    assert len(losses) == 2 and all(0 < loss < 1e4 for loss in losses)

@@ -97,7 +97,7 @@ def device_settings(train_cfg) -> dict:
         "num_nodes": train_cfg.num_nodes,
         "strategy": strategy,
         "world_size": world,
-        "precision": train_cfg.precision if use_gpu else "32",
+        "precision": train_cfg.precision if use_gpu or train_cfg.precision == "bf16-mixed" else "32",
     }
 
 
