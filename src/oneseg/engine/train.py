@@ -88,6 +88,7 @@ def device_settings(train_cfg) -> dict:
         devices = train_cfg.num_processes_cpu
         count = devices
     world = count * train_cfg.num_nodes
+    precision = train_cfg.precision
     strategy = "ddp" if world > 1 else "auto"
     if world > 1 and not use_gpu:
         strategy = L.pytorch.strategies.DDPStrategy(process_group_backend="gloo")
@@ -97,7 +98,8 @@ def device_settings(train_cfg) -> dict:
         "num_nodes": train_cfg.num_nodes,
         "strategy": strategy,
         "world_size": world,
-        "precision": train_cfg.precision if use_gpu or train_cfg.precision == "bf16-mixed" else "32",
+        # CPUs compute bf16 (Lightning autocasts); fp16 autocast exists only on GPUs
+        "precision": "32" if precision == "16-mixed" and not use_gpu else precision,
     }
 
 
