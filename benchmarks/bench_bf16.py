@@ -1,0 +1,294 @@
+"""bf16 against fp32: oneseg and transformers' OneFormer at identical weights, one process.
+
+    python benchmarks/bench_bf16.py                          # 512², batch 1 and 4, all parts
+    python benchmarks/bench_bf16.py --batches 1 --repeats 3 --profile 25
+    python benchmarks/bench_bf16.py --demo results/demo      # + PQ / mIoU / AP of the demo model
+
+Swin-T OneFormer, 150 queries, random weights saved as a transformers folder and converted
+with oneseg's converter (contenders.py). Four contenders run alternately after a warm-up,
+panoptic task, inference mode: oneseg in fp32 and in bf16 (`oneseg.precision`: autocast, bf16
+weight packs), transformers in fp32 and under its own `torch.autocast("cpu", torch.bfloat16)`.
+Each contender's outputs are cast to float32 and post-processed (panoptic); the ratios are
+medians of per-round ratios (runs seconds apart: robust to a load that drifts).
+
+Accuracy: semantic maps of the converted model in bf16 against fp32 on synthetic scenes at
+512² (pixels equal, class-logit change, mask-logit signs equal), for both implementations;
+with --demo, the demo model's PQ / mIoU / AP on its validation split in each precision
+(`oneseg evaluate` with evaluate.precision). Training: one step (forward, loss, backward,
+AdamW) of oneseg in fp32 and under bf16 autocast (what Lightning's bf16-mixed does), alternated.
+Writes benchmarks/results/bf16.{md,json}.
+"""
+
+from __future__ import annotations
+
+from oneseg.cpu_threads import keep_freed_memory, quiet_thread_pool
+
+quiet_thread_pool()  # before torch loads OpenMP
+keep_freed_memory()
+
+import argparse  # noqa: E402
+import json  # noqa: E402
+import statistics  # noqa: E402
+import tempfile  # noqa: E402
+import time  # noqa: E402
+from pathlib import Path  # noqa: E402
+
+import torch  # noqa: E402
+from bench_inference import Runner, inputs  # noqa: E402
+from contenders import training_targets, write_hf_folder  # noqa: E402
+from machine import describe, machine_line, table, write_report  # noqa: E402
+
+from oneseg.cpu_threads import set_intra_op_threads  # noqa: E402
+from oneseg.model.postprocess import postprocess  # noqa: E402
+from oneseg.precision import autocast  # noqa: E402
+
+CONTENDERS = (("oneseg", "fp32"), ("oneseg", "bf16"), ("transformers", "fp32"),
+              ("transformers", "bf16"))  # fmt: skip
+RATIOS = {  # name: (numerator contender, denominator contender), latency ratios
+    "oneseg bf16 vs oneseg fp32": ("oneseg fp32", "oneseg bf16"),
+    "oneseg bf16 vs transformers fp32": ("transformers fp32", "oneseg bf16"),
+    "oneseg bf16 vs transformers bf16": ("transformers bf16", "oneseg bf16"),
+    "transformers bf16 vs transformers fp32": ("transformers fp32", "transformers bf16"),
+}
+
+
+def float_outputs(name: str, outputs):
+    """The outputs in float32, as post-processing gets them (oneseg's `predict` does this)."""
+    if name == "oneseg":
+        return {k: outputs[k].float() for k in ("pred_logits", "pred_masks")}
+    outputs.class_queries_logits = outputs.class_queries_logits.float()
+    outputs.masks_queries_logits = outputs.masks_queries_logits.float()
+    return outputs
+
+
+def run_once(runner: Runner, precision: str, images, tokens, size: int) -> tuple[float, float]:
+    """(forward s, post-processing s) of one batch."""
+    start = time.perf_counter()
+    with autocast(precision, "cpu"):
+        outputs = runner.forward(images, tokens)
+    outputs = float_outputs(runner.name, outputs)
+    middle = time.perf_counter()
+    runner.postprocess(outputs, size)
+    return middle - start, time.perf_counter() - middle
+
+
+def time_setting(runners: dict, size: int, batch: int, repeats: int) -> dict:
+    images, tokens = inputs(size, batch)
+    keys = [f"{name} {precision}" for name, precision in CONTENDERS]
+    for key in keys:  # warm-up (bf16 packs made), not timed
+        run_once(runners[key.split()[0]], key.split()[1], images, tokens, size)
+    times = {key: [] for key in keys}
+    for rep in range(repeats):
+        for key in keys if rep % 2 == 0 else keys[::-1]:
+            fwd, post = run_once(runners[key.split()[0]], key.split()[1], images, tokens, size)
+            times[key].append((fwd, post))
+            print(f"{size}x{batch} {key}: forward {fwd:.2f} s, post {post:.3f} s", flush=True)
+    result = {"size": size, "batch": batch}
+    for key in keys:
+        fwd = statistics.median(t[0] for t in times[key])
+        post = statistics.median(t[1] for t in times[key])
+        result[key] = {"forward_s": fwd, "postprocess_s": post, "latency_s": fwd + post,
+                       "runs": times[key]}  # fmt: skip
+    result["ratios"] = {
+        label: statistics.median(sum(a) / sum(b) for a, b in zip(times[slow], times[fast]))
+        for label, (slow, fast) in RATIOS.items()
+    }
+    return result
+
+
+def scenes(size: int, count: int) -> torch.Tensor:
+    """`count` synthetic scenes (shapes on textures) at size², uint8 [count, 3, size, size]."""
+    import numpy as np
+    from PIL import Image
+
+    from oneseg.data.synth import write_synthetic_dataset
+
+    root = Path(tempfile.mkdtemp(prefix="oneseg-bf16-scenes-"))
+    data = write_synthetic_dataset(root, num_train=1, num_val=count, size=(size, size), seed=7)
+    paths = sorted(data["val"]["images"].iterdir())[:count]
+    arrays = [np.asarray(Image.open(p).convert("RGB")) for p in paths]
+    return torch.stack([torch.from_numpy(a).permute(2, 0, 1) for a in arrays])
+
+
+def agreement(runners: dict, size: int, count: int) -> dict:
+    """Semantic maps, class logits and mask-logit signs in bf16 against fp32, per contender."""
+    images = scenes(size, count)
+    model = runners["oneseg"].model
+    normalized, sizes = model.preprocess(images)
+    from contenders import task_inputs
+
+    tokens = task_inputs(len(images), "semantic")
+    result = {}
+    for name in ("oneseg", "transformers"):
+        runner = runners[name]
+        out = {}
+        for precision in ("fp32", "bf16"):
+            with autocast(precision, "cpu"):
+                raw = runner.forward(normalized, tokens)
+            raw = float_outputs(name, raw)
+            if name == "transformers":
+                raw = {
+                    "pred_logits": raw.class_queries_logits,
+                    "pred_masks": raw.masks_queries_logits,
+                }
+            maps = postprocess(raw, "semantic", (size, size), sizes)
+            out[precision] = (raw, torch.stack([m["semantic"] for m in maps]))
+        (ref, ref_maps), (low, low_maps) = out["fp32"], out["bf16"]
+        signs = (ref["pred_masks"] > 0) == (low["pred_masks"] > 0)
+        result[name] = {
+            "semantic_pixels_equal": (ref_maps == low_maps).float().mean().item(),
+            "class_logits_max_abs_change": (ref["pred_logits"] - low["pred_logits"])
+            .abs()
+            .max()
+            .item(),
+            "mask_logit_signs_equal": signs.float().mean().item(),
+        }
+    return result
+
+
+def train_steps(folder: Path, size: int, batch: int, steps: int) -> dict:
+    """Seconds per oneseg training step in fp32 and under bf16 autocast, alternated."""
+    from bench_train import Trainer
+
+    data = training_targets(batch, size)
+    trainers = {}
+    for precision in ("fp32", "bf16"):
+        trainer = Trainer("oneseg", folder)
+        loss = trainer._loss
+
+        def autocast_loss(b, loss=loss, precision=precision):  # forward and loss, as Lightning
+            with autocast(precision, "cpu"):
+                return loss(b)
+
+        trainer._loss = autocast_loss
+        trainer.step(data)  # warm-up
+        trainers[precision] = trainer
+    times = {p: [] for p in trainers}
+    for rep in range(steps):
+        for precision in ("fp32", "bf16") if rep % 2 == 0 else ("bf16", "fp32"):
+            times[precision].append(trainers[precision].step(data))
+            print(f"train {precision}: {times[precision][-1]:.2f} s", flush=True)
+    ratio = statistics.median(a / b for a, b in zip(times["fp32"], times["bf16"]))
+    return {"size": size, "batch": batch, "steps_s": times, "speedup": ratio,
+            **{f"{p}_step_s": statistics.median(v) for p, v in times.items()}}  # fmt: skip
+
+
+def demo_metrics(demo: Path) -> dict:
+    """PQ / mIoU / AP of the demo model's checkpoint on its validation split, per precision."""
+    from oneseg import cli
+
+    spec = next(demo.glob("**/evaluate/experiment.yaml"))
+    checkpoint = next(demo.glob("**/train/model_best.ckpt"), None) or next(demo.glob("**/*.ckpt"))
+    result = {}
+    for precision in ("fp32", "bf16"):
+        out = Path(tempfile.mkdtemp(prefix=f"oneseg-bf16-eval-{precision}-"))
+        argv = ["evaluate", "-e", str(spec), f"results_dir={out}"]
+        argv += [f"evaluate.checkpoint={checkpoint}", f"evaluate.precision={precision}"]
+        argv += ["evaluate.iou_per_class=false"]
+        if cli.main(argv) != 0:
+            raise RuntimeError(f"evaluate {precision} failed")
+        metrics = json.loads((out / "evaluate" / "metrics.json").read_text())["metrics"]
+        result[precision] = {k: metrics[k] for k in ("pq", "miou", "ap", "seconds_per_image")}
+    return {"checkpoint": str(checkpoint), **result}
+
+
+def profile(runner: Runner, size: int, rows: int) -> str:
+    images, tokens = inputs(size, 1)
+    with autocast("bf16", "cpu"):
+        runner.forward(images, tokens)
+        with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
+            runner.forward(images, tokens)
+    return prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=rows)
+
+
+def markdown(report: dict) -> str:
+    out = ["# bf16 against fp32 (Swin-T OneFormer, 150 queries, same weights)", ""]
+    out += [f"Machine: {describe(report['machine'])}.", ""]
+    rows = []
+    for s in report["settings"]:
+        for name, precision in CONTENDERS:
+            r = s[f"{name} {precision}"]
+            setting = f"{s['size']}² ×{s['batch']}"
+            rate = s["batch"] / r["latency_s"]
+            rows.append(
+                [setting, name, precision, f"{r['forward_s']:.2f}", f"{r['postprocess_s']:.3f}"]
+                + [f"{rate:.2f}"]
+            )
+    out.append(table(["input", "contender", "precision", "forward s", "post s", "images/s"], rows))
+    out += ["", "Median of per-round latency ratios:", ""]
+    labels = list(RATIOS)
+    ratio_rows = [
+        [f"{s['size']}² ×{s['batch']}"] + [f"{s['ratios'][k]:.2f}×" for k in labels]
+        for s in report["settings"]
+    ]
+    out.append(table(["input", *labels], ratio_rows))
+    if "agreement" in report:
+        out += [
+            "",
+            "bf16 against fp32 on the converted model (synthetic scenes, semantic task):",
+            "",
+        ]
+        out.append(table(["implementation", "semantic pixels equal", "class logits max change",
+                          "mask-logit signs equal"],
+                         [[name, f"{100 * a['semantic_pixels_equal']:.2f}%",
+                           f"{a['class_logits_max_abs_change']:.4f}",
+                           f"{100 * a['mask_logit_signs_equal']:.2f}%"]
+                          for name, a in report["agreement"].items()]))  # fmt: skip
+    if "demo" in report:
+        d = report["demo"]
+        out += ["", f"Demo model ({d['checkpoint']}), validation split:", ""]
+        demo_rows = [
+            [p]
+            + [f"{d[p][k]:.2f}" for k in ("pq", "miou", "ap")]
+            + [f"{d[p]['seconds_per_image']:.3f}"]
+            for p in ("fp32", "bf16")
+        ]
+        out.append(table(["precision", "PQ", "mIoU", "AP", "s/image"], demo_rows))
+    if "train" in report:
+        t = report["train"]
+        out += ["", f"Training step, oneseg, batch {t['batch']}, {t['size']}² crops: fp32 "
+                f"{t['fp32_step_s']:.2f} s, bf16 {t['bf16_step_s']:.2f} s, **{t['speedup']:.2f}×** "
+                "(median of per-round ratios)"]  # fmt: skip
+    if report.get("profile"):
+        out += ["", "## torch.profiler, oneseg bf16 forward, self CPU time", "", "```",
+                report["profile"], "```"]  # fmt: skip
+    return "\n".join(out) + "\n"
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--sizes", type=int, nargs="+", default=[512])
+    parser.add_argument("--batches", type=int, nargs="+", default=[1, 4])
+    parser.add_argument("--repeats", type=int, default=3, help="timed runs per contender")
+    parser.add_argument("--threads", type=int, default=0, help="0: the cores available")
+    parser.add_argument("--weights", type=Path, help="transformers folder (written if absent)")
+    parser.add_argument("--scenes", type=int, default=4, help="images of the agreement check")
+    parser.add_argument("--train-steps", type=int, default=3, help="0: no training part")
+    parser.add_argument("--train-size", type=int, default=256)
+    parser.add_argument("--demo", type=Path, help="a finished `oneseg demo` results folder")
+    parser.add_argument("--profile", type=int, default=25, help="rows of a profiler table")
+    parser.add_argument("--skip-speed", action="store_true", help="accuracy and training only")
+    args = parser.parse_args(argv)
+    set_intra_op_threads(args.threads)
+    folder = write_hf_folder(args.weights or Path(tempfile.gettempdir()) / "oneseg-bench-hf")
+    report = {"machine": machine_line(), "settings": []}
+    runners = {name: Runner(name, folder) for name in ("oneseg", "transformers")}
+    if not args.skip_speed:
+        for size in args.sizes:
+            for batch in args.batches:
+                report["settings"].append(time_setting(runners, size, batch, args.repeats))
+    report["agreement"] = agreement(runners, args.sizes[0], args.scenes)
+    print(json.dumps(report["agreement"]), flush=True)
+    if args.profile:
+        report["profile"] = profile(runners["oneseg"], args.sizes[0], args.profile)
+    del runners
+    if args.train_steps:
+        report["train"] = train_steps(folder, args.train_size, 2, args.train_steps)
+    if args.demo:
+        report["demo"] = demo_metrics(args.demo)
+    md_path, _ = write_report("bf16", markdown(report), report)
+    print(md_path.read_text())
+
+
+if __name__ == "__main__":
+    main()
