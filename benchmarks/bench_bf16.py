@@ -3,6 +3,8 @@
     python benchmarks/bench_bf16.py                          # 512², batch 1 and 4, all parts
     python benchmarks/bench_bf16.py --batches 1 --repeats 3 --profile 25
     python benchmarks/bench_bf16.py --demo results/demo      # + PQ / mIoU / AP of the demo model
+    python benchmarks/bench_bf16.py --skip-speed --skip-agreement --train-steps 0 --profile 0 \
+        --demo results/demo results/demo-bf16 --demo-spec results/demo/demo_spec.yaml
 
 Swin-T OneFormer, 150 queries, random weights saved as a transformers folder and converted
 with oneseg's converter (contenders.py). Four contenders run alternately after a warm-up,
@@ -13,10 +15,10 @@ medians of per-round ratios (runs seconds apart: robust to a load that drifts).
 
 Accuracy: semantic maps of the converted model in bf16 against fp32 on synthetic scenes at
 512² (pixels equal, class-logit change, mask-logit signs equal), for both implementations;
-with --demo, the demo model's PQ / mIoU / AP on its validation split in each precision
-(`oneseg evaluate` with evaluate.precision). Training: one step (forward, loss, backward,
+with --demo, each demo model's PQ / mIoU / AP on the demo's validation split in each
+precision (`oneseg evaluate` with evaluate.precision). Training: one step (forward, loss, backward,
 AdamW) of oneseg in fp32 and under bf16 autocast (what Lightning's bf16-mixed does), alternated.
-Writes benchmarks/results/bf16.{md,json}.
+Writes benchmarks/results/NAME.{md,json} (--name, default bf16).
 """
 
 from __future__ import annotations
@@ -106,7 +108,7 @@ def scenes(size: int, count: int) -> torch.Tensor:
     root = Path(tempfile.mkdtemp(prefix="oneseg-bf16-scenes-"))
     data = write_synthetic_dataset(root, num_train=1, num_val=count, size=(size, size), seed=7)
     paths = sorted(data["val"]["images"].iterdir())[:count]
-    arrays = [np.asarray(Image.open(p).convert("RGB")) for p in paths]
+    arrays = [np.array(Image.open(p).convert("RGB")) for p in paths]
     return torch.stack([torch.from_numpy(a).permute(2, 0, 1) for a in arrays])
 
 
@@ -146,14 +148,51 @@ def agreement(runners: dict, size: int, count: int) -> dict:
     return result
 
 
-def train_steps(folder: Path, size: int, batch: int, steps: int) -> dict:
-    """Seconds per oneseg training step in fp32 and under bf16 autocast, alternated."""
+def checkpoint_trainer(path: Path, batch: int, size: int):
+    """A `bench_train.Trainer` of the model in a oneseg checkpoint (e.g. the demo's), and a
+    batch of random rectangles of its own classes with their text lists."""
+    from bench_train import Trainer
+
+    from oneseg.checkpoint import read_checkpoint
+    from oneseg.model.build import build_model
+    from oneseg.model.criterion import build_criterion
+    from oneseg.tokenizer import task_text, text_list, tokenize
+
+    cfg, label_map, state = read_checkpoint(path)
+    trainer = Trainer.__new__(Trainer)
+    trainer.name, trainer.hooks = "oneseg", None
+    trainer.model = build_model(cfg, num_classes=len(label_map))
+    trainer.model.load_state_dict(state)
+    trainer.model.train()
+    trainer.criterion = build_criterion(cfg.loss, len(label_map), cfg.arch)
+    trainer.optimizer = torch.optim.AdamW(trainer.model.parameters(), lr=1e-4)
+    trainer.reset()
+    data = training_targets(batch, size)
+    gen = torch.Generator().manual_seed(2)
+    n_text = cfg.num_queries - cfg.text_encoder.n_ctx
+    data["labels"] = [
+        torch.randint(0, len(label_map), (len(m),), generator=gen) for m in data["masks"]
+    ]
+    names = [[label_map.names[c] for c in labels.tolist()] for labels in data["labels"]]
+    data["texts"] = torch.stack([tokenize(text_list(n, "panoptic", n_text)) for n in names])
+    data["task_tokens"] = tokenize([task_text("panoptic")] * batch)
+    return trainer, data
+
+
+def train_steps(
+    folder: Path, size: int, batch: int, steps: int, checkpoint: Path | None = None
+) -> dict:
+    """Seconds per oneseg training step in fp32 and under bf16 autocast, alternated: the
+    converted Swin-T model, or the model of `checkpoint`."""
     from bench_train import Trainer
 
     data = training_targets(batch, size)
     trainers = {}
     for precision in ("fp32", "bf16"):
-        trainer = Trainer("oneseg", folder)
+        if checkpoint:
+            trainer, data = checkpoint_trainer(checkpoint, batch, size)
+        else:
+            trainer = Trainer("oneseg", folder)
         loss = trainer._loss
 
         def autocast_loss(b, loss=loss, precision=precision):  # forward and loss, as Lightning
@@ -169,27 +208,31 @@ def train_steps(folder: Path, size: int, batch: int, steps: int) -> dict:
             times[precision].append(trainers[precision].step(data))
             print(f"train {precision}: {times[precision][-1]:.2f} s", flush=True)
     ratio = statistics.median(a / b for a, b in zip(times["fp32"], times["bf16"]))
-    return {"size": size, "batch": batch, "steps_s": times, "speedup": ratio,
+    return {"model": str(checkpoint or "Swin-T (converted)"), "size": size, "batch": batch,
+            "steps_s": times, "speedup": ratio,
             **{f"{p}_step_s": statistics.median(v) for p, v in times.items()}}  # fmt: skip
 
 
-def demo_metrics(demo: Path) -> dict:
-    """PQ / mIoU / AP of the demo model's checkpoint on its validation split, per precision."""
+def demo_metrics(spec: Path, folders: list[Path]) -> dict:
+    """PQ / mIoU / AP on the demo's validation split (`spec`, the demo_spec.yaml of `oneseg
+    demo`) of each results folder's final checkpoint, evaluated in fp32 and in bf16."""
     from oneseg import cli
 
-    spec = next(demo.glob("**/evaluate/experiment.yaml"))
-    checkpoint = next(demo.glob("**/train/model_best.ckpt"), None) or next(demo.glob("**/*.ckpt"))
     result = {}
-    for precision in ("fp32", "bf16"):
-        out = Path(tempfile.mkdtemp(prefix=f"oneseg-bf16-eval-{precision}-"))
-        argv = ["evaluate", "-e", str(spec), f"results_dir={out}"]
-        argv += [f"evaluate.checkpoint={checkpoint}", f"evaluate.precision={precision}"]
-        argv += ["evaluate.iou_per_class=false"]
-        if cli.main(argv) != 0:
-            raise RuntimeError(f"evaluate {precision} failed")
-        metrics = json.loads((out / "evaluate" / "metrics.json").read_text())["metrics"]
-        result[precision] = {k: metrics[k] for k in ("pq", "miou", "ap", "seconds_per_image")}
-    return {"checkpoint": str(checkpoint), **result}
+    for folder in folders:
+        checkpoint = next(folder.glob("train/model_best.ckpt"), None)
+        checkpoint = checkpoint or sorted(folder.glob("train/*.ckpt"))[-1]
+        for precision in ("fp32", "bf16"):
+            out = Path(tempfile.mkdtemp(prefix=f"oneseg-bf16-eval-{precision}-"))
+            argv = ["evaluate", "-e", str(spec), f"results_dir={out}"]
+            argv += [f"evaluate.checkpoint={checkpoint}", f"evaluate.precision={precision}"]
+            argv += ["evaluate.iou_per_class=false"]
+            if cli.main(argv) != 0:
+                raise RuntimeError(f"evaluate {checkpoint} in {precision} failed")
+            metrics = json.loads((out / "evaluate" / "metrics.json").read_text())["metrics"]
+            keys = ("pq", "miou", "ap", "seconds_per_image")
+            result[f"{checkpoint} | {precision}"] = {k: metrics[k] for k in keys}
+    return result
 
 
 def profile(runner: Runner, size: int, rows: int) -> str:
@@ -204,24 +247,27 @@ def profile(runner: Runner, size: int, rows: int) -> str:
 def markdown(report: dict) -> str:
     out = ["# bf16 against fp32 (Swin-T OneFormer, 150 queries, same weights)", ""]
     out += [f"Machine: {describe(report['machine'])}.", ""]
-    rows = []
-    for s in report["settings"]:
-        for name, precision in CONTENDERS:
-            r = s[f"{name} {precision}"]
-            setting = f"{s['size']}² ×{s['batch']}"
-            rate = s["batch"] / r["latency_s"]
-            rows.append(
-                [setting, name, precision, f"{r['forward_s']:.2f}", f"{r['postprocess_s']:.3f}"]
-                + [f"{rate:.2f}"]
-            )
-    out.append(table(["input", "contender", "precision", "forward s", "post s", "images/s"], rows))
-    out += ["", "Median of per-round latency ratios:", ""]
-    labels = list(RATIOS)
-    ratio_rows = [
-        [f"{s['size']}² ×{s['batch']}"] + [f"{s['ratios'][k]:.2f}×" for k in labels]
-        for s in report["settings"]
-    ]
-    out.append(table(["input", *labels], ratio_rows))
+    if report["settings"]:
+        rows = []
+        for s in report["settings"]:
+            for name, precision in CONTENDERS:
+                r = s[f"{name} {precision}"]
+                setting = f"{s['size']}² ×{s['batch']}"
+                rate = s["batch"] / r["latency_s"]
+                rows.append(
+                    [setting, name, precision, f"{r['forward_s']:.2f}", f"{r['postprocess_s']:.3f}"]
+                    + [f"{rate:.2f}"]
+                )
+        out.append(
+            table(["input", "contender", "precision", "forward s", "post s", "images/s"], rows)
+        )
+        out += ["", "Median of per-round latency ratios:", ""]
+        labels = list(RATIOS)
+        ratio_rows = [
+            [f"{s['size']}² ×{s['batch']}"] + [f"{s['ratios'][k]:.2f}×" for k in labels]
+            for s in report["settings"]
+        ]
+        out.append(table(["input", *labels], ratio_rows))
     if "agreement" in report:
         out += [
             "",
@@ -235,20 +281,19 @@ def markdown(report: dict) -> str:
                            f"{100 * a['mask_logit_signs_equal']:.2f}%"]
                           for name, a in report["agreement"].items()]))  # fmt: skip
     if "demo" in report:
-        d = report["demo"]
-        out += ["", f"Demo model ({d['checkpoint']}), validation split:", ""]
+        out += ["", "Demo model, validation split, evaluated in each precision:", ""]
         demo_rows = [
-            [p]
-            + [f"{d[p][k]:.2f}" for k in ("pq", "miou", "ap")]
-            + [f"{d[p]['seconds_per_image']:.3f}"]
-            for p in ("fp32", "bf16")
+            key.split(" | ")
+            + [f"{m[k]:.2f}" for k in ("pq", "miou", "ap")]
+            + [f"{m['seconds_per_image']:.3f}"]
+            for key, m in report["demo"].items()
         ]
-        out.append(table(["precision", "PQ", "mIoU", "AP", "s/image"], demo_rows))
+        out.append(table(["checkpoint", "precision", "PQ", "mIoU", "AP", "s/image"], demo_rows))
     if "train" in report:
         t = report["train"]
-        out += ["", f"Training step, oneseg, batch {t['batch']}, {t['size']}² crops: fp32 "
-                f"{t['fp32_step_s']:.2f} s, bf16 {t['bf16_step_s']:.2f} s, **{t['speedup']:.2f}×** "
-                "(median of per-round ratios)"]  # fmt: skip
+        out += ["", f"Training step, oneseg {t['model']}, batch {t['batch']}, {t['size']}² "
+                f"crops: fp32 {t['fp32_step_s']:.2f} s, bf16 {t['bf16_step_s']:.2f} s, "
+                f"**{t['speedup']:.2f}×** (median of per-round ratios)"]  # fmt: skip
     if report.get("profile"):
         out += ["", "## torch.profiler, oneseg bf16 forward, self CPU time", "", "```",
                 report["profile"], "```"]  # fmt: skip
@@ -265,28 +310,40 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--scenes", type=int, default=4, help="images of the agreement check")
     parser.add_argument("--train-steps", type=int, default=3, help="0: no training part")
     parser.add_argument("--train-size", type=int, default=256)
-    parser.add_argument("--demo", type=Path, help="a finished `oneseg demo` results folder")
+    parser.add_argument("--train-batch", type=int, default=2)
+    parser.add_argument("--train-checkpoint", type=Path, help="time this model's training step")
+    parser.add_argument("--demo-spec", type=Path, help="demo_spec.yaml of `oneseg demo`")
+    parser.add_argument(
+        "--demo", type=Path, nargs="+", default=[], help="results folders of demo trainings"
+    )
+    parser.add_argument("--skip-agreement", action="store_true")
+    parser.add_argument("--name", default="bf16", help="results file name")
     parser.add_argument("--profile", type=int, default=25, help="rows of a profiler table")
     parser.add_argument("--skip-speed", action="store_true", help="accuracy and training only")
     args = parser.parse_args(argv)
     set_intra_op_threads(args.threads)
     folder = write_hf_folder(args.weights or Path(tempfile.gettempdir()) / "oneseg-bench-hf")
     report = {"machine": machine_line(), "settings": []}
-    runners = {name: Runner(name, folder) for name in ("oneseg", "transformers")}
+    runners = {}
+    if not (args.skip_speed and args.skip_agreement and not args.profile):
+        runners = {name: Runner(name, folder) for name in ("oneseg", "transformers")}
     if not args.skip_speed:
         for size in args.sizes:
             for batch in args.batches:
                 report["settings"].append(time_setting(runners, size, batch, args.repeats))
-    report["agreement"] = agreement(runners, args.sizes[0], args.scenes)
-    print(json.dumps(report["agreement"]), flush=True)
+    if not args.skip_agreement:
+        report["agreement"] = agreement(runners, args.sizes[0], args.scenes)
+        print(json.dumps(report["agreement"]), flush=True)
     if args.profile:
         report["profile"] = profile(runners["oneseg"], args.sizes[0], args.profile)
     del runners
     if args.train_steps:
-        report["train"] = train_steps(folder, args.train_size, 2, args.train_steps)
+        report["train"] = train_steps(
+            folder, args.train_size, args.train_batch, args.train_steps, args.train_checkpoint
+        )
     if args.demo:
-        report["demo"] = demo_metrics(args.demo)
-    md_path, _ = write_report("bf16", markdown(report), report)
+        report["demo"] = demo_metrics(args.demo_spec or args.demo[0] / "demo_spec.yaml", args.demo)
+    md_path, _ = write_report(args.name, markdown(report), report)
     print(md_path.read_text())
 
 
