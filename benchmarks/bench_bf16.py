@@ -210,7 +210,9 @@ def train_steps(
     ratio = statistics.median(a / b for a, b in zip(times["fp32"], times["bf16"]))
     return {"model": str(checkpoint or "Swin-T (converted)"), "size": size, "batch": batch,
             "steps_s": times, "speedup": ratio,
-            **{f"{p}_step_s": statistics.median(v) for p, v in times.items()}}  # fmt: skip
+            **{f"{p}_step_s": statistics.median(v) for p, v in times.items()},
+            "parts_s": {p: {k: statistics.median(v) for k, v in t.times.items() if v}
+                        for p, t in trainers.items()}}  # fmt: skip
 
 
 def demo_metrics(spec: Path, folders: list[Path]) -> dict:
@@ -293,7 +295,11 @@ def markdown(report: dict) -> str:
         t = report["train"]
         out += ["", f"Training step, oneseg {t['model']}, batch {t['batch']}, {t['size']}² "
                 f"crops: fp32 {t['fp32_step_s']:.2f} s, bf16 {t['bf16_step_s']:.2f} s, "
-                f"**{t['speedup']:.2f}×** (median of per-round ratios)"]  # fmt: skip
+                f"**{t['speedup']:.2f}×** (median of per-round ratios)", ""]  # fmt: skip
+        parts = list(t["parts_s"]["fp32"])
+        out.append(table(["precision", *(f"{k} s" for k in parts)],
+                         [[p] + [f"{t['parts_s'][p][k]:.2f}" for k in parts]
+                          for p in ("fp32", "bf16")]))  # fmt: skip
     if report.get("profile"):
         out += ["", "## torch.profiler, oneseg bf16 forward, self CPU time", "", "```",
                 report["profile"], "```"]  # fmt: skip
