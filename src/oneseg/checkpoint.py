@@ -18,7 +18,7 @@ import torch
 
 from oneseg.config import ModelConfig
 from oneseg.convert.detectron2 import is_detectron2_layout, load_detectron2, strip_tao_prefix
-from oneseg.convert.hf import load_hf_oneformer
+from oneseg.convert.hf import load_hf_folder
 from oneseg.convert.safe_load import read_weights_only, unwrap_state_dict
 from oneseg.data.label_map import LabelMap
 from oneseg.errors import CheckpointError
@@ -102,7 +102,7 @@ def read_checkpoint(path: str | Path) -> tuple[ModelConfig, LabelMap, dict]:
     or of an original (detectron2) or TAO OneFormer/Mask2Former file, told apart by content."""
     path = Path(path)
     if path.is_dir():
-        values, state_dict, categories = load_hf_oneformer(path)
+        values, state_dict, categories = load_hf_folder(path)
         return model_cfg_from_dict(values), LabelMap.from_categories(categories), state_dict
     if not path.is_file():
         raise CheckpointError(f"{path}: checkpoint not found")
