@@ -3,7 +3,8 @@
 A oneseg checkpoint is a dict of plain types (loadable with `torch.load(weights_only=True)`):
 `{"format": "oneseg", "version": 1, "model_cfg": {...}, "label_map": [categories],
 "state_dict": {...}}`. Training checkpoints are Lightning's, with the same three entries added
-under "oneseg"; `load_model` reads both, a local transformers OneFormer folder, and original
+under "oneseg"; `load_model` reads both, a transformers OneFormer or Mask2Former folder (local,
+or `hf://ORG/NAME[@REVISION]` on the Hugging Face Hub, see `oneseg.hub`), and original
 (detectron2) or TAO OneFormer/Mask2Former files (`oneseg.convert.detectron2`), told apart by their
 content and always read weights-only.
 """
@@ -18,10 +19,11 @@ import torch
 
 from oneseg.config import ModelConfig
 from oneseg.convert.detectron2 import is_detectron2_layout, load_detectron2, strip_tao_prefix
-from oneseg.convert.hf import load_hf_folder
+from oneseg.convert.hf import load_hf_folder, oneseg_extras
 from oneseg.convert.safe_load import read_weights_only, unwrap_state_dict
 from oneseg.data.label_map import LabelMap
 from oneseg.errors import CheckpointError
+from oneseg.hub import download_model, split_source
 from oneseg.io import write_atomic
 from oneseg.model.build import build_model
 from oneseg.spec import section_from_dict
@@ -51,6 +53,10 @@ def make_checkpoint(
 def read_intensity(path: str | Path) -> dict | None:
     """The intensity rule a checkpoint recorded at training, or None (older checkpoints,
     transformers folders). Memory-maps the file: no tensor is read."""
+    hub = split_source(path)
+    if hub is not None or Path(path).is_dir():  # a transformers folder: in oneseg.json, if any
+        folder = download_model(*hub) if hub is not None else Path(path)
+        return oneseg_extras(folder).get("intensity")
     path = Path(path)
     if not path.is_file():
         return None
@@ -100,6 +106,10 @@ def upgrade_keys(state_dict: dict) -> dict:
 def read_checkpoint(path: str | Path) -> tuple[ModelConfig, LabelMap, dict]:
     """(model config, label map, model state dict) of a oneseg, Lightning or transformers source,
     or of an original (detectron2) or TAO OneFormer/Mask2Former file, told apart by content."""
+    hub = split_source(path)
+    if hub is not None:  # hf://ORG/NAME[@REVISION]: the snapshot folder in the hub's cache
+        values, state_dict, categories = load_hf_folder(download_model(*hub), name=hub[0])
+        return model_cfg_from_dict(values), LabelMap.from_categories(categories), state_dict
     path = Path(path)
     if path.is_dir():
         values, state_dict, categories = load_hf_folder(path)

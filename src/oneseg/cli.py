@@ -91,9 +91,16 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="print the report as JSON")
     p.add_argument("overrides", nargs="*", help="dotted overrides")
 
-    p = sub.add_parser("convert", help="convert transformers OneFormer weights to oneseg")
-    p.add_argument("--from-hf", required=True, help="local transformers OneFormer folder")
-    p.add_argument("--out", required=True, help="output checkpoint file")
+    p = sub.add_parser(
+        "convert", help="convert transformers OneFormer/Mask2Former weights to oneseg and back"
+    )
+    way = p.add_mutually_exclusive_group(required=True)
+    way.add_argument(
+        "--from-hf",
+        help="transformers OneFormer/Mask2Former: a local folder or a hub name ORG/NAME[@REV]",
+    )
+    way.add_argument("--to-hf", help="oneseg checkpoint to write as a transformers folder")
+    p.add_argument("--out", required=True, help="output checkpoint file (or folder, --to-hf)")
 
     p = sub.add_parser("demo", help="synthesize data, train on CPU, evaluate and draw results")
     p.add_argument("--results-dir", default="results/demo", help="where everything goes")
@@ -149,16 +156,26 @@ def _dispatch(args, parser) -> int:
     if command == "data":
         return _data(args, parser)
     if command == "convert":
-        from oneseg.checkpoint import convert_checkpoint  # imported on use: --help stays fast
-
-        convert_checkpoint(args.from_hf, args.out)
-        print(f"convert: wrote {args.out}")
-        return 0
+        return _convert(args)
     if command == "demo":
         from oneseg.demo import run_demo  # imported on use: --help stays fast
 
         return run_demo(args.results_dir, fast=args.fast)
     raise CliError(f"unknown command {command}")
+
+
+def _convert(args) -> int:
+    if args.to_hf:
+        from oneseg.convert.to_hf import write_hf_folder  # imported on use: --help stays fast
+
+        write_hf_folder(args.to_hf, args.out)
+    else:
+        from oneseg.checkpoint import convert_checkpoint  # imported on use: --help stays fast
+        from oneseg.hub import as_hub_source
+
+        convert_checkpoint(as_hub_source(args.from_hf) or args.from_hf, args.out)
+    print(f"convert: wrote {args.out}")
+    return 0
 
 
 def _data(args, parser) -> int:

@@ -106,7 +106,11 @@ class ModelConfig:
         "resnet/efficientnet: BatchNorm frozen at its loaded statistics and affine (as the "
         "original); false trains it (synchronised across processes)",
     )
-    pretrained: str = f("", "weights to start from: our checkpoint or a transformers OneFormer dir")
+    pretrained: str = f(
+        "",
+        "weights to start from: our checkpoint, a transformers OneFormer/Mask2Former folder or a "
+        "hub name hf://ORG/NAME[@REVISION]",
+    )
     num_classes: int = f(
         0, "classes without no-object; 0 takes the count from dataset.label_map", ge=0
     )
@@ -261,7 +265,8 @@ class TrainConfig:
     pretrained_model: str = f("", "load these weights (weights only) before training")
     pretrained_backbone: str = f(
         "",
-        "local file of backbone weights (timm, official Swin/ConvNeXt ImageNet .pth, DiNAT); "
+        "backbone weights: a local file (timm, official Swin/ConvNeXt ImageNet .pth, DiNAT) or "
+        "a timm hub name hf-hub:ORG/NAME[@REVISION]; "
         "'' = none",
     )
     precision: Literal["32", "16-mixed", "bf16-mixed"] = f(

@@ -260,6 +260,25 @@ class Predictor:
         predictor.model_cfg = model_cfg
         return predictor
 
+    @classmethod
+    def from_pretrained(
+        cls,
+        name: str,
+        revision: str | None = None,
+        device: str | torch.device | None = None,
+        **settings,
+    ) -> Predictor:
+        """A predictor from a model on the Hugging Face Hub, named as transformers names it
+        (`shi-labs/oneformer_ade20k_swin_tiny`, `facebook/mask2former-swin-large-coco-panoptic`,
+        or `hf://ORG/NAME[@REVISION]`), or from a local folder or checkpoint of that name.
+        revision: a branch, tag or commit (default: the repository's main branch)."""
+        from oneseg.hub import as_hub_source  # imported on use: hub support is optional
+
+        source = as_hub_source(name) or name
+        if revision is not None and source.startswith("hf://"):
+            source = source.partition("@")[0] + f"@{revision}"
+        return cls.from_checkpoint(source, device=device, **settings)
+
     def __call__(self, image, task: str = "panoptic") -> Result:
         """The result of one task on one image (path, PIL image or [H, W, 3] uint8 array)."""
         return self.predict([image], (task,))[0][task]

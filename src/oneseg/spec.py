@@ -452,6 +452,14 @@ def _get_dotted(spec, key: str):
     return value
 
 
+def _hub_name(key: str, value: str) -> bool:
+    """A model named on the Hugging Face Hub (hf://ORG/NAME[@REV]; timm's hf-hub:ORG/NAME for
+    a backbone): fetched, or refused with its reason, when the action opens it."""
+    return value.startswith("hf://") or (
+        key == "train.pretrained_backbone" and value.startswith("hf-hub:")
+    )
+
+
 def check_inputs(spec: ExperimentConfig, action: str) -> None:
     """Refuse, before any work starts, a spec whose input files or folders do not exist."""
     keys = list(_INPUTS_OF.get(action, ()))
@@ -464,7 +472,7 @@ def check_inputs(spec: ExperimentConfig, action: str) -> None:
     }.get(action, [])
     for key in keys:
         value = _get_dotted(spec, key)
-        if value and not Path(value).exists():
+        if value and not Path(value).exists() and not _hub_name(key, value):
             raise SpecError(f"{key}: got {value!r}, no such file or folder")
     for prefix, source in sources:
         for name in ("images", "annotations", "panoptic", "labels"):

@@ -141,6 +141,7 @@ def _dinat_values(bb: dict) -> dict:
 
 
 SUPPORTED_TYPES = ("oneformer", "mask2former")
+EXTRAS_FILE = "oneseg.json"
 
 
 def check_model_type(config: dict, source: str) -> str:
@@ -348,6 +349,9 @@ def load_hf_folder(
         )
     preprocessor = _read_json(directory / "preprocessor_config.json")
     values = any_model_values(config, preprocessor, name or directory.name)
+    extras = oneseg_extras(directory)
+    if extras:  # written by oneseg: its own model config and label map, exactly
+        values = extras["model_cfg"]
     cfg: ModelConfig = section_from_dict(ModelConfig, values, "model")
     model = build_model(cfg)
     rules = rules_for(
@@ -358,10 +362,19 @@ def load_hf_folder(
         log.warning(
             "%s has no text-branch weights (%d tensors; saved from an inference model): they "
             "start from random values; inference does not use them",
-            directory,
+            name or directory,
             len(absent),
         )
-    return values, state, categories(config, preprocessor)
+    return values, state, extras.get("label_map") or categories(config, preprocessor)
+
+
+def oneseg_extras(directory: Path) -> dict:
+    """What a folder written by `oneseg convert --to-hf` or `oneseg push` keeps beside the
+    transformers files (oneseg.json: model config, label map, intensity rule); {} if none."""
+    extras = _read_json(Path(directory) / EXTRAS_FILE) or {}
+    if extras and not {"model_cfg", "label_map"} <= set(extras):
+        raise ConversionError(f"{directory}/{EXTRAS_FILE}: lacks model_cfg or label_map")
+    return extras
 
 
 load_hf_oneformer = load_hf_folder  # the name it had when only OneFormer was read

@@ -1,0 +1,198 @@
+"""Models by name through a Hugging Face Hub on 127.0.0.1 (no internet): downloads, revisions,
+the cache offline, and each failure as one line (exit 2). Parity reference: transformers."""
+
+from __future__ import annotations
+
+import json
+import socket
+
+import numpy as np
+import pytest
+import torch
+
+pytest.importorskip("transformers")
+pytest.importorskip("huggingface_hub")
+from oneseg import cli  # noqa: E402
+from oneseg.checkpoint import load_model, read_checkpoint  # noqa: E402
+from oneseg.hub import HubError, as_hub_source, split_source  # noqa: E402
+from oneseg.predictor import Predictor  # noqa: E402
+from oneseg.tokenizer import task_text, tokenize  # noqa: E402
+from tests.convert.tiny_hf import (  # noqa: E402
+    max_diff,
+    save_folder,
+    tiny_mask2former,
+    tiny_oneformer,
+)
+from tests.loopback_hub import LoopbackHub  # noqa: E402
+
+ONEFORMER = "shi-labs/oneformer_tiny_swin"
+DINAT = "shi-labs/oneformer_tiny_dinat"
+MASK2FORMER = "facebook/mask2former-tiny-coco-instance"
+GATED = "acme/gated-oneformer"
+TOKEN = "hf_loopbacktoken"
+
+
+@pytest.fixture(scope="module")
+def models(tmp_path_factory):
+    root = tmp_path_factory.mktemp("hub_models")
+    made = {
+        "oneformer": tiny_oneformer("swin", seed=0),
+        "oneformer_v2": tiny_oneformer("swin", seed=1),
+        "dinat": tiny_oneformer("dinat", seed=2),
+        "mask2former": tiny_mask2former(seed=3),
+    }
+    return {k: (m, save_folder(m, root / k)) for k, m in made.items()}
+
+
+@pytest.fixture()
+def hub(models, tmp_path, monkeypatch):
+    """The loopback hub serving the tiny models, HF_ENDPOINT at it, an empty cache, no token."""
+    server = LoopbackHub()
+    server.add_commit(ONEFORMER, models["oneformer"][1])
+    server.add_commit(ONEFORMER, models["oneformer_v2"][1], ref="v2")
+    server.add_commit(DINAT, models["dinat"][1])
+    server.add_commit(MASK2FORMER, models["mask2former"][1])
+    server.add_commit(GATED, models["oneformer"][1])
+    server.repos[GATED].gated_token = TOKEN
+    monkeypatch.setenv("HF_ENDPOINT", server.url)
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hub_cache"))
+    monkeypatch.setenv("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    monkeypatch.delenv("HF_TOKEN", raising=False)
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf_home"))  # no stored login
+    yield server
+    server.close()
+
+
+def oneformer_outputs(hf, ours, task="panoptic"):
+    pixels = torch.randn(1, 3, 64, 96, generator=torch.Generator().manual_seed(5))
+    tokens = tokenize([task_text(task)])
+    with torch.no_grad():
+        ref = hf(pixel_values=pixels, task_inputs=tokens)
+        out = ours(pixels, tokens)
+    return max(
+        max_diff(out["pred_logits"], ref.class_queries_logits),
+        max_diff(out["pred_masks"], ref.masks_queries_logits),
+    )
+
+
+def test_names():
+    assert split_source("hf://org/name@v1.0") == ("org/name", "v1.0")
+    assert split_source("hf://org/name") == ("org/name", None)
+    assert split_source("/tmp/x.ckpt") is None
+    assert as_hub_source("shi-labs/oneformer_ade20k_swin_tiny") == (
+        "hf://shi-labs/oneformer_ade20k_swin_tiny"
+    )
+    assert as_hub_source("model.ckpt") is None
+    with pytest.raises(HubError, match="not a hub model name"):
+        split_source("hf://no-slash")
+
+
+def test_oneformer_by_name_equals_transformers(hub, models):
+    ours, label_map, cfg = load_model(f"hf://{ONEFORMER}")
+    assert cfg.arch == "oneformer" and label_map.names == ["wall", "person", "car"]
+    for task in ("semantic", "panoptic"):
+        assert oneformer_outputs(models["oneformer"][0], ours, task) < 1e-4
+    fetched = sorted({p.rsplit("/", 1)[-1] for _, p in hub.requests})
+    # only what a model needs: config, processor config, weights (and the probe for oneseg.json)
+    assert fetched == [
+        "config.json", "model.safetensors", "oneseg.json", "preprocessor_config.json"
+    ]  # fmt: skip
+
+
+def test_revision_pinning(hub, models):
+    v2, _, _ = load_model(f"hf://{ONEFORMER}@v2")
+    assert oneformer_outputs(models["oneformer_v2"][0], v2) < 1e-4
+    assert oneformer_outputs(models["oneformer"][0], v2) > 1e-2  # another model indeed
+    commit = hub.repos[ONEFORMER].refs["v2"]
+    by_commit = Predictor.from_pretrained(ONEFORMER, revision=commit)
+    assert oneformer_outputs(models["oneformer_v2"][0], by_commit.model) < 1e-4
+
+
+def test_mask2former_by_name_equals_transformers(hub, models):
+    predictor = Predictor.from_pretrained(MASK2FORMER)
+    assert predictor.model_cfg.arch == "mask2former" and predictor.model_cfg.mode == "instance"
+    hf = models["mask2former"][0]
+    pixels = torch.randn(2, 3, 64, 96, generator=torch.Generator().manual_seed(6))
+    with torch.no_grad():
+        ref = hf(pixel_values=pixels)
+        out = predictor.model(pixels)
+    assert max_diff(out["pred_logits"], ref.class_queries_logits) < 1e-4
+    assert max_diff(out["pred_masks"], ref.masks_queries_logits) < 1e-4
+    image = np.random.default_rng(0).integers(0, 255, (40, 56, 3), dtype=np.uint8)
+    result = predictor(image, task="instance")
+    assert result.masks.shape[1:] == (40, 56)
+
+
+def test_dinat_layout_by_name(hub, models):
+    """The DiNAT OneFormer's kernel and dilations come through the hub (its outputs are compared
+    with transformers in tests/convert/test_hf_dinat.py, which needs a patched attention)."""
+    cfg, _, _ = read_checkpoint(f"hf://{DINAT}")
+    assert cfg.backbone_window_size == 5 and cfg.backbone_dilations == [[1, 3], [2], [1], [1]]
+
+
+def test_cli_convert_by_name(hub, tmp_path, capsys):
+    out = tmp_path / "m.ckpt"
+    assert cli.main(["convert", "--from-hf", MASK2FORMER, "--out", str(out)]) == 0
+    ckpt = torch.load(out, weights_only=True)
+    assert ckpt["model_cfg"]["arch"] == "mask2former"
+
+
+def test_offline_uses_the_cache(hub, models, monkeypatch):
+    load_model(f"hf://{ONEFORMER}")  # fills the cache
+    hub.requests.clear()
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    ours, _, _ = load_model(f"hf://{ONEFORMER}")
+    assert hub.requests == []  # nothing asked of the network
+    assert oneformer_outputs(models["oneformer"][0], ours) < 1e-4
+    with pytest.raises(HubError) as err:
+        load_model(f"hf://{MASK2FORMER}")
+    assert "HF_HUB_OFFLINE=1 forbids downloading" in str(err.value)
+
+
+def failure(argv, capsys) -> str:
+    assert cli.main(argv) == 2
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert len(lines) == 1
+    return lines[0]
+
+
+def convert_line(name, tmp_path, capsys) -> str:
+    return failure(["convert", "--from-hf", name, "--out", str(tmp_path / "x.ckpt")], capsys)
+
+
+def test_errors_are_one_line(hub, tmp_path, capsys, monkeypatch):
+    missing = convert_line("acme/does-not-exist", tmp_path, capsys)
+    assert "no such model repository" in missing and "set HF_TOKEN" in missing
+    gated = convert_line(GATED, tmp_path, capsys)
+    assert "a gated repository" in gated
+    revision = convert_line(f"hf://{ONEFORMER}@v9", tmp_path, capsys)
+    assert "revision 'v9' does not exist" in revision
+    print(missing, gated, revision, sep="\n", file=open(tmp_path / "lines.txt", "w"))
+    monkeypatch.setenv("HF_TOKEN", TOKEN)
+    assert cli.main(["convert", "--from-hf", GATED, "--out", str(tmp_path / "g.ckpt")]) == 0
+
+
+def test_other_model_type_is_refused(hub, models, tmp_path, capsys):
+    folder = tmp_path / "detr"
+    folder.mkdir()
+    config = json.loads((models["mask2former"][1] / "config.json").read_text())
+    config.update(model_type="detr", architectures=["DetrForObjectDetection"])
+    (folder / "config.json").write_text(json.dumps(config))
+    weights = models["mask2former"][1] / "model.safetensors"
+    (folder / "model.safetensors").write_bytes(weights.read_bytes())
+    hub.add_commit("facebook/detr-resnet-50", folder)
+    line = convert_line("facebook/detr-resnet-50", tmp_path, capsys)
+    assert "a 'detr' model (DetrForObjectDetection)" in line
+
+
+def test_no_network(hub, tmp_path, capsys, monkeypatch):
+    load_model(f"hf://{ONEFORMER}")  # the cache holds main
+    with socket.socket() as sock:  # a port nothing listens on: connections are refused
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    monkeypatch.setenv("HF_ENDPOINT", f"http://127.0.0.1:{port}")
+    cold = convert_line(MASK2FORMER, tmp_path, capsys)
+    assert "cannot reach" in cold and "does not hold it" in cold
+    warm = convert_line(f"hf://{ONEFORMER}@v2", tmp_path, capsys)
+    assert "HF_HUB_OFFLINE=1" in warm and "main" in warm
