@@ -5,11 +5,19 @@
 answers them (read from huggingface_hub's `hf_raise_for_status`): a repository that does not
 exist, or is private without a token, 401 + `X-Error-Code: RepoNotFound`; a gated one without a
 token that may read it, 401 + `GatedRepo`; an unknown revision 404 + `RevisionNotFound`; a
-missing file 404 + `EntryNotFound`. Every request is logged as (method, path)."""
+missing file 404 + `EntryNotFound`. Every request is logged as (method, path).
+
+Uploads, as `HfApi.create_repo` and `upload_folder` make them: `POST /api/repos/create`,
+`POST /api/validate-yaml` (the model card's metadata), `POST /api/models/{repo}/preupload/{rev}`
+(answered "regular" for every file: the contents then come inline, base64, in the NDJSON body
+of `POST /api/models/{repo}/commit/{rev}`, which makes a new commit). Writes need the token
+`write_token`; without it 401."""
 
 from __future__ import annotations
 
+import base64
 import hashlib
+import json
 import threading
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -25,7 +33,8 @@ class Repo:
 
 
 class LoopbackHub:
-    def __init__(self):
+    def __init__(self, write_token: str = "hf_writer"):
+        self.write_token = write_token
         self.repos: dict[str, Repo] = {}
         self.requests: list[tuple[str, str]] = []
         self.server = ThreadingHTTPServer(("127.0.0.1", 0), _handler(self))
@@ -36,6 +45,9 @@ class LoopbackHub:
     def add_commit(self, repo_id: str, folder: Path, ref: str = "main") -> str:
         """The files of `folder` as a new commit of `repo_id`, `ref` pointing at it."""
         files = {p.name: p.read_bytes() for p in sorted(Path(folder).iterdir()) if p.is_file()}
+        return self.commit_files(repo_id, files, ref)
+
+    def commit_files(self, repo_id: str, files: dict[str, bytes], ref: str = "main") -> str:
         repo = self.repos.setdefault(repo_id, Repo())
         digest = hashlib.sha1(repr(sorted(files.items())).encode() + ref.encode())
         commit = digest.hexdigest()
@@ -58,6 +70,47 @@ def _handler(hub: LoopbackHub):
 
         def do_GET(self):
             self._answer(body=True)
+
+        def _json(self, status: int, data) -> None:
+            payload = json.dumps(data).encode()
+            self.send_response(status)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(payload)))
+            self.end_headers()
+            self.wfile.write(payload)
+
+        def do_POST(self):
+            path = unquote(self.path.split("?")[0])
+            hub.requests.append(("POST", path))
+            body = self.rfile.read(int(self.headers.get("Content-Length", 0)))
+            if self.headers.get("Authorization") != f"Bearer {hub.write_token}":
+                return self._fail(401, "Unauthorized", "Invalid credentials in Authorization")
+            if path == "/api/validate-yaml":
+                return self._json(200, {"errors": [], "warnings": []})
+            if path == "/api/repos/create":
+                data = json.loads(body)
+                repo_id = f"{data['organization']}/{data['name']}"
+                hub.repos.setdefault(repo_id, Repo())
+                return self._json(200, {"url": f"{hub.url}/{repo_id}"})
+            parts = path.strip("/").split("/")  # api/models/ORG/NAME/{preupload|commit}/REV
+            repo_id, action, ref = "/".join(parts[2:4]), parts[4], parts[5]
+            repo = hub.repos.get(repo_id)
+            if repo is None:
+                return self._fail(404, "RepoNotFound", "Repository not found")
+            if action == "preupload":
+                files = json.loads(body)["files"]
+                answer = [{"path": f["path"], "uploadMode": "regular", "shouldIgnore": False,
+                           "oid": None} for f in files]  # fmt: skip
+                return self._json(200, {"files": answer})
+            files = dict(repo.commits.get(repo.refs.get(ref, ""), {}))
+            for line in body.splitlines():
+                item = json.loads(line)
+                if item["key"] == "file":
+                    value = item["value"]
+                    files[value["path"]] = base64.b64decode(value["content"])
+            commit = hub.commit_files(repo_id, files, ref)
+            url = f"{hub.url}/{repo_id}/commit/{commit}"
+            return self._json(200, {"commitUrl": url, "commitOid": commit})
 
         def _fail(self, status: int, code: str, message: str) -> None:
             self.send_response(status)

@@ -94,9 +94,10 @@ def test_oneformer_by_name_equals_transformers(hub, models):
     for task in ("semantic", "panoptic"):
         assert oneformer_outputs(models["oneformer"][0], ours, task) < 1e-4
     fetched = sorted({p.rsplit("/", 1)[-1] for _, p in hub.requests})
-    # only what a model needs: config, processor config, weights (and the probe for oneseg.json)
+    # only what a model needs: config, processor config, weights (and probes for oneseg's files)
     assert fetched == [
-        "config.json", "model.safetensors", "oneseg.json", "preprocessor_config.json"
+        "config.json", "model.safetensors", "oneseg.json", "oneseg_text_branch.safetensors",
+        "preprocessor_config.json",
     ]  # fmt: skip
 
 

@@ -36,6 +36,7 @@ ACTION_ENTRY = {
     "gen_trt_engine": "oneseg.export.tensorrt:run_gen_trt_engine",
     "quantize": "oneseg.export.quantize:run_quantize",
     "automl": "oneseg.automl.study:run_automl",
+    "push": "oneseg.push:run_push",
 }
 
 ACTION_HELP = {
@@ -46,6 +47,7 @@ ACTION_HELP = {
     "gen_trt_engine": "build a TensorRT engine from an ONNX model",
     "quantize": "INT8-quantize an ONNX model",
     "automl": "search the spec's hyper-parameters (Optuna): many trainings, one best spec",
+    "push": "publish a model on the Hugging Face Hub (weights, config, label map, model card)",
 }
 
 

@@ -13,7 +13,9 @@ from typing import Literal
 
 from oneseg.constants import IGNORE, TASKS
 
-ACTIONS = ("train", "evaluate", "inference", "export", "gen_trt_engine", "quantize", "automl")
+ACTIONS = (
+    "train", "evaluate", "inference", "export", "gen_trt_engine", "quantize", "automl", "push"
+)  # fmt: skip
 Task = Literal["semantic", "instance", "panoptic"]
 
 
@@ -435,6 +437,21 @@ class AutoMLConfig:
     reduction_factor: int = f(3, "hyperband: keep the best 1/this of the trials at each rung", ge=2)
 
 
+# ----------------------------------------------------------------------------- push
+@dataclass
+class PushConfig:
+    checkpoint: str = f("", "model to publish (any checkpoint oneseg reads); '' = model.pretrained")
+    repo_id: str = f("", "Hugging Face Hub repository ORG/NAME (created if missing)")
+    private: bool = f(False, "create the repository private")
+    dry_run: bool = f(False, "only write the folder (results_dir/push/hub); upload nothing")
+    revision: str = f("main", "branch to commit to")
+    commit_message: str = f("", "commit message; '' = 'oneseg push: ARCH BACKBONE'")
+    metrics_file: str = f(
+        "", "metrics.json of `oneseg evaluate` for the model card; '' = results_dir/evaluate/"
+    )
+    onnx_files: list[str] = f([], "exported ONNX files to publish too, each with its .json sidecar")
+
+
 @dataclass
 class ExperimentConfig:
     results_dir: str = f("results", "every action writes into results_dir/ACTION/")
@@ -453,3 +470,4 @@ class ExperimentConfig:
     gen_trt_engine: GenTrtEngineConfig = sub(GenTrtEngineConfig, "TensorRT engine build")
     quantize: QuantizeConfig = sub(QuantizeConfig, "INT8 quantization")
     automl: AutoMLConfig = sub(AutoMLConfig, "hyper-parameter search over this spec")
+    push: PushConfig = sub(PushConfig, "publish a model on the Hugging Face Hub")

@@ -26,7 +26,7 @@ SCHEME = "hf://"
 TIMM_PREFIX = "hf-hub:"
 REPO_ID = re.compile(r"[A-Za-z0-9][\w.-]*/[\w.-]+")
 # oneseg.json: what a model pushed by oneseg adds (its model config, label map, intensity rule)
-OPTIONAL_FILES = ("preprocessor_config.json", "oneseg.json")
+OPTIONAL_FILES = ("preprocessor_config.json", "oneseg.json", "oneseg_text_branch.safetensors")
 # the weights of a transformers folder, in the order transformers prefers them
 WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin")
 
@@ -158,8 +158,9 @@ def _token_hint() -> str:
 
 
 @contextlib.contextmanager
-def hub_errors(repo_id: str, revision: str | None):
-    """huggingface_hub's failures as one-line `HubError`s naming the repository."""
+def hub_errors(repo_id: str, revision: str | None, write: bool = False):
+    """huggingface_hub's failures as one-line `HubError`s naming the repository; `write`: an
+    upload, where 401 / 403 mean a token that may not write there."""
     from huggingface_hub import errors as he
 
     name = f"{SCHEME}{repo_id}" + (f"@{revision}" if revision else "")
@@ -187,6 +188,17 @@ def hub_errors(repo_id: str, revision: str | None):
         raise HubError(f"{name}: the repository has no {missing}") from None
     except he.HfHubHTTPError as err:
         status = err.response.status_code if err.response is not None else "?"
+        if write and status in (401, 403):
+            from huggingface_hub import get_token
+
+            need = (
+                "the token in use may not write there"
+                if get_token()
+                else "set HF_TOKEN (or `hf auth login`) to a token that may write there"
+            )
+            raise HubError(
+                f"{name}: {endpoint()} refused the upload (HTTP {status}); {need}"
+            ) from None
         raise HubError(f"{name}: {endpoint()} answered HTTP {status}; try again later") from None
 
 

@@ -440,6 +440,7 @@ _INPUTS_OF = {
         "inference.trt_engine",
     ),
     "export": ("model.pretrained", "export.checkpoint", "export.check_image"),
+    "push": ("model.pretrained", "push.checkpoint", "push.metrics_file"),
     "gen_trt_engine": ("gen_trt_engine.onnx_file",),
     "quantize": ("quantize.onnx_file", "dataset.quant_calibration_dataset.images_dir"),
 }

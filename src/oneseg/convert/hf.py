@@ -142,6 +142,8 @@ def _dinat_values(bb: dict) -> dict:
 
 SUPPORTED_TYPES = ("oneformer", "mask2former")
 EXTRAS_FILE = "oneseg.json"
+# OneFormer's training-only text branch, which a transformers folder for inference lacks
+TEXT_FILE = "oneseg_text_branch.safetensors"
 
 
 def check_model_type(config: dict, source: str) -> str:
@@ -358,6 +360,8 @@ def load_hf_folder(
         config["backbone_config"]["model_type"], model.pixel_decoder.num_fpn_levels, cfg.arch
     )
     state, absent = convert_state_dict(read_hf_weights(directory), model.state_dict(), rules)
+    if absent and (directory / TEXT_FILE).is_file():  # kept by oneseg beside the folder
+        absent = _fill_text_branch(state, absent, directory / TEXT_FILE)
     if absent:
         log.warning(
             "%s has no text-branch weights (%d tensors; saved from an inference model): they "
@@ -366,6 +370,15 @@ def load_hf_folder(
             len(absent),
         )
     return values, state, extras.get("label_map") or categories(config, preprocessor)
+
+
+def _fill_text_branch(state: dict, absent: list[str], path: Path) -> list[str]:
+    """Our text-branch tensors from `path` into `state`; the keys still absent."""
+    saved = _load_weight_file(path)
+    for key in absent:
+        if key in saved and saved[key].shape == state[key].shape:
+            state[key] = saved[key]
+    return [key for key in absent if key not in saved]
 
 
 def oneseg_extras(directory: Path) -> dict:

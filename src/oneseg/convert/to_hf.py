@@ -5,14 +5,15 @@
 transformers itself from a model built from that config and filled with our tensors through the
 same key rules the reading direction uses (`hf_key_map`), and preprocessor_config.json (mean,
 std, padding, class names). Beside them, oneseg.json keeps what transformers' config has no
-place for (our model config, label map with colours, the intensity rule), so that reading the
-folder back gives exactly the model it came from.
+place for (our model config, label map with colours, the intensity rule), and
+oneseg_text_branch.safetensors OneFormer's training-only text branch, so that reading the folder
+back gives exactly the model it came from, ready to fine-tune.
 
 What transformers cannot express is refused with the reason: ResNet / EfficientNet backbones,
 a decoder width other than the pixel decoder's (OneFormer: transformers does not save the
 input projections), other sampling points or GroupNorm groups, a task prompt other than the
-"the task is {task}" transformers' processor writes. The text branch of a OneFormer is not
-written (transformers builds it only for training: `is_training`).
+"the task is {task}" transformers' processor writes. config.json says `is_training: false`:
+with it true transformers switches its pixel decoder's dropout on, whatever `model.eval()`.
 """
 
 from __future__ import annotations
@@ -24,10 +25,18 @@ import shutil
 from pathlib import Path
 
 import torch
+from safetensors.torch import save_file
 
 from oneseg.config import ModelConfig
 from oneseg.constants import TASKS
-from oneseg.convert.hf import CONVNEXT_SIZES, EXTRAS_FILE, IGNORED, SWIN_SIZES, ConversionError
+from oneseg.convert.hf import (
+    CONVNEXT_SIZES,
+    EXTRAS_FILE,
+    IGNORED,
+    SWIN_SIZES,
+    TEXT_FILE,
+    ConversionError,
+)
 from oneseg.convert.hf_key_map import canonical_key, rules_for, sources_of
 from oneseg.data.label_map import LabelMap
 from oneseg.io import finite_json
@@ -35,6 +44,7 @@ from oneseg.model.dinat import DINAT_SIZES
 from oneseg.tokenizer import task_text, tokenize
 
 STAGES = ["stage1", "stage2", "stage3", "stage4"]
+TEXT_KEYS = ("text_queries.", "logit_scale")
 
 
 def _refuse(ok: bool, what: str) -> None:
@@ -165,7 +175,7 @@ def fill_hf_model(hf_model: torch.nn.Module, state: dict, rules) -> None:
         match = next(((p.fullmatch(key), t) for p, t in compiled if p.fullmatch(key)), None)
         sources = sources_of(match[1], match[0]) if match else []
         if not sources or not all(s in theirs for s in sources):
-            if not key.startswith("text_queries.") and key != "logit_scale":
+            if not key.startswith(TEXT_KEYS):
                 unused.append(key)
             continue
         parts = value.chunk(len(sources), 0) if len(sources) > 1 else [value]
@@ -247,14 +257,23 @@ def write_hf_folder(source, out: str | Path, intensity: dict | None = None) -> P
     }
     tmp = out.with_name(f".{out.name}.partial")
     shutil.rmtree(tmp, ignore_errors=True)
+    from transformers.utils import logging as hf_logging
+
+    bar = hf_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()  # one line of output per command, as everywhere
     try:
         hf_model.save_pretrained(tmp)
         processor = processor_config(model_cfg, label_map)
         (tmp / "preprocessor_config.json").write_text(json.dumps(processor, indent=2))
         (tmp / EXTRAS_FILE).write_text(json.dumps(finite_json(extras), indent=2))
+        text = {k: v.contiguous() for k, v in state.items() if k.startswith(TEXT_KEYS)}
+        if text:  # for fine-tuning: transformers' inference folder has no place for it
+            save_file(text, str(tmp / TEXT_FILE))
         if out.exists():
             out.rmdir()
         tmp.rename(out)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+        if bar:
+            hf_logging.enable_progress_bar()
     return out
