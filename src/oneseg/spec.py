@@ -300,6 +300,7 @@ _SECTIONS_OF = {
     "gen_trt_engine": ("results_dir", "dataset", "gen_trt_engine"),
     "quantize": ("results_dir", "model", "dataset", "quantize"),
     "automl": ("results_dir", "model", "dataset", "train", "evaluate", "automl"),
+    "push": ("results_dir", "model", "dataset", "train", "push"),
 }
 
 
