@@ -197,3 +197,36 @@ def test_no_network(hub, tmp_path, capsys, monkeypatch):
     assert "cannot reach" in cold and "does not hold it" in cold
     warm = convert_line(f"hf://{ONEFORMER}@v2", tmp_path, capsys)
     assert "HF_HUB_OFFLINE=1" in warm and "main" in warm
+
+
+def test_timm_hub_backbone(hub, tmp_path):
+    """train.pretrained_backbone=hf-hub:ORG/NAME: timm's hub name, read as timm reads it, the
+    weights fetched from the hub (safetensors here) and loaded as a timm classifier file."""
+    import timm
+    from safetensors.torch import save_file
+
+    from oneseg.convert.backbone_weights import load_pretrained_backbone
+    from oneseg.model.backbone import build_backbone
+    from oneseg.spec import check_inputs, spec_from_dict
+
+    torch.manual_seed(0)
+    classifier = timm.create_model(
+        "swin_tiny_patch4_window7_224", embed_dim=24, depths=(1, 2, 1, 1)
+    )
+    folder = tmp_path / "timm_repo"
+    folder.mkdir()
+    save_file({k: v.contiguous() for k, v in classifier.state_dict().items()},
+              str(folder / "model.safetensors"))  # fmt: skip
+    (folder / "config.json").write_text(
+        json.dumps({"architecture": "swin_tiny_patch4_window7_224"})
+    )
+    hub.add_commit("timm/swin_tiny_patch4_window7_224.ms_in1k", folder, ref="v1")
+    name = "hf-hub:timm/swin_tiny_patch4_window7_224.ms_in1k@v1"
+    spec = spec_from_dict({"train": {"pretrained_backbone": name}})
+    check_inputs(spec, "train")  # a hub name is not refused as a missing file
+    backbone = build_backbone("swin_tiny", embed_dim=24, depths=[1, 2, 1, 1])
+    assert load_pretrained_backbone(backbone, name) == len(backbone.body.state_dict())
+    expected = classifier.state_dict()["layers.1.blocks.1.mlp.fc2.weight"]
+    assert torch.equal(backbone.body.state_dict()["layers_1.blocks.1.mlp.fc2.weight"], expected)
+    with pytest.raises(HubError, match="no such model repository"):
+        load_pretrained_backbone(backbone, "hf-hub:timm/not-there")
