@@ -37,6 +37,8 @@ class LoopbackHub:
         self.write_token = write_token
         self.repos: dict[str, Repo] = {}
         self.requests: list[tuple[str, str]] = []
+        # file name -> how many more GETs of it break off halfway (the connection then closes)
+        self.cut: dict[str, int] = {}
         self.server = ThreadingHTTPServer(("127.0.0.1", 0), _handler(self))
         self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
         self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
@@ -138,12 +140,22 @@ def _handler(hub: LoopbackHub):
             data = repo.commits[commit].get(filename)
             if data is None:
                 return self._fail(404, "EntryNotFound", "Entry not found")
-            self.send_response(200)
+            start = 0
+            ranged = self.headers.get("Range", "")
+            if body and ranged.startswith("bytes="):  # a resumed download
+                start = int(ranged[len("bytes=") :].split("-")[0])
+            self.send_response(206 if start else 200)
             self.send_header("X-Repo-Commit", commit)
             self.send_header("ETag", f'"{hashlib.sha256(data).hexdigest()}"')
-            self.send_header("Content-Length", str(len(data)))
+            self.send_header("Content-Length", str(len(data) - start))
             self.end_headers()
-            if body:
-                self.wfile.write(data)
+            if not body:
+                return
+            if hub.cut.get(filename, 0) > 0:
+                hub.cut[filename] -= 1
+                self.wfile.write(data[start : start + (len(data) - start) // 2])
+                self.close_connection = True
+                return
+            self.wfile.write(data[start:])
 
     return Handler

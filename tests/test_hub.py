@@ -188,7 +188,12 @@ def test_other_model_type_is_refused(hub, models, tmp_path, capsys):
 
 
 def test_no_network(hub, tmp_path, capsys, monkeypatch):
+    """A refused connection. huggingface_hub retries it with backoff (about 23 s); the waits
+    are skipped here, the retries are not."""
+    import huggingface_hub.utils._http as hub_http
+
     load_model(f"hf://{ONEFORMER}")  # the cache holds main
+    monkeypatch.setattr(hub_http.time, "sleep", lambda seconds: None)
     with socket.socket() as sock:  # a port nothing listens on: connections are refused
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
@@ -230,3 +235,19 @@ def test_timm_hub_backbone(hub, tmp_path):
     assert torch.equal(backbone.body.state_dict()["layers_1.blocks.1.mlp.fc2.weight"], expected)
     with pytest.raises(HubError, match="no such model repository"):
         load_pretrained_backbone(backbone, "hf-hub:timm/not-there")
+
+
+def test_a_broken_download_is_never_read(hub, models, tmp_path, capsys):
+    """A connection that breaks off mid-file: huggingface_hub resumes it (Range) and the model
+    equals transformers'; one that always breaks fails in one line, and the cache holds no
+    weights file (the partial one stays an .incomplete blob, never linked)."""
+    hub.cut["model.safetensors"] = 1
+    ours, _, _ = load_model(f"hf://{ONEFORMER}")
+    assert oneformer_outputs(models["oneformer"][0], ours) < 1e-4
+    hub.cut["model.safetensors"] = 100
+    line = convert_line(MASK2FORMER, tmp_path, capsys)
+    assert line.startswith(f"oneseg: error: hf://{MASK2FORMER}: ")
+    cache = tmp_path / "hub_cache" / "models--facebook--mask2former-tiny-coco-instance"
+    assert not list(cache.rglob("snapshots/*/model.safetensors"))
+    assert not (tmp_path / "x.ckpt").exists()
+    print(line, file=open(tmp_path / "broken.txt", "w"))

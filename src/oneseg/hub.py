@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import os
 import re
 from pathlib import Path
@@ -164,6 +165,9 @@ def hub_errors(repo_id: str, revision: str | None, write: bool = False):
     from huggingface_hub import errors as he
 
     name = f"{SCHEME}{repo_id}" + (f"@{revision}" if revision else "")
+    hub_logger = logging.getLogger("huggingface_hub")
+    level = hub_logger.level
+    hub_logger.setLevel(logging.CRITICAL)  # its retry notes: the failure is reported below
     try:
         yield
     except he.GatedRepoError:
@@ -200,6 +204,16 @@ def hub_errors(repo_id: str, revision: str | None, write: bool = False):
                 f"{name}: {endpoint()} refused the upload (HTTP {status}); {need}"
             ) from None
         raise HubError(f"{name}: {endpoint()} answered HTTP {status}; try again later") from None
+    except Exception as err:
+        if not type(err).__module__.startswith(("httpx", "httpcore", "h11")):
+            raise
+        reason = str(err).splitlines()[0] if str(err) else type(err).__name__
+        raise HubError(
+            f"{name}: the transfer from {endpoint()} broke off ({reason}); nothing partial is "
+            "used: run again to resume it"
+        ) from None
+    finally:
+        hub_logger.setLevel(level)
 
 
 def _not_reachable(name: str, repo_id: str, err: Exception) -> HubError:
