@@ -183,8 +183,10 @@ def test_other_model_type_is_refused(hub, models, tmp_path, capsys):
     weights = models["mask2former"][1] / "model.safetensors"
     (folder / "model.safetensors").write_bytes(weights.read_bytes())
     hub.add_commit("facebook/detr-resnet-50", folder)
+    hub.requests.clear()
     line = convert_line("facebook/detr-resnet-50", tmp_path, capsys)
     assert "a 'detr' model (DetrForObjectDetection)" in line
+    assert all(not p.endswith(".safetensors") for _, p in hub.requests)  # weights not fetched
 
 
 def test_no_network(hub, tmp_path, capsys, monkeypatch):
@@ -201,7 +203,9 @@ def test_no_network(hub, tmp_path, capsys, monkeypatch):
     cold = convert_line(MASK2FORMER, tmp_path, capsys)
     assert "cannot reach" in cold and "does not hold it" in cold
     warm = convert_line(f"hf://{ONEFORMER}@v2", tmp_path, capsys)
-    assert "HF_HUB_OFFLINE=1" in warm and "main" in warm
+    assert f"the cache holds only main: run with HF_HUB_OFFLINE=1 and hf://{ONEFORMER}@main" in warm
+    # the asked revision in the cache: huggingface_hub uses it without the network
+    assert cli.main(["convert", "--from-hf", ONEFORMER, "--out", str(tmp_path / "ok.ckpt")]) == 0
 
 
 def test_timm_hub_backbone(hub, tmp_path):

@@ -19,7 +19,7 @@ import torch
 
 from oneseg.config import ModelConfig
 from oneseg.convert.detectron2 import is_detectron2_layout, load_detectron2, strip_tao_prefix
-from oneseg.convert.hf import load_hf_folder, oneseg_extras
+from oneseg.convert.hf import check_model_type, load_hf_folder, oneseg_extras
 from oneseg.convert.safe_load import read_weights_only, unwrap_state_dict
 from oneseg.data.label_map import LabelMap
 from oneseg.errors import CheckpointError
@@ -108,7 +108,8 @@ def read_checkpoint(path: str | Path) -> tuple[ModelConfig, LabelMap, dict]:
     or of an original (detectron2) or TAO OneFormer/Mask2Former file, told apart by content."""
     hub = split_source(path)
     if hub is not None:  # hf://ORG/NAME[@REVISION]: the snapshot folder in the hub's cache
-        values, state_dict, categories = load_hf_folder(download_model(*hub), name=hub[0])
+        folder = download_model(*hub, check_config=lambda c: check_model_type(c, path))
+        values, state_dict, categories = load_hf_folder(folder, name=hub[0])
         return model_cfg_from_dict(values), LabelMap.from_categories(categories), state_dict
     path = Path(path)
     if path.is_dir():

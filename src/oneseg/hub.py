@@ -19,6 +19,7 @@ import json
 import logging
 import os
 import re
+from collections.abc import Callable
 from pathlib import Path
 
 from oneseg.errors import CheckpointError
@@ -124,11 +125,17 @@ def _fetch_weights(repo_id: str, revision: str) -> None:
     )
 
 
-def download_model(repo_id: str, revision: str | None = None) -> Path:
+def download_model(
+    repo_id: str, revision: str | None = None, check_config: Callable[[dict], None] | None = None
+) -> Path:
     """The local snapshot folder of a transformers model on the hub: config.json, the processor
-    config if any, and the weights, fetched (or found in the cache) at one commit."""
+    config if any, and the weights, fetched (or found in the cache) at one commit.
+    check_config: called with config.json's content before any weights are fetched (to refuse
+    a model of another type without downloading it)."""
     with hub_errors(repo_id, revision):
         config = _fetch(repo_id, "config.json", revision)
+        if check_config is not None:
+            check_config(json.loads(config.read_text()))
         commit = config.parent.name  # snapshots/<commit>/config.json
         for name in OPTIONAL_FILES:
             _fetch_optional(repo_id, name, commit)
@@ -186,7 +193,7 @@ def hub_errors(repo_id: str, revision: str | None, write: bool = False):
     except he.OfflineModeIsEnabled:
         raise HubError(f"{name}: not in the cache {cache_dir()}, and HF_HUB_OFFLINE=1") from None
     except he.LocalEntryNotFoundError as err:
-        raise _not_reachable(name, repo_id, err) from None
+        raise _not_reachable(name, repo_id, revision, err) from None
     except he.RemoteEntryNotFoundError as err:
         missing = str(err.response.url).rsplit("/", 1)[-1] if err.response else "a file"
         raise HubError(f"{name}: the repository has no {missing}") from None
@@ -216,7 +223,7 @@ def hub_errors(repo_id: str, revision: str | None, write: bool = False):
         hub_logger.setLevel(level)
 
 
-def _not_reachable(name: str, repo_id: str, err: Exception) -> HubError:
+def _not_reachable(name: str, repo_id: str, revision: str | None, err: Exception) -> HubError:
     if offline():
         return HubError(
             f"{name}: not in the cache {cache_dir()}, and HF_HUB_OFFLINE=1 forbids downloading "
@@ -225,9 +232,13 @@ def _not_reachable(name: str, repo_id: str, err: Exception) -> HubError:
     cause = err.__cause__ or err.__context__
     reason = type(cause).__name__ if cause is not None else "no connection"
     held = _cached_revisions(repo_id)
-    hint = (
-        f"the cache holds {', '.join(held)}: run with HF_HUB_OFFLINE=1 to use it"
-        if held
-        else f"and the cache {cache_dir()} does not hold it"
-    )
+    if not held:
+        hint = f"the cache {cache_dir()} does not hold it"
+    elif (revision or "main") in held:
+        hint = "the cache holds it: run with HF_HUB_OFFLINE=1 to use it"
+    else:
+        hint = (
+            f"the cache holds only {', '.join(held)}: run with HF_HUB_OFFLINE=1 and "
+            f"{SCHEME}{repo_id}@{held[0]} to use it"
+        )
     return HubError(f"{name}: cannot reach {endpoint()} ({reason}); {hint}")
