@@ -77,8 +77,9 @@ def oneformer_outputs(hf, ours, task="panoptic"):
 
 
 def test_names():
-    assert split_source("hf://org/name@v1.0") == ("org/name", "v1.0")
-    assert split_source("hf://org/name") == ("org/name", None)
+    assert split_source("hf://org/name@v1.0") == ("org/name", "v1.0", None)
+    assert split_source("hf://org/name") == ("org/name", None, None)
+    assert split_source("hf://org/name@v2/ckpt/m.pth") == ("org/name", "v2", "ckpt/m.pth")
     assert split_source("/tmp/x.ckpt") is None
     assert as_hub_source("shi-labs/oneformer_ade20k_swin_tiny") == (
         "hf://shi-labs/oneformer_ade20k_swin_tiny"
@@ -255,3 +256,15 @@ def test_a_broken_download_is_never_read(hub, models, tmp_path, capsys):
     assert not list(cache.rglob("snapshots/*/model.safetensors"))
     assert not (tmp_path / "x.ckpt").exists()
     print(line, file=open(tmp_path / "broken.txt", "w"))
+
+
+def test_one_checkpoint_file_of_a_repository(hub, models, tmp_path, capsys):
+    """hf://ORG/NAME[@REV]/FILE: a checkpoint file (here a oneseg one) read as a local file."""
+    ckpt = tmp_path / "files" / "model.ckpt"
+    ckpt.parent.mkdir()
+    assert cli.main(["convert", "--from-hf", str(models["oneformer"][1]), "--out", str(ckpt)]) == 0
+    hub.add_commit("acme/checkpoints", ckpt.parent, ref="v1")
+    ours, _, _ = load_model("hf://acme/checkpoints@v1/model.ckpt")
+    assert oneformer_outputs(models["oneformer"][0], ours) < 1e-4
+    line = convert_line("hf://acme/checkpoints@v1/other.pth", tmp_path, capsys)
+    assert line.endswith("hf://acme/checkpoints@v1: the repository has no other.pth")

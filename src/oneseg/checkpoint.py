@@ -23,7 +23,7 @@ from oneseg.convert.hf import check_model_type, load_hf_folder, oneseg_extras
 from oneseg.convert.safe_load import read_weights_only, unwrap_state_dict
 from oneseg.data.label_map import LabelMap
 from oneseg.errors import CheckpointError
-from oneseg.hub import download_model, split_source
+from oneseg.hub import download_file, download_model, split_source
 from oneseg.io import write_atomic
 from oneseg.model.build import build_model
 from oneseg.spec import section_from_dict
@@ -54,8 +54,10 @@ def read_intensity(path: str | Path) -> dict | None:
     """The intensity rule a checkpoint recorded at training, or None (older checkpoints,
     transformers folders). Memory-maps the file: no tensor is read."""
     hub = split_source(path)
-    if hub is not None or Path(path).is_dir():  # a transformers folder: in oneseg.json, if any
-        folder = download_model(*hub) if hub is not None else Path(path)
+    if hub is not None and hub.filename:  # one file of a hub repository
+        path = download_file(hub.repo_id, hub.filename, hub.revision)
+    elif hub is not None or Path(path).is_dir():  # a transformers folder: in oneseg.json, if any
+        folder = download_model(hub.repo_id, hub.revision) if hub is not None else Path(path)
         return oneseg_extras(folder).get("intensity")
     path = Path(path)
     if not path.is_file():
@@ -107,9 +109,12 @@ def read_checkpoint(path: str | Path) -> tuple[ModelConfig, LabelMap, dict]:
     """(model config, label map, model state dict) of a oneseg, Lightning or transformers source,
     or of an original (detectron2) or TAO OneFormer/Mask2Former file, told apart by content."""
     hub = split_source(path)
-    if hub is not None:  # hf://ORG/NAME[@REVISION]: the snapshot folder in the hub's cache
-        folder = download_model(*hub, check_config=lambda c: check_model_type(c, path))
-        values, state_dict, categories = load_hf_folder(folder, name=hub[0])
+    if hub is not None and hub.filename:  # hf://ORG/NAME[@REVISION]/FILE: read as a local file
+        path = download_file(hub.repo_id, hub.filename, hub.revision)
+    elif hub is not None:  # hf://ORG/NAME[@REVISION]: the snapshot folder in the hub's cache
+        check = lambda config: check_model_type(config, str(path))  # noqa: E731
+        folder = download_model(hub.repo_id, hub.revision, check_config=check)
+        values, state_dict, categories = load_hf_folder(folder, name=hub.repo_id)
         return model_cfg_from_dict(values), LabelMap.from_categories(categories), state_dict
     path = Path(path)
     if path.is_dir():

@@ -1,15 +1,17 @@
 """Models by name from the Hugging Face Hub, through `huggingface_hub`.
 
 A model source may be `hf://ORG/NAME[@REVISION]` (a branch, tag or commit) wherever a checkpoint
-is taken; `download_model` fetches only what a transformers model folder needs (config.json,
-preprocessor_config.json and the weights: model.safetensors, pytorch_model.bin or their shards)
-into huggingface_hub's cache and returns the snapshot folder. Everything else is
-huggingface_hub's: the cache (`HF_HUB_CACHE` / `HF_HOME`), `HF_HUB_OFFLINE=1`, the token
-(`HF_TOKEN` or a stored `hf auth login`) and the endpoint (`HF_ENDPOINT`). The environment is
-read at each call, not when the library was imported. After config.json every file is fetched
-at the commit config.json came from, so a push in between cannot mix two versions; files are
-written to the cache whole (downloaded beside it, then renamed), so nothing half-downloaded is
-read. Failures become one line naming the repository and what to do (`HubError`, exit 2).
+is taken, or `hf://ORG/NAME[@REVISION]/FILE` for one checkpoint file of a repository (an original
+or TAO `.pth`, a oneseg checkpoint). `download_model` fetches only what a transformers model
+folder needs (config.json, preprocessor_config.json, oneseg's own files if any, and the weights:
+model.safetensors, pytorch_model.bin or their shards) into huggingface_hub's cache and returns
+the snapshot folder. Everything else is huggingface_hub's: the cache (`HF_HUB_CACHE` /
+`HF_HOME`), `HF_HUB_OFFLINE=1`, the token (`HF_TOKEN` or a stored `hf auth login`) and the
+endpoint (`HF_ENDPOINT`). The environment is read at each call, not when the library was
+imported. After config.json every file is fetched at the commit config.json came from, so a
+push in between cannot mix two versions; files are written to the cache whole (downloaded
+beside it, then renamed), so nothing half-downloaded is read. Failures become one line naming
+the repository and what to do (`HubError`, exit 2).
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ import os
 import re
 from collections.abc import Callable
 from pathlib import Path
+from typing import NamedTuple
 
 from oneseg.errors import CheckpointError
 
@@ -37,14 +40,26 @@ class HubError(CheckpointError):
     """A hub model that cannot be fetched; the message names it and says what to do."""
 
 
-def split_source(source: str | Path) -> tuple[str, str | None] | None:
-    """`hf://ORG/NAME[@REVISION]` -> (repo id, revision or None); None for anything else."""
+class HubSource(NamedTuple):
+    repo_id: str  # ORG/NAME
+    revision: str | None  # branch, tag or commit; None = the default branch
+    filename: str | None  # one file of the repository (a .pth, a .ckpt); None = a model folder
+
+
+def split_source(source: str | Path) -> HubSource | None:
+    """`hf://ORG/NAME[@REVISION][/FILE]` -> HubSource; None for anything else."""
     if not isinstance(source, str) or not source.startswith(SCHEME):
         return None
-    name, _, revision = source[len(SCHEME) :].partition("@")
-    if not REPO_ID.fullmatch(name):
-        raise HubError(f"{source}: not a hub model name (hf://ORG/NAME or hf://ORG/NAME@REVISION)")
-    return name, revision or None
+    org, _, rest = source[len(SCHEME) :].partition("/")
+    name_rev, _, filename = rest.partition("/")
+    name, _, revision = name_rev.partition("@")
+    repo_id = f"{org}/{name}"
+    if not REPO_ID.fullmatch(repo_id) or (rest.endswith("/") and not filename):
+        raise HubError(
+            f"{source}: not a hub model name (hf://ORG/NAME, hf://ORG/NAME@REVISION, "
+            "hf://ORG/NAME[@REVISION]/FILE)"
+        )
+    return HubSource(repo_id, revision or None, filename or None)
 
 
 def is_hub_source(source) -> bool:

@@ -272,11 +272,13 @@ class Predictor:
         (`shi-labs/oneformer_ade20k_swin_tiny`, `facebook/mask2former-swin-large-coco-panoptic`,
         or `hf://ORG/NAME[@REVISION]`), or from a local folder or checkpoint of that name.
         revision: a branch, tag or commit (default: the repository's main branch)."""
-        from oneseg.hub import as_hub_source  # imported on use: hub support is optional
+        from oneseg.hub import as_hub_source, split_source  # imported on use
 
         source = as_hub_source(name) or name
-        if revision is not None and source.startswith("hf://"):
-            source = source.partition("@")[0] + f"@{revision}"
+        hub = split_source(source)
+        if revision is not None and hub is not None:
+            file = f"/{hub.filename}" if hub.filename else ""
+            source = f"hf://{hub.repo_id}@{revision}{file}"
         return cls.from_checkpoint(source, device=device, **settings)
 
     def __call__(self, image, task: str = "panoptic") -> Result:
