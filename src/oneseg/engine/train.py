@@ -42,7 +42,6 @@ from oneseg.errors import CheckpointError, ResultsDirError
 from oneseg.experiment import ARCHITECTURE_KEYS
 from oneseg.model.build import build_model, supported_tasks
 from oneseg.model.criterion import build_criterion
-from oneseg.model.postprocess import PostprocessConfig
 
 # Lightning's messages that say nothing about this run: an advertisement, a hardware line that
 # is always false here, and a note on a value we set on purpose. Warnings are kept.
@@ -318,7 +317,7 @@ def run_train(spec, run, callbacks: list | tuple = (), progress_bar: bool = True
         val_set = val_loader.dataset.dataset
 
         def evaluator_factory():
-            return Evaluator(val_set, label_map, PostprocessConfig.of_model(spec.model), val_tasks)
+            return Evaluator(val_set, label_map, val_tasks)
 
     module = SegmentationModule(
         model=model,

@@ -9,12 +9,11 @@ import torch
 from PIL import Image
 
 from oneseg.checkpoint import load_model, read_intensity
-from oneseg.constants import IMAGE_SUFFIXES
+from oneseg.constants import IMAGE_SUFFIXES, TASKS
 from oneseg.data.image_io import read_image
 from oneseg.data.intensity import choose_intensity
 from oneseg.data.synth_draw import STUFF, paint_thing, shape_mask, stuff_layout, stuff_texture
 from oneseg.export.onnx_export import ExportSettings, export_onnx
-from oneseg.export.runtime import TASKS
 from oneseg.model.build import model_tasks
 from oneseg.model.postprocess import PostprocessConfig
 

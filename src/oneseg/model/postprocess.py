@@ -32,7 +32,9 @@ from torch import Tensor
 
 from oneseg.config import ModelConfig
 from oneseg.constants import TASKS
+from oneseg.data.label_map import LabelMap
 from oneseg.model.strips import row_strips, upsample_rows
+from oneseg.results import InstanceResult, PanopticResult, QueryMasks, Result, SemanticResult
 
 FULL_SIZE_BYTES = 1 << 30  # mask logits at the output size above this: computed in strips
 STRIP_BYTES = 64 << 20  # about this much float32 per strip of rows
@@ -279,11 +281,12 @@ def postprocess(
     image_sizes: list[tuple[int, int]],
     output_sizes: list[tuple[int, int]] | None = None,
     *,
+    label_map: LabelMap | None = None,
     num_classes: int | None = None,
     isthing: list[bool] | None = None,
     config: PostprocessConfig | None = None,
-) -> list[dict]:
-    """Results for each image of a batch.
+) -> list[Result]:
+    """The result of `task` for each image of a batch (see `oneseg.results`).
 
     Arguments:
         outputs: `pred_logits` [B, Q, K+1] and `pred_masks` [B, Q, h, w].
@@ -291,20 +294,23 @@ def postprocess(
         padded_size: (H_pad, W_pad) of the input batch tensor.
         image_sizes: B x (h_img, w_img), the unpadded part of each input.
         output_sizes: B x (H_out, W_out), the original image sizes; default `image_sizes`.
-        num_classes: K; default read from `pred_logits`.
+        label_map: the classes; gives `num_classes` and `isthing` when those are not set, and
+            the results' category ids and names.
+        num_classes: K; default the label map's, else read from `pred_logits`.
         isthing: [K] thing flags. Needed for panoptic; for instance, non-things are dropped.
         config: thresholds and top-k (`PostprocessConfig`; default its defaults).
     With a `Prediction` of `OneFormer.predict`: `postprocess(p.outputs[task], task,
     p.padded_size, p.image_sizes, output_sizes, ...)`.
     Returns:
-        B dicts, each with one key named after the task:
-        - "semantic": [H_out, W_out] long label map of contiguous class ids;
-        - "instance": dict(masks [N, H_out, W_out] bool, scores [N], labels [N], queries [N]);
-        - "panoptic": (segment_ids [H_out, W_out] int32, segments list of dicts).
+        B results of the task: `SemanticResult`, `InstanceResult` (its masks a `QueryMasks`
+        for a large output) or `PanopticResult`, at the output sizes.
     """
     if task not in TASKS:
         raise ValueError(f"task must be one of {TASKS}, got {task!r}")
     config = config or PostprocessConfig()
+    if label_map is not None:
+        num_classes = len(label_map) if num_classes is None else num_classes
+        isthing = list(label_map.isthing) if isthing is None else isthing
     class_logits, mask_logits = outputs["pred_logits"], outputs["pred_masks"]
     if num_classes is None:
         num_classes = class_logits.shape[-1] - 1
@@ -333,6 +339,7 @@ def postprocess(
                     object_mask_threshold=config.object_mask_threshold,
                     overlap_threshold=config.overlap_threshold,
                     score_threshold=config.score_threshold,
+                    label_map=label_map,
                 )
             )
             continue
@@ -354,12 +361,12 @@ def postprocess(
                 config.object_mask_threshold,
                 config.overlap_threshold,
             )
-            results.append({"panoptic": panoptic})
+            results.append(PanopticResult(*panoptic, label_map=label_map))
             continue
         masks = resize_mask_logits(mask_logits[i : i + 1], padded_size, image_size, output_size)[0]
         if task == "semantic":
             scores = semantic_inference(class_logits[i], masks)
-            results.append({"semantic": scores.argmax(0)})
+            results.append(SemanticResult(scores.argmax(0), label_map=label_map))
         elif task == "instance":
             detections = instance_inference(
                 class_logits[i],
@@ -369,11 +376,13 @@ def postprocess(
                 thing_classes,
                 config.score_threshold,
             )
-            results.append({"instance": detections})
+            results.append(InstanceResult(**detections, label_map=label_map))
     return results
 
 
-def _postprocess_in_strips(task: str, class_logits: Tensor, low: Tensor, output_size, **kw):
+def _postprocess_in_strips(
+    task: str, class_logits: Tensor, low: Tensor, output_size, label_map=None, **kw
+) -> Result:
     """One image's result from `low` [Q, h, w] logits at the model's resolution, upsampled to
     `output_size` one strip of rows at a time (see the module docstring)."""
     height, width = output_size
@@ -382,10 +391,13 @@ def _postprocess_in_strips(task: str, class_logits: Tensor, low: Tensor, output_
         for start, stop in row_strips(height, len(low) * width * 4, STRIP_BYTES):
             strip = upsample_rows(low, output_size, start, stop)
             labels[start:stop] = semantic_inference(class_logits, strip).argmax(0)
-        return {"semantic": labels}
+        return SemanticResult(labels, label_map=label_map)
     if task == "instance":
-        return {"instance": _instance_in_strips(class_logits, low, output_size, **kw)}
-    return {"panoptic": _panoptic_in_strips(class_logits, low, output_size, **kw)}
+        detections = _instance_in_strips(class_logits, low, output_size, **kw)
+        masks = QueryMasks(detections.pop("query_masks"), detections.pop("mask_index"))
+        return InstanceResult(masks=masks, **detections, label_map=label_map)
+    segment_ids, segments = _panoptic_in_strips(class_logits, low, output_size, **kw)
+    return PanopticResult(segment_ids, segments, label_map=label_map)
 
 
 def _instance_in_strips(
