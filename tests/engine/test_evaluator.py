@@ -143,9 +143,7 @@ def test_merge_counts_an_image_seen_twice_once(synth_data, tiny_model_cfg):
     for batch in batches:
         add(whole, model, label_map, batch)
     # two "processes": the second repeats an image, as a padding distributed sampler does
-    first, second = (
-        Evaluator(dataset, label_map, tasks=TASKS) for _ in range(2)
-    )
+    first, second = (Evaluator(dataset, label_map, tasks=TASKS) for _ in range(2))
     for batch in batches[:2]:
         add(first, model, label_map, batch)
     for batch in batches[1:]:
@@ -248,9 +246,7 @@ def test_compute_gathers_the_images_of_every_process(synth_data, tiny_model_cfg,
     dataset, label_map = _val_set(synth_data)
     model = GroundTruthModel(dataset, len(label_map))
     batches = _batches(dataset, batch_size=2)
-    local, remote = (
-        Evaluator(dataset, label_map, tasks=TASKS) for _ in range(2)
-    )
+    local, remote = (Evaluator(dataset, label_map, tasks=TASKS) for _ in range(2))
     add(local, model, label_map, batches[0])
     add(remote, model, label_map, batches[1])
 
