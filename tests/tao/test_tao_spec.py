@@ -9,7 +9,6 @@ import yaml
 
 from oneseg.config import ExperimentConfig
 from oneseg.spec import SpecError, dump_spec, load_spec, spec_from_dict
-from oneseg.tao.backbones import KNOWN_BACKBONES
 from oneseg.tao.table import ALIASES, SpecWarning, markdown_table
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -265,12 +264,6 @@ def test_unknown_backbones_are_refused_with_the_known_names():
         SpecError, match="model.backbone: got 'swin_huge', expected one of swin_tiny, swin_small"
     ):
         spec_from_dict({"model": {"backbone": "swin_huge"}})
-
-
-def test_known_backbones_are_the_built_ones():
-    from oneseg.model.backbone import BACKBONES
-
-    assert set(KNOWN_BACKBONES) == set(BACKBONES)
 
 
 def test_dataset_train_as_one_mapping_or_zipped_lists():
