@@ -38,7 +38,7 @@ import onnx
 
 from oneseg.constants import IMAGE_SUFFIXES
 from oneseg.data.image_io import read_image
-from oneseg.export.action import resized_batch
+from oneseg.export.inputs import resized_batch
 from oneseg.export.onnx_export import METADATA_KEY
 from oneseg.export.runtime import read_description
 from oneseg.io import write_json_atomic
