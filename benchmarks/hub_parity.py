@@ -23,8 +23,7 @@ import torch
 from transformers import Mask2FormerForUniversalSegmentation, OneFormerForUniversalSegmentation
 
 from oneseg import cli
-from oneseg.checkpoint import load_model
-from oneseg.convert.to_hf import write_hf_folder
+from oneseg.checkpoint import convert_to_hf, load_model
 from oneseg.tokenizer import task_text, tokenize
 from tests.convert.tiny_hf import save_folder, tiny_mask2former, tiny_oneformer
 from tests.loopback_hub import LoopbackHub
@@ -77,7 +76,7 @@ def main() -> None:
         ("of", of, OneFormerForUniversalSegmentation, True),
         ("m2f", m2f, Mask2FormerForUniversalSegmentation, False),
     ):
-        back = cls.from_pretrained(write_hf_folder(root / name, root / f"{name}_back")).eval()
+        back = cls.from_pretrained(convert_to_hf(root / name, root / f"{name}_back")).eval()
         ours = load_model(root / name).model
         rows.append((f"--to-hf {name}: transformers vs original", worst(back, hf, oneformer)))
         rows.append((f"--to-hf {name}: transformers vs oneseg", worst(ours, back, oneformer)))

@@ -85,6 +85,15 @@ def convert_checkpoint(source: str | Path, out_file: str | Path) -> Path:
     return Path(out_file)
 
 
+def convert_to_hf(source: str | Path, out: str | Path) -> Path:
+    """Write any source `read_checkpoint` reads as a transformers folder (`oneseg convert
+    --to-hf`), with its intensity rule in oneseg.json; see `oneseg.convert.to_hf`."""
+    from oneseg.convert.to_hf import write_hf_folder  # imported on use: needs transformers
+
+    contents = read_checkpoint_contents(source)
+    return write_hf_folder(*contents[:3], out, intensity=contents.intensity)
+
+
 # Keys renamed since checkpoints were first written: (old prefix, new prefix).
 RENAMED_KEYS = (
     ("decoder.query_transformer.", "decoder.query_init.query_transformer."),
@@ -105,21 +114,40 @@ def upgrade_keys(state_dict: dict) -> dict:
     return out
 
 
+def _folder_contents(folder: Path, name: str | None) -> CheckpointContents:
+    """A transformers folder (local or a hub snapshot); the intensity rule from oneseg.json."""
+    values, state_dict, categories = load_hf_folder(folder, name=name)
+    intensity = oneseg_extras(folder).get("intensity")
+    return CheckpointContents(
+        model_cfg_from_dict(values), LabelMap.from_categories(categories), state_dict, intensity
+    )
+
+
+class CheckpointContents(NamedTuple):
+    model_cfg: ModelConfig
+    label_map: LabelMap
+    state_dict: dict
+    intensity: dict | None  # the intensity rule recorded at training, if any
+
+
 def read_checkpoint(path: str | Path) -> tuple[ModelConfig, LabelMap, dict]:
     """(model config, label map, model state dict) of a oneseg, Lightning or transformers source,
     or of an original (detectron2) or TAO OneFormer/Mask2Former file, told apart by content."""
+    return read_checkpoint_contents(path)[:3]
+
+
+def read_checkpoint_contents(path: str | Path) -> CheckpointContents:
+    """What `read_checkpoint` reads, and the recorded intensity rule, from one read of the
+    file."""
     hub = split_source(path)
     if hub is not None and hub.filename:  # hf://ORG/NAME[@REVISION]/FILE: read as a local file
         path = download_file(hub.repo_id, hub.filename, hub.revision)
     elif hub is not None:  # hf://ORG/NAME[@REVISION]: the snapshot folder in the hub's cache
         check = lambda config: check_model_type(config, str(path))  # noqa: E731
-        folder = download_model(hub.repo_id, hub.revision, check_config=check)
-        values, state_dict, categories = load_hf_folder(folder, name=hub.repo_id)
-        return model_cfg_from_dict(values), LabelMap.from_categories(categories), state_dict
+        return _folder_contents(download_model(hub.repo_id, hub.revision, check), hub.repo_id)
     path = Path(path)
     if path.is_dir():
-        values, state_dict, categories = load_hf_folder(path)
-        return model_cfg_from_dict(values), LabelMap.from_categories(categories), state_dict
+        return _folder_contents(path, None)
     if not path.is_file():
         raise CheckpointError(f"{path}: checkpoint not found")
     try:
@@ -134,21 +162,25 @@ def read_checkpoint(path: str | Path) -> tuple[ModelConfig, LabelMap, dict]:
         meta = ckpt["oneseg"]
         prefix = "model."
         state = {k[len(prefix) :]: v for k, v in ckpt["state_dict"].items() if k.startswith(prefix)}
-        return (
+        return CheckpointContents(
             model_cfg_from_dict(meta["model_cfg"]),
             LabelMap.from_categories(meta["label_map"]),
             upgrade_keys(state),
+            meta.get("intensity"),
         )
     if isinstance(ckpt, dict) and ckpt.get("format") == "oneseg":
-        return (
+        return CheckpointContents(
             model_cfg_from_dict(ckpt["model_cfg"]),
             LabelMap.from_categories(ckpt["label_map"]),
             upgrade_keys(ckpt["state_dict"]),
+            ckpt.get("intensity"),
         )
     original = _original_layout_state(ckpt)
     if original is not None:  # detectron2 OneFormer/Mask2Former, or TAO's Lightning file
         values, state_dict, categories = load_detectron2(original, str(path))
-        return model_cfg_from_dict(values), LabelMap.from_categories(categories), state_dict
+        return CheckpointContents(
+            model_cfg_from_dict(values), LabelMap.from_categories(categories), state_dict, None
+        )
     raise CheckpointError(
         f"{path}: not a oneseg checkpoint (no 'format: oneseg' or Lightning entry) nor an original "
         "OneFormer/Mask2Former or TAO one (no backbone.* and sem_seg_head.predictor.* tensors)"
@@ -169,13 +201,26 @@ class LoadedModel(NamedTuple):
     model_cfg: ModelConfig  # as saved: its thresholds are those chosen for the model
 
 
-def load_model(path: str | Path, device: str | torch.device = "cpu") -> LoadedModel:
-    """The one way to load a model: (model, label map, model config) rebuilt from any source
-    `read_checkpoint` reads (oneseg, Lightning, transformers folder, original or TAO file)."""
-    model_cfg, label_map, state_dict = read_checkpoint(path)
+class OpenedCheckpoint(NamedTuple):
+    model: torch.nn.Module  # in eval mode, on the device asked for
+    label_map: LabelMap
+    model_cfg: ModelConfig
+    intensity: dict | None  # the intensity rule recorded at training, if any
+
+
+def open_checkpoint(path: str | Path, device: str | torch.device = "cpu") -> OpenedCheckpoint:
+    """The one way to load a model: the model rebuilt from any source `read_checkpoint` reads
+    (oneseg, Lightning, transformers folder, original or TAO file), its label map, config and
+    recorded intensity rule, from one read of the file."""
+    model_cfg, label_map, state_dict, intensity = read_checkpoint_contents(path)
     model = build_model(model_cfg, num_classes=len(label_map))
     load_state_dict_strict(model, state_dict, str(path))
-    return LoadedModel(model.to(device).eval(), label_map, model_cfg)
+    return OpenedCheckpoint(model.to(device).eval(), label_map, model_cfg, intensity)
+
+
+def load_model(path: str | Path, device: str | torch.device = "cpu") -> LoadedModel:
+    """(model, label map, model config) of `open_checkpoint`."""
+    return LoadedModel(*open_checkpoint(path, device)[:3])
 
 
 def load_state_dict_strict(model: torch.nn.Module, state_dict: dict, source: str) -> None:

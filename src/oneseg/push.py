@@ -42,7 +42,7 @@ def _onnx_files(files: list[str]) -> list[tuple[Path, Path | None]]:
 
 def write_push_folder(spec, folder: Path) -> dict:
     """Write the folder to publish; returns what was written (for status.json)."""
-    from oneseg.checkpoint import read_checkpoint, read_intensity
+    from oneseg.checkpoint import read_checkpoint, read_checkpoint_contents
     from oneseg.convert.to_hf import write_hf_folder
     from oneseg.model_card import model_card
 
@@ -51,8 +51,9 @@ def write_push_folder(spec, folder: Path) -> dict:
     onnx = _onnx_files(cfg.onnx_files)
     metrics, metrics_path = _metrics(spec)
     shutil.rmtree(folder, ignore_errors=True)  # ours: rewritten by each push
-    intensity = read_intensity(source)
-    write_hf_folder(source, folder, intensity=intensity)
+    contents = read_checkpoint_contents(source)
+    intensity = contents.intensity
+    write_hf_folder(*contents[:3], folder, intensity=intensity)
     model_cfg, label_map, _ = read_checkpoint(folder)  # as it will load back
     write_json_atomic(folder / "label_map.json", label_map.to_categories())
     if metrics is not None:

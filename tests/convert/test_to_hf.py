@@ -17,10 +17,14 @@ from transformers import (  # noqa: E402
 )
 
 from oneseg import cli  # noqa: E402
-from oneseg.checkpoint import load_model, make_checkpoint, save_atomic  # noqa: E402
+from oneseg.checkpoint import (  # noqa: E402
+    convert_to_hf,
+    load_model,
+    make_checkpoint,
+    save_atomic,
+)
 from oneseg.config import ModelConfig  # noqa: E402
 from oneseg.convert.hf import ConversionError  # noqa: E402
-from oneseg.convert.to_hf import write_hf_folder  # noqa: E402
 from oneseg.data.label_map import LabelMap  # noqa: E402
 from oneseg.model.build import build_model  # noqa: E402
 from oneseg.spec import section_from_dict  # noqa: E402
@@ -72,7 +76,7 @@ def test_oneformer_round_trip(tmp_path, capsys):
 def test_mask2former_round_trip(tmp_path):
     hf = tiny_mask2former(seed=5, hidden_dim=48)
     folder = save_folder(hf, tmp_path / "m2f-coco-semantic")
-    out = write_hf_folder(folder, tmp_path / "out")
+    out = convert_to_hf(folder, tmp_path / "out")
     back = Mask2FormerForUniversalSegmentation.from_pretrained(out).eval()
     ours, _, cfg = load_model(folder)
     assert cfg.mode == "semantic" and load_model(out).model_cfg.mode == "semantic"
@@ -103,7 +107,7 @@ def native_checkpoint(tmp_path, **values) -> tuple:
 
 def test_a_model_made_here_loads_in_transformers(tmp_path):
     path, model = native_checkpoint(tmp_path)
-    back = OneFormerForUniversalSegmentation.from_pretrained(write_hf_folder(path, tmp_path / "o"))
+    back = OneFormerForUniversalSegmentation.from_pretrained(convert_to_hf(path, tmp_path / "o"))
     for task in ("semantic", "panoptic"):
         assert diff(outputs(back.eval(), True, task), outputs(model, False, task)) < 1e-4
 
@@ -111,9 +115,9 @@ def test_a_model_made_here_loads_in_transformers(tmp_path):
 def test_what_transformers_cannot_express_is_refused(tmp_path):
     path, _ = native_checkpoint(tmp_path, task_text="This task is {task}.")
     with pytest.raises(ConversionError, match="task_text 'This task is {task}.'"):
-        write_hf_folder(path, tmp_path / "a")
+        convert_to_hf(path, tmp_path / "a")
     path, _ = native_checkpoint(tmp_path, backbone="resnet50", backbone_embed_dim=0,
                                 backbone_depths=[])  # fmt: skip
     with pytest.raises(ConversionError, match="backbone 'resnet50'"):
-        write_hf_folder(path, tmp_path / "b")
+        convert_to_hf(path, tmp_path / "b")
     assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()

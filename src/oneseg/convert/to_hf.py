@@ -1,6 +1,7 @@
 """A oneseg model written back as a transformers folder (`oneseg convert --to-hf`).
 
-`write_hf_folder(source, out)` writes what `OneFormerForUniversalSegmentation.from_pretrained`
+`write_hf_folder(model_cfg, label_map, state, out)` (`oneseg.checkpoint.convert_to_hf` for any
+source) writes what `OneFormerForUniversalSegmentation.from_pretrained`
 (or `Mask2FormerForUniversalSegmentation`'s) reads: config.json and model.safetensors, saved by
 transformers itself from a model built from that config and filled with our tensors through the
 same key rules the reading direction uses (`hf_key_map`), and preprocessor_config.json (mean,
@@ -27,20 +28,13 @@ from pathlib import Path
 import torch
 from safetensors.torch import save_file
 
+from oneseg.backbones import BACKBONES, NAMED_SIZES
 from oneseg.config import ModelConfig
 from oneseg.constants import TASKS
-from oneseg.convert.hf import (
-    CONVNEXT_SIZES,
-    EXTRAS_FILE,
-    IGNORED,
-    SWIN_SIZES,
-    TEXT_FILE,
-    ConversionError,
-)
+from oneseg.convert.hf import EXTRAS_FILE, IGNORED, TEXT_FILE, ConversionError
 from oneseg.convert.hf_key_map import canonical_key, rules_for, sources_of
 from oneseg.data.label_map import LabelMap
 from oneseg.io import finite_json
-from oneseg.model.dinat import DINAT_SIZES
 from oneseg.tokenizer import task_text, tokenize
 
 STAGES = ["stage1", "stage2", "stage3", "stage4"]
@@ -57,43 +51,30 @@ def backbone_config(cfg: ModelConfig):
     from transformers import ConvNextConfig, DinatConfig, SwinConfig
 
     name = cfg.backbone
-    if name in SWIN_SIZES:
-        embed, depths, heads, window = SWIN_SIZES[name]
-        return SwinConfig(
-            embed_dim=cfg.backbone_embed_dim or embed,
-            depths=cfg.backbone_depths or depths,
-            num_heads=cfg.backbone_num_heads or heads,
-            window_size=cfg.backbone_window_size or window,
-            out_features=STAGES,
-            drop_path_rate=0.0,
+    size = NAMED_SIZES.get(name)
+    family = BACKBONES[name].family if name in BACKBONES else name
+    if size is None or family not in ("swin", "convnext", "dinat"):
+        raise ConversionError(
+            f"cannot write as a transformers model: backbone {name!r} (transformers' OneFormer "
+            "and Mask2Former take swin, convnext or dinat here)"
         )
-    if name in CONVNEXT_SIZES:
-        embed, depths, _, _ = CONVNEXT_SIZES[name]
-        embed = cfg.backbone_embed_dim or embed
-        return ConvNextConfig(
-            hidden_sizes=[embed * 2**i for i in range(4)],
-            depths=cfg.backbone_depths or depths,
-            out_features=STAGES,
-            drop_path_rate=0.0,
-        )
-    if name in DINAT_SIZES:
-        size = DINAT_SIZES[name]
-        _refuse(not size.layer_scale, f"{name} has layer scale (transformers keeps it otherwise)")
-        return DinatConfig(
-            embed_dim=cfg.backbone_embed_dim or size.embed_dim,
-            depths=cfg.backbone_depths or list(size.depths),
-            num_heads=cfg.backbone_num_heads or list(size.num_heads),
-            kernel_size=cfg.backbone_window_size or size.kernel_size,
-            dilations=cfg.backbone_dilations or [list(d) for d in size.dilations],
-            mlp_ratio=size.mlp_ratio,
-            layer_scale_init_value=0.0,
-            out_features=STAGES,
-            drop_path_rate=0.0,
-        )
-    raise ConversionError(
-        f"cannot write as a transformers model: backbone {name!r} (transformers' OneFormer and "
-        "Mask2Former take swin, convnext or dinat here)"
-    )
+    embed = cfg.backbone_embed_dim or size.embed_dim
+    depths = cfg.backbone_depths or list(size.depths)
+    heads = cfg.backbone_num_heads or list(size.num_heads)
+    window = cfg.backbone_window_size or size.window
+    if family == "swin":
+        return SwinConfig(embed_dim=embed, depths=depths, num_heads=heads, window_size=window,
+                          out_features=STAGES, drop_path_rate=0.0)  # fmt: skip
+    if family == "convnext":
+        return ConvNextConfig(hidden_sizes=[embed * 2**i for i in range(4)], depths=depths,
+                              out_features=STAGES, drop_path_rate=0.0)  # fmt: skip
+    _refuse(not size.layer_scale, f"{name} has layer scale (transformers keeps it otherwise)")
+    return DinatConfig(
+        embed_dim=embed, depths=depths, num_heads=heads, kernel_size=window,
+        dilations=cfg.backbone_dilations or [list(d) for d in size.dilations],
+        mlp_ratio=size.mlp_ratio, layer_scale_init_value=0.0, out_features=STAGES,
+        drop_path_rate=0.0,
+    )  # fmt: skip
 
 
 def _check_common(cfg: ModelConfig) -> None:
@@ -227,17 +208,23 @@ def processor_config(cfg: ModelConfig, label_map: LabelMap) -> dict:
     }
 
 
-def write_hf_folder(source, out: str | Path, intensity: dict | None = None) -> Path:
-    """Write any model `read_checkpoint` reads as a transformers folder at `out` (a new or empty
-    folder), built beside it and renamed into place: never half a folder."""
+def write_hf_folder(
+    model_cfg: ModelConfig,
+    label_map: LabelMap,
+    state: dict,
+    out: str | Path,
+    intensity: dict | None = None,
+) -> Path:
+    """Write a model (config, label map, state dict in our names) as a transformers folder at
+    `out` (a new or empty folder), built beside it and renamed into place: never half a folder.
+    `oneseg.checkpoint.convert_to_hf` does it for any source oneseg reads."""
     from transformers import Mask2FormerForUniversalSegmentation, OneFormerForUniversalSegmentation
 
-    from oneseg.checkpoint import read_checkpoint, read_intensity
+    from oneseg.model.build import build_model
 
     out = Path(out)
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
         raise FileExistsError(17, "exists and is not an empty folder; choose a new one", str(out))
-    model_cfg, label_map, state = read_checkpoint(source)
     config = hf_config(model_cfg, label_map)
     cls = (
         Mask2FormerForUniversalSegmentation
@@ -246,14 +233,12 @@ def write_hf_folder(source, out: str | Path, intensity: dict | None = None) -> P
     )
     hf_model = cls(config).eval()
     family = config.backbone_config.model_type
-    from oneseg.model.build import build_model
-
     num_fpn = build_model(model_cfg, len(label_map)).pixel_decoder.num_fpn_levels
     fill_hf_model(hf_model, state, rules_for(family, num_fpn, model_cfg.arch))
     extras = {
         "model_cfg": dataclasses.asdict(model_cfg),
         "label_map": label_map.to_categories(),
-        "intensity": intensity if intensity is not None else read_intensity(source),
+        "intensity": intensity,
     }
     tmp = out.with_name(f".{out.name}.partial")
     shutil.rmtree(tmp, ignore_errors=True)
