@@ -13,7 +13,7 @@ import torch
 pytest.importorskip("transformers")
 pytest.importorskip("huggingface_hub")
 from oneseg import cli  # noqa: E402
-from oneseg.checkpoint import load_model, read_checkpoint  # noqa: E402
+from oneseg.checkpoint import load_model  # noqa: E402
 from oneseg.hub import HubError, as_hub_source, split_source  # noqa: E402
 from oneseg.predictor import Predictor  # noqa: E402
 from oneseg.tokenizer import task_text, tokenize  # noqa: E402
@@ -126,11 +126,19 @@ def test_mask2former_by_name_equals_transformers(hub, models):
     assert result.masks.shape[1:] == (40, 56)
 
 
-def test_dinat_layout_by_name(hub, models):
-    """The DiNAT OneFormer's kernel and dilations come through the hub (its outputs are compared
-    with transformers in tests/convert/test_hf_dinat.py, which needs a patched attention)."""
-    cfg, _, _ = read_checkpoint(f"hf://{DINAT}")
+def test_dinat_by_name_equals_transformers(hub, models, monkeypatch):
+    """The DiNAT OneFormer (the published DiNAT-L layout): kernel and dilations come through the
+    hub, outputs equal transformers' (its neighbourhood attention run by our kernel, as in
+    tests/convert/test_hf_dinat.py: transformers' own needs NATTEN)."""
+    import transformers.models.dinat.modeling_dinat as md
+
+    from tests.convert.test_hf_dinat import attention_forward
+
+    monkeypatch.setattr(md, "requires_backends", lambda *args, **kwargs: None)
+    monkeypatch.setattr(md.NeighborhoodAttention, "forward", attention_forward)
+    ours, _, cfg = load_model(f"hf://{DINAT}")
     assert cfg.backbone_window_size == 5 and cfg.backbone_dilations == [[1, 3], [2], [1], [1]]
+    assert oneformer_outputs(models["dinat"][0], ours) < 1e-4
 
 
 def test_cli_convert_by_name(hub, tmp_path, capsys):

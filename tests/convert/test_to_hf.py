@@ -121,3 +121,20 @@ def test_what_transformers_cannot_express_is_refused(tmp_path):
     with pytest.raises(ConversionError, match="backbone 'resnet50'"):
         convert_to_hf(path, tmp_path / "b")
     assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()
+
+
+def test_dinat_round_trip(tmp_path, monkeypatch):
+    """DiNAT back to transformers (its attention run by our kernel: transformers' needs NATTEN,
+    see tests/convert/test_hf_dinat.py)."""
+    import transformers.models.dinat.modeling_dinat as md
+
+    from tests.convert.test_hf_dinat import attention_forward
+
+    monkeypatch.setattr(md, "requires_backends", lambda *args, **kwargs: None)
+    monkeypatch.setattr(md.NeighborhoodAttention, "forward", attention_forward)
+    hf = tiny_oneformer("dinat", seed=6)
+    folder = save_folder(hf, tmp_path / "dinat")
+    back = OneFormerForUniversalSegmentation.from_pretrained(convert_to_hf(folder, tmp_path / "o"))
+    ours, _, _ = load_model(folder)
+    assert diff(outputs(back.eval(), True), outputs(ours, False)) < 1e-4
+    assert diff(outputs(back, True), outputs(hf, True)) < 1e-4
