@@ -72,6 +72,17 @@ def main() -> None:
     rows.append(("hub OneFormer (Swin), 3 tasks", worst(ours, of, True)))
     ours = load_model("hf://facebook/mask2former-tiny-coco-panoptic").model
     rows.append(("hub Mask2Former (Swin)", worst(ours, m2f, False)))
+    # transformers' DiNAT needs NATTEN: its neighbourhood attention is run by ours, as in tests
+    import transformers.models.dinat.modeling_dinat as md
+
+    from tests.convert.test_hf_dinat import attention_forward
+
+    md.requires_backends = lambda *args, **kwargs: None
+    md.NeighborhoodAttention.forward = attention_forward
+    dinat = tiny_oneformer("dinat", seed=2)
+    hub.add_commit("shi-labs/oneformer_tiny_dinat", save_folder(dinat, root / "dinat"))
+    ours = load_model("hf://shi-labs/oneformer_tiny_dinat").model
+    rows.append(("hub OneFormer (DiNAT), 3 tasks", worst(ours, dinat, True)))
     for name, hf, cls, oneformer in (
         ("of", of, OneFormerForUniversalSegmentation, True),
         ("m2f", m2f, Mask2FormerForUniversalSegmentation, False),
