@@ -250,10 +250,14 @@ def test_timm_hub_backbone(hub, tmp_path):
         load_pretrained_backbone(backbone, "hf-hub:timm/not-there")
 
 
-def test_a_broken_download_is_never_read(hub, models, tmp_path, capsys):
+def test_a_broken_download_is_never_read(hub, models, tmp_path, capsys, monkeypatch):
     """A connection that breaks off mid-file: huggingface_hub resumes it (Range) and the model
     equals transformers'; one that always breaks fails in one line, and the cache holds no
-    weights file (the partial one stays an .incomplete blob, never linked)."""
+    weights file (the partial one stays an .incomplete blob, never linked). The backoff waits
+    between huggingface_hub's retries are skipped."""
+    import huggingface_hub.utils._http as hub_http
+
+    monkeypatch.setattr(hub_http.time, "sleep", lambda seconds: None)
     hub.cut["model.safetensors"] = 1
     ours, _, _ = load_model(f"hf://{ONEFORMER}")
     assert oneformer_outputs(models["oneformer"][0], ours) < 1e-4

@@ -279,7 +279,9 @@ class TrainConfig:
     checkpoint_interval_unit: Literal["epoch", "step"] = f("epoch", "unit of checkpoint_interval")
     validation_interval: int = f(1, "validate every this many epochs", ge=1)
     resume_training_checkpoint_path: str = f("", "resume from this checkpoint; '' = latest found")
-    pretrained_model: str = f("", "load these weights (weights only) before training")
+    pretrained_model: str = f(
+        "", "load these weights (the tensors that fit) before training; also hf://ORG/NAME[@REV]"
+    )
     pretrained_backbone: str = f(
         "",
         "backbone weights: a local file (timm, official Swin/ConvNeXt ImageNet .pth, DiNAT) or "
@@ -306,7 +308,9 @@ class TrainConfig:
 
 @dataclass
 class EvaluateConfig:
-    checkpoint: str = f("", "checkpoint to evaluate")
+    checkpoint: str = f(
+        "", "checkpoint to evaluate (file, transformers folder or hf://ORG/NAME[@REV])"
+    )
     tasks: list[Task] = f(list(TASKS), "tasks to evaluate")
     split: Literal["val", "test"] = f("val", "dataset split")
     batch_size: int = f(1, "images per batch", ge=1)
@@ -317,7 +321,7 @@ class EvaluateConfig:
 
 @dataclass
 class InferenceConfig:
-    checkpoint: str = f("", "checkpoint to run")
+    checkpoint: str = f("", "checkpoint to run (file, transformers folder or hf://ORG/NAME[@REV])")
     images: str = f("", "a folder, a glob, a text file listing images, or one image")
     tasks: list[Task] = f(["panoptic"], "tasks to run")
     semantic_ids: Literal["category", "contiguous"] = f("category", "ids in semantic PNGs")
@@ -335,7 +339,9 @@ class InferenceConfig:
 
 @dataclass
 class ExportConfig:
-    checkpoint: str = f("", "checkpoint to export")
+    checkpoint: str = f(
+        "", "checkpoint to export (file, transformers folder or hf://ORG/NAME[@REV])"
+    )
     onnx_file: str = f(
         "",
         "output ONNX file; '' = results_dir/export/model.onnx (all: one file per task, "
