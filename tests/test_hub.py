@@ -267,7 +267,11 @@ def test_a_broken_download_is_never_read(hub, models, tmp_path, capsys, monkeypa
     cache = tmp_path / "hub_cache" / "models--facebook--mask2former-tiny-coco-instance"
     assert not list(cache.rglob("snapshots/*/model.safetensors"))
     assert not (tmp_path / "x.ckpt").exists()
-    print(line, file=open(tmp_path / "broken.txt", "w"))
+    # an optional file that cannot be fetched is an error, not a file taken as absent (the
+    # processor config holds the input normalisation)
+    hub.cut = {"preprocessor_config.json": 100}
+    line = convert_line(DINAT, tmp_path, capsys)
+    assert f"hf://{DINAT}: the transfer from" in line
 
 
 def test_one_checkpoint_file_of_a_repository(hub, models, tmp_path, capsys):

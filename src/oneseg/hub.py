@@ -115,13 +115,28 @@ def _fetch(repo_id: str, filename: str, revision: str | None) -> Path:
 
 
 def _fetch_optional(repo_id: str, filename: str, revision: str) -> Path | None:
-    """The file, or None where the repository has none (or, offline, the cache has none)."""
-    from huggingface_hub.errors import EntryNotFoundError
+    """The file, or None where the repository has none (offline: where the cache has none).
+    Online, a file that could not be fetched is an error, not an absent file: a processor
+    config silently missing would change the model's input normalisation."""
+    from huggingface_hub.errors import EntryNotFoundError, RemoteEntryNotFoundError
 
     try:
         return _fetch(repo_id, filename, revision)
-    except EntryNotFoundError:
+    except RemoteEntryNotFoundError:
         return None
+    except EntryNotFoundError:  # local: offline and not in the cache, or no connection
+        if offline() or _known_absent(repo_id, filename, revision):
+            return None
+        raise
+
+
+def _known_absent(repo_id: str, filename: str, revision: str) -> bool:
+    """Whether the cache recorded that the repository had no such file at that commit."""
+    from huggingface_hub import try_to_load_from_cache
+    from huggingface_hub.file_download import _CACHED_NO_EXIST
+
+    found = try_to_load_from_cache(repo_id, filename, cache_dir=cache_dir(), revision=revision)
+    return found is _CACHED_NO_EXIST
 
 
 def _fetch_weights(repo_id: str, revision: str) -> None:
