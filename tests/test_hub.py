@@ -299,3 +299,25 @@ def test_inference_action_takes_a_hub_name(hub, tmp_path, capsys):
             "inference.tasks=[instance]", f"results_dir={results}"]  # fmt: skip
     assert cli.main(argv) == 0, capsys.readouterr().err
     assert any((results / "inference").rglob("*photo*"))
+
+
+def test_convert_records_a_task_prompt(hub, models, tmp_path, capsys):
+    """`convert --task-text`: the prompt a file does not record (NV-OneFormer's) is kept in the
+    checkpoint, and the task tokens come from it (reference: transformers fed those tokens)."""
+    out = tmp_path / "nv.ckpt"
+    argv = ["convert", "--from-hf", ONEFORMER, "--out", str(out), "--task-text",
+            "This task is {task}."]  # fmt: skip
+    assert cli.main(argv) == 0
+    ours, _, cfg = load_model(out)
+    assert cfg.task_text == "This task is {task}."
+    hf = models["oneformer"][0]
+    pixels = torch.randn(1, 3, 64, 96, generator=torch.Generator().manual_seed(5))
+    tokens = tokenize(["This task is panoptic."])
+    panoptic = ours.task_token_ids[2:3]  # the stored prompt's ids (TASKS order)
+    assert torch.equal(panoptic, tokens)
+    with torch.no_grad():
+        ref = hf(pixel_values=pixels, task_inputs=tokens)
+        mine = ours(pixels, panoptic)
+    assert max_diff(mine["pred_masks"], ref.masks_queries_logits) < 1e-4
+    assert cli.main([*argv[:-1], "no task here"]) == 2
+    assert "a OneFormer's prompt, with {task}" in capsys.readouterr().err
