@@ -28,7 +28,6 @@ from typing import NamedTuple
 from oneseg.errors import CheckpointError
 
 SCHEME = "hf://"
-TIMM_PREFIX = "hf-hub:"
 REPO_ID = re.compile(r"[A-Za-z0-9][\w.-]*/[\w.-]+")
 # oneseg.json: what a model pushed by oneseg adds (its model config, label map, intensity rule)
 OPTIONAL_FILES = ("preprocessor_config.json", "oneseg.json", "oneseg_text_branch.safetensors")
@@ -60,10 +59,6 @@ def split_source(source: str | Path) -> HubSource | None:
             "hf://ORG/NAME[@REVISION]/FILE)"
         )
     return HubSource(repo_id, revision or None, filename or None)
-
-
-def is_hub_source(source) -> bool:
-    return isinstance(source, str) and source.startswith((SCHEME, TIMM_PREFIX))
 
 
 def as_hub_source(text: str) -> str | None:
