@@ -85,6 +85,7 @@ def test_names():
         "hf://shi-labs/oneformer_ade20k_swin_tiny"
     )
     assert as_hub_source("model.ckpt") is None
+    assert as_hub_source("results/model.ckpt") is None  # a missing local file, not a repository
     with pytest.raises(HubError, match="not a hub model name"):
         split_source("hf://no-slash")
 

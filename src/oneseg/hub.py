@@ -28,6 +28,8 @@ from typing import NamedTuple
 from oneseg.errors import CheckpointError
 
 SCHEME = "hf://"
+# names ending so are files, not repositories: `results/model.ckpt` is a missing local file
+FILE_SUFFIXES = (".ckpt", ".pth", ".pt", ".pkl", ".bin", ".safetensors", ".onnx", ".engine")
 REPO_ID = re.compile(r"[A-Za-z0-9][\w.-]*/[\w.-]+")
 # oneseg.json: what a model pushed by oneseg adds (its model config, label map, intensity rule)
 OPTIONAL_FILES = ("preprocessor_config.json", "oneseg.json", "oneseg_text_branch.safetensors")
@@ -66,8 +68,9 @@ def as_hub_source(text: str) -> str | None:
     hf:// source, unless a local path of that name exists; None if it is not a name."""
     if text.startswith(SCHEME):
         return text
-    if Path(text).exists() or not REPO_ID.fullmatch(text.partition("@")[0]):
-        return None
+    name = text.partition("@")[0]
+    if Path(text).exists() or not REPO_ID.fullmatch(name) or name.endswith(FILE_SUFFIXES):
+        return None  # a local path (a missing file is reported as one)
     return SCHEME + text
 
 
