@@ -37,6 +37,7 @@ class LoopbackHub:
         self.write_token = write_token
         self.repos: dict[str, Repo] = {}
         self.requests: list[tuple[str, str]] = []
+        self.created: list[dict] = []  # the bodies of repository creations
         # file name -> how many more GETs of it break off halfway (the connection then closes)
         self.cut: dict[str, int] = {}
         self.server = ThreadingHTTPServer(("127.0.0.1", 0), _handler(self))
@@ -91,6 +92,7 @@ def _handler(hub: LoopbackHub):
                 return self._json(200, {"errors": [], "warnings": []})
             if path == "/api/repos/create":
                 data = json.loads(body)
+                hub.created.append(data)
                 repo_id = f"{data['organization']}/{data['name']}"
                 hub.repos.setdefault(repo_id, Repo())
                 return self._json(200, {"url": f"{hub.url}/{repo_id}"})

@@ -69,8 +69,9 @@ def test_dry_run_writes_the_folder(setup, capsys):
 def test_push_loads_back_identically(setup, capsys, monkeypatch):
     args, ckpt, _, server = setup
     monkeypatch.setenv("HF_TOKEN", "hf_writer")
-    assert cli.main(args) == 0
+    assert cli.main([*args, "push.private=true"]) == 0
     assert f"push: {REPO}" in capsys.readouterr().out
+    assert server.created[0]["private"] is True and server.created[0]["name"] == "tiny-oneformer"
     pushed = server.repos[REPO].commits[server.repos[REPO].refs["main"]]
     assert {"model.safetensors", "README.md", "oneseg.json", "label_map.json"} <= set(pushed)
     ours, labels, cfg = load_model(ckpt)
