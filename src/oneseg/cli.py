@@ -116,6 +116,7 @@ def _load(args):
 
 def _run_action(action: str, args) -> int:
     from oneseg.experiment import ActionRun  # imported on use: --help stays fast
+    from oneseg.local_inputs import localize  # imported on use: --help stays fast
     from oneseg.spec import check_inputs  # imported on use: --help stays fast
 
     spec = _load(args)
@@ -124,9 +125,21 @@ def _run_action(action: str, args) -> int:
     module_name, func_name = entry.split(":")
     func = getattr(importlib.import_module(module_name), func_name)
     with ActionRun(spec, action) as run:
-        func(spec, run)
+        func(localize(spec, action, _download_logger(run)), run)
     print(f"{action}: done; results in {run.dir}")
     return 0
+
+
+def _download_logger(run):
+    """Counts in status.json the files downloaded for the spec's URLs (0: all were cached)."""
+    from oneseg.remote import shown  # imported on use: --help stays fast
+
+    def on_download(url: str, count: int) -> None:
+        run.kpis["downloaded_files"] = run.kpis.get("downloaded_files", 0) + count
+        if count:
+            run.log("RUNNING", message=f"downloaded {count} file(s) of {shown(url)}")
+
+    return on_download
 
 
 def _dispatch(args, parser) -> int:
@@ -179,8 +192,9 @@ def _data(args, parser) -> int:
         return 0
     if args.data_command == "check":
         from oneseg.data.check import check_main  # imported on use: --help stays fast
+        from oneseg.local_inputs import localize  # imported on use: --help stays fast
 
-        return check_main(_load(args).dataset, as_json=args.json)
+        return check_main(localize(_load(args), "check").dataset, as_json=args.json)
     parser.parse_args(["data", "--help"])
     return 2
 

@@ -1,0 +1,99 @@
+"""An S3 server on 127.0.0.1 for tests (moto's S3 in a thread), counting the requests it gets.
+
+Authentication is on: only the access key made by `start_s3_server` (an IAM user allowed s3:*)
+is accepted, so a wrong secret or an unknown key is refused as a real store refuses it."""
+
+from __future__ import annotations
+
+import json
+import threading
+from dataclasses import dataclass, field
+
+from werkzeug.serving import make_server
+
+
+@dataclass
+class S3Server:
+    endpoint: str
+    access_key: str
+    secret_key: str
+    requests: list[tuple[str, str]] = field(default_factory=list)  # (method, path)
+    server: object = None
+    previous_auth: float = float("inf")
+
+    def env(self) -> dict[str, str]:
+        """The environment a client of this store reads its endpoint and credentials from."""
+        return {
+            "AWS_ENDPOINT_URL": self.endpoint,
+            "AWS_ACCESS_KEY_ID": self.access_key,
+            "AWS_SECRET_ACCESS_KEY": self.secret_key,
+            "AWS_DEFAULT_REGION": "us-east-1",
+            "AWS_CONFIG_FILE": "/nonexistent/aws-config",
+            "AWS_SHARED_CREDENTIALS_FILE": "/nonexistent/aws-credentials",
+            "AWS_EC2_METADATA_DISABLED": "true",
+        }
+
+    def downloads(self) -> list[str]:
+        """Paths of the object reads (GET of a key, not of a bucket listing)."""
+        return [p for m, p in self.requests if m == "GET" and p.strip("/").count("/") >= 1]
+
+    def stop(self) -> None:
+        from moto import settings
+
+        self.server.shutdown()
+        settings.INITIAL_NO_AUTH_ACTION_COUNT = self.previous_auth
+
+
+def start_s3_server() -> S3Server:
+    from moto.server import DomainDispatcherApplication, create_backend_app
+
+    app = DomainDispatcherApplication(create_backend_app)
+    state = S3Server("", "", "")
+
+    def counting(environ, start_response):
+        if not environ.get("PATH_INFO", "").startswith("/moto-api"):
+            state.requests.append((environ["REQUEST_METHOD"], environ.get("PATH_INFO", "")))
+        return app(environ, start_response)
+
+    server = make_server("127.0.0.1", 0, counting, threaded=True)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    state.server = server
+    state.endpoint = f"http://127.0.0.1:{server.server_port}"
+    import boto3
+
+    setup = dict(
+        endpoint_url=state.endpoint,
+        region_name="us-east-1",
+        aws_access_key_id="setup",
+        aws_secret_access_key="setup",
+    )
+    iam = boto3.client("iam", **setup)
+    iam.create_user(UserName="tester")
+    policy = {
+        "Version": "2012-10-17",
+        "Statement": [{"Effect": "Allow", "Action": "s3:*", "Resource": "*"}],
+    }
+    iam.put_user_policy(UserName="tester", PolicyName="s3", PolicyDocument=json.dumps(policy))
+    key = iam.create_access_key(UserName="tester")["AccessKey"]
+    state.access_key, state.secret_key = key["AccessKeyId"], key["SecretAccessKey"]
+    # from now on every request must be signed by a known key (moto's switch, as its
+    # /moto-api/reset-auth sets it)
+    from moto import settings
+    from moto.core.authorization import ActionAuthenticatorMixin
+
+    state.previous_auth = settings.INITIAL_NO_AUTH_ACTION_COUNT
+    settings.INITIAL_NO_AUTH_ACTION_COUNT = 0
+    ActionAuthenticatorMixin.request_count = 0
+    return state
+
+
+def s3_client(server: S3Server):
+    import boto3
+
+    return boto3.client(
+        "s3",
+        endpoint_url=server.endpoint,
+        region_name="us-east-1",
+        aws_access_key_id=server.access_key,
+        aws_secret_access_key=server.secret_key,
+    )
