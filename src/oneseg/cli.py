@@ -23,6 +23,9 @@ from oneseg.errors import (
     Stopped,
 )
 
+# label formats `oneseg data convert` reads (oneseg.data.convert.SOURCES, kept here so that
+# `oneseg --help` imports nothing)
+SOURCE_FORMATS = ("labelme", "masks", "yolo", "ade_jsonl")
 DEBUG_ENV = "ONESEG_DEBUG"  # set to 1 to see the traceback behind a one-line error
 
 # What each action runs: "module:function(spec, run)". Imported only when the action is called,
@@ -79,7 +82,7 @@ def _parser() -> argparse.ArgumentParser:
     p = sub.add_parser("schema", help="print the JSON Schema of an action's spec")
     p.add_argument("action", choices=list(ACTION_ENTRY))
 
-    data = sub.add_parser("data", help="dataset tools: synth, check")
+    data = sub.add_parser("data", help="dataset tools: synth, check, convert")
     data_sub = data.add_subparsers(dest="data_command", metavar="DATA_COMMAND")
     p = data_sub.add_parser("synth", help="write a small synthetic COCO-panoptic dataset")
     p.add_argument("out", help="output folder")
@@ -90,6 +93,13 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("-e", "--experiment-spec", dest="spec", help="YAML spec file")
     p.add_argument("--json", action="store_true", help="print the report as JSON")
     p.add_argument("overrides", nargs="*", help="dotted overrides")
+
+    p = data_sub.add_parser("convert", help="labels of annotation tools to COCO panoptic / COCO")
+    p.add_argument("--from", dest="source", required=True, choices=SOURCE_FORMATS)
+    p.add_argument("src", help="folder (or .jsonl file) of the labels")
+    p.add_argument("--to", dest="target", required=True, choices=("coco_panoptic", "coco"))
+    p.add_argument("out", help="output folder")
+    p.add_argument("--label-map", help="JSON list of {id, name, isthing, color}")
 
     p = sub.add_parser("convert", help="convert transformers OneFormer weights to oneseg")
     p.add_argument("--from-hf", required=True, help="local transformers OneFormer folder")
@@ -195,6 +205,14 @@ def _data(args, parser) -> int:
         from oneseg.local_inputs import localize  # imported on use: --help stays fast
 
         return check_main(localize(_load(args), "check").dataset, as_json=args.json)
+    if args.data_command == "convert":
+        from oneseg.data.convert import convert  # imported on use: --help stays fast
+
+        report = convert(args.source, args.src, args.target, args.out, args.label_map)
+        for line in report.lines():
+            print(f"data convert: {line}")
+        print(f"data convert: wrote {args.out} (report: {args.out}/convert_report.json)")
+        return 0
     parser.parse_args(["data", "--help"])
     return 2
 
