@@ -150,7 +150,12 @@ LABELS = "s3://data/train/label_map.json"  # the first URL the spec's inputs rea
         ("s3://data/train/nothing.json", {}, None, "no such key"),
         (None, {"AWS_SECRET_ACCESS_KEY": "wrong"}, LABELS, "access denied"),
         (None, {"AWS_ACCESS_KEY_ID": "AKIANOTKNOWN00000000"}, LABELS, "access denied"),
-        (None, {"AWS_ENDPOINT_URL": "http://127.0.0.1:9"}, LABELS, "no network"),
+        (
+            None,
+            {"AWS_ENDPOINT_URL": "http://127.0.0.1:9", "AWS_MAX_ATTEMPTS": "1"},
+            LABELS,
+            "no network",
+        ),
     ],
 )
 def test_a_url_that_cannot_be_read_is_one_line_naming_it(
@@ -247,3 +252,33 @@ def test_an_output_given_as_url_is_refused(tmp_path, capsys):
     assert code == 2 and err.startswith(
         "oneseg: spec error: export.onnx_file: got 's3://data/model.onnx'"
     )
+
+
+def test_https_style_urls_through_a_local_web_server(tmp_path, synth_data):
+    import functools
+    import threading
+    from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
+
+    class Quiet(SimpleHTTPRequestHandler):
+        def log_message(self, *args):
+            pass
+
+    handler = functools.partial(Quiet, directory=str(synth_data["root"]))
+    server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    base = f"http://user:secret@127.0.0.1:{server.server_port}"
+    try:
+        counts = []
+        url = f"{base}/label_map.json?signature=SECRET"
+        first = fetch(url, tmp_path, lambda u, n: counts.append((u, n)))
+        assert first.read_bytes() == synth_data["label_map"].read_bytes()
+        assert fetch(url, tmp_path, lambda u, n: counts.append((u, n))) == first
+        shown = f"http://127.0.0.1:{server.server_port}/label_map.json"
+        assert counts == [(shown, 1), (shown, 0)]  # the second time from the cache
+        with pytest.raises(RemoteError) as err:
+            fetch(f"{base}/nothing.json?signature=SECRET", tmp_path)
+        assert str(err.value) == (
+            f"http://127.0.0.1:{server.server_port}/nothing.json: no such file on the server"
+        )
+    finally:
+        server.shutdown()

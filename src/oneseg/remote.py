@@ -22,6 +22,7 @@ import hashlib
 import json
 import re
 import shutil
+import socket
 from pathlib import Path, PurePosixPath
 from urllib.parse import urlsplit, urlunsplit
 
@@ -84,14 +85,38 @@ def filesystem(url: str):
         ) from None
 
 
+def _chain(err: BaseException) -> list[BaseException]:
+    """`err` and the exceptions it was raised from (a store wraps its client's errors)."""
+    seen = [err]
+    while len(seen) < 8:
+        nxt = seen[-1].__cause__ or seen[-1].__context__
+        if nxt is None or nxt in seen:
+            break
+        seen.append(nxt)
+    return seen
+
+
+def _is_network(err: BaseException) -> bool:
+    return isinstance(err, ConnectionError | TimeoutError | socket.gaierror) or bool(
+        re.search(r"Connect|Timeout|DNS", type(err).__name__)
+    )
+
+
 def describe_error(url: str, err: BaseException) -> RemoteError:
     """The one-line error of a failed read of `url`: missing bucket or key, access, network."""
-    text = f"{type(err).__name__} {err}"
+    chain = _chain(err)
+    text = " ".join(f"{type(e).__name__} {e}" for e in chain)
     where = shown(url)
+    if any(_is_network(e) for e in chain):
+        return RemoteError(
+            f"{where}: no network connection to the store ({type(chain[-1]).__name__}); check "
+            "the network and the endpoint (for S3: AWS_ENDPOINT_URL)"
+        )
     if isinstance(err, FileNotFoundError) or "NoSuchKey" in text or "NoSuchBucket" in text:
+        if url.lower().startswith(("http://", "https://")):
+            return RemoteError(f"{where}: no such file on the server")
         bucket = re.search(r"NoSuchBucket|bucket does not exist|container", text, re.I)
-        what = "no such bucket" if bucket else "no such key"
-        return RemoteError(f"{where}: {what}")
+        return RemoteError(f"{where}: {'no such bucket' if bucket else 'no such key'}")
     if isinstance(err, PermissionError) or re.search(
         r"AccessDenied|Forbidden|InvalidAccessKeyId|SignatureDoesNotMatch|403|401", text
     ):
@@ -102,11 +127,6 @@ def describe_error(url: str, err: BaseException) -> RemoteError:
         )
     if re.search(r"NoCredentials|Unable to locate credentials", text):
         return RemoteError(f"{where}: no credentials found in the environment or config files")
-    if re.search(r"Connect|Timeout|Name or service|resolve|unreachable|EndpointConnection", text):
-        return RemoteError(
-            f"{where}: no network connection to the store ({type(err).__name__}); check the "
-            "network and the endpoint (for S3: AWS_ENDPOINT_URL)"
-        )
     first = str(err).strip().splitlines()[0] if str(err).strip() else ""
     return RemoteError(f"{where}: cannot read ({type(err).__name__}: {first[:200]})")
 
@@ -126,7 +146,7 @@ def _entry_name(url: str) -> str:
 def _listing(fs, path: str, url: str) -> tuple[str, dict[str, tuple], str | None]:
     """(what the URL names: file, folder or glob; {relative path: (fs, remote path, info)} of
     its files; for a glob, the pattern relative to the copied folder)."""
-    if _GLOB_CHARS.search(path):
+    if _is_glob(url, path):
         static = _GLOB_CHARS.split(path, 1)[0].rsplit("/", 1)[0]
         found = fs.glob(path, detail=True)
         files = {
@@ -146,6 +166,11 @@ def _listing(fs, path: str, url: str) -> tuple[str, dict[str, tuple], str | None
         }
         return "folder", files, None
     return "file", {PurePosixPath(urlsplit(url).path).name or "file": (fs, path, info)}, None
+
+
+def _is_glob(url: str, path: str) -> bool:
+    """A pattern of object names (an http(s) URL is never one: `?` starts its query)."""
+    return not url.lower().startswith(("http://", "https://")) and bool(_GLOB_CHARS.search(path))
 
 
 def _relative(path: str, base: str) -> str:
@@ -206,7 +231,7 @@ def _locked_download(url: str, cache_root: str | Path, list_files, on_download) 
         except Exception as err:  # every store raises its own types; each becomes one line
             raise describe_error(url, err) from None
     if on_download is not None:
-        on_download(url, count)
+        on_download(shown(url), count)
     return target, listed
 
 
@@ -214,7 +239,8 @@ def fetch(url: str, cache_root: str | Path, on_download=None) -> Path:
     """A local path holding what `url` names, brought up to date in `cache_root`: the file, the
     folder of a prefix's files, or the glob pattern over the copy of its matches.
 
-    on_download(url, count): told how many files were downloaded (0: all were in the cache).
+    on_download(url, count): told how many files were downloaded (0: all were in the cache),
+    with the URL as `shown` gives it.
     Raises RemoteError naming the URL (shown without credentials) when it cannot be read."""
     fs, path = filesystem(url)
     target, (kind, files, pattern) = _locked_download(
