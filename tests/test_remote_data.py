@@ -8,11 +8,9 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import tarfile
 
 import pytest
 import yaml
-from s3_server import s3_client, start_s3_server
 
 from oneseg.cli import main
 from oneseg.config import LossConfig
@@ -20,41 +18,7 @@ from oneseg.local_inputs import localize
 from oneseg.remote import RemoteError, fetch
 from oneseg.spec import spec_from_dict
 
-
-@pytest.fixture(scope="module")
-def s3():
-    server = start_s3_server()
-    yield server
-    server.stop()
-
-
-@pytest.fixture
-def s3_env(s3, monkeypatch):
-    for name in ("AWS_PROFILE", "AWS_SESSION_TOKEN", "AWS_REGION"):
-        monkeypatch.delenv(name, raising=False)
-    for name, value in s3.env().items():
-        monkeypatch.setenv(name, value)
-    return s3
-
-
-@pytest.fixture(scope="module")
-def tao_bucket(s3, synth_data, tmp_path_factory):
-    """s3://data/{train,val}/ as TAO's page names the files of a split."""
-    client = s3_client(s3)
-    client.create_bucket(Bucket="data")
-    work = tmp_path_factory.mktemp("upload")
-    for split in ("train", "val"):
-        paths = synth_data[split]
-        for name, folder, top in (
-            ("images.tar.gz", paths["images"], "images"),
-            ("images_panoptic.tar.gz", paths["panoptic"], "images_panoptic"),
-        ):
-            with tarfile.open(work / name, "w:gz") as tar:
-                tar.add(folder, arcname=top)
-            client.upload_file(str(work / name), "data", f"{split}/{name}")
-        client.upload_file(str(paths["panoptic_json"]), "data", f"{split}/annotations.json")
-        client.upload_file(str(synth_data["label_map"]), "data", f"{split}/label_map.json")
-    return client
+pytest_plugins = ("s3_server",)  # the fixtures s3, s3_env, tao_bucket
 
 
 def _tao_overrides(eval_split: str = "s3://data/val") -> list[str]:
