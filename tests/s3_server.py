@@ -1,7 +1,8 @@
 """An S3 server on 127.0.0.1 for tests (moto's S3 in a thread), counting the requests it gets.
 
-Authentication is on: only the access key made by `start_s3_server` (an IAM user allowed s3:*)
-is accepted, so a wrong secret or an unknown key is refused as a real store refuses it."""
+While a test holds `s3_env`, authentication is on: only the access key made by
+`start_s3_server` (an IAM user allowed s3:*) is accepted, so a wrong secret or an unknown key is
+refused as a real store refuses it."""
 
 from __future__ import annotations
 
@@ -39,11 +40,21 @@ class S3Server:
         """Paths of the object reads (GET of a key, not of a bucket listing)."""
         return [p for m, p in self.requests if m == "GET" and p.strip("/").count("/") >= 1]
 
-    def stop(self) -> None:
+    def require_auth(self, on: bool) -> None:
+        """Whether every request must be signed by a known key (moto's global switch, as its
+        /moto-api/reset-auth sets it); off again when the test is done, for other moto users."""
         from moto import settings
+        from moto.core.authorization import ActionAuthenticatorMixin
 
+        if on:
+            self.previous_auth = settings.INITIAL_NO_AUTH_ACTION_COUNT
+            settings.INITIAL_NO_AUTH_ACTION_COUNT = 0
+            ActionAuthenticatorMixin.request_count = 0
+        else:
+            settings.INITIAL_NO_AUTH_ACTION_COUNT = self.previous_auth
+
+    def stop(self) -> None:
         self.server.shutdown()
-        settings.INITIAL_NO_AUTH_ACTION_COUNT = self.previous_auth
 
 
 def start_s3_server() -> S3Server:
@@ -78,14 +89,6 @@ def start_s3_server() -> S3Server:
     iam.put_user_policy(UserName="tester", PolicyName="s3", PolicyDocument=json.dumps(policy))
     key = iam.create_access_key(UserName="tester")["AccessKey"]
     state.access_key, state.secret_key = key["AccessKeyId"], key["SecretAccessKey"]
-    # from now on every request must be signed by a known key (moto's switch, as its
-    # /moto-api/reset-auth sets it)
-    from moto import settings
-    from moto.core.authorization import ActionAuthenticatorMixin
-
-    state.previous_auth = settings.INITIAL_NO_AUTH_ACTION_COUNT
-    settings.INITIAL_NO_AUTH_ACTION_COUNT = 0
-    ActionAuthenticatorMixin.request_count = 0
     return state
 
 
@@ -104,8 +107,9 @@ def s3_client(server: S3Server):
 # ---------------------------------------------------------------- fixtures (import them by name)
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def s3():
+    """One server per test session: moto's stores and its authentication switch are global."""
     server = start_s3_server()
     yield server
     server.stop()
@@ -117,10 +121,12 @@ def s3_env(s3, monkeypatch):
         monkeypatch.delenv(name, raising=False)
     for name, value in s3.env().items():
         monkeypatch.setenv(name, value)
-    return s3
+    s3.require_auth(True)
+    yield s3
+    s3.require_auth(False)
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def tao_bucket(s3, synth_data, tmp_path_factory):
     """s3://data/{train,val}/ as TAO's page names the files of a split."""
     client = s3_client(s3)

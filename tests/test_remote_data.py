@@ -191,6 +191,9 @@ def test_folder_glob_and_list_urls_and_a_changed_object(tmp_path, s3_env, tao_bu
     tao_bucket.put_object(Bucket="data", Key=f"loose/{images[0].name}", Body=b"changed")
     fetch("s3://data/loose/", cache, lambda url, n: counts.append(n))
     assert counts == [1] and (folder / images[0].name).read_bytes() == b"changed"
+    tao_bucket.delete_object(Bucket="data", Key=f"loose/{images[1].name}")
+    fetch("s3://data/loose/", cache, lambda url, n: counts.append(n))
+    assert counts == [1, 0] and not (folder / images[1].name).exists()
 
 
 def test_calibration_and_inference_archives_are_unpacked(tmp_path, s3_env, tao_bucket, synth_data):

@@ -26,7 +26,6 @@ _SPLITS_OF = {
     "train": ("train", "val"),
     "automl": ("train", "val"),
     "evaluate": ("{split}",),
-    "export": ("val",),
     "quantize": ("val",),
     "check": ("train", "val", "test"),
 }
@@ -98,6 +97,8 @@ def _input_keys(spec, action: str) -> list[tuple[str, bool]]:
         else:
             sources = [f"dataset.{split}"]
         keys += [(f"{s}.{k}", k in FOLDER_KEYS) for s in sources for k in SOURCE_KEYS]
+    if action == "export" and not spec.export.check_image:
+        keys.append(("dataset.val.images", True))  # its first image checks the export
     if action in ("evaluate", "inference", "quantize") and not spec.dataset.label_map:
         # without a label map the classes are read from the training annotations
         keys += [(f"dataset.train[{i}].annotations", False) for i in range(len(spec.dataset.train))]
@@ -153,7 +154,8 @@ def _get(spec, key: str):
 
 def _local_list(value: str, local: str, cache: Path, on_download) -> str:
     """A list of images whose lines are URLs, or paths relative to a list that was a URL: the
-    same list over local copies (written beside them). Local lines of a local list: unchanged."""
+    same list over local copies (written beside them); the list's other lines stay the files
+    they named."""
     if not Path(local).is_file():
         return local
     lines = [line.strip() for line in Path(local).read_text().splitlines()]
@@ -166,6 +168,9 @@ def _local_list(value: str, local: str, cache: Path, on_download) -> str:
     }
     if not urls:
         return local
+    for i, line in enumerate(lines):  # local lines of a local list: as they were read
+        if i not in urls and base is None and not Path(line).is_absolute():
+            lines[i] = str(Path(local).parent.absolute() / line)
     copies = fetch_each(list(urls.values()), f"{value}#images", cache / "remote", on_download)
     for i, copy in zip(urls, copies):
         lines[i] = str(copy)

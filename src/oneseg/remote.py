@@ -20,6 +20,7 @@ from __future__ import annotations
 import fcntl
 import hashlib
 import json
+import os
 import re
 import shutil
 import socket
@@ -27,7 +28,7 @@ from pathlib import Path, PurePosixPath
 from urllib.parse import urlsplit, urlunsplit
 
 from oneseg.errors import BadInput
-from oneseg.io import write_atomic, write_json_atomic
+from oneseg.io import write_json_atomic
 
 # scheme -> (the package fsspec needs for it, the oneseg extra that installs that package)
 SCHEMES = {
@@ -44,6 +45,7 @@ SCHEMES = {
 }
 MANIFEST = ".remote.json"
 _MARGIN_BYTES = 64 << 20  # left free besides the downloaded files
+_BATCH = 256  # files downloaded concurrently, and between two writes of the manifest
 _GLOB_CHARS = re.compile(r"[*?\[]")
 # the first of these that a store reports tells one version of an object from another
 _VERSION_KEYS = ("ETag", "etag", "generation", "VersionId", "version_id", "md5Hash", "content_md5")
@@ -184,7 +186,8 @@ def _download(url: str, files: dict[str, tuple], target: Path) -> int:
 
     files: {relative path: (file system, remote path, info)}."""
     manifest = _read_manifest(target)
-    for rel in set(manifest) - set(files):  # gone from the store: gone from the copy
+    removed = set(manifest) - set(files)
+    for rel in removed:  # gone from the store: gone from the copy
         (target / rel).unlink(missing_ok=True)
         del manifest[rel]
     todo = {
@@ -199,11 +202,37 @@ def _download(url: str, files: dict[str, tuple], target: Path) -> int:
             f"{shown(url)}: downloading needs {needed / 2**30:.2f} GiB, only {free / 2**30:.2f} "
             f"GiB free in {target}"
         )
-    for rel, (fs, source, info) in sorted(todo.items()):
-        write_atomic(target / rel, lambda tmp, fs=fs, source=source: fs.get_file(source, str(tmp)))
-        manifest[rel] = _version(info)
+    items = sorted(todo.items())
+    for start in range(0, len(items), _BATCH):
+        _get_batch(items[start : start + _BATCH], target)
+        manifest.update({rel: _version(item[2]) for rel, item in items[start : start + _BATCH]})
+        write_json_atomic(target / MANIFEST, manifest)
+    if removed and not todo:
         write_json_atomic(target / MANIFEST, manifest)
     return len(todo)
+
+
+def _get_batch(items: list[tuple[str, tuple]], target: Path) -> None:
+    """Download files concurrently (fsspec's batched `get`) to temporary names beside their
+    targets, then rename each onto its target: a stopped run leaves no half file."""
+    by_fs: dict[int, list] = {}
+    for rel, (fs, source, _) in items:
+        by_fs.setdefault(id(fs), [fs, [], [], []])
+        tmp = target / rel
+        tmp = tmp.parent / f".{tmp.name}.part{os.getpid()}"
+        tmp.parent.mkdir(parents=True, exist_ok=True)
+        group = by_fs[id(fs)]
+        group[1].append(source)
+        group[2].append(str(tmp))
+        group[3].append(target / rel)
+    for fs, sources, temps, finals in by_fs.values():
+        try:
+            fs.get(sources, temps)
+            for tmp, final in zip(temps, finals):
+                os.replace(tmp, final)
+        finally:
+            for tmp in temps:
+                Path(tmp).unlink(missing_ok=True)
 
 
 def _read_manifest(target: Path) -> dict:
