@@ -211,3 +211,43 @@ def test_a_class_missing_from_the_label_map_is_skipped(synth_data, tmp_path, cap
     report = json.loads((out / "convert_report.json").read_text())
     assert {s["reason"] for s in report["skipped"]} == {"class 'unicorn' is not in the label map"}
     _check_clean(out, "coco_panoptic")
+
+
+def test_without_a_label_map_classes_are_numbered_as_met(synth_data, tmp_path, capsys):
+    src = tmp_path / "masks"
+    src.mkdir()
+    names = _names(synth_data["label_map"])
+    WRITERS["masks"](synth_data["val"], names, src)
+    out = tmp_path / "out"
+    assert (
+        main(["data", "convert", "--from", "masks", str(src), "--to", "coco_panoptic", str(out)])
+        == 0
+    )
+    assert "note: no --label-map: classes numbered 1.. as met" in capsys.readouterr().out
+    made = json.loads((out / "label_map.json").read_text())
+    assert [c["id"] for c in made] == list(range(1, len(made) + 1))
+    assert sorted(c["name"] for c in made) == sorted(
+        {names[c] for _, objs in gt_objects(synth_data["val"]) for c, _, _ in objs}
+    )
+    assert all(c["isthing"] for c in made)
+    _check_clean(out, "coco_panoptic")
+
+
+def test_a_missing_source_is_one_line(tmp_path, capsys):
+    code = main(
+        [
+            "data",
+            "convert",
+            "--from",
+            "yolo",
+            str(tmp_path / "none"),
+            "--to",
+            "coco",
+            str(tmp_path / "out"),
+        ]
+    )
+    assert code == 2
+    assert (
+        capsys.readouterr().err.strip()
+        == f"oneseg: error: {tmp_path / 'none'}: no such file or folder"
+    )
