@@ -17,9 +17,9 @@ from typing import Any, Literal, get_args, get_origin
 
 import yaml
 
+from oneseg.backbones import BACKBONE_NAMES
 from oneseg.config import ACTIONS, ExperimentConfig
 from oneseg.presets import preset_values
-from oneseg.tao.backbones import KNOWN_BACKBONES
 from oneseg.tao.resolve import MISSING, extract, resolve, split_overrides
 from oneseg.tao.table import TaoKeyError
 
@@ -257,10 +257,10 @@ def _check_spec(spec: ExperimentConfig) -> None:
         if value == MISSING:
             raise SpecError(f"{key}: '???' marks a value to fill in; give it ({key}=...)")
 
-    if spec.model.backbone not in KNOWN_BACKBONES:
+    if spec.model.backbone not in BACKBONE_NAMES:
         raise SpecError(
             f"model.backbone: got {spec.model.backbone!r}, expected one of "
-            f"{', '.join(KNOWN_BACKBONES)}"
+            f"{', '.join(BACKBONE_NAMES)}"
         )
 
 
