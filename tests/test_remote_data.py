@@ -98,9 +98,10 @@ def test_tao_override_set_with_s3_urls_trains_evaluates_and_infers(
     assert sorted(image["file_name"] for image in coco["images"]) == names
 
     # a second run reads everything from the cache: not one object is downloaded
-    before = len(s3_env.downloads())
+    before = len(s3_env.requests)
     assert main(["evaluate", "-e", str(spec), *tao, f"evaluate.checkpoint={model_url}"]) == 0
-    assert len(s3_env.downloads()) == before
+    # one metadata request per URL (label map, val's three files, the checkpoint), no download
+    assert sorted(m for m, _ in s3_env.requests[before:]) == ["HEAD"] * 5
     assert _last_status(results / "evaluate")["kpi"]["downloaded_files"] == 0
 
 
@@ -249,3 +250,10 @@ def test_https_style_urls_through_a_local_web_server(tmp_path, synth_data):
         )
     finally:
         server.shutdown()
+
+
+def test_data_check_reads_the_urls(tmp_path, s3_env, tao_bucket, capsys):
+    tao = [o for o in _tao_overrides() if o.startswith("dataset.") and "contiguous" not in o]
+    assert main(["data", "check", "--json", f"results_dir={tmp_path}", *tao]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["images"] == {"train": 2, "val": 4} and report["errors"] == 0
