@@ -23,9 +23,6 @@ from oneseg.errors import (
     Stopped,
 )
 
-# label formats `oneseg data convert` reads (oneseg.data.convert.SOURCES, kept here so that
-# `oneseg --help` imports nothing)
-SOURCE_FORMATS = ("labelme", "masks", "yolo", "ade_jsonl")
 DEBUG_ENV = "ONESEG_DEBUG"  # set to 1 to see the traceback behind a one-line error
 
 # What each action runs: "module:function(spec, run)". Imported only when the action is called,
@@ -96,9 +93,9 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("overrides", nargs="*", help="dotted overrides")
 
     p = data_sub.add_parser("convert", help="labels of annotation tools to COCO panoptic / COCO")
-    p.add_argument("--from", dest="source", required=True, choices=SOURCE_FORMATS)
+    p.add_argument("--from", dest="source", required=True, help="labelme|masks|yolo|ade_jsonl")
     p.add_argument("src", help="folder (or .jsonl file) of the labels")
-    p.add_argument("--to", dest="target", required=True, choices=("coco_panoptic", "coco"))
+    p.add_argument("--to", dest="target", required=True, help="coco_panoptic|coco")
     p.add_argument("out", help="output folder")
     p.add_argument("--label-map", help="JSON list of {id, name, isthing, color}")
 
@@ -143,12 +140,11 @@ def _run_action(action: str, args) -> int:
 
 def _download_logger(run):
     """Counts in status.json the files downloaded for the spec's URLs (0: all were cached)."""
-    from oneseg.remote import shown  # imported on use: --help stays fast
 
     def on_download(url: str, count: int) -> None:
         run.kpis["downloaded_files"] = run.kpis.get("downloaded_files", 0) + count
         if count:
-            run.log("RUNNING", message=f"downloaded {count} file(s) of {shown(url)}")
+            run.log("RUNNING", message=f"downloaded {count} file(s) of {url}")
 
     return on_download
 

@@ -251,3 +251,11 @@ def test_a_missing_source_is_one_line(tmp_path, capsys):
         capsys.readouterr().err.strip()
         == f"oneseg: error: {tmp_path / 'none'}: no such file or folder"
     )
+
+
+def test_an_unknown_format_is_one_line(tmp_path, capsys):
+    code = main(["data", "convert", "--from", "voc", str(tmp_path), "--to", "coco", str(tmp_path)])
+    assert code == 2
+    assert capsys.readouterr().err.strip() == (
+        "oneseg: error: --from: got 'voc', expected one of labelme, masks, yolo, ade_jsonl"
+    )

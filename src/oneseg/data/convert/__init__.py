@@ -17,6 +17,7 @@ from oneseg.data.convert.labels import Classes, ConvertReport
 from oneseg.data.convert.masks import read_masks
 from oneseg.data.convert.yolo import read_yolo
 from oneseg.data.label_map import LabelMap
+from oneseg.data.records import DataError
 
 SOURCES = ("labelme", "masks", "yolo", "ade_jsonl")
 TARGETS = ("coco_panoptic", "coco")
@@ -31,9 +32,9 @@ def convert(
     classes the labels name must be in it. Without it, classes are numbered as met, all things.
     Returns the report (also written to OUT/convert_report.json)."""
     if source not in SOURCES:
-        raise ValueError(f"--from: got {source!r}, expected one of {', '.join(SOURCES)}")
+        raise DataError(f"--from: got {source!r}, expected one of {', '.join(SOURCES)}")
     if target not in TARGETS:
-        raise ValueError(f"--to: got {target!r}, expected one of {', '.join(TARGETS)}")
+        raise DataError(f"--to: got {target!r}, expected one of {', '.join(TARGETS)}")
     src, out = Path(src), Path(out)
     if not src.exists():
         raise FileNotFoundError(f"{src}: no such file or folder")
