@@ -81,7 +81,7 @@ def _parser() -> argparse.ArgumentParser:
     p = sub.add_parser("schema", help="print the JSON Schema of an action's spec")
     p.add_argument("action", choices=list(ACTION_ENTRY))
 
-    data = sub.add_parser("data", help="dataset tools: synth, check")
+    data = sub.add_parser("data", help="dataset tools: synth, check, convert")
     data_sub = data.add_subparsers(dest="data_command", metavar="DATA_COMMAND")
     p = data_sub.add_parser("synth", help="write a small synthetic COCO-panoptic dataset")
     p.add_argument("out", help="output folder")
@@ -93,6 +93,13 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("-e", "--experiment-spec", dest="spec", help="YAML spec file")
     p.add_argument("--json", action="store_true", help="print the report as JSON")
     p.add_argument("overrides", nargs="*", help="dotted overrides")
+
+    p = data_sub.add_parser("convert", help="labels of annotation tools to COCO panoptic / COCO")
+    p.add_argument("--from", dest="source", required=True, help="labelme|masks|yolo|ade_jsonl")
+    p.add_argument("src", help="folder (or .jsonl file) of the labels")
+    p.add_argument("--to", dest="target", required=True, help="coco_panoptic|coco")
+    p.add_argument("out", help="output folder")
+    p.add_argument("--label-map", help="JSON list of {id, name, isthing, color}")
 
     p = sub.add_parser(
         "convert", help="convert transformers OneFormer/Mask2Former weights to oneseg and back"
@@ -126,6 +133,7 @@ def _load(args):
 
 def _run_action(action: str, args) -> int:
     from oneseg.experiment import ActionRun  # imported on use: --help stays fast
+    from oneseg.local_inputs import localize  # imported on use: --help stays fast
     from oneseg.spec import check_inputs  # imported on use: --help stays fast
 
     spec = _load(args)
@@ -134,9 +142,20 @@ def _run_action(action: str, args) -> int:
     module_name, func_name = entry.split(":")
     func = getattr(importlib.import_module(module_name), func_name)
     with ActionRun(spec, action) as run:
-        func(spec, run)
+        func(localize(spec, action, _download_logger(run)), run)
     print(f"{action}: done; results in {run.dir}")
     return 0
+
+
+def _download_logger(run):
+    """Counts in status.json the files downloaded for the spec's URLs (0: all were cached)."""
+
+    def on_download(url: str, count: int) -> None:
+        run.kpis["downloaded_files"] = run.kpis.get("downloaded_files", 0) + count
+        if count:
+            run.log("RUNNING", message=f"downloaded {count} file(s) of {url}")
+
+    return on_download
 
 
 def _dispatch(args, parser) -> int:
@@ -201,8 +220,17 @@ def _data(args, parser) -> int:
         return 0
     if args.data_command == "check":
         from oneseg.data.check import check_main  # imported on use: --help stays fast
+        from oneseg.local_inputs import localize  # imported on use: --help stays fast
 
-        return check_main(_load(args).dataset, as_json=args.json)
+        return check_main(localize(_load(args), "check").dataset, as_json=args.json)
+    if args.data_command == "convert":
+        from oneseg.data.convert import convert  # imported on use: --help stays fast
+
+        report = convert(args.source, args.src, args.target, args.out, args.label_map)
+        for line in report.lines():
+            print(f"data convert: {line}")
+        print(f"data convert: wrote {args.out} (report: {args.out}/convert_report.json)")
+        return 0
     parser.parse_args(["data", "--help"])
     return 2
 

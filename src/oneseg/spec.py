@@ -463,7 +463,10 @@ def _hub_name(key: str, value: str) -> bool:
 
 
 def check_inputs(spec: ExperimentConfig, action: str) -> None:
-    """Refuse, before any work starts, a spec whose input files or folders do not exist."""
+    """Refuse, before any work starts, a spec whose input files or folders do not exist (URLs
+    are checked when they are read: `oneseg.local_inputs`)."""
+    from oneseg.remote import is_url
+
     keys = list(_INPUTS_OF.get(action, ()))
     sources = {
         "train": [(f"dataset.train[{i}]", s) for i, s in enumerate(spec.dataset.train)]
@@ -474,12 +477,12 @@ def check_inputs(spec: ExperimentConfig, action: str) -> None:
     }.get(action, [])
     for key in keys:
         value = _get_dotted(spec, key)
-        if value and not Path(value).exists() and not _hub_name(key, value):
+        if value and not is_url(value) and not Path(value).exists() and not _hub_name(key, value):
             raise SpecError(f"{key}: got {value!r}, no such file or folder")
     for prefix, source in sources:
         for name in ("images", "annotations", "panoptic", "labels"):
             value = getattr(source, name)
-            if value and not Path(value).exists():
+            if value and not is_url(value) and not Path(value).exists():
                 raise SpecError(f"{prefix}.{name}: got {value!r}, no such file or folder")
     if action in ("evaluate", "inference"):
         section = getattr(spec, action)
