@@ -36,6 +36,7 @@ ACTION_ENTRY = {
     "gen_trt_engine": "oneseg.export.tensorrt:run_gen_trt_engine",
     "quantize": "oneseg.export.quantize:run_quantize",
     "automl": "oneseg.automl.study:run_automl",
+    "serve": "oneseg.serve.action:run_serve",
 }
 
 ACTION_HELP = {
@@ -46,6 +47,7 @@ ACTION_HELP = {
     "gen_trt_engine": "build a TensorRT engine from an ONNX model",
     "quantize": "INT8-quantize an ONNX model",
     "automl": "search the spec's hyper-parameters (Optuna): many trainings, one best spec",
+    "serve": "an HTTP JSON API and a web page for a model, on this machine",
 }
 
 

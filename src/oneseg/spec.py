@@ -300,6 +300,7 @@ _SECTIONS_OF = {
     "gen_trt_engine": ("results_dir", "dataset", "gen_trt_engine"),
     "quantize": ("results_dir", "model", "dataset", "quantize"),
     "automl": ("results_dir", "model", "dataset", "train", "evaluate", "automl"),
+    "serve": ("results_dir", "model", "dataset", "serve"),
 }
 
 
@@ -442,6 +443,7 @@ _INPUTS_OF = {
     "export": ("model.pretrained", "export.checkpoint", "export.check_image"),
     "gen_trt_engine": ("gen_trt_engine.onnx_file",),
     "quantize": ("quantize.onnx_file", "dataset.quant_calibration_dataset.images_dir"),
+    "serve": ("serve.model",),
 }
 
 
