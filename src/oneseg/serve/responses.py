@@ -7,7 +7,7 @@ Every task answers the same shape, so a client reads them alike:
                    "segmentation": {"size": [H, W], "counts": "..."}}]}
 
 - panoptic: one segment per id of the PNG (`id` is the PNG's id, R + 256 G + 256^2 B).
-- instance: one per detection, `id` 1..N in decreasing score, as pycocotools' results.
+- instance: one per detection, `id` 1..N in the order of the model's detections.
 - semantic: one per class present, `id` its category id, `score` null (a label map has none).
 
 `bbox` is COCO's [x, y, width, height] in pixels, `area` a pixel count. PNGs: panoptic as

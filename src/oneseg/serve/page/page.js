@@ -117,6 +117,7 @@ function makePanel(task, result) {
   visible.forEach((s) => {
     s.color = segmentColor(s, result.segments.indexOf(s));
     s.mask = s.mask || rleDecode(s.segmentation);
+    s.border = s.border || border(s.mask, result.width, result.height);
   });
   const canvas = panel.querySelector("canvas");
   canvas.width = result.width;
@@ -142,6 +143,20 @@ function makePanel(task, result) {
   return panel;
 }
 
+/** 1 on the mask's pixels that touch a pixel outside it (4-neighbours, image edge apart). */
+function border(mask, width, height) {
+  const edge = new Uint8Array(mask.length);
+  for (let y = 0; y < height; y++) {
+    for (let x = 0; x < width; x++) {
+      const i = y * width + x;
+      if (!mask[i]) continue;
+      edge[i] = (x > 0 && !mask[i - 1]) || (x < width - 1 && !mask[i + 1]) ||
+        (y > 0 && !mask[i - width]) || (y < height - 1 && !mask[i + width]) ? 1 : 0;
+    }
+  }
+  return edge;
+}
+
 function draw(canvas, segments, hot) {
   const ctx = canvas.getContext("2d");
   ctx.drawImage(state.image, 0, 0, canvas.width, canvas.height);
@@ -150,10 +165,15 @@ function draw(canvas, segments, hot) {
   for (const s of segments) {
     const alpha = hot === null ? 0.5 : s === hot ? 0.8 : 0.12;
     const [r, g, b] = s === hot ? [255, 220, 0] : s.color;
-    const mask = s.mask;
+    const { mask, border: edge } = s;
+    const lit = hot === null || s === hot;
     for (let i = 0; i < mask.length; i++) {
       if (!mask[i]) continue;
       const j = 4 * i;
+      if (edge[i] && lit) { // outlined, so that a segment of the image's own colour shows
+        px[j] = 255; px[j + 1] = 255; px[j + 2] = 255;
+        continue;
+      }
       px[j] = px[j] * (1 - alpha) + r * alpha;
       px[j + 1] = px[j + 1] * (1 - alpha) + g * alpha;
       px[j + 2] = px[j + 2] * (1 - alpha) + b * alpha;
