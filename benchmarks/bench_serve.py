@@ -41,8 +41,8 @@ def oneseg(*args: str, timeout: float = 1800) -> None:
         raise RuntimeError(f"{' '.join(args[:1])} failed: {done.stderr.strip()[-800:]}")
 
 
-def make_models(folder: Path) -> tuple[dict[str, Path], Path]:
-    """source -> model file, and the folder of validation images."""
+def make_models(folder: Path, sources) -> tuple[dict[str, Path], Path]:
+    """source -> model file (of `sources` only), and the folder of validation images."""
     import dataclasses
 
     import torch
@@ -63,6 +63,8 @@ def make_models(folder: Path) -> tuple[dict[str, Path], Path]:
     checkpoint = folder / "demo.pth"
     save_atomic(make_checkpoint(cfg, label_map, model.state_dict()), checkpoint)
     fp32, int8 = folder / "demo.onnx", folder / "demo_int8.onnx"
+    if sources == ["pytorch"]:
+        return {"pytorch": checkpoint}, data["val"]["images"]
     oneseg(
         "export", f"results_dir={folder}", f"export.checkpoint={checkpoint}",
         f"export.onnx_file={fp32}", "export.task=panoptic", "export.batch_size=-1",
@@ -212,7 +214,7 @@ def main(argv: list[str] | None = None) -> None:
               "max_wait_ms": args.max_wait_ms}  # fmt: skip
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp)
-        models, images_dir = make_models(folder)
+        models, images_dir = make_models(folder, args.sources)
         images = [p.read_bytes() for p in sorted(Path(images_dir).iterdir())]
         for source in args.sources:
             server = Server(models[source], folder / source, args.max_batch, args.max_wait_ms)

@@ -99,6 +99,13 @@ def _legend(panel) -> list[tuple[int, str, int]]:
     ]
 
 
+def _check_rle_decoder(page, rle: dict) -> None:
+    """The page's RLE decoder gives pycocotools' mask (row-major)."""
+    decoded = np.asarray(page.evaluate("rle => Array.from(rleDecode(rle))", rle), dtype=np.uint8)
+    reference = mask_util.decode({**rle, "counts": rle["counts"].encode("ascii")})
+    assert np.array_equal(decoded.reshape(reference.shape), reference)
+
+
 def _download(page, anchor, folder: Path) -> Path:
     with page.expect_download() as info:
         anchor.click()
@@ -151,6 +158,7 @@ def test_page_shows_each_task(
     assert [p.get_attribute("data-task") for p in panels] == list(expected)
     for panel, task in zip(panels, expected):
         assert _legend(panel) == [(s["id"], s["name"], s["area"]) for s in api[task]["segments"]]
+        _check_rle_decoder(page, api[task]["segments"][0]["segmentation"])
         assert _tinted_pixels(panel, scene_png) > 0
         before = _canvas_digest(panel)
         row = panel.query_selector("tbody tr")

@@ -60,20 +60,27 @@ def test_sigterm_answers_every_request_in_flight(tmp_path, tiny_checkpoint, scen
             answers.append((response.status_code, time.monotonic()))
 
     threads = [threading.Thread(target=ask) for _ in range(8)]
-    for thread in threads:
-        thread.start()
-    deadline = time.monotonic() + 30
-    with httpx.Client(timeout=10) as client:  # wait until the queue holds some of them
-        while time.monotonic() < deadline:
-            metrics = client.get(f"{server.url}/metrics").text
-            depth = float(re.search(r"^oneseg_queue_depth (\S+)", metrics, re.M).group(1))
-            if depth >= 3:
-                break
-            time.sleep(0.02)
-    signalled = time.monotonic()
-    code = server.stop(signal.SIGTERM)
-    for thread in threads:
-        thread.join(60)
+    try:
+        for thread in threads:
+            thread.start()
+        _wait_for_queue(server.url, depth=3)
+        signalled = time.monotonic()
+        code = server.stop(signal.SIGTERM)
+        for thread in threads:
+            thread.join(60)
+    finally:
+        server.stop(signal.SIGKILL)  # only if a step above failed before the process ended
     assert code == 143
     assert sorted(status for status, _ in answers) == [200] * 8
     assert sum(at > signalled for _, at in answers) >= 3  # answered after the signal
+
+
+def _wait_for_queue(url: str, depth: int, timeout: float = 30.0) -> None:
+    """Until at least `depth` requests wait in the server's queue (or `timeout`)."""
+    deadline = time.monotonic() + timeout
+    with httpx.Client(timeout=10) as client:
+        while time.monotonic() < deadline:
+            metrics = client.get(f"{url}/metrics").text
+            if float(re.search(r"^oneseg_queue_depth (\S+)", metrics, re.M).group(1)) >= depth:
+                return
+            time.sleep(0.02)
