@@ -37,6 +37,7 @@ ACTION_ENTRY = {
     "quantize": "oneseg.export.quantize:run_quantize",
     "automl": "oneseg.automl.study:run_automl",
     "push": "oneseg.push:run_push",
+    "serve": "oneseg.serve.action:run_serve",
 }
 
 ACTION_HELP = {
@@ -48,6 +49,7 @@ ACTION_HELP = {
     "quantize": "INT8-quantize an ONNX model",
     "automl": "search the spec's hyper-parameters (Optuna): many trainings, one best spec",
     "push": "publish a model on the Hugging Face Hub (weights, config, label map, model card)",
+    "serve": "an HTTP JSON API and a web page for a model, on this machine",
 }
 
 

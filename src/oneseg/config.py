@@ -14,7 +14,8 @@ from typing import Literal
 from oneseg.constants import IGNORE, TASKS
 
 ACTIONS = (
-    "train", "evaluate", "inference", "export", "gen_trt_engine", "quantize", "automl", "push"
+    "train", "evaluate", "inference", "export", "gen_trt_engine", "quantize", "automl", "push",
+    "serve",
 )  # fmt: skip
 Task = Literal["semantic", "instance", "panoptic"]
 
@@ -361,6 +362,9 @@ class ExportConfig:
     semantic_probs: bool = f(False, "semantic: also output the per-class scores [B, K, H, W]")
     check_image: str = f("", "image to compare ONNX Runtime with PyTorch on; '' = first val image")
     overwrite: bool = f(True, "replace an existing file")
+    triton_repository: str = f(
+        "", "also write a Triton model repository here (DIR/NAME/config.pbtxt, 1/model.onnx)"
+    )
 
 
 @dataclass
@@ -425,6 +429,24 @@ class QuantizeConfig:
     )
     threads: int = f(0, "ONNX Runtime intra-op threads of the timings; 0 = its choice", ge=0)
     overwrite: bool = f(True, "replace an existing file")
+
+
+# ----------------------------------------------------------------------------- serve
+@dataclass
+class ServeConfig:
+    model: str = f("", "checkpoint, exported ONNX file (FP32 or INT8) or TensorRT engine to serve")
+    host: str = f("127.0.0.1", "address to bind; beyond loopback an API key is required")
+    port: int = f(8000, "TCP port; 0 = any free port (printed at start)", ge=0, le=65535)
+    max_batch: int = f(4, "requests that may share one forward", ge=1)
+    max_wait_ms: float = f(10.0, "how long the first request of a batch waits for others", ge=0.0)
+    max_queue: int = f(64, "requests waiting at most; more are answered 503", ge=1)
+    timeout_s: float = f(60.0, "a request not answered in this time is answered 504", gt=0.0)
+    max_request_mb: float = f(32.0, "largest request body in MiB (413 above)", gt=0.0)
+    min_image_side: int = f(8, "images with a shorter side are refused (422)", ge=1)
+    api_key: str = f(
+        "", "required in the X-API-Key header when set; '' = the ONESEG_API_KEY variable, if any"
+    )
+    tasks: list[Task] = f(["panoptic", "instance", "semantic"], "tasks to offer")
 
 
 # ----------------------------------------------------------------------------- automl
@@ -492,6 +514,7 @@ class ExperimentConfig:
     quantize: QuantizeConfig = sub(QuantizeConfig, "INT8 quantization")
     automl: AutoMLConfig = sub(AutoMLConfig, "hyper-parameter search over this spec")
     push: PushConfig = sub(PushConfig, "publish a model on the Hugging Face Hub")
+    serve: ServeConfig = sub(ServeConfig, "HTTP API and web page (oneseg serve)")
 
 
 # settings of the model section that shape the network, from their field metadata

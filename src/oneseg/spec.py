@@ -301,6 +301,7 @@ _SECTIONS_OF = {
     "quantize": ("results_dir", "model", "dataset", "quantize"),
     "automl": ("results_dir", "model", "dataset", "train", "evaluate", "automl"),
     "push": ("results_dir", "model", "dataset", "train", "push"),
+    "serve": ("results_dir", "model", "dataset", "serve"),
 }
 
 
@@ -444,6 +445,7 @@ _INPUTS_OF = {
     "push": ("model.pretrained", "push.checkpoint", "push.metrics_file"),
     "gen_trt_engine": ("gen_trt_engine.onnx_file",),
     "quantize": ("quantize.onnx_file", "dataset.quant_calibration_dataset.images_dir"),
+    "serve": ("serve.model",),
 }
 
 
