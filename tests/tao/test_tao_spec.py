@@ -325,7 +325,8 @@ def test_meanings_of_single_keys():
     )
     optim = spec.train.optim
     assert optim.lr_scheduler == "multistep" and optim.milestones == [0.88, 0.96]
-    assert optim.warmup_steps == 10 and optim.type == "adamw" and spec.train.monitor == "loss"
+    # TAO warms up under WarmupPoly only
+    assert optim.warmup_steps == 0 and optim.type == "adamw" and spec.train.monitor == "loss"
     assert spec.train.freeze_backbone and spec.train.clip_grad_norm == 0.0
     assert (spec.model.text_encoder.layers, spec.model.text_encoder.proj_layers) == (3, 1)
     assert spec.dataset.augmentation.short_edge_scale == [0.5, 1.5]

@@ -38,6 +38,18 @@ def milestones(values: dict, ctx: Context) -> None:
         ctx.emit("train.optim.milestones", [v / epochs for v in reached])
 
 
+def warmup(values: dict, ctx: Context) -> None:
+    """TAO OneFormer warms up under its WarmupPoly schedule only."""
+    steps = values["train.optim.warmup_iters"]
+    if steps is None:
+        return
+    scheduler = ctx.current("train.optim.lr_scheduler")
+    if scheduler != "poly" and ctx.flavour is not None:
+        ctx.note(f"train.optim.warmup_iters: no warmup under {scheduler} (as in TAO)")
+        steps = 0
+    ctx.emit("train.optim.warmup_steps", steps)
+
+
 def clip(values: dict, ctx: Context) -> None:
     """train.clip_gradients.*: what TAO's OneFormer clips by (it does not read
     train.clip_grad_norm): the full-model gradient norm."""
@@ -161,6 +173,7 @@ GROUPS: dict[str, Callable[[dict, Context], None]] = {
     "milestones": milestones,
     "freeze": freeze,
     "clip": clip,
+    "warmup": warmup,
     "quantize": quantize,
     "inference_batch": inference_batch,
     "test_batch": test_batch,

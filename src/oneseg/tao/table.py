@@ -338,7 +338,7 @@ def _train_rows() -> list[Alias]:
             "MultiStep -> multistep, WarmupPoly -> poly",
             _lower_map(o + "lr_scheduler", _SCHEDULER),
         ),
-        rename(o + "warmup_iters", o + "warmup_steps"),
+        group(o + "warmup_iters", "warmup", "-> train.optim.warmup_steps (TAO: WarmupPoly only)"),
         group(
             o + "steps",
             "milestones",
