@@ -195,6 +195,9 @@ def spec_from_dict(data: dict | None, overrides: list[str] = ()) -> ExperimentCo
     spec = _build(ExperimentConfig, tree, "")
     _check_spec(spec)
     spec.tao = report  # not a spec field: what the TAO keys became (dump_spec, explain)
+    spec.missing = [key for key, value in _leaves(spec, "") if value == MISSING]
+    if report is not None:
+        spec.missing += report.resolution.missing
     return spec
 
 
@@ -288,11 +291,8 @@ def _leaves(node, prefix: str):
 
 
 def _check_spec(spec: ExperimentConfig) -> None:
-    """Checks across a field's type: names that must be known, no value left to fill in."""
-    for key, value in _leaves(spec, ""):
-        if value == MISSING:
-            raise SpecError(f"{key}: '???' marks a value to fill in; give it ({key}=...)")
-
+    """Checks across a field's type: names that must be known ('???' is checked by the action
+    that reads it, `check_inputs`)."""
     if spec.model.backbone not in KNOWN_BACKBONES:
         raise SpecError(
             f"model.backbone: got {spec.model.backbone!r}, expected one of "
@@ -492,6 +492,9 @@ def _get_dotted(spec, key: str):
 
 def check_inputs(spec: ExperimentConfig, action: str) -> None:
     """Refuse, before any work starts, a spec whose input files or folders do not exist."""
+    for key in getattr(spec, "missing", []):  # TAO's '???': only what this action reads
+        if key.split(".")[0] in _SECTIONS_OF.get(action, (key.split(".")[0],)):
+            raise SpecError(f"{key}: '???' marks a value to fill in; give it ({key}=...)")
     keys = list(_INPUTS_OF.get(action, ()))
     sources = {
         "train": [(f"dataset.train[{i}]", s) for i, s in enumerate(spec.dataset.train)]

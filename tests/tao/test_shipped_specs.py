@@ -168,3 +168,39 @@ def test_shipped_spec_runs(name, data, tmp_path, capsys):
     trained = (results / "train" / "experiment.yaml").read_text()
     assert trained.startswith("# read as a TAO ")
     assert "segmented 2, bad images 0" in capsys.readouterr().out
+
+
+def _tao_like_onnx(path):
+    """An ONNX file laid out as TAO's Mask2Former semantic export: input `inputs`, output
+    `pred_masks`, and TAO's deformable-attention plugin node."""
+    import onnx
+    from onnx import TensorProto, helper
+
+    x = helper.make_tensor_value_info("inputs", TensorProto.FLOAT, [1, 3, 64, 64])
+    y = helper.make_tensor_value_info("pred_masks", TensorProto.FLOAT, [1, 8, 64, 64])
+    node = helper.make_node("MultiscaleDeformableAttnPlugin_TRT", ["inputs"], ["pred_masks"])
+    graph = helper.make_graph([node], "tao", [x], [y])
+    onnx.save(helper.make_model(graph), str(path))
+
+
+def test_tao_exported_onnx_and_engine_are_refused_naming_what_they_lack(data, tmp_path, capsys):
+    onnx_file = tmp_path / "model.onnx"
+    _tao_like_onnx(onnx_file)
+    engine = tmp_path / "model.fp16.engine"
+    engine.write_bytes(b"not a oneseg engine")
+    spec = str(SPECS / "m2f_deploy_infer.yaml")
+    paths = [
+        f"results_dir={tmp_path / 'results'}",
+        f"dataset.label_map={data['label_map']}",
+        f"dataset.val.annot_file={data['val']['ade']}",
+        f"dataset.val.root_dir={data['root']}",
+        f"dataset.test.img_dir={data['val']['images']}",
+    ]
+    onnx_args = [f"evaluate.onnx_file={onnx_file}", "evaluate.trt_engine="]
+    assert main(["evaluate", "-e", spec, *paths, *onnx_args]) == 1
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert "a TAO mask2former ONNX export, which oneseg cannot run" in err
+    assert "1 MultiscaleDeformableAttnPlugin_TRT node(s)" in err and "(pred_masks)" in err
+    assert main(["inference", "-e", spec, *paths, f"inference.trt_engine={engine}"]) != 0
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert "model.fp16.engine" in err

@@ -8,7 +8,7 @@ import pytest
 import yaml
 
 from oneseg.config import ExperimentConfig
-from oneseg.spec import SpecError, dump_spec, load_spec, spec_from_dict
+from oneseg.spec import SpecError, check_inputs, dump_spec, load_spec, spec_from_dict
 from oneseg.tao.backbones import KNOWN_BACKBONES
 from oneseg.tao.table import ALIASES, SpecWarning, markdown_table
 
@@ -380,10 +380,13 @@ def test_tao_sample_spec_settings():
     '???' must be filled in, Mask2Former's source keys map, ADE JSON lines are read."""
     spec = spec_from_dict({"train": {"num_epochs": 50, "iters_per_epoch": 15000}})
     assert spec.train.optim.schedule_steps == 15000 * 50 + 1
+    # '???' is refused by the actions that read it, as TAO's OmegaConf refuses it on access
+    unfilled = spec_from_dict({"quantize": {"model_path": "???"}})
+    check_inputs(unfilled, "train")
     with pytest.raises(SpecError, match=r"quantize.model_path: '\?\?\?' marks a value to fill"):
-        spec_from_dict({"quantize": {"model_path": "???"}})
+        check_inputs(unfilled, "quantize")
     with pytest.raises(SpecError, match=r"results_dir: '\?\?\?' marks a value to fill in"):
-        spec_from_dict({"results_dir": "???"})
+        check_inputs(spec_from_dict({"results_dir": "???"}), "train")
     assert spec_from_dict({"results_dir": "???"}, ["results_dir=out"]).results_dir == "out"
     m2f_source = {
         "type": "coco_panoptic",

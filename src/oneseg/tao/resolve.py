@@ -110,6 +110,7 @@ class Resolution:
     assignments: list[tuple[str, Any]] = field(default_factory=list)
     lines: list[tuple[str, str]] = field(default_factory=list)  # (TAO key(s), what oneseg does)
     refusals: dict[str, str] = field(default_factory=dict)  # action -> one-line refusal
+    missing: list[str] = field(default_factory=list)  # TAO keys left '???' (to fill in)
 
 
 def _same(a: Any, b: Any) -> bool:
@@ -175,8 +176,10 @@ def resolve(
 
     groups: dict[str, dict[str, Any]] = {}
     for key, value in tao.items():
-        if value == MISSING:
-            raise TaoKeyError(f"{key}: '???' marks a value to fill in; give it ({key}=...)")
+        if value == MISSING:  # refused by the actions that read it (`oneseg.spec.check_inputs`)
+            out.missing.append(key)
+            out.lines.append((key, "'???': a value to fill in before an action reads it"))
+            continue
         row = lookup(key)
         if row.kind == "group":
             groups.setdefault(row.target, {})[key] = value
