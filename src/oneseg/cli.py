@@ -144,6 +144,8 @@ def _run_action(action: str, args) -> int:
     module_name, func_name = entry.split(":")
     func = getattr(importlib.import_module(module_name), func_name)
     with ActionRun(spec, action) as run:
+        if spec.tao is not None:  # status.json says how the TAO spec was read
+            run.log("RUNNING", spec.tao.summary())
         func(spec, run)
     print(f"{action}: done; results in {run.dir}")
     return 0
