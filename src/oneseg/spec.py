@@ -17,9 +17,9 @@ from typing import Any, Literal, get_args, get_origin
 
 import yaml
 
+from oneseg.backbones import BACKBONE_NAMES
 from oneseg.config import ACTIONS, ExperimentConfig
 from oneseg.presets import preset_values
-from oneseg.tao.backbones import KNOWN_BACKBONES
 from oneseg.tao.defaults import dotted_keys, flavour, missing_defaults
 from oneseg.tao.report import TaoReport
 from oneseg.tao.resolve import MISSING, extract, resolve, split_overrides
@@ -293,10 +293,10 @@ def _leaves(node, prefix: str):
 def _check_spec(spec: ExperimentConfig) -> None:
     """Checks across a field's type: names that must be known ('???' is checked by the action
     that reads it, `check_inputs`)."""
-    if spec.model.backbone not in KNOWN_BACKBONES:
+    if spec.model.backbone not in BACKBONE_NAMES:
         raise SpecError(
             f"model.backbone: got {spec.model.backbone!r}, expected one of "
-            f"{', '.join(KNOWN_BACKBONES)}"
+            f"{', '.join(BACKBONE_NAMES)}"
         )
 
 
