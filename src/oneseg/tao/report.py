@@ -48,8 +48,14 @@ class TaoReport:
         width = max((len(k) for k, _ in self.resolution.lines), default=0)
         width = min(width, 60)
         for key, what in self.resolution.lines:
-            mark = " (TAO default)" if key in default_keys else ""
+            filled = [k for k in key.split(", ") if k in default_keys]
+            mark = f" (TAO default: {', '.join(filled)})" if filled else ""
+            mark = " (TAO default)" if filled == [key] else mark
             out.append(f"{key:<{width}}  {what}{mark}" if key else f"{'':<{width}}{what}")
+        listed = {k for key, _ in self.resolution.lines for k in key.split(", ")}
+        for key, value in self.defaults:  # oneseg's own keys, set to TAO's default
+            if key not in listed:
+                out.append(f"{key:<{width}}  = {value!r} (TAO default; spelled as oneseg's key)")
         for action, message in self.resolution.refusals.items():
             out.append(f"{action}: refused: {message}")
         return "\n".join(out) + "\n"
