@@ -231,7 +231,20 @@ def _resolve_tao_keys(tree: dict, parsed: list) -> tuple[dict, list, TaoReport |
         raise SpecError(str(err)) from None
     for key, value in resolution.assignments:
         _set_dotted(tree, key.split("."), value)
+    if kind is None and all(_is_oneseg_key(key) for key in found):
+        return tree, parsed, None  # oneseg's own keys that TAO spells the same way
     return tree, parsed, TaoReport(kind, defaults, resolution)
+
+
+def _is_oneseg_key(key: str) -> bool:
+    cls = ExperimentConfig
+    for name in key.split("."):
+        if not dataclasses.is_dataclass(cls) or name not in {
+            f.name for f in dataclasses.fields(cls)
+        }:
+            return False
+        cls = _hints(cls)[name]
+    return True
 
 
 def _flat(node: dict, prefix: str = "") -> dict:

@@ -8,13 +8,14 @@ import warnings
 
 import numpy as np
 import pytest
+import yaml
 from PIL import Image
 
 from oneseg.data.ade_jsonl import AdeJsonlReader
 from oneseg.data.label_map import LabelMap
 from oneseg.data.records import DataError
 from oneseg.data.transforms import EvalTransform, TrainTransform, eval_size
-from oneseg.spec import SpecError, spec_from_dict
+from oneseg.spec import SpecError, spec_from_dict, template
 
 M2F = {"model": {"mask_former": {"num_object_queries": 10}}}
 ONEFORMER = {"model": {"one_former": {"num_object_queries": 10}}}
@@ -45,6 +46,9 @@ def test_oneseg_specs_keep_oneseg_defaults():
     spec = _spec({"model": {"hidden_dim": 64}})
     assert spec.tao is None and spec.train.optim.lr == 1e-4
     assert spec.dataset.augmentation.short_edge_scale == []
+    # keys TAO spells as oneseg does (precision, contiguous_id, train_min_size, ...) are no TAO
+    full = spec_from_dict(yaml.safe_load(template("train")))
+    assert full.tao is None and full.dataset.augmentation.train_min_size == [512]
 
 
 def test_annotation_file_of_the_type():
