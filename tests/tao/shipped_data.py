@@ -25,7 +25,10 @@ TRAINING_SPECS = (
     "m2f_tutorial_spec_inst",
     "oneformer_spec_coco",
     "oneformer_spec_ade",
+    "m2f_tao_defaults",
+    "oneformer_tao_defaults",
 )
+ADE_SPECS = ("m2f_backend_spec_ade", "m2f_tao_defaults")  # type ade: TAO's JSON lines
 # Sizes only: a tiny network and 64-pixel images, so one step runs in seconds on a CPU. They
 # are oneseg keys, applied after the spec's TAO keys, and leave every other value as resolved.
 SIZE_OVERRIDES = [
@@ -98,7 +101,7 @@ def data_overrides(name: str, data: dict, results: Path, checkpoint: str = "") -
     """The data and model-file paths of spec `name`, in its own keys, pointed at `data`."""
     out = [f"results_dir={results}", f"dataset.label_map={data['label_map']}"]
     train, val = data["train"], data["val"]
-    if name == "m2f_backend_spec_ade":
+    if name in ADE_SPECS:
         out += [
             f"dataset.train.annot_file={train['ade']}",
             f"dataset.train.root_dir={data['root']}",

@@ -72,8 +72,10 @@ def test_target_size_stretches_evaluation_and_is_refused_for_training():
 
 def test_clipping_of_oneformer():
     assert _spec(ONEFORMER, ["train.clip_gradients.clip_value=0.5"]).train.clip_grad_norm == 0.5
-    with pytest.raises(SpecError, match="clips by clip_gradients.clip_value only: give one"):
-        _spec(ONEFORMER, ["train.clip_gradients.clip_value=0.5", "train.clip_grad_norm=0.2"])
+    # TAO's own default spec holds both (0.1 and 1.0); TAO's OneFormer reads clip_value only
+    both = {**ONEFORMER, "train": {"clip_grad_norm": 0.1, "clip_gradients": {"clip_value": 1.0}}}
+    assert _spec(both).train.clip_grad_norm == 1.0
+    assert _spec(both, ["train.clip_grad_norm=0.2"]).train.clip_grad_norm == 0.2  # typed: wins
     with pytest.raises(SpecError, match="clip_type: got 'value'"):
         _spec(ONEFORMER, ["train.clip_gradients.clip_type=value"])
     spec = _spec(ONEFORMER, ["train.cudnn.deterministic=true"])

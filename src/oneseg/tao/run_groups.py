@@ -52,7 +52,7 @@ def warmup(values: dict, ctx: Context) -> None:
 
 def clip(values: dict, ctx: Context) -> None:
     """train.clip_gradients.*: what TAO's OneFormer clips by (it does not read
-    train.clip_grad_norm): the full-model gradient norm."""
+    train.clip_grad_norm, which a command-line override still sets): the full-model norm."""
     kind = values.get("train.clip_gradients.clip_type")
     if kind not in (None, "full_model"):
         raise TaoKeyError(
@@ -65,12 +65,12 @@ def clip(values: dict, ctx: Context) -> None:
     value = values.get("train.clip_gradients.clip_value")
     if value is None:
         return
-    if "train.clip_grad_norm" in ctx.given:
+    if "train.clip_grad_norm" in ctx.given and ctx.flavour == "oneformer":
         native = ctx.current("train.clip_grad_norm")
-        if float(native) != float(value):
-            raise TaoKeyError(
-                f"train.clip_gradients.clip_value: got {value!r} and train.clip_grad_norm "
-                f"{native!r}; TAO's OneFormer clips by clip_gradients.clip_value only: give one"
+        if float(native) != float(value):  # TAO's own defaults hold both: 0.1 and 1.0
+            ctx.note(
+                f"train.clip_grad_norm {native!r}: not read by TAO's OneFormer, which clips by "
+                f"clip_gradients.clip_value ({value!r})"
             )
     ctx.emit("train.clip_grad_norm", float(value))
 
