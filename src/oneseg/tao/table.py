@@ -348,7 +348,7 @@ def _train_rows() -> list[Alias]:
             o + "milestones",
             "milestones",
             "Mask2Former multistep: epochs / train.num_epochs (unused under poly, as in TAO); "
-            "epochs past the run are never reached, as in TAO; numbers < 1: oneseg's fractions",
+            "epochs past the run are never reached, as in TAO; floats: oneseg's fractions",
         ),
         ignored(o + "max_iter", 368750, "the schedule spans train.num_epochs"),
         ignored(o + "momentum", 0.9, "AdamW has no momentum term"),
