@@ -132,6 +132,7 @@ def test_explain_names_each_key(data, tmp_path, capsys):
     assert "dataset.pixel_mean, dataset.pixel_std" in out and "123.675" in out
     assert "model.sem_seg_head.norm" in out and "fixed: oneseg builds 'GN'" in out
     assert "dataset.train.name" in out and "ignored:" in out
+    assert "not done: TAO's loader uses SSD colour augmentation" in out
     assert main(["train", "--explain", "-e", str(spec)]) == 0
     assert "train.optim.milestones" in capsys.readouterr().out
 

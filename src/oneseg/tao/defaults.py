@@ -93,6 +93,14 @@ MASK2FORMER_DEFAULTS: list[tuple[str, Any, tuple[str, ...]]] = [
     ("train.clip_grad_norm", 0.1, ()),
 ]
 DEFAULTS = {"oneformer": ONEFORMER_DEFAULTS, "mask2former": MASK2FORMER_DEFAULTS}
+# What TAO's training loader does that no key controls and oneseg does not do (its own: a
+# horizontal flip and brightness/contrast/saturation jitter, dataset.augmentation.*).
+NOT_DONE = {
+    "oneformer": "TAO's loader also rotates (+-15 degrees, p 0.5), blurs (p 0.4) and erases a "
+    "region (p 0.25) of training images and uses SSD colour augmentation; oneseg does not",
+    "mask2former": "TAO's loader uses SSD colour augmentation; oneseg jitters brightness, "
+    "contrast and saturation (dataset.augmentation.color_jitter)",
+}
 NAMES = {"oneformer": "TAO OneFormer", "mask2former": "TAO Mask2Former"}
 
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from oneseg.tao.defaults import NAMES
+from oneseg.tao.defaults import NAMES, NOT_DONE
 from oneseg.tao.resolve import Resolution
 from oneseg.tao.table import TaoKeyError
 
@@ -39,6 +39,8 @@ class TaoReport:
             lines.append(f"#   {key}: {what}" if key else f"#   {what.strip()}")
         for action, message in self.resolution.refusals.items():
             lines.append(f"#   {action} refused: {message}")
+        if self.flavour in NOT_DONE:
+            lines.append(f"#   not done: {NOT_DONE[self.flavour]}")
         return "\n".join(lines) + "\n"
 
     def explain(self) -> str:
@@ -58,6 +60,8 @@ class TaoReport:
                 out.append(f"{key:<{width}}  = {value!r} (TAO default; spelled as oneseg's key)")
         for action, message in self.resolution.refusals.items():
             out.append(f"{action}: refused: {message}")
+        if self.flavour in NOT_DONE:
+            out.append(f"not done: {NOT_DONE[self.flavour]}")
         return "\n".join(out) + "\n"
 
     def refuse(self, action: str) -> None:
