@@ -37,6 +37,7 @@ ACTION_ENTRY = {
     "gen_trt_engine": "oneseg.export.tensorrt:run_gen_trt_engine",
     "quantize": "oneseg.export.quantize:run_quantize",
     "automl": "oneseg.automl.study:run_automl",
+    "push": "oneseg.push:run_push",
 }
 
 ACTION_HELP = {
@@ -47,6 +48,7 @@ ACTION_HELP = {
     "gen_trt_engine": "build a TensorRT engine from an ONNX model",
     "quantize": "INT8-quantize an ONNX model",
     "automl": "search the spec's hyper-parameters (Optuna): many trainings, one best spec",
+    "push": "publish a model on the Hugging Face Hub (weights, config, label map, model card)",
 }
 
 
@@ -101,9 +103,16 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="print the report as JSON")
     p.add_argument("overrides", nargs="*", help="dotted overrides")
 
-    p = sub.add_parser("convert", help="convert transformers OneFormer weights to oneseg")
-    p.add_argument("--from-hf", required=True, help="local transformers OneFormer folder")
-    p.add_argument("--out", required=True, help="output checkpoint file")
+    p = sub.add_parser(
+        "convert", help="convert transformers OneFormer/Mask2Former weights to oneseg and back"
+    )
+    way = p.add_mutually_exclusive_group(required=True)
+    way.add_argument(
+        "--from-hf",
+        help="transformers OneFormer/Mask2Former: a local folder or a hub name ORG/NAME[@REV]",
+    )
+    way.add_argument("--to-hf", help="oneseg checkpoint to write as a transformers folder")
+    p.add_argument("--out", required=True, help="output checkpoint file (or folder, --to-hf)")
 
     p = sub.add_parser("demo", help="synthesize data, train on CPU, evaluate and draw results")
     p.add_argument("--results-dir", default="results/demo", help="where everything goes")
@@ -177,11 +186,7 @@ def _dispatch(args, parser) -> int:
             return 2
         return _explain(args)
     if command == "convert":
-        from oneseg.checkpoint import convert_checkpoint  # imported on use: --help stays fast
-
-        convert_checkpoint(args.from_hf, args.out)
-        print(f"convert: wrote {args.out}")
-        return 0
+        return _convert(args)
     if command == "demo":
         from oneseg.demo import run_demo  # imported on use: --help stays fast
 
@@ -199,6 +204,20 @@ def _explain(args) -> int:
         print("no TAO keys: every key is oneseg's own (oneseg template ACTION lists them)")
         return 0
     sys.stdout.write(spec.tao.explain())
+    return 0
+
+
+def _convert(args) -> int:
+    if args.to_hf:
+        from oneseg.checkpoint import convert_to_hf  # imported on use: --help stays fast
+
+        convert_to_hf(args.to_hf, args.out)
+    else:
+        from oneseg.checkpoint import convert_checkpoint  # imported on use: --help stays fast
+        from oneseg.hub import as_hub_source
+
+        convert_checkpoint(as_hub_source(args.from_hf) or args.from_hf, args.out)
+    print(f"convert: wrote {args.out}")
     return 0
 
 

@@ -13,7 +13,9 @@ from typing import Literal
 
 from oneseg.constants import IGNORE, TASKS
 
-ACTIONS = ("train", "evaluate", "inference", "export", "gen_trt_engine", "quantize", "automl")
+ACTIONS = (
+    "train", "evaluate", "inference", "export", "gen_trt_engine", "quantize", "automl", "push"
+)  # fmt: skip
 Task = Literal["semantic", "instance", "panoptic"]
 
 
@@ -117,7 +119,11 @@ class ModelConfig:
         "resnet/efficientnet: BatchNorm frozen at its loaded statistics and affine (as the "
         "original); false trains it (synchronised across processes)",
     )
-    pretrained: str = f("", "weights to start from: our checkpoint or a transformers OneFormer dir")
+    pretrained: str = f(
+        "",
+        "weights to start from: our checkpoint, a transformers OneFormer/Mask2Former folder or a "
+        "hub name hf://ORG/NAME[@REVISION]",
+    )
     num_classes: int = arch_f(
         0, "classes without no-object; 0 takes the count from dataset.label_map", ge=0
     )
@@ -287,10 +293,13 @@ class TrainConfig:
     checkpoint_interval_unit: Literal["epoch", "step"] = f("epoch", "unit of checkpoint_interval")
     validation_interval: int = f(1, "validate every this many epochs", ge=1)
     resume_training_checkpoint_path: str = f("", "resume from this checkpoint; '' = latest found")
-    pretrained_model: str = f("", "load these weights (weights only) before training")
+    pretrained_model: str = f(
+        "", "load these weights (the tensors that fit) before training; also hf://ORG/NAME[@REV]"
+    )
     pretrained_backbone: str = f(
         "",
-        "local file of backbone weights (timm, official Swin/ConvNeXt ImageNet .pth, DiNAT); "
+        "backbone weights: a local file (timm, official Swin/ConvNeXt ImageNet .pth, DiNAT) or "
+        "a timm hub name hf-hub:ORG/NAME[@REVISION]; "
         "'' = none",
     )
     precision: Literal["32", "16-mixed", "bf16-mixed"] = f(
@@ -315,7 +324,9 @@ class TrainConfig:
 
 @dataclass
 class EvaluateConfig:
-    checkpoint: str = f("", "checkpoint to evaluate")
+    checkpoint: str = f(
+        "", "checkpoint to evaluate (file, transformers folder or hf://ORG/NAME[@REV])"
+    )
     tasks: list[Task] = f(list(TASKS), "tasks to evaluate")
     split: Literal["val", "test"] = f("val", "dataset split")
     batch_size: int = f(1, "images per batch", ge=1)
@@ -326,7 +337,7 @@ class EvaluateConfig:
 
 @dataclass
 class InferenceConfig:
-    checkpoint: str = f("", "checkpoint to run")
+    checkpoint: str = f("", "checkpoint to run (file, transformers folder or hf://ORG/NAME[@REV])")
     images: str = f("", "a folder, a glob, a text file listing images, or one image")
     tasks: list[Task] = f(["panoptic"], "tasks to run")
     resize: list[int] = f(
@@ -349,7 +360,9 @@ class InferenceConfig:
 
 @dataclass
 class ExportConfig:
-    checkpoint: str = f("", "checkpoint to export")
+    checkpoint: str = f(
+        "", "checkpoint to export (file, transformers folder or hf://ORG/NAME[@REV])"
+    )
     onnx_file: str = f(
         "",
         "output ONNX file; '' = results_dir/export/model.onnx (all: one file per task, "
@@ -466,6 +479,21 @@ class AutoMLConfig:
     reduction_factor: int = f(3, "hyperband: keep the best 1/this of the trials at each rung", ge=2)
 
 
+# ----------------------------------------------------------------------------- push
+@dataclass
+class PushConfig:
+    checkpoint: str = f("", "model to publish (any checkpoint oneseg reads); '' = model.pretrained")
+    repo_id: str = f("", "Hugging Face Hub repository ORG/NAME (created if missing)")
+    private: bool = f(False, "create the repository private")
+    dry_run: bool = f(False, "only write the folder (results_dir/push/hub); upload nothing")
+    revision: str = f("main", "branch to commit to")
+    commit_message: str = f("", "commit message; '' = 'oneseg push: ARCH BACKBONE'")
+    metrics_file: str = f(
+        "", "metrics.json of `oneseg evaluate` for the model card; '' = results_dir/evaluate/"
+    )
+    onnx_files: list[str] = f([], "exported ONNX files to publish too, each with its .json sidecar")
+
+
 @dataclass
 class ExperimentConfig:
     results_dir: str = f("results", "every action writes into results_dir/ACTION/")
@@ -484,6 +512,7 @@ class ExperimentConfig:
     gen_trt_engine: GenTrtEngineConfig = sub(GenTrtEngineConfig, "TensorRT engine build")
     quantize: QuantizeConfig = sub(QuantizeConfig, "INT8 quantization")
     automl: AutoMLConfig = sub(AutoMLConfig, "hyper-parameter search over this spec")
+    push: PushConfig = sub(PushConfig, "publish a model on the Hugging Face Hub")
 
 
 # settings of the model section that shape the network, from their field metadata

@@ -351,6 +351,7 @@ _SECTIONS_OF = {
     "gen_trt_engine": ("results_dir", "dataset", "gen_trt_engine"),
     "quantize": ("results_dir", "model", "dataset", "quantize"),
     "automl": ("results_dir", "model", "dataset", "train", "evaluate", "automl"),
+    "push": ("results_dir", "model", "dataset", "train", "push"),
 }
 
 
@@ -491,6 +492,7 @@ _INPUTS_OF = {
         "inference.trt_engine",
     ),
     "export": ("model.pretrained", "export.checkpoint", "export.check_image"),
+    "push": ("model.pretrained", "push.checkpoint", "push.metrics_file"),
     "gen_trt_engine": ("gen_trt_engine.onnx_file",),
     "quantize": ("quantize.onnx_file", "dataset.quant_calibration_dataset.images_dir"),
 }
@@ -501,6 +503,14 @@ def _get_dotted(spec, key: str):
     for name in key.split("."):
         value = getattr(value, name)
     return value
+
+
+def _hub_name(key: str, value: str) -> bool:
+    """A model named on the Hugging Face Hub (hf://ORG/NAME[@REV]; timm's hf-hub:ORG/NAME for
+    a backbone): fetched, or refused with its reason, when the action opens it."""
+    return value.startswith("hf://") or (
+        key == "train.pretrained_backbone" and value.startswith("hf-hub:")
+    )
 
 
 def check_inputs(spec: ExperimentConfig, action: str) -> None:
@@ -518,7 +528,7 @@ def check_inputs(spec: ExperimentConfig, action: str) -> None:
     }.get(action, [])
     for key in keys:
         value = _get_dotted(spec, key)
-        if value and not Path(value).exists():
+        if value and not Path(value).exists() and not _hub_name(key, value):
             raise SpecError(f"{key}: got {value!r}, no such file or folder")
     for prefix, source in sources:
         for name in ("images", "annotations", "panoptic", "labels"):
