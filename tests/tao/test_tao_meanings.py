@@ -59,6 +59,10 @@ def test_annotation_file_of_the_type():
     assert spec.dataset.val.annotations == "i.json"
     untyped = _spec({"dataset": {"val": {"instance_json": "i.json", "img_dir": "im"}}})
     assert untyped.dataset.type == "coco"
+    one = _spec({"dataset": {"val": {"img_dir": ["v"], "instance_json": ["v.json"]}}})
+    assert (one.dataset.val.images, one.dataset.val.annotations) == ("v", "v.json")
+    with pytest.raises(SpecError, match="dataset.val.images: got 2 sources; oneseg evaluates one"):
+        _spec({"dataset": {"val": {"img_dir": ["a", "b"]}}})
     with pytest.raises(SpecError, match="dataset.val.annot_file: TAO's coco loader reads"):
         _spec({"dataset": {"val": {"type": "coco", "annot_file": "a.jsonl"}}})
 

@@ -106,6 +106,13 @@ def sources(values: dict, ctx: Context) -> None:
         _train_sources(train, ctx)
     for split in ("val", "test"):
         for name, value in _split_source(split, values, kind, ctx).items():
+            if isinstance(value, list):  # oneseg evaluates one source
+                if len(value) != 1:
+                    raise TaoKeyError(
+                        f"dataset.{split}.{name}: got {len(value)} sources; oneseg evaluates "
+                        "one: give one (or merge their annotation files)"
+                    )
+                value = value[0]
             ctx.emit(f"dataset.{split}.{name}", str(value))
     test_images = values.get("dataset.test.img_dir")
     if ctx.flavour == "mask2former" and test_images and "inference.images" not in ctx.given:
