@@ -11,6 +11,7 @@ import sys
 import threading
 import traceback
 import warnings
+from pathlib import Path
 
 from oneseg.cpu_threads import keep_freed_memory, quiet_thread_pool
 from oneseg.errors import (
@@ -73,6 +74,14 @@ def _parser() -> argparse.ArgumentParser:
         p = sub.add_parser(action, help=ACTION_HELP[action], description=ACTION_HELP[action])
         p.add_argument("-e", "--experiment-spec", dest="spec", help="YAML spec file")
         p.add_argument("overrides", nargs="*", help="dotted overrides, e.g. train.num_epochs=5")
+        p.add_argument(
+            "--explain", action="store_true", help="print what each TAO key becomes, run nothing"
+        )
+    p = sub.add_parser("tao", help="TAO specs: explain what each TAO key of a spec becomes")
+    tao_sub = p.add_subparsers(dest="tao_command", metavar="TAO_COMMAND")
+    p = tao_sub.add_parser("explain", help="each TAO key of a spec and what oneseg does with it")
+    p.add_argument("-e", "--experiment-spec", dest="spec", help="YAML spec file")
+    p.add_argument("overrides", nargs="*", help="dotted overrides")
     p = sub.add_parser("template", help="print a complete default spec for an action")
     p.add_argument("action", choices=list(ACTION_ENTRY))
     p.add_argument(
@@ -129,6 +138,8 @@ def _load(args):
         spec = load_spec(args.spec, args.overrides)
     for warning in caught:  # an ignored TAO key: one line each, as errors are
         print(f"oneseg: warning: {warning.message}", file=sys.stderr)
+    if spec.tao is not None:
+        print(f"oneseg: {spec.tao.summary()}", file=sys.stderr)
     set_max_image_pixels(spec.dataset.max_image_pixels)
     return spec
 
@@ -138,12 +149,23 @@ def _run_action(action: str, args) -> int:
     from oneseg.local_inputs import localize  # imported on use: --help stays fast
     from oneseg.spec import check_inputs  # imported on use: --help stays fast
 
+    if args.explain:
+        return _explain(args)
     spec = _load(args)
+    if spec.tao is not None:
+        from oneseg.spec import SpecError  # imported on use: --help stays fast
+
+        try:
+            spec.tao.refuse(action)
+        except ValueError as err:
+            raise SpecError(str(err)) from None
     entry = ACTION_ENTRY[action]
     check_inputs(spec, action)
     module_name, func_name = entry.split(":")
     func = getattr(importlib.import_module(module_name), func_name)
     with ActionRun(spec, action) as run:
+        if spec.tao is not None:  # status.json says how the TAO spec was read
+            run.log("RUNNING", spec.tao.summary())
         func(localize(spec, action, _download_logger(run)), run)
     print(f"{action}: done; results in {run.dir}")
     return 0
@@ -179,6 +201,11 @@ def _dispatch(args, parser) -> int:
         return 0
     if command == "data":
         return _data(args, parser)
+    if command == "tao":
+        if args.tao_command != "explain":
+            parser.parse_args(["tao", "--help"])
+            return 2
+        return _explain(args)
     if command == "convert":
         return _convert(args)
     if command == "demo":
@@ -186,6 +213,19 @@ def _dispatch(args, parser) -> int:
 
         return run_demo(args.results_dir, fast=args.fast)
     raise CliError(f"unknown command {command}")
+
+
+def _explain(args) -> int:
+    from oneseg.spec import load_spec  # imported on use: --help stays fast
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the explanation names every ignored key
+        spec = load_spec(args.spec, args.overrides)
+    if spec.tao is None:
+        print("no TAO keys: every key is oneseg's own (oneseg template ACTION lists them)")
+        return 0
+    sys.stdout.write(spec.tao.explain())
+    return 0
 
 
 def _convert(args) -> int:
@@ -221,10 +261,13 @@ def _data(args, parser) -> int:
                 print(f"  {split} {name}: {path}")
         return 0
     if args.data_command == "check":
+        from oneseg.data.archive import unpack_dataset_archives  # imported on use
         from oneseg.data.check import check_main  # imported on use: --help stays fast
         from oneseg.local_inputs import localize  # imported on use: --help stays fast
 
-        return check_main(localize(_load(args), "check").dataset, as_json=args.json)
+        spec = localize(_load(args), "check")  # archives unpacked as train and evaluate do
+        dataset = unpack_dataset_archives(spec.dataset, Path(spec.results_dir) / "cache")
+        return check_main(dataset, as_json=args.json)
     if args.data_command == "convert":
         from oneseg.data.convert import convert  # imported on use: --help stays fast
 

@@ -186,6 +186,16 @@ class AugmentationConfig:
     lsj_scale: list[float] = f([0.1, 2.0], "scale range of large-scale jitter")
     hflip: float = f(0.5, "probability of a horizontal flip", ge=0.0, le=1.0)
     color_jitter: float = f(0.2, "strength of brightness/contrast/saturation jitter", ge=0.0)
+    short_edge_scale: list[float] = f(
+        [],
+        "[low, high]: training shortest edge = crop_size[0] x U(low, high), longest at most "
+        "twice it (TAO OneFormer's min_scale/max_scale); [] = train_min_size",
+    )
+    eval_resize: list[int] = f(
+        [],
+        "[height, width]: evaluation images are first resized to this, aspect not kept (TAO "
+        "OneFormer's dataset.image_size), then to eval_min_size; [] keeps the aspect",
+    )
 
 
 @dataclass
@@ -205,7 +215,11 @@ class CalibrationDataConfig:
 
 @dataclass
 class DatasetConfig:
-    type: Literal["coco_panoptic", "coco", "semantic"] = f("coco_panoptic", "annotation format")
+    type: Literal["coco_panoptic", "coco", "semantic", "ade"] = f(
+        "coco_panoptic",
+        "annotation format; ade: TAO's JSON lines of {img, segm} (a source's annotations is the "
+        ".jsonl file, its images the folder the paths are relative to)",
+    )
     train: list[DataSource] = field(
         default_factory=lambda: [DataSource()],
         metadata={"help": "training sources, concatenated (one mapping = one source)"},
@@ -292,6 +306,8 @@ class TrainConfig:
     precision: Literal["32", "16-mixed", "bf16-mixed"] = f(
         "32", "numeric precision (mixed only on GPU)"
     )
+    cudnn_deterministic: bool = f(False, "GPU: deterministic cuDNN kernels (slower)")
+    cudnn_benchmark: bool = f(False, "GPU: let cuDNN time kernels and pick the fastest")
     clip_grad_norm: float = f(0.01, "full-model gradient-norm clip; 0 = off", ge=0.0)
     seed: int = f(1234, "random seed", ge=0)
     log_every_n_steps: int = f(10, "logging interval in steps", ge=1)
@@ -325,6 +341,11 @@ class InferenceConfig:
     checkpoint: str = f("", "checkpoint to run (file, transformers folder or hf://ORG/NAME[@REV])")
     images: str = f("", "a folder, a glob, a text file listing images, or one image")
     tasks: list[Task] = f(["panoptic"], "tasks to run")
+    resize: list[int] = f(
+        [],
+        "[height, width]: images are first resized to this, aspect not kept (TAO OneFormer's "
+        "inference.image_size), then to eval_min_size; [] keeps the aspect",
+    )
     semantic_ids: Literal["category", "contiguous"] = f("category", "ids in semantic PNGs")
     overlay: bool = f(True, "write overlay pictures")
     overwrite: bool = f(False, "redo images whose outputs exist")

@@ -124,6 +124,7 @@ def localize(spec, action: str, on_download=None):
 
     on_download(url, count): told of each URL, with the count of files downloaded for it."""
     refuse_remote_outputs(spec)
+    original = spec
     cache = Path(spec.results_dir) / "cache"
     for key, folder in _input_keys(spec, action):
         value = _get(spec, key)
@@ -136,6 +137,11 @@ def localize(spec, action: str, on_download=None):
             local = str(unpack_archive(local, cache))
         if local != value:
             spec = _replace(spec, key.split("."), local)
+    if spec is not original:  # what loading attached beside the fields (e.g. `tao`) stays
+        names = {f.name for f in dataclasses.fields(original)}
+        for name, value in vars(original).items():
+            if name not in names:
+                setattr(spec, name, value)
     return spec
 
 

@@ -278,6 +278,8 @@ def run_train(spec, run, callbacks: list | tuple = (), progress_bar: bool = True
     (the AutoML search adds one that reports validation metrics to its trial)."""
     quiet_lightning()
     L.seed_everything(spec.train.seed, workers=True, verbose=False)
+    torch.backends.cudnn.deterministic = spec.train.cudnn_deterministic
+    torch.backends.cudnn.benchmark = spec.train.cudnn_benchmark
     spec = with_unpacked_archives(spec)
     label_map = model_label_map(spec.dataset)
     num_classes = spec.model.num_classes or len(label_map)
