@@ -114,8 +114,10 @@ def _handler(hub: LoopbackHub):
             url = f"{hub.url}/{repo_id}/commit/{commit}"
             return self._json(200, {"commitUrl": url, "commitOid": commit})
 
-        def _fail(self, status: int, code: str, message: str) -> None:
+        def _fail(self, status: int, code: str, message: str, commit: str = "") -> None:
             self.send_response(status)
+            if commit:  # a file missing at a known commit: huggingface_hub caches its absence
+                self.send_header("X-Repo-Commit", commit)
             self.send_header("X-Error-Code", code)
             self.send_header("X-Error-Message", message)
             self.send_header("Content-Length", "0")
@@ -139,7 +141,7 @@ def _handler(hub: LoopbackHub):
                 return self._fail(404, "RevisionNotFound", "Invalid rev id")
             data = repo.commits[commit].get(filename)
             if data is None:
-                return self._fail(404, "EntryNotFound", "Entry not found")
+                return self._fail(404, "EntryNotFound", "Entry not found", commit)
             start = 0
             ranged = self.headers.get("Range", "")
             if body and ranged.startswith("bytes="):  # a resumed download

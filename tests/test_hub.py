@@ -85,6 +85,7 @@ def test_names():
         "hf://shi-labs/oneformer_ade20k_swin_tiny"
     )
     assert as_hub_source("model.ckpt") is None
+    assert as_hub_source("results/model.ckpt") is None  # a missing local file, not a repository
     with pytest.raises(HubError, match="not a hub model name"):
         split_source("hf://no-slash")
 
@@ -267,7 +268,11 @@ def test_a_broken_download_is_never_read(hub, models, tmp_path, capsys, monkeypa
     cache = tmp_path / "hub_cache" / "models--facebook--mask2former-tiny-coco-instance"
     assert not list(cache.rglob("snapshots/*/model.safetensors"))
     assert not (tmp_path / "x.ckpt").exists()
-    print(line, file=open(tmp_path / "broken.txt", "w"))
+    # an optional file that cannot be fetched is an error, not a file taken as absent (the
+    # processor config holds the input normalisation)
+    hub.cut = {"preprocessor_config.json": 100}
+    line = convert_line(DINAT, tmp_path, capsys)
+    assert f"hf://{DINAT}: the transfer from" in line
 
 
 def test_one_checkpoint_file_of_a_repository(hub, models, tmp_path, capsys):
@@ -295,3 +300,25 @@ def test_inference_action_takes_a_hub_name(hub, tmp_path, capsys):
             "inference.tasks=[instance]", f"results_dir={results}"]  # fmt: skip
     assert cli.main(argv) == 0, capsys.readouterr().err
     assert any((results / "inference").rglob("*photo*"))
+
+
+def test_convert_records_a_task_prompt(hub, models, tmp_path, capsys):
+    """`convert --task-text`: the prompt a file does not record (NV-OneFormer's) is kept in the
+    checkpoint, and the task tokens come from it (reference: transformers fed those tokens)."""
+    out = tmp_path / "nv.ckpt"
+    argv = ["convert", "--from-hf", ONEFORMER, "--out", str(out), "--task-text",
+            "This task is {task}."]  # fmt: skip
+    assert cli.main(argv) == 0
+    ours, _, cfg = load_model(out)
+    assert cfg.task_text == "This task is {task}."
+    hf = models["oneformer"][0]
+    pixels = torch.randn(1, 3, 64, 96, generator=torch.Generator().manual_seed(5))
+    tokens = tokenize(["This task is panoptic."])
+    panoptic = ours.task_token_ids[2:3]  # the stored prompt's ids (TASKS order)
+    assert torch.equal(panoptic, tokens)
+    with torch.no_grad():
+        ref = hf(pixel_values=pixels, task_inputs=tokens)
+        mine = ours(pixels, panoptic)
+    assert max_diff(mine["pred_masks"], ref.masks_queries_logits) < 1e-4
+    assert cli.main([*argv[:-1], "no task here"]) == 2
+    assert "a OneFormer's prompt, with {task}" in capsys.readouterr().err

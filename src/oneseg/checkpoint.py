@@ -77,11 +77,24 @@ def save_atomic(obj, path: str | Path) -> None:
     write_atomic(path, lambda tmp: torch.save(obj, tmp))
 
 
-def convert_checkpoint(source: str | Path, out_file: str | Path) -> Path:
+def convert_checkpoint(
+    source: str | Path, out_file: str | Path, task_text: str | None = None
+) -> Path:
     """Write a oneseg checkpoint (torch.save of plain types) of any source `read_checkpoint`
-    reads: a transformers OneFormer folder, a Lightning or a oneseg checkpoint."""
-    model_cfg, label_map, state_dict = read_checkpoint(source)
-    save_atomic(make_checkpoint(model_cfg, label_map, state_dict), out_file)
+    reads: a transformers folder or hub name, a Lightning or a oneseg checkpoint, an original or
+    TAO file. task_text: the OneFormer task prompt the weights were trained with, recorded in
+    the checkpoint where the source does not say it (NV-OneFormer: 'This task is {task}.')."""
+    contents = read_checkpoint_contents(source)
+    model_cfg = contents.model_cfg
+    if task_text is not None:
+        if model_cfg.arch != "oneformer" or "{task}" not in task_text:
+            raise CheckpointError(
+                f"--task-text {task_text!r}: a OneFormer's prompt, with {{task}} where the task "
+                f"goes (this model is a {model_cfg.arch})"
+            )
+        model_cfg = dataclasses.replace(model_cfg, task_text=task_text)
+    ckpt = make_checkpoint(model_cfg, contents.label_map, contents.state_dict, contents.intensity)
+    save_atomic(ckpt, out_file)
     return Path(out_file)
 
 

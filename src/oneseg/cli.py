@@ -122,6 +122,11 @@ def _parser() -> argparse.ArgumentParser:
     )
     way.add_argument("--to-hf", help="oneseg checkpoint to write as a transformers folder")
     p.add_argument("--out", required=True, help="output checkpoint file (or folder, --to-hf)")
+    p.add_argument(
+        "--task-text",
+        help="--from-hf: the OneFormer task prompt the weights were trained with, recorded in "
+        "the checkpoint (NV-OneFormer: 'This task is {task}.'); default: the source's",
+    )
 
     p = sub.add_parser("demo", help="synthesize data, train on CPU, evaluate and draw results")
     p.add_argument("--results-dir", default="results/demo", help="where everything goes")
@@ -237,7 +242,8 @@ def _convert(args) -> int:
         from oneseg.checkpoint import convert_checkpoint  # imported on use: --help stays fast
         from oneseg.hub import as_hub_source
 
-        convert_checkpoint(as_hub_source(args.from_hf) or args.from_hf, args.out)
+        source = as_hub_source(args.from_hf) or args.from_hf
+        convert_checkpoint(source, args.out, task_text=args.task_text)
     print(f"convert: wrote {args.out}")
     return 0
 

@@ -28,7 +28,8 @@ from typing import NamedTuple
 from oneseg.errors import CheckpointError
 
 SCHEME = "hf://"
-TIMM_PREFIX = "hf-hub:"
+# names ending so are files, not repositories: `results/model.ckpt` is a missing local file
+FILE_SUFFIXES = (".ckpt", ".pth", ".pt", ".pkl", ".bin", ".safetensors", ".onnx", ".engine")
 REPO_ID = re.compile(r"[A-Za-z0-9][\w.-]*/[\w.-]+")
 # oneseg.json: what a model pushed by oneseg adds (its model config, label map, intensity rule)
 OPTIONAL_FILES = ("preprocessor_config.json", "oneseg.json", "oneseg_text_branch.safetensors")
@@ -62,17 +63,14 @@ def split_source(source: str | Path) -> HubSource | None:
     return HubSource(repo_id, revision or None, filename or None)
 
 
-def is_hub_source(source) -> bool:
-    return isinstance(source, str) and source.startswith((SCHEME, TIMM_PREFIX))
-
-
 def as_hub_source(text: str) -> str | None:
     """`ORG/NAME[@REVISION]` (as transformers' from_pretrained takes it) or hf://... as an
     hf:// source, unless a local path of that name exists; None if it is not a name."""
     if text.startswith(SCHEME):
         return text
-    if Path(text).exists() or not REPO_ID.fullmatch(text.partition("@")[0]):
-        return None
+    name = text.partition("@")[0]
+    if Path(text).exists() or not REPO_ID.fullmatch(name) or name.endswith(FILE_SUFFIXES):
+        return None  # a local path (a missing file is reported as one)
     return SCHEME + text
 
 
@@ -115,13 +113,28 @@ def _fetch(repo_id: str, filename: str, revision: str | None) -> Path:
 
 
 def _fetch_optional(repo_id: str, filename: str, revision: str) -> Path | None:
-    """The file, or None where the repository has none (or, offline, the cache has none)."""
-    from huggingface_hub.errors import EntryNotFoundError
+    """The file, or None where the repository has none (offline: where the cache has none).
+    Online, a file that could not be fetched is an error, not an absent file: a processor
+    config silently missing would change the model's input normalisation."""
+    from huggingface_hub.errors import EntryNotFoundError, RemoteEntryNotFoundError
 
     try:
         return _fetch(repo_id, filename, revision)
-    except EntryNotFoundError:
+    except RemoteEntryNotFoundError:
         return None
+    except EntryNotFoundError:  # local: offline and not in the cache, or no connection
+        if offline() or _known_absent(repo_id, filename, revision):
+            return None
+        raise
+
+
+def _known_absent(repo_id: str, filename: str, revision: str) -> bool:
+    """Whether the cache recorded that the repository had no such file at that commit."""
+    from huggingface_hub import try_to_load_from_cache
+    from huggingface_hub.file_download import _CACHED_NO_EXIST
+
+    found = try_to_load_from_cache(repo_id, filename, cache_dir=cache_dir(), revision=revision)
+    return found is _CACHED_NO_EXIST
 
 
 def _fetch_weights(repo_id: str, revision: str) -> None:

@@ -83,6 +83,9 @@ def test_mask2former_round_trip(tmp_path):
     assert diff(outputs(back, True, None), outputs(ours, False, None)) < 1e-4
     assert diff(outputs(back, True, None), outputs(hf, True, None)) < 1e-4
     assert json.loads((out / "preprocessor_config.json").read_text())["size_divisor"] == 32
+    processor = AutoImageProcessor.from_pretrained(out)
+    assert type(processor).__name__.startswith("Mask2FormerImageProcessor")
+    assert processor.image_mean == pytest.approx([0.485, 0.456, 0.406])
 
 
 def native_checkpoint(tmp_path, **values) -> tuple:
