@@ -6,7 +6,6 @@ several nodes (WORLD_SIZE, NODE_RANK, MASTER_ADDR, MASTER_PORT, read by Lightnin
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 import math
 import sys
@@ -22,7 +21,7 @@ from oneseg.checkpoint import load_state_dict_strict, read_checkpoint
 from oneseg.config import ARCHITECTURE_KEYS
 from oneseg.convert.backbone_weights import load_pretrained_backbone
 from oneseg.cpu_threads import set_intra_op_threads
-from oneseg.data.archive import unpack_dataset_archives
+from oneseg.data.archive import with_unpacked_archives
 from oneseg.data.build import build_dataset, model_label_map
 from oneseg.data.image_io import dataset_window
 from oneseg.data.intensity import Intensity
@@ -228,12 +227,6 @@ def build_loaders(spec, label_map, world_size: int):
             **loader_kwargs,
         )
     return train_loader, val_loader, sampler, [val_sampler] if val_loader is not None else []
-
-
-def with_unpacked_archives(spec):
-    """The spec with `.tar`/`.tar.gz` dataset folders unpacked into results_dir/cache."""
-    cache = Path(spec.results_dir) / "cache"
-    return dataclasses.replace(spec, dataset=unpack_dataset_archives(spec.dataset, cache))
 
 
 def monitor_callback(
