@@ -14,7 +14,8 @@ from typing import Literal
 from oneseg.constants import IGNORE, TASKS
 
 ACTIONS = (
-    "train", "evaluate", "inference", "export", "gen_trt_engine", "quantize", "automl", "push"
+    "train", "evaluate", "inference", "export", "gen_trt_engine", "quantize", "automl", "push",
+    "serve",
 )  # fmt: skip
 Task = Literal["semantic", "instance", "panoptic"]
 
@@ -185,6 +186,16 @@ class AugmentationConfig:
     lsj_scale: list[float] = f([0.1, 2.0], "scale range of large-scale jitter")
     hflip: float = f(0.5, "probability of a horizontal flip", ge=0.0, le=1.0)
     color_jitter: float = f(0.2, "strength of brightness/contrast/saturation jitter", ge=0.0)
+    short_edge_scale: list[float] = f(
+        [],
+        "[low, high]: training shortest edge = crop_size[0] x U(low, high), longest at most "
+        "twice it (TAO OneFormer's min_scale/max_scale); [] = train_min_size",
+    )
+    eval_resize: list[int] = f(
+        [],
+        "[height, width]: evaluation images are first resized to this, aspect not kept (TAO "
+        "OneFormer's dataset.image_size), then to eval_min_size; [] keeps the aspect",
+    )
 
 
 @dataclass
@@ -204,7 +215,11 @@ class CalibrationDataConfig:
 
 @dataclass
 class DatasetConfig:
-    type: Literal["coco_panoptic", "coco", "semantic"] = f("coco_panoptic", "annotation format")
+    type: Literal["coco_panoptic", "coco", "semantic", "ade"] = f(
+        "coco_panoptic",
+        "annotation format; ade: TAO's JSON lines of {img, segm} (a source's annotations is the "
+        ".jsonl file, its images the folder the paths are relative to)",
+    )
     train: list[DataSource] = field(
         default_factory=lambda: [DataSource()],
         metadata={"help": "training sources, concatenated (one mapping = one source)"},
@@ -291,6 +306,8 @@ class TrainConfig:
     precision: Literal["32", "16-mixed", "bf16-mixed"] = f(
         "32", "numeric precision (mixed only on GPU)"
     )
+    cudnn_deterministic: bool = f(False, "GPU: deterministic cuDNN kernels (slower)")
+    cudnn_benchmark: bool = f(False, "GPU: let cuDNN time kernels and pick the fastest")
     clip_grad_norm: float = f(0.01, "full-model gradient-norm clip; 0 = off", ge=0.0)
     seed: int = f(1234, "random seed", ge=0)
     log_every_n_steps: int = f(10, "logging interval in steps", ge=1)
@@ -324,6 +341,11 @@ class InferenceConfig:
     checkpoint: str = f("", "checkpoint to run (file, transformers folder or hf://ORG/NAME[@REV])")
     images: str = f("", "a folder, a glob, a text file listing images, or one image")
     tasks: list[Task] = f(["panoptic"], "tasks to run")
+    resize: list[int] = f(
+        [],
+        "[height, width]: images are first resized to this, aspect not kept (TAO OneFormer's "
+        "inference.image_size), then to eval_min_size; [] keeps the aspect",
+    )
     semantic_ids: Literal["category", "contiguous"] = f("category", "ids in semantic PNGs")
     overlay: bool = f(True, "write overlay pictures")
     overwrite: bool = f(False, "redo images whose outputs exist")
@@ -361,6 +383,9 @@ class ExportConfig:
     semantic_probs: bool = f(False, "semantic: also output the per-class scores [B, K, H, W]")
     check_image: str = f("", "image to compare ONNX Runtime with PyTorch on; '' = first val image")
     overwrite: bool = f(True, "replace an existing file")
+    triton_repository: str = f(
+        "", "also write a Triton model repository here (DIR/NAME/config.pbtxt, 1/model.onnx)"
+    )
 
 
 @dataclass
@@ -425,6 +450,24 @@ class QuantizeConfig:
     )
     threads: int = f(0, "ONNX Runtime intra-op threads of the timings; 0 = its choice", ge=0)
     overwrite: bool = f(True, "replace an existing file")
+
+
+# ----------------------------------------------------------------------------- serve
+@dataclass
+class ServeConfig:
+    model: str = f("", "checkpoint, exported ONNX file (FP32 or INT8) or TensorRT engine to serve")
+    host: str = f("127.0.0.1", "address to bind; beyond loopback an API key is required")
+    port: int = f(8000, "TCP port; 0 = any free port (printed at start)", ge=0, le=65535)
+    max_batch: int = f(4, "requests that may share one forward", ge=1)
+    max_wait_ms: float = f(10.0, "how long the first request of a batch waits for others", ge=0.0)
+    max_queue: int = f(64, "requests waiting at most; more are answered 503", ge=1)
+    timeout_s: float = f(60.0, "a request not answered in this time is answered 504", gt=0.0)
+    max_request_mb: float = f(32.0, "largest request body in MiB (413 above)", gt=0.0)
+    min_image_side: int = f(8, "images with a shorter side are refused (422)", ge=1)
+    api_key: str = f(
+        "", "required in the X-API-Key header when set; '' = the ONESEG_API_KEY variable, if any"
+    )
+    tasks: list[Task] = f(["panoptic", "instance", "semantic"], "tasks to offer")
 
 
 # ----------------------------------------------------------------------------- automl
@@ -492,6 +535,7 @@ class ExperimentConfig:
     quantize: QuantizeConfig = sub(QuantizeConfig, "INT8 quantization")
     automl: AutoMLConfig = sub(AutoMLConfig, "hyper-parameter search over this spec")
     push: PushConfig = sub(PushConfig, "publish a model on the Hugging Face Hub")
+    serve: ServeConfig = sub(ServeConfig, "HTTP API and web page (oneseg serve)")
 
 
 # settings of the model section that shape the network, from their field metadata

@@ -26,7 +26,7 @@ from oneseg.data.collate import padded_size
 from oneseg.data.image_io import read_image, to_rgb
 from oneseg.data.intensity import Intensity
 from oneseg.data.label_map import LabelMap
-from oneseg.data.transforms import shortest_edge_size
+from oneseg.data.transforms import eval_size
 from oneseg.model.postprocess import PostprocessConfig
 from oneseg.results import (  # noqa: F401 - the result types are part of the predictor's API
     InstanceResult,
@@ -192,7 +192,9 @@ class Predictor:
         """uint8 [B, 3, Hp, Wp], zero padded, and the resized (h, w) of each."""
         resized = []
         for array in arrays:
-            height, width = shortest_edge_size(*array.shape[:2], self.min_size, self.max_size)
+            height, width = eval_size(
+                *array.shape[:2], self.min_size, self.max_size, getattr(self, "resize", None)
+            )
             if (height, width) != array.shape[:2]:  # bilinear, as the evaluation transform
                 array = np.asarray(Image.fromarray(array).resize((width, height), Image.BILINEAR))
             resized.append(array)
