@@ -55,6 +55,7 @@ _FILES_OF = {
     "gen_trt_engine": ("gen_trt_engine.onnx_file",),
     "quantize": ("quantize.onnx_file", "dataset.label_map"),
     "check": ("dataset.label_map",),
+    "serve": ("serve.model",),
 }
 _FOLDERS_OF = {
     "inference": ("inference.images",),

@@ -21,7 +21,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from fastapi import FastAPI, Request
+from fastapi import FastAPI, Query, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, JSONResponse, Response
 from fastapi.staticfiles import StaticFiles
@@ -37,6 +37,21 @@ from oneseg.serve.upload import UploadError, decode_image
 
 PAGE_DIR = Path(__file__).parent / "page"
 FORMATS = ("json", "png")
+# the image is the body (raw) or a multipart file field; shown so on the /docs page
+UPLOAD_BODY = {
+    "requestBody": {
+        "required": True,
+        "content": {
+            "image/*": {"schema": {"type": "string", "format": "binary"}},
+            "multipart/form-data": {
+                "schema": {
+                    "type": "object",
+                    "properties": {"image": {"type": "string", "format": "binary"}},
+                }
+            },
+        },
+    }
+}
 
 
 @dataclass
@@ -95,15 +110,15 @@ def create_app(model_info: dict, queue: BatchQueue, limits: ServeLimits, intensi
     async def prometheus():
         return Response(metrics.render(), media_type=metrics.content_type)
 
-    @app.post("/v1/segment")
+    @app.post("/v1/segment", openapi_extra=UPLOAD_BODY)
     async def segment(
-        request: Request, task: str = "panoptic", format: str = "json", png: str = "false"
+        request: Request,
+        task: str = Query("panoptic", description="panoptic, instance, semantic or all"),
+        format: str = Query("json", description="json, or png (panoptic or semantic only)"),
+        png: bool = Query(False, description="json: add the PNG (base64) to panoptic/semantic"),
     ):
         tasks = _tasks(task, model_info["tasks"])
-        if format not in FORMATS:
-            raise UploadError(422, f"format: got {format!r}, expected json or png")
-        if format == "png" and (len(tasks) != 1 or tasks[0] not in PNG_TASKS):
-            raise UploadError(422, f"format=png is for task=panoptic or semantic, not {task}")
+        _check_format(format, tasks, task)
         data = await _read_body(request, limits.max_request_bytes)
         image = await run_in_threadpool(
             decode_image,
@@ -113,16 +128,7 @@ def create_app(model_info: dict, queue: BatchQueue, limits: ServeLimits, intensi
             intensity=intensity,
         )
         results = await _run(queue, image, tasks, limits.timeout_s)
-        if format == "png":
-            return Response(
-                await run_in_threadpool(result_png, results[tasks[0]]), 200, media_type="image/png"
-            )
-        size = image.shape[:2]
-        with_png = str(png).lower() in ("1", "true", "yes")
-        body = await run_in_threadpool(
-            lambda: {t: result_json(results[t], size, with_png) for t in tasks}
-        )
-        return JSONResponse(body)
+        return await run_in_threadpool(_answer, results, tasks, image.shape[:2], format, png)
 
     @app.get("/", include_in_schema=False)
     async def page():
@@ -130,6 +136,20 @@ def create_app(model_info: dict, queue: BatchQueue, limits: ServeLimits, intensi
 
     app.mount("/page", StaticFiles(directory=PAGE_DIR), name="page")
     return app
+
+
+def _check_format(format: str, tasks: list[str], task: str) -> None:
+    if format not in FORMATS:
+        raise UploadError(422, f"format: got {format!r}, expected json or png")
+    if format == "png" and (len(tasks) != 1 or tasks[0] not in PNG_TASKS):
+        raise UploadError(422, f"format=png is for task=panoptic or semantic, not {task}")
+
+
+def _answer(results: dict, tasks: list[str], size, format: str, png: bool) -> Response:
+    """The response of a segment request (run in a worker thread: RLE and PNG encoding)."""
+    if format == "png":
+        return Response(result_png(results[tasks[0]]), 200, media_type="image/png")
+    return JSONResponse({task: result_json(results[task], size, png) for task in tasks})
 
 
 def _tasks(task: str, offered: list[str]) -> list[str]:
