@@ -89,26 +89,38 @@ def full_precision(tensor: torch.Tensor) -> contextlib.AbstractContextManager:
     return torch.autocast(tensor.device.type, enabled=False)
 
 
-def precision_setting(requested: str, device: str | torch.device, key: str) -> str:
+def precision_setting(
+    requested: str, device: str | torch.device, key: str, exported: bool = False
+) -> str:
     """`choose_precision` for the spec key `key` (e.g. "inference.precision"): what cannot be
-    honoured becomes a `SpecError` naming the key (exit 2). Logs the pick."""
+    honoured becomes a `SpecError` naming the key (exit 2). An exported file (`exported`) runs
+    in the precision it was built in: bf16 / fp16 asked for one are refused, fp32 and auto
+    leave it as it is (and "fp32" is returned)."""
     from oneseg.spec import SpecError  # on use: the model imports this module
 
+    if exported:
+        if requested in ("bf16", "fp16"):
+            raise SpecError(
+                f"{key}: {requested} applies to checkpoints; an exported file runs in the "
+                "precision it was built in (gen_trt_engine.tensorrt.data_type for TensorRT)"
+            )
+        return "fp32"
     try:
-        picked = choose_precision(requested, device)
+        return choose_precision(requested, device)
     except ValueError as err:
         raise SpecError(f"{key}: {err}") from None
-    log.info("%s %s: the forward runs in %s on %s", key, requested, picked, device)
-    return picked
 
 
-def refuse_for_exported(requested: str, key: str) -> None:
-    """An exported file runs in the precision it was built in: a low precision asked for it is
-    refused (`SpecError` naming `key`); fp32 and auto leave the file as it is."""
-    from oneseg.spec import SpecError
+def log_precision(run, requested: str, picked: str | None) -> None:
+    """Say which precision an action's forward runs in: the log and status.json's KPIs
+    (`run`: an `oneseg.experiment.ActionRun`); nothing for an exported file (None)."""
+    if picked is None:
+        return
+    run.kpis["precision"] = picked
+    run.log("RUNNING", f"forward precision {picked} ({requested} asked)")
+    log.info("forward precision %s (%s asked)", picked, requested)
 
-    if requested in ("bf16", "fp16"):
-        raise SpecError(
-            f"{key}: {requested} applies to checkpoints; an exported file runs in the precision "
-            "it was built in (gen_trt_engine.tensorrt.data_type for TensorRT)"
-        )
+
+def default_device() -> torch.device:
+    """Where a checkpoint runs when no device is named: the GPU when there is one."""
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
