@@ -134,7 +134,7 @@ def agreement(runners: dict, size: int, count: int) -> dict:
                     "pred_masks": raw.masks_queries_logits,
                 }
             maps = postprocess(raw, "semantic", (size, size), sizes)
-            out[precision] = (raw, torch.stack([m["semantic"] for m in maps]))
+            out[precision] = (raw, torch.stack([torch.from_numpy(m.labels) for m in maps]))
         (ref, ref_maps), (low, low_maps) = out["fp32"], out["bf16"]
         signs = (ref["pred_masks"] > 0) == (low["pred_masks"] > 0)
         result[name] = {
