@@ -74,18 +74,20 @@ def text_list_length(spec) -> int:
     return max(spec.model.num_queries - spec.model.text_encoder.n_ctx, 1)
 
 
+def process_layout(cfg) -> tuple[bool, list[int] | int, int]:
+    """(on GPUs, Lightning's `devices`: GPU ids or a count, processes per node) of a spec
+    section with accelerator, num_gpus, gpu_ids and num_processes_cpu (train, evaluate,
+    inference): `gpu_ids` name the GPUs when they list at least `num_gpus` of them."""
+    use_gpu = cfg.accelerator == "gpu" or (cfg.accelerator == "auto" and torch.cuda.is_available())
+    if use_gpu:
+        ids = cfg.gpu_ids[: cfg.num_gpus]
+        return True, ids if len(ids) == cfg.num_gpus else cfg.num_gpus, cfg.num_gpus
+    return False, cfg.num_processes_cpu, cfg.num_processes_cpu
+
+
 def device_settings(train_cfg) -> dict:
     """Trainer keyword arguments for the accelerator, devices, nodes and strategy."""
-    use_gpu = train_cfg.accelerator == "gpu" or (
-        train_cfg.accelerator == "auto" and torch.cuda.is_available()
-    )
-    if use_gpu:
-        ids = train_cfg.gpu_ids[: train_cfg.num_gpus]
-        devices = ids if len(ids) == train_cfg.num_gpus else train_cfg.num_gpus
-        count = train_cfg.num_gpus
-    else:
-        devices = train_cfg.num_processes_cpu
-        count = devices
+    use_gpu, devices, count = process_layout(train_cfg)
     world = count * train_cfg.num_nodes
     strategy = "ddp" if world > 1 else "auto"
     if world > 1 and not use_gpu:
