@@ -125,7 +125,8 @@ def _run_action(action: str, args) -> int:
     func = getattr(importlib.import_module(module_name), func_name)
     with ActionRun(spec, action) as run:
         func(spec, run)
-    print(f"{action}: done; results in {run.dir}")
+    if run.rank == 0:  # the other processes of a multi-process run say nothing more
+        print(f"{action}: done; results in {run.dir}")
     return 0
 
 

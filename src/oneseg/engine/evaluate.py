@@ -26,7 +26,12 @@ from oneseg.data.intensity import choose_intensity
 from oneseg.data.label_map import LabelMap
 from oneseg.data.records import DataError
 from oneseg.engine.evaluator import Evaluator, evaluate_loader
-from oneseg.engine.processes import Processes, launched, plan_processes
+from oneseg.engine.processes import (
+    Processes,
+    check_exported_on_gpus,
+    launched,
+    plan_processes,
+)
 from oneseg.engine.train import with_unpacked_archives
 from oneseg.errors import RunFailed
 from oneseg.io import write_json_atomic
@@ -71,7 +76,7 @@ def _evaluate(spec, run, processes: Processes) -> None:
         spec_model=spec.model,
         key=_key(cfg),
     )
-    _check_several_gpus(opened, processes)
+    check_exported_on_gpus(opened, processes.plan)
     if opened.dropped:
         run.log("RUNNING", opened.dropped_message("not evaluating"))
     tasks = opened.tasks
@@ -159,15 +164,6 @@ def merge_shards(shards: list[dict], num_images: int) -> dict:
             f"{num_images}; every image must be scored once"
         )
     return dict(sorted(merged.items()))
-
-
-def _check_several_gpus(opened, processes: Processes) -> None:
-    """ONNX Runtime and TensorRT run on the first GPU of the process: one per node."""
-    if opened.model is None and processes.plan.use_gpu and processes.plan.per_node > 1:
-        raise ValueError(
-            "evaluate.num_gpus: an exported model runs on one GPU per node here; evaluate the "
-            "checkpoint on several GPUs, or set evaluate.num_gpus=1"
-        )
 
 
 def _model_source(cfg, spec_model) -> str:

@@ -78,6 +78,16 @@ def plan_processes(cfg, action: str) -> ProcessPlan:
     return ProcessPlan(action, use_gpu, per_node, cfg.num_nodes, gpu_ids)
 
 
+def check_exported_on_gpus(opened, plan: ProcessPlan) -> None:
+    """Refuse an exported model with several GPU processes per node: ONNX Runtime and
+    TensorRT would all take the node's first GPU."""
+    if opened.model is None and plan.use_gpu and plan.per_node > 1:
+        raise ValueError(
+            f"{plan.action}.num_gpus: an exported model runs on one GPU per node; run the "
+            f"checkpoint on several GPUs, or set {plan.action}.num_gpus=1"
+        )
+
+
 def strided_shard(length: int, rank: int, world_size: int) -> list[int]:
     """Indices rank, rank + world_size, ... of `length`: each index in exactly one shard, no
     padding (shares differ by at most one)."""
