@@ -29,7 +29,6 @@ from datetime import timedelta
 import torch
 import torch.distributed as dist
 
-from oneseg.engine.train import process_layout
 from oneseg.errors import RunFailed
 
 # Fault injection for tests: "RANK:IMAGES" makes that global rank exit at once (no clean-up,
@@ -65,6 +64,17 @@ class ProcessPlan:
     def cpu_processes(self) -> int:
         """Processes sharing this node's cores (for the thread count)."""
         return 1 if self.use_gpu else self.per_node
+
+
+def process_layout(cfg) -> tuple[bool, list[int] | int, int]:
+    """(on GPUs, Lightning's `devices`: GPU ids or a count, processes per node) of a spec
+    section with accelerator, num_gpus, gpu_ids and num_processes_cpu (train, evaluate,
+    inference): `gpu_ids` name the GPUs when they list at least `num_gpus` of them."""
+    use_gpu = cfg.accelerator == "gpu" or (cfg.accelerator == "auto" and torch.cuda.is_available())
+    if use_gpu:
+        ids = cfg.gpu_ids[: cfg.num_gpus]
+        return True, ids if len(ids) == cfg.num_gpus else cfg.num_gpus, cfg.num_gpus
+    return False, cfg.num_processes_cpu, cfg.num_processes_cpu
 
 
 def plan_processes(cfg, action: str) -> ProcessPlan:

@@ -37,6 +37,7 @@ from oneseg.engine.callbacks import (
 )
 from oneseg.engine.evaluator import Evaluator
 from oneseg.engine.module import SegmentationModule
+from oneseg.engine.processes import process_layout
 from oneseg.engine.sampling import EpochSampler, SeededDataset
 from oneseg.errors import CheckpointError, ResultsDirError
 from oneseg.experiment import ARCHITECTURE_KEYS
@@ -72,17 +73,6 @@ def text_list_length(spec) -> int:
     if spec.dataset.text_list_len:
         return spec.dataset.text_list_len
     return max(spec.model.num_queries - spec.model.text_encoder.n_ctx, 1)
-
-
-def process_layout(cfg) -> tuple[bool, list[int] | int, int]:
-    """(on GPUs, Lightning's `devices`: GPU ids or a count, processes per node) of a spec
-    section with accelerator, num_gpus, gpu_ids and num_processes_cpu (train, evaluate,
-    inference): `gpu_ids` name the GPUs when they list at least `num_gpus` of them."""
-    use_gpu = cfg.accelerator == "gpu" or (cfg.accelerator == "auto" and torch.cuda.is_available())
-    if use_gpu:
-        ids = cfg.gpu_ids[: cfg.num_gpus]
-        return True, ids if len(ids) == cfg.num_gpus else cfg.num_gpus, cfg.num_gpus
-    return False, cfg.num_processes_cpu, cfg.num_processes_cpu
 
 
 def device_settings(train_cfg) -> dict:
