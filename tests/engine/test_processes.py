@@ -149,13 +149,15 @@ def _metrics(folder: Path) -> dict:
 
 
 def _assert_equal_numbers(got, expected, path="") -> None:
-    """Equal structure; numbers within 1e-9 (None, as NaN is written, equal to None)."""
+    """Equal structure; numbers within 1e-9, NaN equal to NaN (and None, as metrics.json
+    writes NaN, to None)."""
     if isinstance(expected, dict):
         assert got.keys() == expected.keys(), path
         for key in expected:
             _assert_equal_numbers(got[key], expected[key], f"{path}.{key}")
     elif isinstance(expected, float) and isinstance(got, float):
-        assert math.isclose(got, expected, rel_tol=0, abs_tol=1e-9), (path, got, expected)
+        same = math.isnan(got) and math.isnan(expected)
+        assert same or math.isclose(got, expected, rel_tol=0, abs_tol=1e-9), (path, got, expected)
     else:
         assert got == expected, path
 
@@ -250,3 +252,72 @@ def test_a_lost_process_fails_inference_and_the_rerun_does_what_is_missing(
     for entry in kept:  # images done before keep their ids
         assert any(e == entry for e in json.loads((folder / "images.json").read_text())["images"])
     assert _outputs(folder) == _outputs(one_process("inference"))
+
+
+def test_strided_shards_merged_score_as_one_evaluator(synth_data):
+    """The merge of per-process states, with numbers that a lost, repeated or reordered image
+    would change: thing labels moved to the next class (PQ things 0, PQ stuff 100, AP low)."""
+    from oneseg.engine.evaluator import Evaluator
+    from tests.engine.test_evaluator import TASKS as ALL
+    from tests.engine.test_evaluator import _batches, _rotated_things_model, _val_set, add
+
+    dataset, label_map = _val_set(synth_data)
+    model = _rotated_things_model(dataset, label_map)
+    batches = _batches(dataset, batch_size=1)
+    whole = Evaluator(dataset, label_map, tasks=ALL)
+    for batch in batches:
+        add(whole, model, label_map, batch)
+    shards = []
+    for rank in range(3):  # 4 images on 3 processes: shares 2, 1, 1
+        part = Evaluator(dataset, label_map, tasks=ALL)
+        for index in strided_shard(len(batches), rank, 3):
+            add(part, model, label_map, batches[index])
+        shards.append(part.images)
+    merged = Evaluator(dataset, label_map, tasks=ALL)
+    merged.images = merge_shards(shards[::-1], len(dataset))
+    expected, got = whole.compute(gather=False), merged.compute(gather=False)
+    assert expected["pq_st"] > 0 and 0 < expected["ap"] < 100 and 0 < expected["miou"] < 100
+    _assert_equal_numbers(got, expected)
+
+
+def _write_part(folder: Path, names: list[str]) -> None:
+    """A part folder as a process writes it: its own ids 1.., instance results only."""
+    folder.mkdir(parents=True)
+    images = [
+        {"id": i, "name": n, "tasks": ["instance"], "file_name": f"{n}.jpg", "height": 4}
+        for i, n in enumerate(names, 1)
+    ]
+    found = [{"image_id": i, "category_id": 1, "score": 0.5} for i in range(1, len(names) + 1)]
+    (folder / "instance.json").write_text(json.dumps(found))
+    (folder / "images.json").write_text(json.dumps({"images": images, "categories": []}))
+
+
+def test_parts_merge_in_listing_order_and_merging_again_changes_nothing(tmp_path, synth_data):
+    from oneseg.data.label_map import LabelMap
+    from oneseg.engine.inference_outputs import InferenceOutputs, merge_parts
+
+    label_map = LabelMap.from_json(synth_data["label_map"])
+    _write_part(tmp_path / "parts" / "rank00000", ["a", "c"])
+    _write_part(tmp_path / "parts" / "rank00001", ["b"])
+    torn = tmp_path / "parts" / "rank00002"  # stopped mid-flush: no images.json, not done
+    _write_part(torn, ["d"])
+    (torn / "images.json").unlink()
+
+    def merged() -> InferenceOutputs:
+        outputs = InferenceOutputs(tmp_path, label_map, ["instance"], False, "category")
+        merge_parts(outputs, {"a": 0, "b": 1, "c": 2, "d": 3})
+        return outputs
+
+    outputs = merged()
+    assert {name: e["id"] for name, e in outputs.images.items()} == {"a": 1, "b": 2, "c": 3}
+    assert [r["image_id"] for r in json.loads((tmp_path / "instance.json").read_text())] == [
+        1,
+        2,
+        3,
+    ]
+    assert not (tmp_path / "parts").exists()
+    assert outputs.is_done("b") and not outputs.is_done("d")
+    before = {p.name: p.read_text() for p in tmp_path.glob("*.json")}
+    _write_part(tmp_path / "parts" / "rank00000", ["c"])  # a merge repeated after a crash
+    merged()
+    assert {p.name: p.read_text() for p in tmp_path.glob("*.json")} == before
