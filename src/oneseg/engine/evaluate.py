@@ -5,6 +5,10 @@ Writes into the action's folder:
     per_class.md, .csv  one row per class: PQ, SQ, RQ, IoU, AP   (with evaluate.iou_per_class)
     per_class.png       bar chart of per-class PQ, IoU and AP     (with evaluate.iou_per_class)
 and puts the headline numbers into status.json as KPIs.
+
+On several processes (`evaluate.num_gpus`, `num_processes_cpu`, `num_nodes`; see
+`oneseg.engine.processes`) each scores every W-th image and rank 0 merges the per-image states
+and writes: the metrics are those of one process.
 """
 
 from __future__ import annotations
