@@ -203,10 +203,16 @@ class Processes:
                 proc.kill()
                 proc.wait()
 
-    def wait_children(self) -> None:
-        """Wait for the children to end; a child that ended badly fails the run."""
+    def wait_children(self, timeout: float = 300.0) -> None:
+        """Wait for the children to end (their work is done: stopped after `timeout` s); a
+        child that ended badly fails the run."""
+        deadline = time.time() + timeout
         for proc in self.children:
-            proc.wait()
+            try:
+                proc.wait(max(0.1, deadline - time.time()))
+            except subprocess.TimeoutExpired:
+                self.stop_children()
+                return
         failed = self._failed_child()
         if failed:
             raise RunFailed(failed)
