@@ -12,7 +12,7 @@ alternated `--repeats` times. Reported per setting (best of the repeats):
 - scoring: `seconds_per_image` x images from metrics.json (from the first batch to the merged
   metrics, so start-up and model load are left out).
 The threads: oneseg's choice (this machine's cores split between the processes). The metrics
-of the two settings are checked equal. Writes benchmarks/results/multi_process.{md,json}.
+of the two settings are checked equal. Writes benchmarks/results/multi_process_IMAGES.{md,json}.
 """
 
 from __future__ import annotations
@@ -142,7 +142,7 @@ def main() -> None:
         ]
     )
     data["metrics_equal"] = not differ
-    md, _ = write_report("multi_process", markdown, data)
+    md, _ = write_report(f"multi_process_{args.images}", markdown, data)
     print(markdown)
     print(f"wrote {md}")
 

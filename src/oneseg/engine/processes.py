@@ -89,12 +89,13 @@ def plan_processes(cfg, action: str) -> ProcessPlan:
 
 
 def check_exported_on_gpus(opened, plan: ProcessPlan) -> None:
-    """Refuse an exported model with several GPU processes per node: ONNX Runtime and
-    TensorRT would all take the node's first GPU."""
-    if opened.model is None and plan.use_gpu and plan.per_node > 1:
+    """Refuse an exported model on several GPU processes per node or on another GPU than the
+    first: ONNX Runtime and TensorRT take the node's first GPU."""
+    if opened.model is None and plan.use_gpu and (plan.per_node > 1 or plan.gpu_ids[0] != 0):
         raise ValueError(
-            f"{plan.action}.num_gpus: an exported model runs on one GPU per node; run the "
-            f"checkpoint on several GPUs, or set {plan.action}.num_gpus=1"
+            f"{plan.action}.num_gpus / gpu_ids: an exported model runs on the first GPU of "
+            f"each node; run the checkpoint on other or several GPUs, or set "
+            f"{plan.action}.num_gpus=1 and gpu_ids=[0]"
         )
 
 
@@ -113,6 +114,8 @@ class Processes:
         rank, world_size, local_rank: global rank, process count, rank on this node.
         device: the device this process runs its model on.
         children: the processes this one started (local ranks 1.. of the main process).
+        parent: the process that started this one (0: none of ours), watched in `step`.
+        done: images this process has done (for the test hook of `FAULT_ENV`).
     """
 
     plan: ProcessPlan
@@ -261,6 +264,8 @@ def launched(plan: ProcessPlan) -> Iterator[Processes]:
     environment = _cluster_environment() if plan.world_size > 1 else None
     if environment is None:
         device = torch.device(f"cuda:{plan.gpu_ids[0]}" if plan.use_gpu else "cpu")
+        if plan.use_gpu:
+            torch.cuda.set_device(device)
         yield Processes(plan, device=device)
         return
     saved = {key: os.environ.get(key) for key in _LAUNCH_KEYS}
