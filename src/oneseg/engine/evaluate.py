@@ -25,6 +25,7 @@ from rich.table import Table
 from torch.utils.data import DataLoader
 
 from oneseg.cpu_threads import set_intra_op_threads
+from oneseg.data.archive import with_unpacked_archives
 from oneseg.data.build import build_dataloader, load_label_map
 from oneseg.data.intensity import choose_intensity
 from oneseg.data.label_map import LabelMap
@@ -36,7 +37,6 @@ from oneseg.engine.processes import (
     launched,
     plan_processes,
 )
-from oneseg.engine.train import with_unpacked_archives
 from oneseg.errors import RunFailed
 from oneseg.io import write_json_atomic
 from oneseg.runner import open_model

@@ -21,6 +21,7 @@ from rich.progress import Progress
 
 from oneseg.constants import IMAGE_SUFFIXES
 from oneseg.cpu_threads import set_intra_op_threads
+from oneseg.data.archive import is_archive, unpack_archive
 from oneseg.data.image_io import read_image
 from oneseg.data.intensity import Intensity, choose_intensity
 from oneseg.data.records import DataError
@@ -151,7 +152,11 @@ def _run_inference(spec, run, processes: Processes) -> None:
     predictor, tasks = _predictor(spec, run, processes)
     if cfg.compile and predictor.model is not None:
         compile_pixel_decoder(predictor.model)
-    paths, root = list_images(cfg.images)
+    predictor.resize = tuple(cfg.resize) if cfg.resize else None
+    images = cfg.images
+    if is_archive(images):  # TAO's images.tar.gz, unpacked once (locked) as train does
+        images = str(unpack_archive(images, Path(spec.results_dir) / "cache"))
+    paths, root = list_images(images)
     names, rels = output_names(paths, root), relative_paths(paths, root)
     order = {name: position for position, name in enumerate(names)}
     settings = (predictor.label_map, tasks, cfg.overlay, cfg.semantic_ids)
