@@ -339,6 +339,11 @@ class EvaluateConfig:
     onnx_file: str = f("", "evaluate this exported ONNX file instead of a checkpoint")
     trt_engine: str = f("", "evaluate this TensorRT engine instead of a checkpoint")
     iou_per_class: bool = f(True, "write per-class tables and the bar chart")
+    num_gpus: int = f(1, "GPU processes per node (NCCL); the images are split between them", ge=1)
+    gpu_ids: list[int] = f([0], "GPU indices to use (as train.gpu_ids)")
+    num_nodes: int = f(1, "nodes; reads WORLD_SIZE, NODE_RANK, MASTER_ADDR/PORT as train", ge=1)
+    num_processes_cpu: int = f(1, "CPU processes (gloo); the images are split between them", ge=1)
+    accelerator: Literal["auto", "cpu", "gpu"] = f("auto", "device type")
     precision: Precision = f("fp32", PRECISION_HELP)
 
 
@@ -363,6 +368,11 @@ class InferenceConfig:
         "torch.compile the pixel decoder (checkpoints): ~20% faster on CPU once compiled; "
         "compiling takes minutes per input size",
     )
+    num_gpus: int = f(1, "GPU processes per node (NCCL); the images are split between them", ge=1)
+    gpu_ids: list[int] = f([0], "GPU indices to use (as train.gpu_ids)")
+    num_nodes: int = f(1, "nodes; reads WORLD_SIZE, NODE_RANK, MASTER_ADDR/PORT as train", ge=1)
+    num_processes_cpu: int = f(1, "CPU processes (gloo); the images are split between them", ge=1)
+    accelerator: Literal["auto", "cpu", "gpu"] = f("auto", "device type")
     precision: Precision = f("fp32", PRECISION_HELP)
 
 

@@ -119,8 +119,3 @@ def log_precision(run, requested: str, picked: str | None) -> None:
     run.kpis["precision"] = picked
     run.log("RUNNING", f"forward precision {picked} ({requested} asked)")
     log.info("forward precision %s (%s asked)", picked, requested)
-
-
-def default_device() -> torch.device:
-    """Where a checkpoint runs when no device is named: the GPU when there is one."""
-    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
