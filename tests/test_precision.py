@@ -259,3 +259,17 @@ def test_train_bf16_mixed_on_cpu(tmp_path, monkeypatch, synth_data, tiny_model_c
     losses = [d["loss"] for d in map(json.loads, lines) if "loss" in d]
     assert seen and set(seen) == {torch.bfloat16}  # every training forward under bf16 autocast
     assert len(losses) == 2 and all(0 < loss < 1e4 for loss in losses)
+
+
+def test_serve_precision_in_model_info(tmp_path, tiny_checkpoint):
+    from oneseg.serve.action import build_app
+    from oneseg.spec import SpecError, spec_from_dict
+
+    spec = spec_from_dict({"serve": {"model": str(tiny_checkpoint), "precision": "bf16"}})
+    _, info = build_app(spec)
+    assert info["precision"] == "bf16" and info["kind"] == "pytorch"
+    exported = tmp_path / "m.onnx"
+    exported.write_bytes(b"")  # refused before it is read
+    spec = spec_from_dict({"serve": {"model": str(exported), "precision": "fp16"}})
+    with pytest.raises(SpecError, match="serve.precision: fp16 applies to checkpoints"):
+        build_app(spec)

@@ -485,6 +485,7 @@ class ServeConfig:
         "", "required in the X-API-Key header when set; '' = the ONESEG_API_KEY variable, if any"
     )
     tasks: list[Task] = f(["panoptic", "instance", "semantic"], "tasks to offer")
+    precision: Precision = f("fp32", PRECISION_HELP)
 
 
 # ----------------------------------------------------------------------------- automl

@@ -47,6 +47,7 @@ def model_info(opened, predictor, spec) -> dict:
         "version": __version__,
         "source": os.path.basename(opened.source),
         "kind": "pytorch" if opened.model is not None else "exported",
+        "precision": predictor.precision,  # None: an exported file's own
         "tasks": list(opened.tasks),
         "classes": [
             {"index": i, "category_id": c, "name": n, "isthing": bool(t), "color": list(rgb)}
@@ -75,14 +76,23 @@ def model_info(opened, predictor, spec) -> dict:
 
 def build_app(spec):
     """The app of a spec (the model opened once), and its model info."""
+    import torch
+
+    from oneseg.precision import precision_setting
     from oneseg.predictor import Predictor
-    from oneseg.runner import open_model
+    from oneseg.runner import is_exported, open_model
 
     cfg = spec.serve
     if not cfg.model:
         raise BadInput("serve.model is empty: name a checkpoint, an ONNX file or an engine")
     api_key = api_key_of(spec)
-    opened = open_model(cfg.model, cfg.tasks, spec_model=spec.model, key="serve.model")
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")  # as open_model's
+    precision = precision_setting(
+        cfg.precision, device, "serve.precision", exported=is_exported(cfg.model)
+    )
+    opened = open_model(
+        cfg.model, cfg.tasks, spec_model=spec.model, key="serve.model", precision=precision
+    )
     if opened.dropped:
         print(f"serve: {opened.dropped_message('not offering')}")
     augmentation = spec.dataset.augmentation
@@ -118,6 +128,9 @@ def run_serve(spec, run) -> None:
     host, port = sock.getsockname()[:2]
     url = f"http://{'[' + host + ']' if ':' in host else host}:{port}/"
     run.log("RUNNING", f"serving {cfg.model} at {url}", url=url, tasks=info["tasks"])
+    if info["precision"]:
+        run.kpis["precision"] = info["precision"]
+        run.log("RUNNING", f"forward precision {info['precision']} ({cfg.precision} asked)")
     print(f"serve: {cfg.model} ({', '.join(info['tasks'])}) at {url}", flush=True)
     config = uvicorn.Config(
         app,
