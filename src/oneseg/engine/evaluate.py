@@ -39,7 +39,8 @@ from oneseg.engine.processes import (
 )
 from oneseg.errors import RunFailed
 from oneseg.io import write_json_atomic
-from oneseg.runner import open_model
+from oneseg.precision import log_precision, precision_setting
+from oneseg.runner import is_exported, open_model
 
 SUMMARY_KEYS = {
     "panoptic": ("pq", "sq", "rq", "pq_th", "pq_st"),
@@ -73,13 +74,20 @@ def run_evaluate(spec, run) -> None:
 
 def _evaluate(spec, run, processes: Processes) -> None:
     cfg = spec.evaluate
+    source = _model_source(cfg, spec.model)
+    exported = bool(cfg.onnx_file or cfg.trt_engine) or is_exported(source)
+    precision = precision_setting(
+        cfg.precision, processes.device, "evaluate.precision", exported=exported
+    )
     opened = open_model(
-        _model_source(cfg, spec.model),
+        source,
         list(cfg.tasks),
         device=processes.device,
         spec_model=spec.model,
         key=_key(cfg),
+        precision=precision,
     )
+    log_precision(run, cfg.precision, getattr(opened.runner, "precision", None))
     check_exported_on_gpus(opened, processes.plan)
     if opened.dropped:
         run.log("RUNNING", opened.dropped_message("not evaluating"))

@@ -33,8 +33,9 @@ from oneseg.engine.processes import (
     plan_processes,
 )
 from oneseg.model.compiled import compile_pixel_decoder
+from oneseg.precision import log_precision, precision_setting
 from oneseg.predictor import Predictor
-from oneseg.runner import open_model
+from oneseg.runner import is_exported, open_model
 
 LIST_SUFFIXES = (".txt", ".lst", ".list")
 FLUSH_EVERY_IMAGES = 25
@@ -253,9 +254,19 @@ def _predictor(spec, run, processes: Processes) -> tuple[Predictor, list[str]]:
             "inference.checkpoint is empty (and model.pretrained, inference.onnx_file and "
             "inference.trt_engine too): name a model"
         )
-    opened = open_model(
-        source, list(cfg.tasks), device=processes.device, spec_model=spec.model, key=key
+    exported = bool(cfg.onnx_file or cfg.trt_engine) or is_exported(source)
+    precision = precision_setting(
+        cfg.precision, processes.device, "inference.precision", exported=exported
     )
+    opened = open_model(
+        source,
+        list(cfg.tasks),
+        device=processes.device,
+        spec_model=spec.model,
+        key=key,
+        precision=precision,
+    )
+    log_precision(run, cfg.precision, getattr(opened.runner, "precision", None))
     check_exported_on_gpus(opened, processes.plan)
     aug = spec.dataset.augmentation
     predictor = Predictor.from_opened(

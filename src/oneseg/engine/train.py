@@ -78,6 +78,7 @@ def device_settings(train_cfg) -> dict:
     """Trainer keyword arguments for the accelerator, devices, nodes and strategy."""
     use_gpu, devices, count = process_layout(train_cfg)
     world = count * train_cfg.num_nodes
+    precision = train_cfg.precision
     strategy = "ddp" if world > 1 else "auto"
     if world > 1 and not use_gpu:
         strategy = L.pytorch.strategies.DDPStrategy(process_group_backend="gloo")
@@ -87,7 +88,8 @@ def device_settings(train_cfg) -> dict:
         "num_nodes": train_cfg.num_nodes,
         "strategy": strategy,
         "world_size": world,
-        "precision": train_cfg.precision if use_gpu else "32",
+        # CPUs compute bf16 (Lightning autocasts); fp16 autocast exists only on GPUs
+        "precision": "32" if precision == "16-mixed" and not use_gpu else precision,
     }
 
 
