@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import errno
 import importlib
 import json
 import os
@@ -11,6 +12,7 @@ import sys
 import threading
 import traceback
 import warnings
+from pathlib import Path
 
 from oneseg.cpu_threads import keep_freed_memory, quiet_thread_pool
 from oneseg.errors import (
@@ -22,6 +24,7 @@ from oneseg.errors import (
     RunFailed,
     Stopped,
 )
+from oneseg.redact import redact
 
 DEBUG_ENV = "ONESEG_DEBUG"  # set to 1 to see the traceback behind a one-line error
 
@@ -180,7 +183,9 @@ def _data(args, parser) -> int:
     if args.data_command == "check":
         from oneseg.data.check import check_main  # imported on use: --help stays fast
 
-        return check_main(_load(args).dataset, as_json=args.json)
+        spec = _load(args)
+        cache = Path(spec.results_dir) / "cache"  # where train unpacks .tar.gz folders, too
+        return check_main(spec.dataset, as_json=args.json, cache_root=cache)
     parser.parse_args(["data", "--help"])
     return 2
 
@@ -204,6 +209,9 @@ def describe_failure(err: BaseException) -> tuple[int, str]:
         return EXIT_BAD_INPUT, f"error: {_os_error(err)}"
     if isinstance(err, PermissionError | FileExistsError):
         return EXIT_BAD_INPUT, f"error: {_os_error(err)}"
+    if isinstance(err, OSError) and err.errno in (errno.ENOSPC, errno.EDQUOT):
+        folder = os.path.dirname(err.filename) if err.filename else "the disk"
+        return EXIT_FAILED, f"failed: no space left on {folder or '.'}"
     if isinstance(err, MemoryError):
         return EXIT_FAILED, "failed: out of memory; use smaller images or batches"
     if isinstance(err, CliError | KeyError | ValueError):
@@ -251,7 +259,7 @@ def main(argv: list[str] | None = None) -> int:
         code, line = describe_failure(err)
         if debug:
             traceback.print_exception(err)
-        print(f"oneseg: {line}", file=sys.stderr)
+        print(f"oneseg: {redact(line)}", file=sys.stderr)
         return code
     finally:
         if in_main_thread:

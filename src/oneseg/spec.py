@@ -10,6 +10,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 import difflib
+import math
 import types
 import typing
 from pathlib import Path
@@ -19,6 +20,8 @@ import yaml
 
 from oneseg.config import ACTIONS, ExperimentConfig
 from oneseg.presets import preset_values
+from oneseg.redact import redact
+from oneseg.spec_checks import check_expanded_size, check_spec_fields, check_spec_file
 from oneseg.tao.backbones import KNOWN_BACKBONES
 from oneseg.tao.resolve import MISSING, extract, resolve, split_overrides
 from oneseg.tao.table import TaoKeyError
@@ -102,6 +105,8 @@ def _convert(value: Any, tp, key: str, meta: dict) -> Any:
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             refuse()
         value = float(value)
+        if not math.isfinite(value):
+            refuse("a finite number")
     elif tp is str:
         if value is None:  # `key:` with no value, as TAO specs leave paths to fill in
             value = ""
@@ -143,7 +148,18 @@ def _build(cls, data: dict, prefix: str):
         if name not in fields:
             raise _unknown_key(cls, str(name), base)
         kwargs[name] = _convert(value, hints[name], base + name, fields[name].metadata)
-    return cls(**kwargs)
+    section = cls(**kwargs)
+    object.__setattr__(section, _KEYS_SET, frozenset(kwargs))
+    return section
+
+
+_KEYS_SET = "_oneseg_keys_set"
+
+
+def keys_set(section) -> frozenset[str] | None:
+    """The keys of a spec section that its YAML or overrides gave (defaults are not among
+    them); None for a section not read from a spec (built in code)."""
+    return getattr(section, _KEYS_SET, None)
 
 
 # --------------------------------------------------------------------------- loading
@@ -157,6 +173,7 @@ def _parse_override(text: str) -> tuple[list[str], Any]:
         value = yaml.safe_load(raw) if raw.strip() else ""
     except yaml.YAMLError:
         raise SpecError(f"{key}: cannot parse value {raw!r} as YAML") from None
+    check_expanded_size(key, value)
     return key.split("."), value
 
 
@@ -262,6 +279,7 @@ def _check_spec(spec: ExperimentConfig) -> None:
             f"model.backbone: got {spec.model.backbone!r}, expected one of "
             f"{', '.join(KNOWN_BACKBONES)}"
         )
+    check_spec_fields(spec)
 
 
 def load_spec(path: str | Path | None, overrides: list[str] = ()) -> ExperimentConfig:
@@ -271,14 +289,18 @@ def load_spec(path: str | Path | None, overrides: list[str] = ()) -> ExperimentC
         path = Path(path)
         if not path.is_file():
             raise SpecError(f"{path}: spec file not found")
+        check_spec_file(path)
         try:
-            data = yaml.safe_load(path.read_text()) or {}
+            data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+        except UnicodeDecodeError:
+            raise SpecError(f"{path}: not a YAML spec (not UTF-8 text)") from None
         except yaml.YAMLError as err:
             mark = getattr(err, "problem_mark", None)
             where = f" at line {mark.line + 1}" if mark else ""
             raise SpecError(f"{path}: not valid YAML{where}") from None
         if not isinstance(data, dict):
             raise SpecError(f"{path}: the spec must be a mapping of sections")
+        check_expanded_size(path, data)
     return spec_from_dict(data, overrides)
 
 
@@ -287,7 +309,8 @@ def spec_to_dict(spec) -> dict:
 
 
 def dump_spec(spec) -> str:
-    return yaml.safe_dump(spec_to_dict(spec), sort_keys=False, default_flow_style=None)
+    text = yaml.safe_dump(spec_to_dict(spec), sort_keys=False, default_flow_style=None)
+    return redact(text)  # a storage URL's password stays out of every written spec
 
 
 # --------------------------------------------------------------------------- template / schema

@@ -19,6 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from oneseg.config import DatasetConfig
+from oneseg.data.archive import unpack_dataset_archives
 from oneseg.data.build import load_label_map, split_sources
 from oneseg.data.coco_panoptic import default_panoptic_dir
 from oneseg.data.image_io import ImageReadError, image_size, raw_size, read_label, read_values
@@ -377,10 +378,17 @@ def check_dataset(
 
 
 def check_main(
-    dataset_cfg: DatasetConfig, splits=("train", "val"), console=None, as_json: bool = False
+    dataset_cfg: DatasetConfig,
+    splits=("train", "val"),
+    console=None,
+    as_json: bool = False,
+    cache_root: str | Path | None = None,
 ) -> int:
     """Check, print the report (tables, plain lines when piped, or JSON) and return the exit
-    code (1 if any error)."""
+    code (1 if any error). Folders given as `.tar` / `.tar.gz` archives are unpacked under
+    `cache_root` first, as training does."""
+    if cache_root is not None:
+        dataset_cfg = unpack_dataset_archives(dataset_cfg, cache_root)
     report = check_dataset(dataset_cfg, splits)
     if as_json:
         print(json.dumps(report.to_dict(), indent=1), file=sys.stdout)

@@ -13,6 +13,7 @@ from oneseg.constants import IMAGE_SUFFIXES
 from oneseg.data.image_io import read_image
 from oneseg.data.intensity import choose_intensity
 from oneseg.data.synth_draw import STUFF, paint_thing, shape_mask, stuff_layout, stuff_texture
+from oneseg.errors import InputFileError
 from oneseg.export.onnx_export import ExportSettings, export_onnx
 from oneseg.export.runtime import TASKS
 from oneseg.model.build import model_tasks
@@ -78,7 +79,7 @@ def run_export(spec, run) -> None:
     if not cfg.overwrite:
         for path in paths.values():
             if path.exists():
-                raise ValueError(f"{path}: exists (set export.overwrite=true to replace it)")
+                raise InputFileError(f"{path}: exists (set export.overwrite=true to replace it)")
     post = PostprocessConfig.of_model(model_cfg, spec.model)
     # done before the graph: how images of more than 8 bits become its uint8 input
     intensity = choose_intensity(spec.dataset.intensity, read_intensity(checkpoint)).to_dict()
