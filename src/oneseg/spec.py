@@ -11,6 +11,7 @@ import copy
 import dataclasses
 import difflib
 import math
+import re
 import types
 import typing
 from pathlib import Path
@@ -29,6 +30,9 @@ from oneseg.tao.table import TaoKeyError
 
 class SpecError(ValueError):
     """A spec that cannot be used; the message is one line naming the key."""
+
+
+_KEY_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_-]{0,63}")
 
 
 # --------------------------------------------------------------------------- types
@@ -134,6 +138,9 @@ def _check_bounds(value: Any, key: str, meta: dict) -> None:
 
 def _unknown_key(cls, name: str, prefix: str) -> SpecError:
     names = [fl.name for fl in dataclasses.fields(cls)]
+    if not _KEY_NAME.fullmatch(name):  # a file that is no spec (/etc/shadow): show none of it
+        where = f"'{prefix.rstrip('.')}' has" if prefix else "the file has"
+        return SpecError(f"{where} a key that is not a spec key name; is it an oneseg spec?")
     close = difflib.get_close_matches(name, names, n=1, cutoff=0.6)
     hint = f"; did you mean '{prefix}{close[0]}'?" if close else f"; known keys: {', '.join(names)}"
     return SpecError(f"{prefix}{name}: unknown key{hint}")
@@ -301,6 +308,9 @@ def load_spec(path: str | Path | None, overrides: list[str] = ()) -> ExperimentC
         if not isinstance(data, dict):
             raise SpecError(f"{path}: the spec must be a mapping of sections")
         check_expanded_size(path, data)
+        if not all(isinstance(k, str) and _KEY_NAME.fullmatch(k) for k in data):
+            # lines of another kind of file (/etc/shadow) read as keys: show none of them
+            raise SpecError(f"{path}: a top-level key is not a key name; is it an oneseg spec?")
     return spec_from_dict(data, overrides)
 
 
