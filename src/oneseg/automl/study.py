@@ -130,6 +130,10 @@ def open_storage(url: str) -> RDBStorage:
             f"automl.storage: got {redact(url)!r}, not a database URL "
             f"({type(err).__name__}); e.g. sqlite:///study.db or postgresql://user@host/db"
         ) from None
+    except ImportError:  # Optuna's word for a database without its driver installed
+        raise SpecError(
+            f"automl.storage: got {redact(url)!r}; its database driver is not installed"
+        ) from None
     except sqlalchemy.exc.DatabaseError as err:
         where = url.removeprefix("sqlite:///") if url.startswith("sqlite:///") else redact(url)
         reason = str(getattr(err, "orig", None) or type(err).__name__).splitlines()[0]
