@@ -30,7 +30,10 @@ class BadInput(Exception):
     exit_code = EXIT_BAD_INPUT
 
     def __str__(self) -> str:
-        return one_line(super().__str__())
+        text = super().__str__()
+        if text.startswith("Caught ") and "\nOriginal Traceback" in text:
+            return text  # re-raised by a data-loader worker: the CLI reads its last line
+        return one_line(text)
 
 
 class CheckpointError(BadInput, ValueError):
