@@ -3,20 +3,34 @@ wrong exit code. Each is now one line naming the file (or key) with exit 2; see
 docs/reliability.md for the list."""
 
 import json
+import logging
+import shutil
+import sys
 import tarfile
 from pathlib import Path
 
 import pytest
-from test_bad_inputs import (  # noqa: F401 - fixtures
-    _fails,
-    _json,
-    _spec_file,
-    data,
-    lightning_logs_to_this_stderr,
-)
+from test_bad_inputs import _fails, _json, _spec_file
 
 from oneseg import cli
 from oneseg.errors import EXIT_BAD_INPUT
+
+
+@pytest.fixture(autouse=True)
+def lightning_logs_to_this_stderr(monkeypatch):
+    """Lightning's log handler keeps the stderr of its import; point it at this test's."""
+    for name in ("lightning", "lightning.pytorch", "lightning.fabric"):
+        for handler in logging.getLogger(name).handlers:
+            if type(handler) is logging.StreamHandler:
+                monkeypatch.setattr(handler, "stream", sys.stderr)
+
+
+@pytest.fixture()
+def data(tmp_path, synth_data):
+    """A private copy of the small synthetic dataset, free to break."""
+    root = tmp_path / "data"
+    shutil.copytree(Path(synth_data["label_map"]).parent, root)
+    return root
 
 
 def _edit_label_map(data: Path, edit) -> Path:
@@ -53,7 +67,9 @@ def test_instance_label_map_without_isthing_means_things(tmp_path, data):
 
 
 # ------------------------------------------------------------------ annotations
-def test_instance_annotation_without_segmentation_is_refused(tmp_path, data, tiny_model_cfg, capsys):
+def test_instance_annotation_without_segmentation_is_refused(
+    tmp_path, data, tiny_model_cfg, capsys
+):
     from oneseg.config import DataSource
     from oneseg.data.build import build_reader, load_label_map
     from oneseg.data.records import DataError
@@ -118,9 +134,7 @@ def test_list_file_of_secrets_is_refused_without_showing_them(
     listing.write_text("HOME=/root\nAWS_SECRET_ACCESS_KEY=abc123\n")
     spec = _spec_file(tmp_path, data, tiny_model_cfg)
     argv = ["inference", "-e", spec, f"inference.checkpoint={tiny_checkpoint}"]
-    line = _fails(
-        [*argv, f"inference.images={listing}"], EXIT_BAD_INPUT, capsys, listing, "line 1"
-    )
+    line = _fails([*argv, f"inference.images={listing}"], EXIT_BAD_INPUT, capsys, listing, "line 1")
     assert "abc123" not in line and "HOME" not in line
     status = tmp_path / "results" / "inference" / "status.json"
     assert "abc123" not in status.read_text()

@@ -4,23 +4,38 @@ are not ours, archives that point outside, pictures that would eat the memory.""
 
 import errno
 import json
+import logging
 import os
+import shutil
 import subprocess
+import sys
 import tarfile
 from pathlib import Path
 
 import numpy as np
 import pytest
-from test_bad_inputs import (  # noqa: F401 - fixtures
-    _fails,
-    _spec_file,
-    data,
-    lightning_logs_to_this_stderr,
-)
+from test_bad_inputs import _fails, _spec_file
 
 from oneseg import cli
 from oneseg.errors import EXIT_BAD_INPUT, EXIT_FAILED, NoSpace
 from oneseg.io import remove_stale_temporaries, temp_path, write_atomic
+
+
+@pytest.fixture(autouse=True)
+def lightning_logs_to_this_stderr(monkeypatch):
+    """Lightning's log handler keeps the stderr of its import; point it at this test's."""
+    for name in ("lightning", "lightning.pytorch", "lightning.fabric"):
+        for handler in logging.getLogger(name).handlers:
+            if type(handler) is logging.StreamHandler:
+                monkeypatch.setattr(handler, "stream", sys.stderr)
+
+
+@pytest.fixture()
+def data(tmp_path, synth_data):
+    """A private copy of the small synthetic dataset, free to break."""
+    root = tmp_path / "data"
+    shutil.copytree(Path(synth_data["label_map"]).parent, root)
+    return root
 
 
 def _dead_pid() -> int:
@@ -284,3 +299,55 @@ def test_class_chart_of_ten_thousand_classes_stays_small(tmp_path):
     write_class_chart(tmp_path / "chart.png", per_class)
     with Image.open(tmp_path / "chart.png") as chart:
         assert chart.height < 4000, chart.size
+
+
+# ------------------------------------------------------------------ faults during export
+def test_full_disk_during_export_is_one_line_and_no_partial_files(
+    tmp_path, tiny_checkpoint, capsys, monkeypatch
+):
+    from oneseg.export import onnx_export
+
+    def full_disk(graph, images, path, settings):
+        Path(path).write_bytes(b"x" * 1000)
+        raise OSError(errno.ENOSPC, "No space left on device", str(path))
+
+    monkeypatch.setattr(onnx_export, "_trace", full_disk)
+    out = tmp_path / "out" / "model.onnx"
+    argv = ["export", f"results_dir={tmp_path}", f"export.checkpoint={tiny_checkpoint}"]
+    argv += [f"export.onnx_file={out}", "export.input_height=64", "export.input_width=64"]
+    _fails(argv, EXIT_FAILED, capsys, f"no space left on {out.parent}")
+    assert list(out.parent.iterdir()) == []
+
+
+# ------------------------------------------------------------------ pickles
+class _Payload:
+    def __init__(self, marker: Path):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (open, (str(self.marker), "w"))
+
+
+@pytest.mark.parametrize("seed", range(12))
+def test_garbage_detectron2_pickle_is_bad_input(tmp_path, seed):
+    import random
+
+    from oneseg.convert.safe_load import read_weights_only
+    from oneseg.errors import CheckpointError
+
+    garbage = tmp_path / "model_final.pkl"
+    garbage.write_bytes(random.Random(seed).randbytes(16 + 41 * seed))
+    with pytest.raises(CheckpointError, match="not a detectron2 weights pickle"):
+        read_weights_only(garbage)
+
+
+def test_detectron2_pickle_with_code_is_refused_unrun(tmp_path, data, tiny_model_cfg, capsys):
+    import pickle
+
+    marker = tmp_path / "code_ran"
+    planted = tmp_path / "model_final.pkl"
+    planted.write_bytes(pickle.dumps({"model": {"w": _Payload(marker)}}))
+    spec = _spec_file(tmp_path, data, tiny_model_cfg)
+    argv = ["evaluate", "-e", spec, f"evaluate.checkpoint={planted}"]
+    _fails(argv, EXIT_BAD_INPUT, capsys, planted, "has no place in a weights file")
+    assert not marker.exists()

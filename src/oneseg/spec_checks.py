@@ -60,6 +60,7 @@ class _Refuse:
     def __call__(self, key: str, value, expected: str) -> None:
         from oneseg.spec import SpecError
 
+        expected = expected if expected.startswith("expected") else f"expected {expected}"
         raise SpecError(f"{self.prefix}{key}: got {value!r}, {expected}")
 
 
@@ -99,7 +100,11 @@ def check_model(model, prefix: str = "model.") -> None:
         if te.width % max(1, te.width // 64):
             refuse("text_encoder.width", te.width, "a multiple of its heads (width // 64)")
         if te.n_ctx >= model.num_queries:
-            refuse("text_encoder.n_ctx", te.n_ctx, f"below model.num_queries ({model.num_queries})")
+            refuse(
+                "text_encoder.n_ctx",
+                te.n_ctx,
+                f"a value below model.num_queries ({model.num_queries})",
+            )
     for key in ("pixel_mean", "pixel_std"):
         values = getattr(model, key)
         if len(values) != 3:
@@ -120,7 +125,7 @@ def _check_dataset(dataset) -> None:
     unknown = [t for t in dataset.task_prob if t not in TASKS]
     if unknown:
         known = ", ".join(TASKS)
-        refuse(f"task_prob.{unknown[0]}", dataset.task_prob[unknown[0]], f"not a task of {known}")
+        refuse(f"task_prob.{unknown[0]}", dataset.task_prob[unknown[0]], f"a task of {known}")
     if any(p < 0 for p in dataset.task_prob.values()) or sum(dataset.task_prob.values()) <= 0:
         refuse("task_prob", dataset.task_prob, "expected values >= 0, at least one above 0")
 
@@ -131,7 +136,7 @@ def _check_machine(spec) -> None:
     cores = available_cores()
     if spec.cpu_threads > cores:
         _Refuse("")(
-            "cpu_threads", spec.cpu_threads, f"this process may use {cores} cores; at most that"
+            "cpu_threads", spec.cpu_threads, f"at most {cores} (the cores this process may use)"
         )
 
 
