@@ -38,7 +38,6 @@ from oneseg.spec_checks import EXPORT_MAX_OPSET, MAX_SPEC_BYTES
             "model.num_queries=10",
             ["model.text_encoder.n_ctx", "expected a value below model.num_queries (10)"],
         ),
-        ("export.input_height=100", ["export.input_height", "size_divisibility 32"]),
         (f"export.opset_version={EXPORT_MAX_OPSET + 79}", ["export.opset_version", "at most"]),
         ("model.hidden_dim=1000000", ["model.hidden_dim", "at most"]),
         ("model.num_queries=100000000", ["model.num_queries", "at most"]),

@@ -141,11 +141,8 @@ def _check_machine(spec) -> None:
 
 
 def _check_export(spec) -> None:
+    # the input size is checked against the checkpoint's size divisibility, when it is read
     refuse = _Refuse("export.")
-    step = spec.model.size_divisibility
-    for key in ("input_height", "input_width"):
-        if getattr(spec.export, key) % step:
-            refuse(key, getattr(spec.export, key), f"a multiple of model.size_divisibility {step}")
     if spec.export.opset_version > EXPORT_MAX_OPSET:
         refuse("opset_version", spec.export.opset_version, f"at most {EXPORT_MAX_OPSET}")
 

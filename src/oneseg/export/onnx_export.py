@@ -26,6 +26,7 @@ from oneseg import __version__
 from oneseg.data.label_map import LabelMap
 from oneseg.export.graph import ExportGraph
 from oneseg.io import remove_stale_temporaries, temp_path, write_json_atomic
+from oneseg.spec import SpecError
 from oneseg.tokenizer import TASK_TEMPLATE, task_text, tokenize
 
 METADATA_KEY = "oneseg"
@@ -217,8 +218,8 @@ def export_onnx(
     out_path = Path(out_path)
     divisor = int(model.size_divisibility)
     if settings.height % divisor or settings.width % divisor:
-        raise ExportError(
-            f"export.input_height/input_width ({settings.height}x{settings.width}) must be "
+        raise SpecError(  # the checkpoint's divisibility, which the spec may not repeat
+            f"export.input_height/input_width: got {settings.height}x{settings.width}, expected "
             f"multiples of the model's size divisibility {divisor}"
         )
     graph = build_graph(model, label_map, settings, task_seq_len)
