@@ -52,7 +52,7 @@ MAX_BACKBONE_HEADS = 256  # each of backbone_num_heads
 
 
 class _Refuse:
-    """Collects nothing: raises the first refusal as a SpecError."""
+    """Raises `SpecError("PREFIXkey: got VALUE, expected ...")`, the one form of a refusal."""
 
     def __init__(self, prefix: str):
         self.prefix = prefix
