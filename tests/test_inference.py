@@ -196,3 +196,30 @@ def test_output_names_are_unique_and_stable(tmp_path):
     assert names == ["a__x", "b__x_jpg", "b__x_png", "c"]
     with pytest.raises(FileNotFoundError, match="names no image"):
         list_images(str(tmp_path / "nothing*.jpg"))
+
+
+def test_inference_reads_its_checkpoint_once(tmp_path, tiny_checkpoint, monkeypatch):
+    """The model, its label map, thresholds and intensity rule come from one read of the file."""
+    import torch
+
+    Image.fromarray(np.full((40, 48, 3), 90, np.uint8)).save(tmp_path / "a.jpg")
+    reads = []
+    real_load = torch.load
+
+    def counting_load(f, *args, **kwargs):
+        reads.append(str(f))
+        return real_load(f, *args, **kwargs)
+
+    monkeypatch.setattr(torch, "load", counting_load)
+    code = cli.main(
+        [
+            "inference",
+            f"results_dir={tmp_path / 'r'}",
+            f"inference.checkpoint={tiny_checkpoint}",
+            f"inference.images={tmp_path / 'a.jpg'}",
+            "inference.overlay=false",
+            "dataset.augmentation.eval_min_size=64",
+        ]
+    )
+    assert code == 0
+    assert reads.count(str(tiny_checkpoint)) == 1, reads

@@ -99,13 +99,26 @@ def upgrade_keys(state_dict: dict) -> dict:
     return out
 
 
+class CheckpointContents(NamedTuple):
+    model_cfg: ModelConfig
+    label_map: LabelMap
+    state_dict: dict
+    intensity: dict | None  # the intensity rule recorded at training, if any
+
+
 def read_checkpoint(path: str | Path) -> tuple[ModelConfig, LabelMap, dict]:
     """(model config, label map, model state dict) of a oneseg, Lightning or transformers source,
     or of an original (detectron2) or TAO OneFormer/Mask2Former file, told apart by content."""
+    return read_checkpoint_contents(path)[:3]
+
+
+def read_checkpoint_contents(path: str | Path) -> CheckpointContents:
+    """What `read_checkpoint` reads, and the recorded intensity rule, from one read of the
+    file."""
     path = Path(path)
     if path.is_dir():
         values, state_dict, categories = load_hf_oneformer(path)
-        return model_cfg_from_dict(values), LabelMap.from_categories(categories), state_dict
+        return CheckpointContents(*_checked_parts(path, values, categories, state_dict), None)
     if not path.is_file():
         raise CheckpointError(f"{path}: checkpoint not found")
     try:
@@ -122,15 +135,17 @@ def read_checkpoint(path: str | Path) -> tuple[ModelConfig, LabelMap, dict]:
         if not isinstance(meta, dict) or not isinstance(states, dict):
             raise CheckpointError(f"{path}: its 'oneseg' or 'state_dict' entry is not a mapping")
         state = {k[len(prefix) :]: v for k, v in states.items() if k.startswith(prefix)}
-        return _checked_parts(path, meta.get("model_cfg"), meta.get("label_map"), state)
+        parts = _checked_parts(path, meta.get("model_cfg"), meta.get("label_map"), state)
+        return CheckpointContents(*parts, meta.get("intensity"))
     if isinstance(ckpt, dict) and ckpt.get("format") == "oneseg":
-        return _checked_parts(
+        parts = _checked_parts(
             path, ckpt.get("model_cfg"), ckpt.get("label_map"), ckpt.get("state_dict")
         )
+        return CheckpointContents(*parts, ckpt.get("intensity"))
     original = _original_layout_state(ckpt)
     if original is not None:  # detectron2 OneFormer/Mask2Former, or TAO's Lightning file
         values, state_dict, categories = load_detectron2(original, str(path))
-        return _checked_parts(path, values, categories, state_dict)
+        return CheckpointContents(*_checked_parts(path, values, categories, state_dict), None)
     raise CheckpointError(
         f"{path}: not a oneseg checkpoint (no 'format: oneseg' or Lightning entry) nor an original "
         "OneFormer/Mask2Former or TAO one (no backbone.* and sem_seg_head.predictor.* tensors)"
@@ -176,13 +191,26 @@ class LoadedModel(NamedTuple):
     model_cfg: ModelConfig  # as saved: its thresholds are those chosen for the model
 
 
-def load_model(path: str | Path, device: str | torch.device = "cpu") -> LoadedModel:
-    """The one way to load a model: (model, label map, model config) rebuilt from any source
-    `read_checkpoint` reads (oneseg, Lightning, transformers folder, original or TAO file)."""
-    model_cfg, label_map, state_dict = read_checkpoint(path)
+class OpenedCheckpoint(NamedTuple):
+    model: torch.nn.Module  # in eval mode, on the device asked for
+    label_map: LabelMap
+    model_cfg: ModelConfig
+    intensity: dict | None  # the intensity rule recorded at training, if any
+
+
+def open_checkpoint(path: str | Path, device: str | torch.device = "cpu") -> OpenedCheckpoint:
+    """The one way to load a model: the model rebuilt from any source `read_checkpoint` reads
+    (oneseg, Lightning, transformers folder, original or TAO file), its label map, config and
+    recorded intensity rule, from one read of the file."""
+    model_cfg, label_map, state_dict, intensity = read_checkpoint_contents(path)
     model = build_model(model_cfg, num_classes=len(label_map))
     load_state_dict_strict(model, state_dict, str(path))
-    return LoadedModel(model.to(device).eval(), label_map, model_cfg)
+    return OpenedCheckpoint(model.to(device).eval(), label_map, model_cfg, intensity)
+
+
+def load_model(path: str | Path, device: str | torch.device = "cpu") -> LoadedModel:
+    """(model, label map, model config) of `open_checkpoint`."""
+    return LoadedModel(*open_checkpoint(path, device)[:3])
 
 
 def load_state_dict_strict(model: torch.nn.Module, state_dict: dict, source: str) -> None:

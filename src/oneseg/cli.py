@@ -88,6 +88,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("out", help="output folder")
     p.add_argument("--num-train", type=int, default=None, help="training images")
     p.add_argument("--num-val", type=int, default=None, help="validation images")
+    p.add_argument("--size", type=int, nargs=2, metavar=("H", "W"), help="image height and width")
     p.add_argument("--seed", type=int, default=0)
     p = data_sub.add_parser("check", help="validate a dataset and name every problem")
     p.add_argument("-e", "--experiment-spec", dest="spec", help="YAML spec file")
@@ -173,6 +174,8 @@ def _data(args, parser) -> int:
             kwargs["num_train"] = args.num_train
         if args.num_val is not None:
             kwargs["num_val"] = args.num_val
+        if args.size is not None:
+            kwargs["size"] = tuple(args.size)
         paths = write_synthetic_dataset(args.out, **kwargs)
         print(f"data synth: wrote {args.out}")
         print(f"  label map: {paths['label_map']}")

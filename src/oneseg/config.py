@@ -8,7 +8,7 @@ Defaults follow the published OneFormer configs. Counts mean what they say.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from typing import Literal
 
 from oneseg.constants import IGNORE, TASKS
@@ -25,8 +25,15 @@ def f(default, help: str, **bounds):
     return field(default=default, metadata=meta)
 
 
-def sub(cls, help: str):
-    return field(default_factory=cls, metadata={"help": help})
+def arch_f(default, help: str, **bounds):
+    """`f` for a setting that shapes the network: weights of one value do not fit another, so
+    a training folder of another value is refused (`ARCHITECTURE_KEYS`)."""
+    return f(default, help, architecture=True, **bounds)
+
+
+def sub(cls, help: str, architecture: bool = False):
+    meta = {"help": help, "architecture": True} if architecture else {"help": help}
+    return field(default_factory=cls, metadata=meta)
 
 
 @dataclass
@@ -69,7 +76,7 @@ class LossConfig:
 
 @dataclass
 class ModelConfig:
-    arch: Literal["oneformer", "mask2former"] = f(
+    arch: Literal["oneformer", "mask2former"] = arch_f(
         "oneformer", "oneformer (task token + text branch) or mask2former (neither)"
     )
     mode: Task = f(
@@ -77,18 +84,22 @@ class ModelConfig:
         "mask2former: the one task it trains on and is evaluated for (a panoptic model also "
         "gives instance and semantic results); oneformer ignores it (dataset.task_prob)",
     )
-    backbone: str = f(
+    backbone: str = arch_f(
         "swin_tiny",
         "backbone name: swin_tiny|swin_small|swin_base|swin_large|convnext_tiny|convnext_small|"
         "convnext_base|convnext_large|resnet50|efficientnet_b0|efficientnet_lite0|dinat_tiny|"
         "dinat_small|dinat_base|dinat_large",
     )
-    backbone_embed_dim: int = f(
+    backbone_embed_dim: int = arch_f(
         0, "swin/convnext: width of the first stage (doubles per stage); 0 = the named size's", ge=0
     )
-    backbone_depths: list[int] = f([], "swin/convnext: blocks per stage; [] = the named size's")
-    backbone_num_heads: list[int] = f([], "swin: attention heads per stage; [] = the named size's")
-    backbone_window_size: int = f(
+    backbone_depths: list[int] = arch_f(
+        [], "swin/convnext: blocks per stage; [] = the named size's"
+    )
+    backbone_num_heads: list[int] = arch_f(
+        [], "swin: attention heads per stage; [] = the named size's"
+    )
+    backbone_window_size: int = arch_f(
         0, "swin: attention window; dinat: neighbourhood size; 0 = the named size's", ge=0
     )
     backbone_dilations: list[list[int]] = f(
@@ -107,22 +118,22 @@ class ModelConfig:
         "original); false trains it (synchronised across processes)",
     )
     pretrained: str = f("", "weights to start from: our checkpoint or a transformers OneFormer dir")
-    num_classes: int = f(
+    num_classes: int = arch_f(
         0, "classes without no-object; 0 takes the count from dataset.label_map", ge=0
     )
-    hidden_dim: int = f(256, "width of the transformer decoder", ge=1)
-    num_queries: int = f(150, "queries, the task token included", ge=2)
-    nheads: int = f(8, "attention heads of the transformer decoder", ge=1)
-    dim_feedforward: int = f(2048, "feed-forward width of the transformer decoder", ge=1)
-    dec_layers: int = f(9, "masked-attention decoder layers", ge=1)
-    query_dec_layers: int = f(2, "layers of the query transformer", ge=1)
+    hidden_dim: int = arch_f(256, "width of the transformer decoder", ge=1)
+    num_queries: int = arch_f(150, "queries, the task token included", ge=2)
+    nheads: int = arch_f(8, "attention heads of the transformer decoder", ge=1)
+    dim_feedforward: int = arch_f(2048, "feed-forward width of the transformer decoder", ge=1)
+    dec_layers: int = arch_f(9, "masked-attention decoder layers", ge=1)
+    query_dec_layers: int = arch_f(2, "layers of the query transformer", ge=1)
     query_dropout: float = f(
         0.1, "dropout in the query transformer (active only in training)", ge=0.0, le=1.0
     )
     dropout: float = f(0.0, "dropout in the masked-attention decoder layers", ge=0.0, le=1.0)
-    pre_norm: bool = f(False, "pre-norm decoder layers")
-    enforce_input_proj: bool = f(False, "always project decoder inputs, even at equal width")
-    task_seq_len: int = f(77, "CLIP token ids of the task text", ge=2)
+    pre_norm: bool = arch_f(False, "pre-norm decoder layers")
+    enforce_input_proj: bool = arch_f(False, "always project decoder inputs, even at equal width")
+    task_seq_len: int = arch_f(77, "CLIP token ids of the task text", ge=2)
     task_text: str = f(
         "The task is {task}",
         "task prompt of the task token, {task} standing for semantic/instance/panoptic; the "
@@ -140,8 +151,12 @@ class ModelConfig:
         0.8, "panoptic: keep a segment if this share survives overlap", ge=0.0, le=1.0
     )
     test_topk_per_image: int = f(150, "instance: detections kept per image", ge=1)
-    pixel_decoder: PixelDecoderConfig = sub(PixelDecoderConfig, "multi-scale pixel decoder")
-    text_encoder: TextEncoderConfig = sub(TextEncoderConfig, "training-only text branch")
+    pixel_decoder: PixelDecoderConfig = sub(
+        PixelDecoderConfig, "multi-scale pixel decoder", architecture=True
+    )
+    text_encoder: TextEncoderConfig = sub(
+        TextEncoderConfig, "training-only text branch", architecture=True
+    )
     loss: LossConfig = sub(LossConfig, "loss weights and point sampling")
 
 
@@ -448,3 +463,9 @@ class ExperimentConfig:
     gen_trt_engine: GenTrtEngineConfig = sub(GenTrtEngineConfig, "TensorRT engine build")
     quantize: QuantizeConfig = sub(QuantizeConfig, "INT8 quantization")
     automl: AutoMLConfig = sub(AutoMLConfig, "hyper-parameter search over this spec")
+
+
+# settings of the model section that shape the network, from their field metadata
+ARCHITECTURE_KEYS = tuple(
+    fl.name for fl in fields(ModelConfig) if fl.metadata.get("architecture", False)
+)

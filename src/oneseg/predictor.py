@@ -13,14 +13,12 @@ from __future__ import annotations
 
 import os
 from collections.abc import Sequence
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 from PIL import Image, ImageOps
 
-from oneseg.checkpoint import load_model, read_intensity
 from oneseg.config import ModelConfig
 from oneseg.constants import TASKS
 from oneseg.cpu_threads import keep_freed_memory, set_intra_op_threads
@@ -29,125 +27,17 @@ from oneseg.data.image_io import read_image, to_rgb
 from oneseg.data.intensity import Intensity
 from oneseg.data.label_map import LabelMap
 from oneseg.data.transforms import shortest_edge_size
-from oneseg.export.engines import load_engines
-from oneseg.model.postprocess import PostprocessConfig, postprocess
+from oneseg.model.postprocess import PostprocessConfig
+from oneseg.results import (  # noqa: F401 - the result types are part of the predictor's API
+    InstanceResult,
+    PanopticResult,
+    QueryMasks,
+    Result,
+    SemanticResult,
+)
+from oneseg.runner import OpenedModel, Runner, TorchRunner, open_model
 
 
-# ---------------------------------------------------------------------------- model calls
-# ---------------------------------------------------------------------------- results
-@dataclass
-class SemanticResult:
-    labels: np.ndarray  # [H, W] int32 contiguous class index of every pixel
-    category_map: np.ndarray  # [H, W] int32 the dataset's category id of every pixel
-    classes: list[dict]  # classes present: label, category_id, name, area
-    task: str = "semantic"
-
-
-class QueryMasks:
-    """N full-size masks [H, W] stored once per query: what `Predictor` returns as instance
-    masks of an image too large for an [N, H, W] array (detections of one query under several
-    classes share its mask). Indexes like that array: `masks[i]` is [H, W] bool, `len(masks)`
-    is N; `np.asarray(masks)` builds the whole array.
-
-    Arguments:
-        query_masks: [U, H, W] bool, one mask per query kept.
-        index: [N] int, the row of `query_masks` of each detection.
-    """
-
-    def __init__(self, query_masks: np.ndarray, index: np.ndarray):
-        self.query_masks = query_masks
-        self.index = np.asarray(index, dtype=np.int64)
-
-    @property
-    def shape(self) -> tuple[int, int, int]:
-        return (len(self.index), *self.query_masks.shape[1:])
-
-    def __len__(self) -> int:
-        return len(self.index)
-
-    def __getitem__(self, i):
-        if isinstance(i, (int, np.integer)):
-            return self.query_masks[self.index[i]]
-        return QueryMasks(self.query_masks, self.index[i])
-
-    def __array__(self, dtype=None, copy=None):
-        array = self.query_masks[self.index]
-        return array if dtype is None else array.astype(dtype)
-
-
-@dataclass
-class InstanceResult:
-    masks: np.ndarray | QueryMasks  # [N, H, W] bool (QueryMasks for very large images)
-    scores: np.ndarray  # [N] float32, decreasing class probability
-    labels: np.ndarray  # [N] int64 contiguous class index
-    category_ids: np.ndarray  # [N] int64 dataset category ids
-    names: list[str]  # [N] class names
-    task: str = "instance"
-
-
-@dataclass
-class PanopticResult:
-    segment_ids: np.ndarray  # [H, W] int32, 0 = void
-    segments: list[dict]  # id, label, category_id, name, isthing, score, area
-    task: str = "panoptic"
-
-
-Result = SemanticResult | InstanceResult | PanopticResult
-
-
-def _semantic_result(labels: torch.Tensor, label_map: LabelMap) -> SemanticResult:
-    labels = labels.cpu().numpy().astype(np.int32)
-    category_ids = np.asarray(label_map.category_ids, dtype=np.int32)
-    areas = np.bincount(labels.ravel(), minlength=len(label_map))
-    classes = [
-        {
-            "label": int(k),
-            "category_id": int(category_ids[k]),
-            "name": label_map.names[k],
-            "area": int(areas[k]),
-        }
-        for k in np.flatnonzero(areas)
-    ]
-    return SemanticResult(labels, category_ids[labels], classes)
-
-
-def _instance_result(detections: dict, label_map: LabelMap) -> InstanceResult:
-    labels = detections["labels"].cpu().numpy().astype(np.int64)
-    if "query_masks" in detections:  # a very large image: one mask per query
-        masks = QueryMasks(
-            detections["query_masks"].cpu().numpy(), detections["mask_index"].cpu().numpy()
-        )
-    else:
-        masks = detections["masks"].cpu().numpy().astype(bool)
-    return InstanceResult(
-        masks=masks,
-        scores=detections["scores"].cpu().numpy().astype(np.float32),
-        labels=labels,
-        category_ids=np.asarray(label_map.category_ids, dtype=np.int64)[labels],
-        names=[label_map.names[k] for k in labels],
-    )
-
-
-def _panoptic_result(panoptic: tuple, label_map: LabelMap) -> PanopticResult:
-    segment_ids, segments = panoptic
-    return PanopticResult(
-        segment_ids=segment_ids.cpu().numpy().astype(np.int32),
-        segments=[
-            {
-                "id": int(s["id"]),
-                "label": int(s["label"]),
-                "category_id": int(label_map.category_ids[s["label"]]),
-                "name": label_map.names[s["label"]],
-                "isthing": bool(s["isthing"]),
-                "score": float(s["score"]),
-                "area": int(s["area"]),
-            }
-            for s in segments
-        ],
-    )
-
-
-# ---------------------------------------------------------------------------- predictor
 def as_rgb_array(image, intensity: Intensity | None = None) -> np.ndarray:
     """[H, W, 3] uint8 RGB from a path, a PIL image (EXIF orientation applied) or an array
     ([H, W, 3] or [H, W, 4] uint8, or [H, W] grayscale). Paths and PIL images of more than
@@ -167,17 +57,18 @@ def as_rgb_array(image, intensity: Intensity | None = None) -> np.ndarray:
 
 
 class Predictor:
-    """A model, its classes and the settings that turn its outputs into results.
+    """A model, its classes and the settings that turn images into results.
 
     Arguments:
-        model: a OneFormer / Mask2Former network (see `oneseg.model.build`).
-        label_map: its classes.
+        model: a OneFormer / Mask2Former network (see `oneseg.model.build`), or any runner
+            (`oneseg.runner.Runner`: an exported graph, an engine).
+        label_map: the network's classes (a runner brings its own).
         min_size, max_size: the shortest edge the model sees, and the cap on the longest.
-        postprocess: thresholds and top-k (`PostprocessConfig`; `from_checkpoint` takes the
-            checkpoint's).
+        postprocess: thresholds and top-k for a network (`PostprocessConfig`;
+            `from_checkpoint` takes the checkpoint's).
         intensity: how images of more than 8 bits become 0-255 (`oneseg.data.intensity`);
             `from_checkpoint` takes the rule recorded at training.
-        device: where to run; default the GPU if there is one.
+        device: where a network runs; default the GPU if there is one.
         cpu_threads: intra-op threads on the CPU; 0 = the cores this process may use (or
             OMP_NUM_THREADS when set), None = leave torch's setting alone. Unless None, the
             allocator also keeps freed memory for reuse (`cpu_threads.keep_freed_memory`).
@@ -185,8 +76,8 @@ class Predictor:
 
     def __init__(
         self,
-        model: torch.nn.Module,
-        label_map: LabelMap,
+        model: torch.nn.Module | Runner,
+        label_map: LabelMap | None = None,
         *,
         min_size: int = 512,
         max_size: int = 2048,
@@ -195,50 +86,39 @@ class Predictor:
         device: str | torch.device | None = None,
         cpu_threads: int | None = 0,
     ):
-        if device is None:
-            device = "cuda" if torch.cuda.is_available() else "cpu"
-        self.device = torch.device(device)
+        if isinstance(model, torch.nn.Module):
+            if label_map is None:
+                raise ValueError("a Predictor of a network needs its label_map")
+            if device is None:
+                device = "cuda" if torch.cuda.is_available() else "cpu"
+            model = TorchRunner(model.to(device).eval(), label_map, postprocess)
+        self.runner: Runner = model
+        self.device = getattr(model, "device", torch.device("cpu"))
         if cpu_threads is not None and self.device.type == "cpu":
             set_intra_op_threads(cpu_threads)
             keep_freed_memory()
-        self.model = model.to(self.device).eval()
-        self.label_map = label_map
+        self.label_map = self.runner.label_map
         self.min_size, self.max_size = min_size, max_size
-        self.postprocess = postprocess or PostprocessConfig()
         self.intensity = intensity or Intensity()
         self.model_cfg: ModelConfig | None = None  # known when built from a checkpoint
-        self.size_divisibility = getattr(model, "size_divisibility", 32)
-        # task -> exported engine (ONNX Runtime / TensorRT), used instead of the model
-        self.engines: dict | None = None
+
+    @classmethod
+    def from_opened(cls, opened: OpenedModel, **settings) -> Predictor:
+        """A predictor of a model `oneseg.runner.open_model` opened; `settings` (see the
+        constructor) take over from the recorded intensity rule."""
+        settings.setdefault("intensity", Intensity.from_config(opened.intensity or {}))
+        predictor = cls(opened.runner, **settings)
+        predictor.model_cfg = opened.model_cfg
+        return predictor
 
     @classmethod
     def from_exported(
-        cls,
-        path: str | Path,
-        tasks: Sequence[str] = TASKS,
-        *,
-        min_size: int = 512,
-        max_size: int = 2048,
-        intensity: Intensity | None = None,
-        key: str = "onnx_file",
+        cls, path: str | Path, tasks: Sequence[str] = TASKS, *, key: str = "onnx_file", **settings
     ) -> Predictor:
         """A predictor running a file of `oneseg export` (or a TensorRT engine built from it)
         for those of `tasks` it holds (an `export.task=all` file brings its siblings). Its
         classes, thresholds and intensity rule are those recorded at export."""
-        engines = load_engines(path, list(tasks), key)
-        first = next(iter(engines.values()))
-        recorded = first.description.get("intensity") or {}
-        predictor = cls(
-            torch.nn.Identity(),
-            first.label_map,
-            min_size=min_size,
-            max_size=max_size,
-            intensity=intensity or Intensity.from_config(recorded),
-            device="cpu",
-        )
-        predictor.engines = engines
-        predictor.size_divisibility = first.size_divisibility
-        return predictor
+        return cls.from_opened(open_model(path, tasks, key=key), **settings)
 
     @classmethod
     def from_checkpoint(
@@ -248,17 +128,31 @@ class Predictor:
         spec_model: ModelConfig | None = None,
         **settings,
     ) -> Predictor:
-        """A predictor from any checkpoint `oneseg.checkpoint.load_model` reads. Thresholds are
-        the checkpoint's model config's, with those `spec_model` (a spec's `model` section)
-        sets to other than their defaults; `settings` (see the constructor) override all."""
-        model, label_map, model_cfg = load_model(path)
-        defaults = {
-            "postprocess": PostprocessConfig.of_model(model_cfg, spec_model),
-            "intensity": Intensity.from_config(read_intensity(path) or {}),
-        }
-        predictor = cls(model, label_map, device=device, **{**defaults, **settings})
-        predictor.model_cfg = model_cfg
-        return predictor
+        """A predictor from any checkpoint `oneseg.checkpoint.read_checkpoint` reads. Thresholds
+        are the checkpoint's model config's, with those `spec_model` (a spec's `model` section)
+        sets taking over; `settings` (see the constructor) override all."""
+        opened = open_model(
+            path,
+            device=device,
+            spec_model=spec_model,
+            postprocess=settings.pop("postprocess", None),
+        )
+        return cls.from_opened(opened, **settings)
+
+    @property
+    def model(self) -> torch.nn.Module | None:
+        """The PyTorch network, None for an exported graph."""
+        return getattr(self.runner, "model", None)
+
+    @property
+    def postprocess(self) -> PostprocessConfig | None:
+        """The network's thresholds (an exported graph has its own inside)."""
+        return getattr(self.runner, "postprocess", None)
+
+    @property
+    def tasks(self) -> tuple[str, ...]:
+        """The tasks the model runs."""
+        return tuple(self.runner.tasks)
 
     def __call__(self, image, task: str = "panoptic") -> Result:
         """The result of one task on one image (path, PIL image or [H, W, 3] uint8 array)."""
@@ -271,42 +165,10 @@ class Predictor:
             return []
         batch, image_sizes = self._batch(arrays)
         orig_sizes = [a.shape[:2] for a in arrays]
-        if self.engines is not None:
-            outputs = {task: self._engine(task) for task in tasks}
-        else:
-            outputs = self.model.predict(batch, tasks, image_sizes).outputs
-        per_image: list[dict] = [{} for _ in arrays]
-        for task, raw in outputs.items():
-            if self.engines is not None:
-                results = raw.predict(batch, image_sizes, orig_sizes)
-            else:
-                results = postprocess(
-                    raw,
-                    task,
-                    tuple(batch.shape[-2:]),
-                    image_sizes,
-                    orig_sizes,
-                    num_classes=len(self.label_map),
-                    isthing=self.label_map.isthing,
-                    config=self.postprocess,
-                )
-            for store, result in zip(per_image, results):
-                if task == "semantic":
-                    store[task] = _semantic_result(result["semantic"], self.label_map)
-                elif task == "instance":
-                    store[task] = _instance_result(result["instance"], self.label_map)
-                else:
-                    store[task] = _panoptic_result(result["panoptic"], self.label_map)
-        return per_image
-
-    def _engine(self, task: str):
-        if task not in self.engines:
-            path = next(iter(self.engines.values())).path
-            raise ValueError(f"{path}: holds no {task} graph (it has {', '.join(self.engines)})")
-        return self.engines[task]
+        return self.runner.run(batch, image_sizes, orig_sizes, tasks)
 
     def _batch(self, arrays: list[np.ndarray]) -> tuple[torch.Tensor, list[tuple[int, int]]]:
-        """uint8 [B, 3, Hp, Wp] on the device, zero padded, and the resized (h, w) of each."""
+        """uint8 [B, 3, Hp, Wp], zero padded, and the resized (h, w) of each."""
         resized = []
         for array in arrays:
             height, width = shortest_edge_size(*array.shape[:2], self.min_size, self.max_size)
@@ -314,8 +176,8 @@ class Predictor:
                 array = np.asarray(Image.fromarray(array).resize((width, height), Image.BILINEAR))
             resized.append(array)
         sizes = [a.shape[:2] for a in resized]
-        height, width = padded_size(sizes, self.size_divisibility)
+        height, width = padded_size(sizes, self.runner.size_divisibility)
         batch = torch.zeros(len(resized), 3, height, width, dtype=torch.uint8)
         for i, array in enumerate(resized):
             batch[i, :, : array.shape[0], : array.shape[1]] = torch.tensor(array).permute(2, 0, 1)
-        return batch.to(self.device), [(int(h), int(w)) for h, w in sizes]
+        return batch, [(int(h), int(w)) for h, w in sizes]

@@ -19,11 +19,11 @@ from typing import Any, Literal, get_args, get_origin
 
 import yaml
 
+from oneseg.backbones import BACKBONE_NAMES
 from oneseg.config import ACTIONS, ExperimentConfig
 from oneseg.presets import preset_values
 from oneseg.redact import redact
 from oneseg.spec_checks import check_expanded_size, check_spec_fields, check_spec_file
-from oneseg.tao.backbones import KNOWN_BACKBONES
 from oneseg.tao.resolve import MISSING, extract, resolve, split_overrides
 from oneseg.tao.table import TaoKeyError
 
@@ -281,10 +281,10 @@ def _check_spec(spec: ExperimentConfig) -> None:
         if value == MISSING:
             raise SpecError(f"{key}: '???' marks a value to fill in; give it ({key}=...)")
 
-    if spec.model.backbone not in KNOWN_BACKBONES:
+    if spec.model.backbone not in BACKBONE_NAMES:
         raise SpecError(
             f"model.backbone: got {spec.model.backbone!r}, expected one of "
-            f"{', '.join(KNOWN_BACKBONES)}"
+            f"{', '.join(BACKBONE_NAMES)}"
         )
     check_spec_fields(spec)
 

@@ -17,6 +17,7 @@ from oneseg.data.synth import synthetic_dataset_config
 from oneseg.engine.evaluator import Evaluator, instance_ground_truth
 from oneseg.model.oneformer import Prediction
 from oneseg.model.postprocess import PostprocessConfig
+from oneseg.runner import TorchRunner, run_batch
 
 TASKS = ["panoptic", "semantic", "instance"]
 POST = PostprocessConfig()
@@ -82,13 +83,19 @@ class GroundTruthModel(nn.Module):
         return {"pred_logits": logits, "pred_masks": masks, "aux_outputs": []}
 
 
+def add(evaluator, model, label_map, batch, post=None):
+    """The runner of `model` on `batch`, its results added to `evaluator`."""
+    runner = TorchRunner(model, label_map, post or PostprocessConfig(), TASKS)
+    evaluator.update(batch, run_batch(runner, batch, evaluator.tasks))
+
+
 def test_ground_truth_as_prediction_scores_100(synth_data, tiny_model_cfg):
     dataset, label_map = _val_set(synth_data)
     assert any(s.iscrowd for i in range(len(dataset)) for s in dataset.annotation(i).segments)
     model = GroundTruthModel(dataset, len(label_map))
-    evaluator = Evaluator(dataset, label_map, PostprocessConfig(), tasks=TASKS)
+    evaluator = Evaluator(dataset, label_map, tasks=TASKS)
     for batch in _batches(dataset):
-        evaluator.process(model, batch)
+        add(evaluator, model, label_map, batch)
     metrics = evaluator.compute(gather=True)
     assert metrics["num_images"] == len(dataset)
     for key in ("pq", "sq", "rq", "pq_th", "pq_st", "miou", "pixel_acc", "fwiou"):
@@ -117,9 +124,9 @@ def _rotated_things_model(dataset, label_map):
 def test_wrong_thing_labels_lower_the_thing_metrics(synth_data, tiny_model_cfg):
     dataset, label_map = _val_set(synth_data)
     model = _rotated_things_model(dataset, label_map)
-    evaluator = Evaluator(dataset, label_map, PostprocessConfig(), tasks=TASKS)
+    evaluator = Evaluator(dataset, label_map, tasks=TASKS)
     for batch in _batches(dataset):
-        evaluator.process(model, batch)
+        add(evaluator, model, label_map, batch)
     metrics = evaluator.compute()
     assert metrics["pq_th"] == 0.0
     assert metrics["pq_st"] == pytest.approx(100.0)  # stuff left as it was
@@ -132,17 +139,15 @@ def test_merge_counts_an_image_seen_twice_once(synth_data, tiny_model_cfg):
     dataset, label_map = _val_set(synth_data)
     model = _rotated_things_model(dataset, label_map)
     batches = _batches(dataset, batch_size=1)
-    whole = Evaluator(dataset, label_map, PostprocessConfig(), tasks=TASKS)
+    whole = Evaluator(dataset, label_map, tasks=TASKS)
     for batch in batches:
-        whole.process(model, batch)
+        add(whole, model, label_map, batch)
     # two "processes": the second repeats an image, as a padding distributed sampler does
-    first, second = (
-        Evaluator(dataset, label_map, PostprocessConfig(), tasks=TASKS) for _ in range(2)
-    )
+    first, second = (Evaluator(dataset, label_map, tasks=TASKS) for _ in range(2))
     for batch in batches[:2]:
-        first.process(model, batch)
+        add(first, model, label_map, batch)
     for batch in batches[1:]:
-        second.process(model, batch)
+        add(second, model, label_map, batch)
     expected, merged = whole.compute(), first.merge(second).compute()
     assert merged["num_images"] == len(dataset)
     per_class = expected.pop("per_class")
@@ -176,9 +181,9 @@ def test_real_model_metrics_in_range(synth_data, tiny_model_cfg, tiny_model):
     # eval size 96: images are resized for the model and its results resized back to 64
     dataset, label_map = _val_set(synth_data, min_size=96)
     cfg = dataclasses.replace(tiny_model_cfg, object_mask_threshold=0.0, overlap_threshold=0.0)
-    evaluator = Evaluator(dataset, label_map, PostprocessConfig.of_model(cfg), tasks=TASKS)
+    evaluator = Evaluator(dataset, label_map, tasks=TASKS)
     for batch in _batches(dataset, batch_size=2)[:1]:
-        evaluator.process(tiny_model, batch)
+        add(evaluator, tiny_model, label_map, batch, PostprocessConfig.of_model(cfg))
     metrics = evaluator.compute()
     assert metrics["num_images"] == 2
     for key in ("pq", "sq", "rq", "miou", "pixel_acc", "fwiou", "ap", "ap50"):
@@ -189,7 +194,7 @@ def test_real_model_metrics_in_range(synth_data, tiny_model_cfg, tiny_model):
 def test_rejects_unknown_task(synth_data, tiny_model_cfg):
     dataset, label_map = _val_set(synth_data)
     with pytest.raises(ValueError, match="tasks"):
-        Evaluator(dataset, label_map, PostprocessConfig(), tasks=["depth"])
+        Evaluator(dataset, label_map, tasks=["depth"])
 
 
 def test_evaluate_action_writes_metrics_tables_and_chart(tmp_path, synth_data, tiny_checkpoint):
@@ -241,11 +246,9 @@ def test_compute_gathers_the_images_of_every_process(synth_data, tiny_model_cfg,
     dataset, label_map = _val_set(synth_data)
     model = GroundTruthModel(dataset, len(label_map))
     batches = _batches(dataset, batch_size=2)
-    local, remote = (
-        Evaluator(dataset, label_map, PostprocessConfig(), tasks=TASKS) for _ in range(2)
-    )
-    local.process(model, batches[0])
-    remote.process(model, batches[1])
+    local, remote = (Evaluator(dataset, label_map, tasks=TASKS) for _ in range(2))
+    add(local, model, label_map, batches[0])
+    add(remote, model, label_map, batches[1])
 
     class TwoProcesses:
         @staticmethod
@@ -268,3 +271,27 @@ def test_compute_gathers_the_images_of_every_process(synth_data, tiny_model_cfg,
     assert local.compute(gather=False)["num_images"] == 2
     gathered = local.compute(gather=True)
     assert gathered["num_images"] == 4 and gathered["pq"] == pytest.approx(100.0)
+
+
+def test_instance_ap_of_a_large_output_equals_the_direct_path(synth_data, monkeypatch):
+    """Outputs above the large-mask threshold give instance results as one mask per query
+    (`QueryMasks`); the evaluator scores them as the direct path's [N, H, W] masks (the
+    threshold is lowered to 0 here rather than allocating a gigabyte)."""
+    from oneseg.model import postprocess as pp
+    from oneseg.results import QueryMasks
+
+    dataset, label_map = _val_set(synth_data)
+    model = _rotated_things_model(dataset, label_map)  # AP below 100: a real comparison
+    metrics = {}
+    for label, threshold in (("direct", pp.FULL_SIZE_BYTES), ("large", 0)):
+        monkeypatch.setattr(pp, "FULL_SIZE_BYTES", threshold)
+        evaluator = Evaluator(dataset, label_map, tasks=["instance"])
+        for batch in _batches(dataset):
+            add(evaluator, model, label_map, batch)
+        metrics[label] = evaluator.compute(gather=False)
+    runner = TorchRunner(model, label_map, PostprocessConfig(), TASKS)
+    (result,) = run_batch(runner, _batches(dataset, batch_size=1)[0], ["instance"])
+    assert isinstance(result["instance"].masks, QueryMasks)  # still the large form
+    assert 0 < metrics["direct"]["ap"] < 100
+    for key in ("ap", "ap50", "ap75", "aps", "apm", "apl"):
+        assert metrics["large"][key] == pytest.approx(metrics["direct"][key], nan_ok=True), key

@@ -92,21 +92,20 @@ def test_dynamic_size_export_at_other_sizes(tmp_path, deploy_label_map, tiny_mod
 def assert_same_results(engine, model, images, task, label_map):
     expected = reference(model, images, task, label_map)
     got = engine.run(images.numpy())
-    for i, result in enumerate(expected):
-        want = result[task]
+    for i, want in enumerate(expected):
         if task == "semantic":
-            np.testing.assert_array_equal(got["semantic_map"][i], want.numpy())
+            np.testing.assert_array_equal(got["semantic_map"][i], want.labels)
         elif task == "instance":
             kept = got["pred_classes"][i] >= 0
-            np.testing.assert_array_equal(got["pred_classes"][i][kept], want["labels"].numpy())
-            np.testing.assert_allclose(got["pred_scores"][i][kept], want["scores"], atol=1e-4)
-            np.testing.assert_array_equal(got["pred_masks"][i][kept], want["masks"].numpy())
+            np.testing.assert_array_equal(got["pred_classes"][i][kept], want.labels)
+            np.testing.assert_allclose(got["pred_scores"][i][kept], want.scores, atol=1e-4)
+            np.testing.assert_array_equal(got["pred_masks"][i][kept], want.masks)
             assert (got["pred_scores"][i][~kept] == 0).all()
         else:
-            segment_ids, segments = want
+            segment_ids, segments = want.segment_ids, want.segments
             count = int(got["num_segments"][i])
             assert count == len(segments)
-            np.testing.assert_array_equal(got["panoptic_map"][i], segment_ids.numpy())
+            np.testing.assert_array_equal(got["panoptic_map"][i], segment_ids)
             labels = got["pred_classes"][i]
             assert labels[:count].tolist() == [s["label"] for s in segments]
             assert (labels[count:] == -1).all()
@@ -122,9 +121,9 @@ def test_engine_results_match_postprocess_format(exported, deploy_label_map):
     images = torch.randint(0, 256, (1, 3, 64, 64), dtype=torch.uint8)
     results = engine.predict(images, [(64, 64)], [(64, 64)])
     expected = reference(model, images, "panoptic", deploy_label_map)
-    segment_ids, segments = results[0]["panoptic"]
-    want_ids, want_segments = expected[0]["panoptic"]
-    assert torch.equal(segment_ids, want_ids)
+    segment_ids, segments = results[0].segment_ids, results[0].segments
+    want_ids, want_segments = expected[0].segment_ids, expected[0].segments
+    assert np.array_equal(segment_ids, want_ids)
     assert [(s["id"], s["label"], s["area"]) for s in segments] == [
         (s["id"], s["label"], s["area"]) for s in want_segments
     ]

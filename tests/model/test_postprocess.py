@@ -1,5 +1,7 @@
+import dataclasses
 from types import SimpleNamespace
 
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
@@ -67,9 +69,9 @@ def test_semantic_matches_transformers():
         hf_outputs(class_logits, mask_logits)
     )
     for result, expected in zip(ours, theirs):
-        assert result["semantic"].dtype == torch.long
-        assert torch.equal(result["semantic"], expected)
-    assert len(torch.unique(ours[0]["semantic"])) > 2
+        assert result.labels.dtype == np.int32
+        assert np.array_equal(result.labels, expected.numpy())
+    assert len(np.unique(ours[0].labels)) > 2
 
 
 def test_semantic_inference_batched_equals_per_image():
@@ -228,16 +230,10 @@ def test_padded_input_equals_unpadded_part(task):
     kwargs = dict(isthing=ISTHING, output_sizes=[(45, 54)])
     cropped = postprocess(
         {"pred_logits": class_logits, "pred_masks": padded}, task, (48, 48), [(30, 36)], **kwargs
-    )[0][task]
+    )[0]
     unpadded = {"pred_logits": class_logits, "pred_masks": padded[..., :30, :36]}
-    expected = postprocess(unpadded, task, (30, 36), [(30, 36)], **kwargs)[0][task]
-    if task == "semantic":
-        assert torch.equal(cropped, expected)
-    elif task == "instance":
-        for key in expected:
-            assert torch.equal(cropped[key], expected[key])
-    else:
-        assert torch.equal(cropped[0], expected[0]) and cropped[1] == expected[1]
+    expected = postprocess(unpadded, task, (30, 36), [(30, 36)], **kwargs)[0]
+    assert_same(cropped, expected)
 
 
 def test_crop_keeps_padding_out_where_transformers_lets_it_in():
@@ -248,7 +244,7 @@ def test_crop_keeps_padding_out_where_transformers_lets_it_in():
     class_logits = confident_class_logits(torch.tensor([0, 1]))[None]
     outputs = {"pred_logits": class_logits, "pred_masks": mask_logits}
     (ours,) = postprocess(outputs, "semantic", (32, 32), [(20, 24)], [(40, 48)])
-    assert (ours["semantic"] == 0).all()
+    assert (ours.labels == 0).all()
 
     at_padded_size = F.interpolate(mask_logits, size=(32, 32), mode="bilinear")
     (theirs,) = hf_processor().post_process_semantic_segmentation(
@@ -266,8 +262,13 @@ def test_resize_mask_logits_shapes():
 
 
 def assert_same(a, b):
-    if isinstance(a, torch.Tensor):
+    if dataclasses.is_dataclass(a):
+        assert type(a) is type(b)
+        assert_same(dataclasses.asdict(a), dataclasses.asdict(b))
+    elif isinstance(a, torch.Tensor):
         assert torch.equal(a, b)
+    elif isinstance(a, np.ndarray):
+        assert a.dtype == b.dtype and np.array_equal(a, b)
     elif isinstance(a, dict):
         assert a.keys() == b.keys()
         for key in a:
@@ -295,7 +296,7 @@ def test_postprocess_batched_equals_per_image():
             )
             assert_same(alone, batched[i])
         if task == "panoptic":
-            assert all(len(result["panoptic"][1]) >= 2 for result in batched)
+            assert all(len(result.segments) >= 2 for result in batched)
     with pytest.raises(ValueError, match="task"):
         postprocess(outputs, "detection", (40, 40), sizes)
 
@@ -319,9 +320,9 @@ def test_panoptic_postprocess_resizes_only_the_queries_that_take_part(threshold)
         [(45, 50)],
         isthing=isthing,
         config=config,
-    )[0]["panoptic"]
+    )[0]
     masks = resize_mask_logits(mask_logits, (32, 40), (30, 37), (45, 50))[0]
     ids, segments = panoptic_inference(class_logits[0], masks, 4, isthing, threshold, 0.5)
-    assert torch.equal(out[0], ids) and out[1] == segments
+    assert np.array_equal(out.segment_ids, ids.numpy()) and out.segments == segments
     assert ids.shape == (45, 50)
     assert (len(segments) > 0) == (threshold < 1)

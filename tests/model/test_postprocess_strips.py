@@ -9,6 +9,7 @@ from PIL import Image
 
 from oneseg.model import postprocess as pp
 from oneseg.model.strips import upsample_rows
+from oneseg.results import QueryMasks
 
 NUM_CLASSES = 5
 ISTHING = [True, True, False, False, True]
@@ -29,10 +30,10 @@ def _both(task, monkeypatch, **kwargs):
     args = (_outputs(), task, PADDED, [IMAGE], [OUTPUT])
     config = pp.PostprocessConfig(object_mask_threshold=0.5, **kwargs)
     kwargs = dict(num_classes=NUM_CLASSES, isthing=ISTHING, config=config)
-    direct = pp.postprocess(*args, **kwargs)[0][task]
+    direct = pp.postprocess(*args, **kwargs)[0]
     monkeypatch.setattr(pp, "FULL_SIZE_BYTES", 0)  # every output counts as large
     monkeypatch.setattr(pp, "STRIP_BYTES", 10 * OUTPUT[1] * 4 * 7)  # about 7 rows a strip
-    strips = pp.postprocess(*args, **kwargs)[0][task]
+    strips = pp.postprocess(*args, **kwargs)[0]
     return direct, strips
 
 
@@ -50,37 +51,39 @@ def test_upsample_rows_is_bilinear_interpolation():
 
 def test_semantic_in_strips(monkeypatch):
     direct, strips = _both("semantic", monkeypatch)
+    direct, strips = direct.labels, strips.labels
     assert strips.shape == direct.shape == OUTPUT
-    assert (strips == direct).float().mean() > 0.999
+    assert (strips == direct).mean() > 0.999
 
 
 def test_panoptic_in_strips(monkeypatch):
-    (direct_ids, direct_segments), (strip_ids, strip_segments) = _both("panoptic", monkeypatch)
+    direct, strips = _both("panoptic", monkeypatch)
+    direct_ids, direct_segments = direct.segment_ids, direct.segments
+    strip_ids, strip_segments = strips.segment_ids, strips.segments
     assert len(direct_segments) >= 3
     key = [(s["id"], s["label"], s["isthing"]) for s in direct_segments]
     assert key == [(s["id"], s["label"], s["isthing"]) for s in strip_segments]
     for a, b in zip(direct_segments, strip_segments):
         assert a["score"] == b["score"] and abs(a["area"] - b["area"]) <= 0.002 * a["area"] + 2
-    assert (strip_ids == direct_ids).float().mean() > 0.999
+    assert (strip_ids == direct_ids).mean() > 0.999
 
 
 def test_instance_in_strips_shares_one_mask_per_query(monkeypatch):
     direct, strips = _both("instance", monkeypatch, topk=20)
-    assert "masks" not in strips and strips["query_masks"].shape[1:] == OUTPUT
-    assert len(strips["query_masks"]) == len(torch.unique(strips["queries"]))
-    assert torch.equal(strips["labels"], direct["labels"])
-    assert torch.equal(strips["queries"], direct["queries"])
-    torch.testing.assert_close(strips["scores"], direct["scores"], rtol=1e-3, atol=1e-5)
-    masks = strips["query_masks"][strips["mask_index"]]  # [N, H, W]
-    assert (masks == direct["masks"]).float().mean() > 0.999
+    assert isinstance(strips.masks, QueryMasks) and isinstance(direct.masks, np.ndarray)
+    assert strips.masks.query_masks.shape[1:] == OUTPUT
+    assert len(strips.masks.query_masks) == len(np.unique(strips.queries))
+    assert np.array_equal(strips.labels, direct.labels)
+    assert np.array_equal(strips.queries, direct.queries)
+    np.testing.assert_allclose(strips.scores, direct.scores, rtol=1e-3, atol=1e-5)
+    assert (np.asarray(strips.masks) == direct.masks).mean() > 0.999
 
 
 def test_query_masks_stand_for_the_full_array(monkeypatch):
     from oneseg.metrics.instance import masks_to_rle
-    from oneseg.predictor import QueryMasks
 
     _, strips = _both("instance", monkeypatch, topk=20)
-    masks = QueryMasks(strips["query_masks"].numpy(), strips["mask_index"].numpy())
+    masks = strips.masks
     full = np.asarray(masks)
     assert full.shape == masks.shape and len(masks) == len(full)
     assert np.array_equal(masks[3], full[3])

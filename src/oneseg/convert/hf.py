@@ -21,11 +21,11 @@ from pathlib import Path
 
 import torch
 
+from oneseg.backbones import CONVNEXT_SIZES, DINAT_SIZES, SWIN_SIZES
 from oneseg.config import ModelConfig
 from oneseg.convert.hf_key_map import Rule, canonical_key, rules_for, sources_of
 from oneseg.errors import CheckpointError
 from oneseg.model.build import build_model
-from oneseg.model.dinat import DINAT_SIZES
 from oneseg.spec import section_from_dict
 
 log = logging.getLogger(__name__)
@@ -36,20 +36,6 @@ IGNORED = (
     "pixel_level_module.encoder.layernorm.",  # Swin classifier's final norm; backbones skip it
     "relative_position_index",  # a fixed index buffer, rebuilt from the window size
 )
-
-# Named sizes: (first-stage width, depths, Swin heads, Swin window).
-SWIN_SIZES = {
-    "swin_tiny": (96, [2, 2, 6, 2], [3, 6, 12, 24], 7),
-    "swin_small": (96, [2, 2, 18, 2], [3, 6, 12, 24], 7),
-    "swin_base": (128, [2, 2, 18, 2], [4, 8, 16, 32], 12),
-    "swin_large": (192, [2, 2, 18, 2], [6, 12, 24, 48], 12),
-}
-CONVNEXT_SIZES = {
-    "convnext_tiny": (96, [3, 3, 9, 3], [], 0),
-    "convnext_small": (96, [3, 3, 27, 3], [], 0),
-    "convnext_base": (128, [3, 3, 27, 3], [], 0),
-    "convnext_large": (192, [3, 3, 27, 3], [], 0),
-}
 
 
 class ConversionError(CheckpointError):
@@ -97,8 +83,11 @@ def _backbone_values(bb: dict) -> dict:
             "(swin, convnext, dinat)"
         )
     # the named size that agrees with most of the backbone; the rest become overrides
-    name = max(sizes, key=lambda n: sum(a == b for a, b in zip(sizes[n], dims)))
-    named = sizes[name]
+    named_dims = {
+        n: (s.embed_dim, list(s.depths), list(s.num_heads), s.window) for n, s in sizes.items()
+    }
+    name = max(named_dims, key=lambda n: sum(a == b for a, b in zip(named_dims[n], dims)))
+    named = named_dims[name]
     return {
         "backbone": name,
         "backbone_embed_dim": dims[0] if dims[0] != named[0] else 0,

@@ -15,25 +15,19 @@ import sys
 import time
 from pathlib import Path
 
-import torch
 from rich.console import Console
 from rich.progress import Progress
 from rich.table import Table
 
-from oneseg.checkpoint import load_model, read_intensity
-from oneseg.config import ModelConfig
 from oneseg.cpu_threads import set_intra_op_threads
 from oneseg.data.build import build_dataloader, load_label_map
 from oneseg.data.intensity import choose_intensity
 from oneseg.data.label_map import LabelMap
 from oneseg.data.records import DataError
-from oneseg.engine.evaluator import Evaluator
+from oneseg.engine.evaluator import Evaluator, evaluate_loader
 from oneseg.engine.train import with_unpacked_archives
-from oneseg.export.engines import load_engines
-from oneseg.export.runtime import batch_results
 from oneseg.io import write_json_atomic
-from oneseg.model.build import supported_tasks
-from oneseg.model.postprocess import PostprocessConfig
+from oneseg.runner import open_model
 
 SUMMARY_KEYS = {
     "panoptic": ("pq", "sq", "rq", "pq_th", "pq_st"),
@@ -58,30 +52,13 @@ def run_evaluate(spec, run) -> None:
     spec = with_unpacked_archives(spec)
     cfg = spec.evaluate
     set_intra_op_threads(spec.cpu_threads, spec.dataset.workers)
-    exported = cfg.onnx_file or cfg.trt_engine
-    if exported:
-        source, model, engines, label_map, model_cfg, recorded, divisor = _exported(spec)
-        tasks = list(engines)
-        dropped = [t for t in dict.fromkeys(cfg.tasks) if t not in engines]
-        if dropped:
-            run.log("RUNNING", f"{source} holds no {', '.join(dropped)} graph: not evaluated")
-    else:
-        source = cfg.checkpoint or spec.model.pretrained
-        if not source:
-            raise ValueError(
-                "evaluate.checkpoint is empty (and model.pretrained, evaluate.onnx_file and "
-                "evaluate.trt_engine too): name the model to evaluate"
-            )
-        device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-        model, label_map, model_cfg = load_model(source, device)
-        recorded, divisor = read_intensity(source), model.size_divisibility
-        tasks, dropped = supported_tasks(model_cfg, list(cfg.tasks))
-        if dropped:
-            run.log(
-                "RUNNING",
-                f"a mask2former model in {model_cfg.mode} mode does {', '.join(tasks)}: not "
-                f"evaluating {', '.join(dropped)}",
-            )
+    opened = open_model(
+        _model_source(cfg, spec.model), list(cfg.tasks), spec_model=spec.model, key=_key(cfg)
+    )
+    if opened.dropped:
+        run.log("RUNNING", opened.dropped_message("not evaluating"))
+    tasks = opened.tasks
+    label_map = opened.label_map
     _check_label_map(spec, label_map, run)
     if spec.dataset.type == "semantic" and tasks != ["semantic"]:
         run.log("RUNNING", "semantic label folders have no instances: evaluating mIoU only")
@@ -91,34 +68,32 @@ def run_evaluate(spec, run) -> None:
         cfg.split,
         label_map,
         text_list_len=0,
-        size_divisibility=divisor,
+        size_divisibility=opened.size_divisibility,
         train=False,
         batch_size=cfg.batch_size,
-        intensity=choose_intensity(spec.dataset.intensity, recorded),
+        intensity=choose_intensity(spec.dataset.intensity, opened.intensity),
         tokens=False,
     )
-    post = PostprocessConfig.of_model(model_cfg, spec.model)
-    evaluator = Evaluator(loader.dataset, label_map, post, tasks)
-    run.log("RUNNING", f"evaluating {source} on {len(loader.dataset)} images ({cfg.split})")
+    evaluator = Evaluator(loader.dataset, label_map, tasks)
+    run.log("RUNNING", f"evaluating {opened.source} on {len(loader.dataset)} images ({cfg.split})")
     start = time.time()
     log_every = max(1, len(loader) // 10)
     with Progress(transient=True) as progress:
         bar = progress.add_task(f"evaluate {cfg.split}", total=len(loader))
-        for step, batch in enumerate(loader, 1):
-            if model is not None:
-                evaluator.process(model, batch)
-            else:
-                evaluator.add_batch(batch, batch_results(engines, batch))
+
+        def on_step(step: int, total: int) -> None:
             progress.advance(bar)
-            if step % log_every == 0 and step < len(loader):
-                run.log("RUNNING", f"batch {step}/{len(loader)}", step=step, total=len(loader))
+            if step % log_every == 0 and step < total:
+                run.log("RUNNING", f"batch {step}/{total}", step=step, total=total)
+
+        evaluate_loader(opened.runner, loader, evaluator, on_step)
     seconds = time.time() - start
     metrics = evaluator.compute(gather=False)
     per_class = metrics.pop("per_class")
     metrics["seconds_per_image"] = seconds / max(1.0, metrics["num_images"])
 
     folder = Path(run.dir)
-    write_metrics_json(folder / "metrics.json", metrics, per_class, str(source), cfg.split)
+    write_metrics_json(folder / "metrics.json", metrics, per_class, opened.source, cfg.split)
     if cfg.iou_per_class:
         write_class_tables(folder, per_class)
         write_class_chart(folder / "per_class.png", per_class)
@@ -126,24 +101,21 @@ def run_evaluate(spec, run) -> None:
     print_summary(metrics, tasks, len(loader.dataset), cfg.split)
 
 
-def _exported(spec):
-    """(source, None, engines, label map, post-processing config, intensity, divisibility) of
-    `evaluate.onnx_file` or `evaluate.trt_engine`; the thresholds are those baked in."""
-    cfg = spec.evaluate
-    key = "evaluate.onnx_file" if cfg.onnx_file else "evaluate.trt_engine"
-    source = cfg.onnx_file or cfg.trt_engine
-    engines = load_engines(source, list(dict.fromkeys(cfg.tasks)), key)
-    first = next(iter(engines.values()))
-    description = first.description
-    return (
-        source,
-        None,
-        engines,
-        first.label_map,
-        ModelConfig(),
-        description.get("intensity"),
-        first.size_divisibility,
-    )
+def _model_source(cfg, spec_model) -> str:
+    """The model `evaluate` scores: an exported file or engine, else a checkpoint."""
+    source = cfg.onnx_file or cfg.trt_engine or cfg.checkpoint or spec_model.pretrained
+    if not source:
+        raise ValueError(
+            "evaluate.checkpoint is empty (and model.pretrained, evaluate.onnx_file and "
+            "evaluate.trt_engine too): name the model to evaluate"
+        )
+    return str(source)
+
+
+def _key(cfg) -> str:
+    if cfg.onnx_file:
+        return "evaluate.onnx_file"
+    return "evaluate.trt_engine" if cfg.trt_engine else "evaluate.checkpoint"
 
 
 def _check_label_map(spec, label_map, run) -> None:

@@ -1,7 +1,8 @@
 """PQ, mIoU and mask AP of one model on a dataset, from the same batches and the same GT.
 
-The model runs once per task on each batch; its results are post-processed at each image's
-original size and compared with the untransformed annotation of that image:
+A runner (`oneseg.runner`: a PyTorch model, an ONNX file or a TensorRT engine) gives the results
+of each batch at each image's original size (`evaluate_loader`); `Evaluator.update` compares
+them with the untransformed annotation of that image:
 
 - panoptic -> PQ / SQ / RQ against the panoptic ground truth (crowd regions as in panopticapi);
 - semantic -> confusion matrix against the class of every pixel (void ignored; crowd regions
@@ -18,7 +19,6 @@ from __future__ import annotations
 import math
 
 import numpy as np
-import torch
 import torch.distributed as dist
 
 from oneseg.constants import IGNORE, TASKS
@@ -27,7 +27,8 @@ from oneseg.data.label_map import LabelMap
 from oneseg.data.records import PanopticAnnotation
 from oneseg.data.targets import semantic_label
 from oneseg.metrics import ConfusionMatrix, PanopticQuality, evaluate_segm, masks_to_rle
-from oneseg.model.postprocess import PostprocessConfig, postprocess
+from oneseg.results import PanopticResult, Result, coco_instances
+from oneseg.runner import Runner, run_batch
 
 
 def instance_ground_truth(
@@ -67,24 +68,16 @@ class Evaluator:
     Arguments:
         dataset: the evaluation dataset; its untransformed annotations are the ground truth.
         label_map: the model's classes (category ids, names, things).
-        postprocess: how raw outputs become results (`PostprocessConfig.of_model`).
-        tasks: the tasks to run and score: "panoptic" (PQ), "semantic" (mIoU), "instance" (AP).
+        tasks: the tasks to score: "panoptic" (PQ), "semantic" (mIoU), "instance" (AP).
     """
 
-    def __init__(
-        self,
-        dataset: SegmentationDataset,
-        label_map: LabelMap,
-        postprocess: PostprocessConfig,
-        tasks: list[str],
-    ):
+    def __init__(self, dataset: SegmentationDataset, label_map: LabelMap, tasks: list[str]):
         unknown = [t for t in tasks if t not in TASKS]
         if unknown or not tasks:
             raise ValueError(f"tasks must be a non-empty list of {list(TASKS)}, got {tasks}")
         self.dataset = dataset
         self.label_map = label_map
         self.tasks = list(dict.fromkeys(tasks))
-        self.postprocess = postprocess
         self.category_ids = list(label_map.category_ids)
         self._index_of = {}
         for index, record in enumerate(dataset.records):
@@ -101,92 +94,49 @@ class Evaluator:
         self.images: dict[int, dict] = {}  # dataset index -> what that image adds
 
     # ------------------------------------------------------------------ accumulation
-    def process(self, model: torch.nn.Module, batch: dict) -> None:
-        """Run `model` on a collated batch for every task and add each image's results."""
-        num_classes = getattr(model, "num_classes", len(self.label_map))
-        if num_classes != len(self.label_map):
-            raise ValueError(
-                f"the model predicts {num_classes} classes, the label map has {len(self.label_map)}"
-            )
-        device = next(model.parameters()).device
-        images = batch["images"].to(device, non_blocking=True)
-        outputs = model.predict(images, self.tasks, batch["image_sizes"]).outputs
-        per_task = {
-            task: postprocess(
-                outputs[task],
-                task,
-                tuple(images.shape[-2:]),
-                [tuple(s) for s in batch["image_sizes"]],
-                [tuple(s) for s in batch["orig_sizes"]],
-                num_classes=len(self.label_map),
-                isthing=self.label_map.isthing,
-                config=self.postprocess,
-            )
-            for task in self.tasks
-        }
-        self.add_batch(batch, per_task)
-
-    def add_batch(self, batch: dict, per_task: dict[str, list[dict]]) -> None:
-        """Add the post-processed results of a batch: task -> one dict per image, as
-        `postprocess` (or an exported engine's `predict`) returns them."""
-        for i, image_id in enumerate(batch["image_ids"]):
+    def update(self, batch: dict, results: list[dict[str, Result]]) -> None:
+        """Add the results of a loader batch: one dict task -> result per image, at the images'
+        original sizes, as a runner returns them (`oneseg.runner.run_batch`)."""
+        for image_id, per_task in zip(batch["image_ids"], results, strict=True):
             if image_id not in self._index_of:
                 raise KeyError(f"image id {image_id!r} of the batch is not in the dataset")
-            results = {task: per_task[task][i][task] for task in self.tasks}
-            self.update(self._index_of[image_id], results)
+            self._add_image(self._index_of[image_id], {t: per_task[t] for t in self.tasks})
 
-    def update(self, index: int, results: dict) -> None:
-        """Add the results of dataset item `index`, at its original size.
-
-        Arguments:
-            results: task -> the post-processed result of that task (see
-                `oneseg.model.postprocess`): "semantic" [H, W] class map, "instance"
-                {masks, scores, labels}, "panoptic" (segment_ids [H, W], segments).
-        """
+    def _add_image(self, index: int, results: dict[str, Result]) -> None:
         annotation = self.dataset.annotation(index)
         height, width = annotation.segment_map.shape
         entry: dict = {"height": int(height), "width": int(width)}
         if "panoptic" in results:
-            entry["panoptic"] = self._panoptic_counts(annotation, *results["panoptic"])
+            entry["panoptic"] = self._panoptic_counts(annotation, results["panoptic"])
         if "semantic" in results:
-            entry["semantic"] = self._confusion_counts(annotation, results["semantic"])
+            entry["semantic"] = self._confusion_counts(annotation, results["semantic"].labels)
         if "instance" in results:
             image_id = index + 1  # COCO ids of the in-memory ground truth
             entry["instance_gt"] = instance_ground_truth(annotation, image_id, self.category_ids)
-            entry["instance"] = self._instance_results(image_id, results["instance"])
+            entry["instance"] = [
+                {k: r[k] for k in ("image_id", "category_id", "segmentation", "score")}
+                for r in coco_instances(
+                    image_id, results["instance"], self.category_ids, rounded=False
+                )
+            ]
         self.images[index] = entry
 
-    def _panoptic_counts(self, annotation, segment_ids, segments) -> tuple[np.ndarray, ...]:
+    def _panoptic_counts(self, annotation, result: PanopticResult) -> tuple[np.ndarray, ...]:
         gt_segments = [
             {"id": s.id, "category_id": self.category_ids[s.class_index], "iscrowd": s.iscrowd}
             for s in annotation.segments
         ]
         pred_segments = [
             {"id": int(s["id"]), "category_id": self.category_ids[int(s["label"])]}
-            for s in segments
+            for s in result.segments
         ]
-        pred_ids = _numpy(segment_ids)
         return self._new_pq().image_counts(
-            annotation.segment_map, gt_segments, pred_ids, pred_segments
+            annotation.segment_map, gt_segments, result.segment_ids, pred_segments
         )
 
-    def _confusion_counts(self, annotation, labels) -> tuple[np.ndarray, np.ndarray]:
+    def _confusion_counts(self, annotation, labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         target = semantic_label(annotation.segment_map, annotation.segments, IGNORE)
-        return self._new_confusion().image_counts(_numpy(labels), target)
-
-    def _instance_results(self, image_id: int, detections: dict) -> list[dict]:
-        scores = _numpy(detections["scores"]).tolist()
-        labels = _numpy(detections["labels"]).tolist()
-        rles = masks_to_rle(_numpy(detections["masks"]).astype(bool))
-        return [
-            {
-                "image_id": image_id,
-                "category_id": self.category_ids[label],
-                "segmentation": rle,
-                "score": float(score),
-            }
-            for rle, score, label in zip(rles, scores, labels)
-        ]
+        return self._new_confusion().image_counts(labels, target)
 
     # ------------------------------------------------------------------ results
     def merge(self, other: Evaluator) -> Evaluator:
@@ -292,7 +242,10 @@ class Evaluator:
                 values["ap"] = 100 * result["per_class"].get(values["category_id"], math.nan)
 
 
-def _numpy(array) -> np.ndarray:
-    if isinstance(array, torch.Tensor):
-        return array.detach().cpu().numpy()
-    return np.asarray(array)
+def evaluate_loader(runner: Runner, loader, evaluator: Evaluator, on_step=None) -> None:
+    """Run `runner` on every batch of `loader` for the evaluator's tasks and add the results;
+    `on_step(step, total)` after each batch."""
+    for step, batch in enumerate(loader, 1):
+        evaluator.update(batch, run_batch(runner, batch, evaluator.tasks))
+        if on_step is not None:
+            on_step(step, len(loader))

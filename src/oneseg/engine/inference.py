@@ -20,7 +20,6 @@ from pathlib import Path
 import numpy as np
 from rich.progress import Progress
 
-from oneseg.checkpoint import read_intensity
 from oneseg.constants import IMAGE_SUFFIXES
 from oneseg.cpu_threads import set_intra_op_threads
 from oneseg.data.image_io import read_image
@@ -28,9 +27,9 @@ from oneseg.data.intensity import Intensity, choose_intensity
 from oneseg.data.records import DataError
 from oneseg.engine.inference_outputs import InferenceOutputs
 from oneseg.errors import one_line
-from oneseg.model.build import supported_tasks
 from oneseg.model.compiled import compile_pixel_decoder
 from oneseg.predictor import Predictor
+from oneseg.runner import open_model
 
 LIST_SUFFIXES = (".txt", ".lst", ".list")
 FLUSH_EVERY_IMAGES = 25
@@ -161,14 +160,9 @@ def run_inference(spec, run) -> None:
     """
 
     cfg = spec.inference
-    if cfg.onnx_file or cfg.trt_engine:
-        predictor, tasks, dropped = _exported_predictor(spec)
-        if dropped:
-            run.log("RUNNING", f"the exported file holds no {', '.join(dropped)} graph: skipped")
-    else:
-        predictor, tasks = _checkpoint_predictor(spec, run)
-        if cfg.compile:
-            compile_pixel_decoder(predictor.model)
+    predictor, tasks = _predictor(spec, run)
+    if cfg.compile and predictor.model is not None:
+        compile_pixel_decoder(predictor.model)
     set_intra_op_threads(spec.cpu_threads)  # images are read ahead by threads, not processes
     paths, root = list_images(cfg.images)
     outputs = InferenceOutputs(run.dir, predictor.label_map, tasks, cfg.overlay, cfg.semantic_ids)
@@ -212,51 +206,34 @@ def run_inference(spec, run) -> None:
     print(f"inference: {summary}; results in {run.dir}")
 
 
-def _exported_predictor(spec) -> tuple[Predictor, list[str], list[str]]:
-    """The predictor of `inference.onnx_file` / `inference.trt_engine`, the tasks it runs of
-    those asked for and those it cannot."""
+def _predictor(spec, run) -> tuple[Predictor, list[str]]:
+    """The predictor of the model `inference` runs (an exported file or engine, else a
+    checkpoint), opened once, and the tasks of `inference.tasks` it runs; the others are
+    reported and skipped."""
     cfg = spec.inference
-    key = "inference.onnx_file" if cfg.onnx_file else "inference.trt_engine"
-    aug = spec.dataset.augmentation
-    predictor = Predictor.from_exported(
-        cfg.onnx_file or cfg.trt_engine,
-        list(cfg.tasks),
-        min_size=aug.eval_min_size,
-        max_size=aug.eval_max_size,
-        key=key,
-    )
-    recorded = next(iter(predictor.engines.values())).description.get("intensity")
-    predictor.intensity = choose_intensity(spec.dataset.intensity, recorded)
-    tasks = [t for t in dict.fromkeys(cfg.tasks) if t in predictor.engines]
-    dropped = [t for t in dict.fromkeys(cfg.tasks) if t not in predictor.engines]
-    return predictor, tasks, dropped
-
-
-def _checkpoint_predictor(spec, run) -> tuple[Predictor, list[str]]:
-    cfg = spec.inference
-    checkpoint = cfg.checkpoint or spec.model.pretrained
-    if not checkpoint:
+    if cfg.onnx_file or cfg.trt_engine:
+        key = "inference.onnx_file" if cfg.onnx_file else "inference.trt_engine"
+    else:
+        key = "inference.checkpoint"
+    source = cfg.onnx_file or cfg.trt_engine or cfg.checkpoint or spec.model.pretrained
+    if not source:
         raise ValueError(
             "inference.checkpoint is empty (and model.pretrained, inference.onnx_file and "
             "inference.trt_engine too): name a model"
         )
+    opened = open_model(source, list(cfg.tasks), spec_model=spec.model, key=key)
     aug = spec.dataset.augmentation
-    predictor = Predictor.from_checkpoint(
-        checkpoint,
+    predictor = Predictor.from_opened(
+        opened,
         min_size=aug.eval_min_size,
         max_size=aug.eval_max_size,
-        spec_model=spec.model,
-        intensity=choose_intensity(spec.dataset.intensity, read_intensity(checkpoint)),
+        intensity=choose_intensity(spec.dataset.intensity, opened.intensity),
     )
-    tasks, dropped = supported_tasks(predictor.model_cfg, list(cfg.tasks))
-    if dropped:
-        message = (
-            f"a mask2former model in {predictor.model_cfg.mode} mode does {', '.join(tasks)}: "
-            f"skipping {', '.join(dropped)}"
-        )
+    if opened.dropped:
+        message = opened.dropped_message("skipping")
         run.log("RUNNING", message)
         print(f"oneseg inference: {message}", file=sys.stderr)
-    return predictor, tasks
+    return predictor, opened.tasks
 
 
 def _report_bad_image(run, path: Path, error: Exception, bad: list[str]) -> None:

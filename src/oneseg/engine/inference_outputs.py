@@ -16,11 +16,10 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
-from pycocotools import mask as mask_util
 from scipy import ndimage
 
 from oneseg.io import read_json, write_id_png, write_json_atomic, write_png_atomic
-from oneseg.metrics.instance import masks_to_rle
+from oneseg.results import coco_instances
 from oneseg.visualize import overlay_instances, overlay_panoptic, overlay_semantic
 
 MIN_SIDE = 384  # overlays of smaller images are enlarged to this short side, to stay readable
@@ -77,26 +76,6 @@ def panoptic_segments_info(
             info["score"] = round(float(segment["score"]), 6)
         infos.append(info)
     return infos
-
-
-def instance_results(
-    image_id: int, masks: np.ndarray, scores: np.ndarray, category_ids: np.ndarray
-) -> list[dict]:
-    """COCO result dicts of one image's detections (masks [N, H, W] bool)."""
-    rles = masks_to_rle(masks if hasattr(masks, "query_masks") else np.asarray(masks, bool))
-    if not rles:
-        return []
-    boxes = mask_util.toBbox([{**r, "counts": r["counts"].encode("ascii")} for r in rles])
-    return [
-        {
-            "image_id": int(image_id),
-            "category_id": int(category_id),
-            "segmentation": rle,
-            "score": round(float(score), 6),
-            "bbox": [round(float(v), 2) for v in box],
-        }
-        for rle, score, category_id, box in zip(rles, scores, category_ids, boxes)
-    ]
 
 
 def write_label_png(path: str | Path, labels: np.ndarray) -> None:
@@ -156,7 +135,7 @@ class InferenceOutputs:
         )
 
     def add(self, name: str, path: Path, file_name: str, image: np.ndarray, results: dict):
-        """Write the results (task -> result, see `oneseg.predictor`) of one image."""
+        """Write the results (task -> result, see `oneseg.results`) of one image."""
         entry = self.images.get(name)
         if entry is None:
             next_id = max((e["id"] for e in self.images.values()), default=0) + 1
@@ -183,9 +162,7 @@ class InferenceOutputs:
                     image, result.segment_ids, result.segments, self.label_map, min_side=MIN_SIDE
                 )
             elif task == "instance":
-                self.instances[image_id] = instance_results(
-                    image_id, result.masks, result.scores, result.category_ids
-                )
+                self.instances[image_id] = coco_instances(image_id, result)
                 picture = self.overlay and overlay_instances(
                     image,
                     result.masks,

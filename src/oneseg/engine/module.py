@@ -12,6 +12,8 @@ import torch.distributed as dist
 
 from oneseg.checkpoint import make_checkpoint
 from oneseg.engine.optim import build_optimizer
+from oneseg.model.postprocess import PostprocessConfig
+from oneseg.runner import TorchRunner, run_batch
 
 
 class NonFiniteLossError(RuntimeError):
@@ -104,7 +106,13 @@ class SegmentationModule(L.LightningModule):
 
     def validation_step(self, batch: dict, batch_idx: int) -> None:
         if self.evaluator is not None:
-            self.evaluator.process(self.model, batch)
+            runner = TorchRunner(
+                self.model,
+                self.label_map,
+                PostprocessConfig.of_model(self.model_cfg),
+                self.evaluator.tasks,
+            )
+            self.evaluator.update(batch, run_batch(runner, batch, self.evaluator.tasks))
 
     def on_validation_epoch_end(self) -> None:
         if self.evaluator is None:

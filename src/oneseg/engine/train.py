@@ -19,6 +19,7 @@ from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
 from torch.utils.data import DataLoader
 
 from oneseg.checkpoint import load_state_dict_strict, read_checkpoint
+from oneseg.config import ARCHITECTURE_KEYS
 from oneseg.convert.backbone_weights import load_pretrained_backbone
 from oneseg.cpu_threads import set_intra_op_threads
 from oneseg.data.archive import unpack_dataset_archives
@@ -39,10 +40,8 @@ from oneseg.engine.evaluator import Evaluator
 from oneseg.engine.module import SegmentationModule
 from oneseg.engine.sampling import EpochSampler, SeededDataset
 from oneseg.errors import CheckpointError, ResultsDirError
-from oneseg.experiment import ARCHITECTURE_KEYS
 from oneseg.model.build import build_model, supported_tasks
 from oneseg.model.criterion import build_criterion
-from oneseg.model.postprocess import PostprocessConfig
 from oneseg.spec import SpecError
 
 # Lightning's messages that say nothing about this run: an advertisement, a hardware line that
@@ -319,7 +318,7 @@ def run_train(spec, run, callbacks: list | tuple = (), progress_bar: bool = True
         val_set = val_loader.dataset.dataset
 
         def evaluator_factory():
-            return Evaluator(val_set, label_map, PostprocessConfig.of_model(spec.model), val_tasks)
+            return Evaluator(val_set, label_map, val_tasks)
 
     module = SegmentationModule(
         model=model,

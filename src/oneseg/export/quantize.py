@@ -21,6 +21,7 @@ metric for the float and the INT8 file on `dataset.val`.
 
 from __future__ import annotations
 
+import itertools
 import json
 import time
 from pathlib import Path
@@ -31,22 +32,18 @@ import onnx
 from oneseg.data.build import build_dataloader
 from oneseg.data.image_io import read_image
 from oneseg.data.intensity import choose_intensity
-from oneseg.engine.evaluator import Evaluator
+from oneseg.engine.evaluator import Evaluator, evaluate_loader
 from oneseg.errors import InputFileError
-from oneseg.export.qdq import (  # noqa: F401 - the quantize API lives in qdq, used from here
-    DEFAULT_REGIONS,
-    KEEP_FLOAT,
+from oneseg.export.qdq import (
     QUANTIZED_OPS,
     calibration_images,
     engine_inputs,
-    float_nodes,
-    is_network_node,
     node_regions,
     quantize_onnx,
 )
-from oneseg.export.runtime import OnnxEngine, batch_results, read_description
+from oneseg.export.runtime import OnnxEngine, read_description
 from oneseg.io import remove_stale_temporaries, temp_folder, write_json_atomic
-from oneseg.model.postprocess import PostprocessConfig
+from oneseg.runner import ExportedRunner
 
 METRIC_OF = {"panoptic": "pq", "semantic": "miou", "instance": "ap"}
 NOISE = 0.02  # a mode saving less than this share of the float time is not taken (identical
@@ -73,22 +70,21 @@ def latencies(paths: list[Path], image: np.ndarray, runs: int, threads: int = 0)
 def val_metrics(spec, path: Path, max_images: int) -> dict:
     """Metrics of the file's task on `dataset.val` (the first `max_images`, 0 = all)."""
     engine = OnnxEngine(path, providers=["CPUExecutionProvider"])
+    runner = ExportedRunner({engine.task: engine})
     loader = build_dataloader(
         spec.dataset,
         "val",
-        engine.label_map,
+        runner.label_map,
         text_list_len=0,
-        size_divisibility=engine.size_divisibility,
+        size_divisibility=runner.size_divisibility,
         train=False,
         batch_size=1,
-        intensity=choose_intensity(spec.dataset.intensity, engine.description.get("intensity")),
+        intensity=choose_intensity(spec.dataset.intensity, runner.description.get("intensity")),
         tokens=False,
     )
-    evaluator = Evaluator(loader.dataset, engine.label_map, PostprocessConfig(), [engine.task])
-    for step, batch in enumerate(loader):
-        if max_images and step >= max_images:
-            break
-        evaluator.add_batch(batch, batch_results({engine.task: engine}, batch))
+    evaluator = Evaluator(loader.dataset, runner.label_map, list(runner.tasks))
+    batches = itertools.islice(loader, max_images) if max_images else loader
+    evaluate_loader(runner, batches, evaluator)
     metrics = evaluator.compute(gather=False)
     metrics.pop("per_class")
     return metrics

@@ -1,7 +1,7 @@
 """Running an exported model with ONNX Runtime, with results shaped as PyTorch's.
 
     engine = OnnxEngine("model_panoptic.onnx")
-    results = engine.predict(images, image_sizes, output_sizes)   # as `postprocess` returns
+    results = engine.predict(images, image_sizes, output_sizes)   # one result per image
 
 An ONNX file holds one task. Files written together by `export.task=all` (`NAME_semantic.onnx`,
 `NAME_instance.onnx`, `NAME_panoptic.onnx`) are found from any one of them, so evaluation and
@@ -17,11 +17,11 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from oneseg.constants import TASKS
 from oneseg.data.label_map import LabelMap
 from oneseg.errors import InputFileError
 from oneseg.export.onnx_export import METADATA_KEY
-
-TASKS = ("semantic", "instance", "panoptic")
+from oneseg.results import InstanceResult, PanopticResult, Result, SemanticResult
 
 
 def read_description(path: str | Path) -> dict:
@@ -66,7 +66,7 @@ def task_files(path: str | Path) -> dict[str, Path]:
 
 class ExportedEngine:
     """What every runtime of an exported graph shares: its description, the checks of task and
-    classes, fitting a batch to the graph's input, and results shaped as `postprocess`'s.
+    classes, fitting a batch to the graph's input, and results (`oneseg.results`).
     A subclass sets `path` and `description` and implements `run`."""
 
     path: Path
@@ -144,8 +144,8 @@ class ExportedEngine:
         images: torch.Tensor,
         image_sizes: list[tuple[int, int]],
         output_sizes: list[tuple[int, int]] | None = None,
-    ) -> list[dict]:
-        """Results as `oneseg.model.postprocess.postprocess` returns them, at `output_sizes`.
+    ) -> list[Result]:
+        """The result of this graph's task for each image, at `output_sizes`.
 
         Arguments:
             images: [B, 3, H, W] uint8, images padded at the bottom and right.
@@ -162,23 +162,22 @@ class ExportedEngine:
                 chunk = torch.cat([chunk, chunk[-1:].expand(self.batch_size - count, -1, -1, -1)])
             for name, value in self.run(chunk.numpy()).items():
                 raw.setdefault(name, []).extend(value[:count])
-        return [
-            {self.task: self._result(raw, i, sizes[i], output_sizes[i])}
-            for i in range(len(output_sizes))
-        ]
+        return [self._result(raw, i, sizes[i], output_sizes[i]) for i in range(len(output_sizes))]
 
-    def _result(self, raw: dict, i: int, size, output_size):
+    def _result(self, raw: dict, i: int, size, output_size) -> Result:
         if self.task == "semantic":
-            return _resize_map(torch.from_numpy(raw["semantic_map"][i]), size, output_size).long()
+            labels = _resize_map(torch.from_numpy(raw["semantic_map"][i]), size, output_size)
+            return SemanticResult(labels, label_map=self.label_map)
         if self.task == "instance":
             classes = torch.from_numpy(raw["pred_classes"][i])
             kept = classes >= 0
             masks = torch.from_numpy(raw["pred_masks"][i])[kept]
-            return {
-                "masks": _resize_map(masks, size, output_size),
-                "scores": torch.from_numpy(raw["pred_scores"][i])[kept],
-                "labels": classes[kept],
-            }
+            return InstanceResult(
+                masks=_resize_map(masks, size, output_size),
+                scores=torch.from_numpy(raw["pred_scores"][i])[kept],
+                labels=classes[kept],
+                label_map=self.label_map,
+            )
         count = int(raw["num_segments"][i])
         segment_ids = _resize_map(torch.from_numpy(raw["panoptic_map"][i]), size, output_size)
         areas = torch.bincount(segment_ids.flatten().long(), minlength=count + 1)
@@ -194,7 +193,7 @@ class ExportedEngine:
                     "area": int(areas[k + 1]),
                 }
             )
-        return segment_ids.int(), segments
+        return PanopticResult(segment_ids, segments, label_map=self.label_map)
 
 
 class OnnxEngine(ExportedEngine):
@@ -244,13 +243,3 @@ def _resize_map(values: torch.Tensor, size, output_size) -> torch.Tensor:
     flat = values.reshape(-1, 1, *values.shape[-2:]).float()
     flat = F.interpolate(flat, size=tuple(output_size), mode="nearest-exact")
     return flat.reshape(*values.shape[:-2], *output_size).to(dtype)
-
-
-def batch_results(engines: dict, batch: dict) -> dict[str, list[dict]]:
-    """task -> per-image results of each engine on a loader batch, as `postprocess` gives."""
-    image_sizes = [tuple(s) for s in batch["image_sizes"]]
-    orig_sizes = [tuple(s) for s in batch["orig_sizes"]]
-    return {
-        task: engine.predict(batch["images"], image_sizes, orig_sizes)
-        for task, engine in engines.items()
-    }

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
-from oneseg.export.quantize import calibration_images, is_network_node
+from oneseg.export.qdq import calibration_images, is_network_node
 from oneseg.export.runtime import ExportedEngine, read_description
 from oneseg.export.tensorrt_calibrator import make_calibrator
 from oneseg.io import write_atomic, write_json_atomic

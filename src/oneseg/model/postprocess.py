@@ -32,7 +32,9 @@ from torch import Tensor
 
 from oneseg.config import ModelConfig
 from oneseg.constants import TASKS
+from oneseg.data.label_map import LabelMap
 from oneseg.model.strips import row_strips, upsample_rows
+from oneseg.results import InstanceResult, PanopticResult, QueryMasks, Result, SemanticResult
 from oneseg.spec import keys_set
 
 FULL_SIZE_BYTES = 1 << 30  # mask logits at the output size above this: computed in strips
@@ -285,11 +287,12 @@ def postprocess(
     image_sizes: list[tuple[int, int]],
     output_sizes: list[tuple[int, int]] | None = None,
     *,
+    label_map: LabelMap | None = None,
     num_classes: int | None = None,
     isthing: list[bool] | None = None,
     config: PostprocessConfig | None = None,
-) -> list[dict]:
-    """Results for each image of a batch.
+) -> list[Result]:
+    """The result of `task` for each image of a batch (see `oneseg.results`).
 
     Arguments:
         outputs: `pred_logits` [B, Q, K+1] and `pred_masks` [B, Q, h, w].
@@ -297,20 +300,23 @@ def postprocess(
         padded_size: (H_pad, W_pad) of the input batch tensor.
         image_sizes: B x (h_img, w_img), the unpadded part of each input.
         output_sizes: B x (H_out, W_out), the original image sizes; default `image_sizes`.
-        num_classes: K; default read from `pred_logits`.
+        label_map: the classes; gives `num_classes` and `isthing` when those are not set, and
+            the results' category ids and names.
+        num_classes: K; default the label map's, else read from `pred_logits`.
         isthing: [K] thing flags. Needed for panoptic; for instance, non-things are dropped.
         config: thresholds and top-k (`PostprocessConfig`; default its defaults).
     With a `Prediction` of `OneFormer.predict`: `postprocess(p.outputs[task], task,
     p.padded_size, p.image_sizes, output_sizes, ...)`.
     Returns:
-        B dicts, each with one key named after the task:
-        - "semantic": [H_out, W_out] long label map of contiguous class ids;
-        - "instance": dict(masks [N, H_out, W_out] bool, scores [N], labels [N], queries [N]);
-        - "panoptic": (segment_ids [H_out, W_out] int32, segments list of dicts).
+        B results of the task: `SemanticResult`, `InstanceResult` (its masks a `QueryMasks`
+        for a large output) or `PanopticResult`, at the output sizes.
     """
     if task not in TASKS:
         raise ValueError(f"task must be one of {TASKS}, got {task!r}")
     config = config or PostprocessConfig()
+    if label_map is not None:
+        num_classes = len(label_map) if num_classes is None else num_classes
+        isthing = list(label_map.isthing) if isthing is None else isthing
     class_logits, mask_logits = outputs["pred_logits"], outputs["pred_masks"]
     if num_classes is None:
         num_classes = class_logits.shape[-1] - 1
@@ -322,64 +328,85 @@ def postprocess(
         raise ValueError("need one image size and one output size per image of the batch")
     thing_classes = None if isthing is None else [i for i, t in enumerate(isthing) if t]
 
-    results = []
-    for i, (image_size, output_size) in enumerate(zip(image_sizes, output_sizes)):
-        if len(mask_logits[i]) * output_size[0] * output_size[1] * 4 > FULL_SIZE_BYTES:
-            low = model_resolution_logits(mask_logits[i : i + 1], padded_size, image_size)[0]
-            results.append(
-                _postprocess_in_strips(
-                    task,
-                    class_logits[i],
-                    low,
-                    tuple(output_size),
-                    num_classes=num_classes,
-                    isthing=isthing,
-                    thing_classes=thing_classes,
-                    topk=config.topk,
-                    object_mask_threshold=config.object_mask_threshold,
-                    overlap_threshold=config.overlap_threshold,
-                    score_threshold=config.score_threshold,
-                )
-            )
-            continue
-        if task == "panoptic":
-            # only the queries that take part can win a pixel: resize just those (the rule
-            # that picks them, taken again inside on the subset, keeps every one of them)
-            scores, labels = class_logits[i].softmax(-1).max(-1)
-            keep = labels.ne(num_classes) & (scores > config.object_mask_threshold)
-            if keep.any():
-                low = mask_logits[i : i + 1, keep]
-                masks = resize_mask_logits(low, padded_size, image_size, output_size)[0]
-            else:
-                masks = mask_logits.new_zeros((0, *output_size))
-            panoptic = panoptic_inference(
-                class_logits[i, keep],
-                masks,
-                num_classes,
-                isthing,
-                config.object_mask_threshold,
-                config.overlap_threshold,
-            )
-            results.append({"panoptic": panoptic})
-            continue
-        masks = resize_mask_logits(mask_logits[i : i + 1], padded_size, image_size, output_size)[0]
-        if task == "semantic":
-            scores = semantic_inference(class_logits[i], masks)
-            results.append({"semantic": scores.argmax(0)})
-        elif task == "instance":
-            detections = instance_inference(
-                class_logits[i],
-                masks,
-                num_classes,
-                config.topk,
-                thing_classes,
-                config.score_threshold,
-            )
-            results.append({"instance": detections})
-    return results
+    settings = dict(
+        num_classes=num_classes,
+        isthing=isthing,
+        thing_classes=thing_classes,
+        config=config,
+        label_map=label_map,
+    )
+    return [
+        _postprocess_image(
+            task, class_logits[i], mask_logits[i : i + 1], padded_size, image_size, output_size,
+            **settings,
+        )
+        for i, (image_size, output_size) in enumerate(zip(image_sizes, output_sizes))
+    ]  # fmt: skip
 
 
-def _postprocess_in_strips(task: str, class_logits: Tensor, low: Tensor, output_size, **kw):
+def _postprocess_image(
+    task: str,
+    class_logits: Tensor,
+    mask_logits: Tensor,
+    padded_size,
+    image_size,
+    output_size,
+    *,
+    num_classes: int,
+    isthing,
+    thing_classes,
+    config: PostprocessConfig,
+    label_map: LabelMap | None,
+) -> Result:
+    """One image's result: class_logits [Q, K+1], mask_logits [1, Q, h, w] of the padded batch."""
+    if len(mask_logits[0]) * output_size[0] * output_size[1] * 4 > FULL_SIZE_BYTES:
+        low = model_resolution_logits(mask_logits, padded_size, image_size)[0]
+        return _postprocess_in_strips(
+            task,
+            class_logits,
+            low,
+            tuple(output_size),
+            num_classes=num_classes,
+            isthing=isthing,
+            thing_classes=thing_classes,
+            topk=config.topk,
+            object_mask_threshold=config.object_mask_threshold,
+            overlap_threshold=config.overlap_threshold,
+            score_threshold=config.score_threshold,
+            label_map=label_map,
+        )
+    if task == "panoptic":
+        # only the queries that take part can win a pixel: resize just those (the rule that
+        # picks them, taken again inside on the subset, keeps every one of them)
+        scores, labels = class_logits.softmax(-1).max(-1)
+        keep = labels.ne(num_classes) & (scores > config.object_mask_threshold)
+        if keep.any():
+            masks = resize_mask_logits(mask_logits[:, keep], padded_size, image_size, output_size)
+            masks = masks[0]
+        else:
+            masks = mask_logits.new_zeros((0, *output_size))
+        panoptic = panoptic_inference(
+            class_logits[keep],
+            masks,
+            num_classes,
+            isthing,
+            config.object_mask_threshold,
+            config.overlap_threshold,
+        )
+        return PanopticResult(*panoptic, label_map=label_map)
+    masks = resize_mask_logits(mask_logits, padded_size, image_size, output_size)[0]
+    if task == "semantic":
+        scores = semantic_inference(class_logits, masks)
+        return SemanticResult(scores.argmax(0), label_map=label_map)
+    detections = instance_inference(
+        class_logits, masks, num_classes, config.topk, thing_classes, config.score_threshold
+    )
+    return InstanceResult(**detections, label_map=label_map)
+
+
+def _postprocess_in_strips(
+    task: str, class_logits: Tensor, low: Tensor, output_size, label_map=None, **kw
+) -> Result:
     """One image's result from `low` [Q, h, w] logits at the model's resolution, upsampled to
     `output_size` one strip of rows at a time (see the module docstring)."""
     height, width = output_size
@@ -388,10 +415,13 @@ def _postprocess_in_strips(task: str, class_logits: Tensor, low: Tensor, output_
         for start, stop in row_strips(height, len(low) * width * 4, STRIP_BYTES):
             strip = upsample_rows(low, output_size, start, stop)
             labels[start:stop] = semantic_inference(class_logits, strip).argmax(0)
-        return {"semantic": labels}
+        return SemanticResult(labels, label_map=label_map)
     if task == "instance":
-        return {"instance": _instance_in_strips(class_logits, low, output_size, **kw)}
-    return {"panoptic": _panoptic_in_strips(class_logits, low, output_size, **kw)}
+        detections = _instance_in_strips(class_logits, low, output_size, **kw)
+        masks = QueryMasks(detections.pop("query_masks"), detections.pop("mask_index"))
+        return InstanceResult(masks=masks, **detections, label_map=label_map)
+    segment_ids, segments = _panoptic_in_strips(class_logits, low, output_size, **kw)
+    return PanopticResult(segment_ids, segments, label_map=label_map)
 
 
 def _instance_in_strips(

@@ -12,7 +12,7 @@ Each row is one of:
 - a fixed key: oneseg builds exactly what TAO builds at that value and refuses any other;
 - an ignored key: it changes nothing in oneseg (the reason is given); a value other than TAO's
   default is reported in one warning.
-The README's "TAO spec keys" table is generated from this table (`markdown_table`).
+The "TAO specs" table of docs/tao_keys.md is generated from this table (`markdown_table`).
 """
 
 from __future__ import annotations
@@ -37,7 +37,7 @@ class Alias:
     tao: str  # dotted TAO key
     kind: str  # "rename", "group", "fixed" or "ignored"
     target: str = ""  # dotted oneseg key (rename) or the group's name (group)
-    how: str = ""  # what it means in oneseg, for the README
+    how: str = ""  # what it means in oneseg, for the docs
     convert: Convert | None = None  # rename: TAO value -> oneseg value
     value: Any = None  # fixed: the one value accepted; ignored: TAO's default
     # rename onto a key of an action or mode that a build may lack: without the key, an unset
@@ -441,7 +441,7 @@ def is_prefix(key: str) -> bool:
 
 
 def markdown_table() -> str:
-    """The README table: TAO key | oneseg key | meaning."""
+    """The docs' table: TAO key | oneseg key | meaning."""
     lines = ["| TAO key | oneseg key | how |", "|---|---|---|"]
     for row in ALIASES.values():
         if row.kind == "fixed":
