@@ -185,7 +185,7 @@ def test_a_failing_trial_is_recorded_and_the_study_goes_on(tmp_path, synth_data,
     failed = [
         json.loads(x) for x in (folder / "trial_000" / "status.json").read_text().split("\n") if x
     ]
-    assert failed[-1]["status"] == "FAILURE" and "divisible" in failed[-1]["message"]
+    assert failed[-1]["status"] == "FAILURE" and "model.nheads (3)" in failed[-1]["message"]
     assert (
         yaml.safe_load((folder / "trial_000" / "experiment.yaml").read_text())["model"]["nheads"]
         == 3
