@@ -351,3 +351,16 @@ def test_detectron2_pickle_with_code_is_refused_unrun(tmp_path, data, tiny_model
     argv = ["evaluate", "-e", spec, f"evaluate.checkpoint={planted}"]
     _fails(argv, EXIT_BAD_INPUT, capsys, planted, "has no place in a weights file")
     assert not marker.exists()
+
+
+def test_a_killed_unpacking_is_removed_by_the_next(tmp_path, data):
+    from oneseg.data.archive import unpack_archive
+
+    archive = tmp_path / "images.tar"
+    with tarfile.open(archive, "w") as tar:
+        tar.add(data / "val" / "images", arcname="images")
+    cache = tmp_path / "cache"
+    stale = cache / f".images-0123.oneseg-{_dead_pid()}-unpack"
+    (stale / "images").mkdir(parents=True)
+    folder = unpack_archive(archive, cache)
+    assert not stale.exists() and len(list(folder.iterdir())) == 4

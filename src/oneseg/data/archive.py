@@ -17,6 +17,7 @@ import tarfile
 from pathlib import Path
 
 from oneseg.data.records import DataError
+from oneseg.io import remove_stale_temporaries, temp_marker
 
 ARCHIVE_SUFFIXES = (".tar", ".tar.gz", ".tgz")
 FOLDER_KEYS = ("images", "panoptic", "labels")
@@ -56,7 +57,8 @@ def unpack_archive(archive: str | Path, cache_root: str | Path) -> Path:
         fcntl.flock(lock, fcntl.LOCK_EX)  # one process unpacks, the others wait and reuse
         if target.is_dir():
             return _content_root(target)
-        tmp = cache_root / f".{target.name}.tmp{os.getpid()}"
+        remove_stale_temporaries(cache_root)  # half-unpacked by a process killed before
+        tmp = cache_root / f".{target.name}{temp_marker()}unpack"
         try:
             with tarfile.open(archive) as tar:
                 members = tar.getmembers()
