@@ -13,7 +13,10 @@ from typing import Literal
 
 from oneseg.constants import IGNORE, TASKS
 
-ACTIONS = ("train", "evaluate", "inference", "export", "gen_trt_engine", "quantize", "automl")
+ACTIONS = (
+    "train", "evaluate", "inference", "export", "gen_trt_engine", "quantize", "automl", "push",
+    "serve",
+)  # fmt: skip
 Task = Literal["semantic", "instance", "panoptic"]
 
 
@@ -117,7 +120,11 @@ class ModelConfig:
         "resnet/efficientnet: BatchNorm frozen at its loaded statistics and affine (as the "
         "original); false trains it (synchronised across processes)",
     )
-    pretrained: str = f("", "weights to start from: our checkpoint or a transformers OneFormer dir")
+    pretrained: str = f(
+        "",
+        "weights to start from: our checkpoint, a transformers OneFormer/Mask2Former folder or a "
+        "hub name hf://ORG/NAME[@REVISION]",
+    )
     num_classes: int = arch_f(
         0, "classes without no-object; 0 takes the count from dataset.label_map", ge=0
     )
@@ -179,6 +186,16 @@ class AugmentationConfig:
     lsj_scale: list[float] = f([0.1, 2.0], "scale range of large-scale jitter")
     hflip: float = f(0.5, "probability of a horizontal flip", ge=0.0, le=1.0)
     color_jitter: float = f(0.2, "strength of brightness/contrast/saturation jitter", ge=0.0)
+    short_edge_scale: list[float] = f(
+        [],
+        "[low, high]: training shortest edge = crop_size[0] x U(low, high), longest at most "
+        "twice it (TAO OneFormer's min_scale/max_scale); [] = train_min_size",
+    )
+    eval_resize: list[int] = f(
+        [],
+        "[height, width]: evaluation images are first resized to this, aspect not kept (TAO "
+        "OneFormer's dataset.image_size), then to eval_min_size; [] keeps the aspect",
+    )
 
 
 @dataclass
@@ -198,7 +215,11 @@ class CalibrationDataConfig:
 
 @dataclass
 class DatasetConfig:
-    type: Literal["coco_panoptic", "coco", "semantic"] = f("coco_panoptic", "annotation format")
+    type: Literal["coco_panoptic", "coco", "semantic", "ade"] = f(
+        "coco_panoptic",
+        "annotation format; ade: TAO's JSON lines of {img, segm} (a source's annotations is the "
+        ".jsonl file, its images the folder the paths are relative to)",
+    )
     train: list[DataSource] = field(
         default_factory=lambda: [DataSource()],
         metadata={"help": "training sources, concatenated (one mapping = one source)"},
@@ -273,15 +294,20 @@ class TrainConfig:
     checkpoint_interval_unit: Literal["epoch", "step"] = f("epoch", "unit of checkpoint_interval")
     validation_interval: int = f(1, "validate every this many epochs", ge=1)
     resume_training_checkpoint_path: str = f("", "resume from this checkpoint; '' = latest found")
-    pretrained_model: str = f("", "load these weights (weights only) before training")
+    pretrained_model: str = f(
+        "", "load these weights (the tensors that fit) before training; also hf://ORG/NAME[@REV]"
+    )
     pretrained_backbone: str = f(
         "",
-        "local file of backbone weights (timm, official Swin/ConvNeXt ImageNet .pth, DiNAT); "
+        "backbone weights: a local file (timm, official Swin/ConvNeXt ImageNet .pth, DiNAT) or "
+        "a timm hub name hf-hub:ORG/NAME[@REVISION]; "
         "'' = none",
     )
     precision: Literal["32", "16-mixed", "bf16-mixed"] = f(
         "32", "numeric precision (mixed only on GPU)"
     )
+    cudnn_deterministic: bool = f(False, "GPU: deterministic cuDNN kernels (slower)")
+    cudnn_benchmark: bool = f(False, "GPU: let cuDNN time kernels and pick the fastest")
     clip_grad_norm: float = f(0.01, "full-model gradient-norm clip; 0 = off", ge=0.0)
     seed: int = f(1234, "random seed", ge=0)
     log_every_n_steps: int = f(10, "logging interval in steps", ge=1)
@@ -299,7 +325,9 @@ class TrainConfig:
 
 @dataclass
 class EvaluateConfig:
-    checkpoint: str = f("", "checkpoint to evaluate")
+    checkpoint: str = f(
+        "", "checkpoint to evaluate (file, transformers folder or hf://ORG/NAME[@REV])"
+    )
     tasks: list[Task] = f(list(TASKS), "tasks to evaluate")
     split: Literal["val", "test"] = f("val", "dataset split")
     batch_size: int = f(1, "images per batch", ge=1)
@@ -310,9 +338,14 @@ class EvaluateConfig:
 
 @dataclass
 class InferenceConfig:
-    checkpoint: str = f("", "checkpoint to run")
+    checkpoint: str = f("", "checkpoint to run (file, transformers folder or hf://ORG/NAME[@REV])")
     images: str = f("", "a folder, a glob, a text file listing images, or one image")
     tasks: list[Task] = f(["panoptic"], "tasks to run")
+    resize: list[int] = f(
+        [],
+        "[height, width]: images are first resized to this, aspect not kept (TAO OneFormer's "
+        "inference.image_size), then to eval_min_size; [] keeps the aspect",
+    )
     semantic_ids: Literal["category", "contiguous"] = f("category", "ids in semantic PNGs")
     overlay: bool = f(True, "write overlay pictures")
     overwrite: bool = f(False, "redo images whose outputs exist")
@@ -328,7 +361,9 @@ class InferenceConfig:
 
 @dataclass
 class ExportConfig:
-    checkpoint: str = f("", "checkpoint to export")
+    checkpoint: str = f(
+        "", "checkpoint to export (file, transformers folder or hf://ORG/NAME[@REV])"
+    )
     onnx_file: str = f(
         "",
         "output ONNX file; '' = results_dir/export/model.onnx (all: one file per task, "
@@ -348,6 +383,9 @@ class ExportConfig:
     semantic_probs: bool = f(False, "semantic: also output the per-class scores [B, K, H, W]")
     check_image: str = f("", "image to compare ONNX Runtime with PyTorch on; '' = first val image")
     overwrite: bool = f(True, "replace an existing file")
+    triton_repository: str = f(
+        "", "also write a Triton model repository here (DIR/NAME/config.pbtxt, 1/model.onnx)"
+    )
 
 
 @dataclass
@@ -414,6 +452,24 @@ class QuantizeConfig:
     overwrite: bool = f(True, "replace an existing file")
 
 
+# ----------------------------------------------------------------------------- serve
+@dataclass
+class ServeConfig:
+    model: str = f("", "checkpoint, exported ONNX file (FP32 or INT8) or TensorRT engine to serve")
+    host: str = f("127.0.0.1", "address to bind; beyond loopback an API key is required")
+    port: int = f(8000, "TCP port; 0 = any free port (printed at start)", ge=0, le=65535)
+    max_batch: int = f(4, "requests that may share one forward", ge=1)
+    max_wait_ms: float = f(10.0, "how long the first request of a batch waits for others", ge=0.0)
+    max_queue: int = f(64, "requests waiting at most; more are answered 503", ge=1)
+    timeout_s: float = f(60.0, "a request not answered in this time is answered 504", gt=0.0)
+    max_request_mb: float = f(32.0, "largest request body in MiB (413 above)", gt=0.0)
+    min_image_side: int = f(8, "images with a shorter side are refused (422)", ge=1)
+    api_key: str = f(
+        "", "required in the X-API-Key header when set; '' = the ONESEG_API_KEY variable, if any"
+    )
+    tasks: list[Task] = f(["panoptic", "instance", "semantic"], "tasks to offer")
+
+
 # ----------------------------------------------------------------------------- automl
 @dataclass
 class AutoMLConfig:
@@ -445,6 +501,21 @@ class AutoMLConfig:
     reduction_factor: int = f(3, "hyperband: keep the best 1/this of the trials at each rung", ge=2)
 
 
+# ----------------------------------------------------------------------------- push
+@dataclass
+class PushConfig:
+    checkpoint: str = f("", "model to publish (any checkpoint oneseg reads); '' = model.pretrained")
+    repo_id: str = f("", "Hugging Face Hub repository ORG/NAME (created if missing)")
+    private: bool = f(False, "create the repository private")
+    dry_run: bool = f(False, "only write the folder (results_dir/push/hub); upload nothing")
+    revision: str = f("main", "branch to commit to")
+    commit_message: str = f("", "commit message; '' = 'oneseg push: ARCH BACKBONE'")
+    metrics_file: str = f(
+        "", "metrics.json of `oneseg evaluate` for the model card; '' = results_dir/evaluate/"
+    )
+    onnx_files: list[str] = f([], "exported ONNX files to publish too, each with its .json sidecar")
+
+
 @dataclass
 class ExperimentConfig:
     results_dir: str = f("results", "every action writes into results_dir/ACTION/")
@@ -463,6 +534,8 @@ class ExperimentConfig:
     gen_trt_engine: GenTrtEngineConfig = sub(GenTrtEngineConfig, "TensorRT engine build")
     quantize: QuantizeConfig = sub(QuantizeConfig, "INT8 quantization")
     automl: AutoMLConfig = sub(AutoMLConfig, "hyper-parameter search over this spec")
+    push: PushConfig = sub(PushConfig, "publish a model on the Hugging Face Hub")
+    serve: ServeConfig = sub(ServeConfig, "HTTP API and web page (oneseg serve)")
 
 
 # settings of the model section that shape the network, from their field metadata

@@ -26,7 +26,7 @@ from oneseg.data.collate import padded_size
 from oneseg.data.image_io import read_image, to_rgb
 from oneseg.data.intensity import Intensity
 from oneseg.data.label_map import LabelMap
-from oneseg.data.transforms import shortest_edge_size
+from oneseg.data.transforms import eval_size
 from oneseg.model.postprocess import PostprocessConfig
 from oneseg.results import (  # noqa: F401 - the result types are part of the predictor's API
     InstanceResult,
@@ -154,6 +154,27 @@ class Predictor:
         """The tasks the model runs."""
         return tuple(self.runner.tasks)
 
+    @classmethod
+    def from_pretrained(
+        cls,
+        name: str,
+        revision: str | None = None,
+        device: str | torch.device | None = None,
+        **settings,
+    ) -> Predictor:
+        """A predictor from a model on the Hugging Face Hub, named as transformers names it
+        (`shi-labs/oneformer_ade20k_swin_tiny`, `facebook/mask2former-swin-large-coco-panoptic`,
+        or `hf://ORG/NAME[@REVISION]`), or from a local folder or checkpoint of that name.
+        revision: a branch, tag or commit (default: the repository's main branch)."""
+        from oneseg.hub import as_hub_source, split_source  # imported on use
+
+        source = as_hub_source(name) or name
+        hub = split_source(source)
+        if revision is not None and hub is not None:
+            file = f"/{hub.filename}" if hub.filename else ""
+            source = f"hf://{hub.repo_id}@{revision}{file}"
+        return cls.from_checkpoint(source, device=device, **settings)
+
     def __call__(self, image, task: str = "panoptic") -> Result:
         """The result of one task on one image (path, PIL image or [H, W, 3] uint8 array)."""
         return self.predict([image], (task,))[0][task]
@@ -171,7 +192,9 @@ class Predictor:
         """uint8 [B, 3, Hp, Wp], zero padded, and the resized (h, w) of each."""
         resized = []
         for array in arrays:
-            height, width = shortest_edge_size(*array.shape[:2], self.min_size, self.max_size)
+            height, width = eval_size(
+                *array.shape[:2], self.min_size, self.max_size, getattr(self, "resize", None)
+            )
             if (height, width) != array.shape[:2]:  # bilinear, as the evaluation transform
                 array = np.asarray(Image.fromarray(array).resize((width, height), Image.BILINEAR))
             resized.append(array)

@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from oneseg.config import DatasetConfig
-from oneseg.data.archive import unpack_dataset_archives
+from oneseg.data.ade_jsonl import AdeJsonlReader
 from oneseg.data.build import load_label_map, split_sources
 from oneseg.data.coco_panoptic import default_panoptic_dir
 from oneseg.data.image_io import ImageReadError, image_size, raw_size, read_label, read_values
@@ -326,9 +326,18 @@ def _check_semantic(
     dataset_cfg: DatasetConfig,
     pool: ThreadPoolExecutor,
 ) -> int:
-    reader = SemanticReader(
-        source.images, source.labels, label_map, dataset_cfg.ignore_value, dataset_cfg.contiguous_id
-    )
+    if dataset_cfg.type == "ade":
+        reader = AdeJsonlReader(
+            source.annotations, source.images, label_map, dataset_cfg.contiguous_id
+        )
+    else:
+        reader = SemanticReader(
+            source.images,
+            source.labels,
+            label_map,
+            dataset_cfg.ignore_value,
+            dataset_cfg.contiguous_id,
+        )
     for dup in _duplicates(r.image_id for r in reader.records):
         report.add(ERROR, source.images, f"image {dup}", "several images share this file stem")
     if not reader.records:
@@ -378,17 +387,10 @@ def check_dataset(
 
 
 def check_main(
-    dataset_cfg: DatasetConfig,
-    splits=("train", "val"),
-    console=None,
-    as_json: bool = False,
-    cache_root: str | Path | None = None,
+    dataset_cfg: DatasetConfig, splits=("train", "val"), console=None, as_json: bool = False
 ) -> int:
     """Check, print the report (tables, plain lines when piped, or JSON) and return the exit
-    code (1 if any error). Folders given as `.tar` / `.tar.gz` archives are unpacked under
-    `cache_root` first, as training does."""
-    if cache_root is not None:
-        dataset_cfg = unpack_dataset_archives(dataset_cfg, cache_root)
+    code (1 if any error)."""
     report = check_dataset(dataset_cfg, splits)
     if as_json:
         print(json.dumps(report.to_dict(), indent=1), file=sys.stdout)

@@ -20,12 +20,12 @@ from rich.progress import Progress
 from rich.table import Table
 
 from oneseg.cpu_threads import set_intra_op_threads
+from oneseg.data.archive import with_unpacked_archives
 from oneseg.data.build import build_dataloader, load_label_map
 from oneseg.data.intensity import choose_intensity
 from oneseg.data.label_map import LabelMap
 from oneseg.data.records import DataError
 from oneseg.engine.evaluator import Evaluator, evaluate_loader
-from oneseg.engine.train import with_unpacked_archives
 from oneseg.io import write_json_atomic
 from oneseg.runner import open_model
 

@@ -22,6 +22,7 @@ from rich.progress import Progress
 
 from oneseg.constants import IMAGE_SUFFIXES
 from oneseg.cpu_threads import set_intra_op_threads
+from oneseg.data.archive import is_archive, unpack_archive
 from oneseg.data.image_io import read_image
 from oneseg.data.intensity import Intensity, choose_intensity
 from oneseg.data.records import DataError
@@ -163,8 +164,12 @@ def run_inference(spec, run) -> None:
     predictor, tasks = _predictor(spec, run)
     if cfg.compile and predictor.model is not None:
         compile_pixel_decoder(predictor.model)
+    predictor.resize = tuple(cfg.resize) if cfg.resize else None
     set_intra_op_threads(spec.cpu_threads)  # images are read ahead by threads, not processes
-    paths, root = list_images(cfg.images)
+    images = cfg.images
+    if is_archive(images):  # TAO's images.tar.gz, unpacked as train and evaluate do
+        images = str(unpack_archive(images, Path(spec.results_dir) / "cache"))
+    paths, root = list_images(images)
     outputs = InferenceOutputs(run.dir, predictor.label_map, tasks, cfg.overlay, cfg.semantic_ids)
     todo = {
         path: (name, rel)

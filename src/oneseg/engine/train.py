@@ -6,7 +6,6 @@ several nodes (WORLD_SIZE, NODE_RANK, MASTER_ADDR, MASTER_PORT, read by Lightnin
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 import math
 import sys
@@ -22,7 +21,7 @@ from oneseg.checkpoint import load_state_dict_strict, read_checkpoint
 from oneseg.config import ARCHITECTURE_KEYS
 from oneseg.convert.backbone_weights import load_pretrained_backbone
 from oneseg.cpu_threads import set_intra_op_threads
-from oneseg.data.archive import unpack_dataset_archives
+from oneseg.data.archive import with_unpacked_archives
 from oneseg.data.build import build_dataset, model_label_map
 from oneseg.data.image_io import dataset_window
 from oneseg.data.intensity import Intensity
@@ -231,12 +230,6 @@ def build_loaders(spec, label_map, world_size: int):
     return train_loader, val_loader, sampler, [val_sampler] if val_loader is not None else []
 
 
-def with_unpacked_archives(spec):
-    """The spec with `.tar`/`.tar.gz` dataset folders unpacked into results_dir/cache."""
-    cache = Path(spec.results_dir) / "cache"
-    return dataclasses.replace(spec, dataset=unpack_dataset_archives(spec.dataset, cache))
-
-
 def monitor_callback(
     spec, run, has_validation: bool, val_tasks: list[str] | None = None
 ) -> BestCheckpoint | None:
@@ -279,6 +272,8 @@ def run_train(spec, run, callbacks: list | tuple = (), progress_bar: bool = True
     (the AutoML search adds one that reports validation metrics to its trial)."""
     quiet_lightning()
     L.seed_everything(spec.train.seed, workers=True, verbose=False)
+    torch.backends.cudnn.deterministic = spec.train.cudnn_deterministic
+    torch.backends.cudnn.benchmark = spec.train.cudnn_benchmark
     spec = with_unpacked_archives(spec)
     label_map = model_label_map(spec.dataset)
     num_classes = spec.model.num_classes or len(label_map)

@@ -15,6 +15,7 @@ from oneseg.data.synth_draw import drawn_scene
 from oneseg.errors import InputFileError
 from oneseg.export.inputs import resized_batch
 from oneseg.export.onnx_export import ExportSettings, export_onnx
+from oneseg.export.triton import write_triton_model
 from oneseg.model.build import model_tasks
 from oneseg.model.postprocess import PostprocessConfig
 
@@ -89,3 +90,6 @@ def run_export(spec, run) -> None:
         run.kpis[f"{task}_onnx_mb"] = round(path.stat().st_size / 2**20, 2)
         print(f"export: {path} ({task}); ONNX Runtime agrees with PyTorch on {source}")
         run.log("RUNNING", f"{path}: checked", check=description["check"])
+        if cfg.triton_repository:
+            folder = write_triton_model(path, cfg.triton_repository)
+            print(f"export: Triton model {folder}")

@@ -161,7 +161,9 @@ def read_engine_description(path: str | Path, installed_version: str | None) -> 
         raise FileNotFoundError(f"{path}: TensorRT engine not found")
     sidecar = sidecar_of(path)
     if not sidecar.is_file():
-        raise ValueError(f"{path}: no {sidecar.name} beside it (engines of oneseg gen_trt_engine)")
+        from oneseg.export.tao_onnx import tao_engine_refusal  # what a TAO engine would need
+
+        raise ValueError(tao_engine_refusal(path, sidecar))
     try:
         description = json.loads(sidecar.read_text())
         built_with = description["tensorrt"]["version"]
