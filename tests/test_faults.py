@@ -364,3 +364,13 @@ def test_a_killed_unpacking_is_removed_by_the_next(tmp_path, data):
     (stale / "images").mkdir(parents=True)
     folder = unpack_archive(archive, cache)
     assert not stale.exists() and len(list(folder.iterdir())) == 4
+
+
+def test_secrets_in_a_written_spec_are_masked():
+    from oneseg.spec import dump_spec, load_spec
+
+    spec = load_spec(None, ["serve.api_key=s3cr3t-key", "automl.storage=mysql://u:pw1@h/db"])
+    text = dump_spec(spec)
+    assert "s3cr3t-key" not in text and "pw1" not in text
+    assert "api_key: '***'" in text and "mysql://u:***@h/db" in text
+    assert "api_key: ''" in dump_spec(load_spec(None))  # nothing to hide: left as it is

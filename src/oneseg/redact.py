@@ -17,7 +17,15 @@ _SECRET_PARAM = re.compile(
 )
 
 
+# api_key: VALUE as a written spec (YAML) holds it (serve.api_key)
+_SECRET_KEY = re.compile(
+    r"(?im)^(\s*(?:api[_-]?key|password|passwd|secret|token)\s*:[ \t]*)(?!''|\"\"|$)(\S.*)$"
+)
+
+
 def redact(text: str) -> str:
-    """`text` with the passwords of URLs and secret-named parameters replaced by `***`."""
+    """`text` with the passwords of URLs, secret-named parameters and secret-named YAML keys
+    (`api_key: ...`) replaced by `***`."""
     text = _USERINFO.sub(r"\1:***@", text)
+    text = _SECRET_KEY.sub(lambda m: f"{m.group(1)}'***'", text)
     return _SECRET_PARAM.sub(lambda m: f"{m.group(1)}=***", text)
