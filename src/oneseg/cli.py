@@ -174,7 +174,8 @@ def _run_action(action: str, args) -> int:
         if spec.tao is not None:  # status.json says how the TAO spec was read
             run.log("RUNNING", spec.tao.summary())
         func(localize(spec, action, _download_logger(run)), run)
-    print(f"{action}: done; results in {run.dir}")
+    if run.rank == 0:  # the other processes of a multi-process run say nothing more
+        print(f"{action}: done; results in {run.dir}")
     return 0
 
 

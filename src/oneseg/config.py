@@ -18,6 +18,11 @@ ACTIONS = (
     "serve",
 )  # fmt: skip
 Task = Literal["semantic", "instance", "panoptic"]
+Precision = Literal["fp32", "bf16", "fp16", "auto"]
+PRECISION_HELP = (
+    "forward precision of a checkpoint (docs/precision.md); auto = bf16 on a CPU with "
+    "AVX512-BF16 or AMX, bf16 (fp16 where unsupported) on CUDA, else fp32"
+)
 
 
 def f(default, help: str, **bounds):
@@ -304,7 +309,7 @@ class TrainConfig:
         "'' = none",
     )
     precision: Literal["32", "16-mixed", "bf16-mixed"] = f(
-        "32", "numeric precision (mixed only on GPU)"
+        "32", "numeric precision; on CPU 32 or bf16-mixed (16-mixed runs as 32)"
     )
     cudnn_deterministic: bool = f(False, "GPU: deterministic cuDNN kernels (slower)")
     cudnn_benchmark: bool = f(False, "GPU: let cuDNN time kernels and pick the fastest")
@@ -334,6 +339,12 @@ class EvaluateConfig:
     onnx_file: str = f("", "evaluate this exported ONNX file instead of a checkpoint")
     trt_engine: str = f("", "evaluate this TensorRT engine instead of a checkpoint")
     iou_per_class: bool = f(True, "write per-class tables and the bar chart")
+    num_gpus: int = f(1, "GPU processes per node (NCCL); the images are split between them", ge=1)
+    gpu_ids: list[int] = f([0], "GPU indices to use (as train.gpu_ids)")
+    num_nodes: int = f(1, "nodes; reads WORLD_SIZE, NODE_RANK, MASTER_ADDR/PORT as train", ge=1)
+    num_processes_cpu: int = f(1, "CPU processes (gloo); the images are split between them", ge=1)
+    accelerator: Literal["auto", "cpu", "gpu"] = f("auto", "device type")
+    precision: Precision = f("fp32", PRECISION_HELP)
 
 
 @dataclass
@@ -357,6 +368,12 @@ class InferenceConfig:
         "torch.compile the pixel decoder (checkpoints): ~20% faster on CPU once compiled; "
         "compiling takes minutes per input size",
     )
+    num_gpus: int = f(1, "GPU processes per node (NCCL); the images are split between them", ge=1)
+    gpu_ids: list[int] = f([0], "GPU indices to use (as train.gpu_ids)")
+    num_nodes: int = f(1, "nodes; reads WORLD_SIZE, NODE_RANK, MASTER_ADDR/PORT as train", ge=1)
+    num_processes_cpu: int = f(1, "CPU processes (gloo); the images are split between them", ge=1)
+    accelerator: Literal["auto", "cpu", "gpu"] = f("auto", "device type")
+    precision: Precision = f("fp32", PRECISION_HELP)
 
 
 @dataclass

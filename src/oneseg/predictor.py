@@ -28,6 +28,7 @@ from oneseg.data.intensity import Intensity
 from oneseg.data.label_map import LabelMap
 from oneseg.data.transforms import eval_size
 from oneseg.model.postprocess import PostprocessConfig
+from oneseg.precision import choose_precision
 from oneseg.results import (  # noqa: F401 - the result types are part of the predictor's API
     InstanceResult,
     PanopticResult,
@@ -72,6 +73,9 @@ class Predictor:
         cpu_threads: intra-op threads on the CPU; 0 = the cores this process may use (or
             OMP_NUM_THREADS when set), None = leave torch's setting alone. Unless None, the
             allocator also keeps freed memory for reuse (`cpu_threads.keep_freed_memory`).
+        precision: a network's forward precision, "fp32", "bf16", "fp16" or "auto"
+            (`oneseg.precision`; default fp32, or the runner's own). `self.precision` is the
+            one picked, None for an exported graph (it runs in the precision it was built in).
     """
 
     def __init__(
@@ -85,13 +89,19 @@ class Predictor:
         intensity: Intensity | None = None,
         device: str | torch.device | None = None,
         cpu_threads: int | None = 0,
+        precision: str | None = None,
     ):
         if isinstance(model, torch.nn.Module):
             if label_map is None:
                 raise ValueError("a Predictor of a network needs its label_map")
             if device is None:
                 device = "cuda" if torch.cuda.is_available() else "cpu"
-            model = TorchRunner(model.to(device).eval(), label_map, postprocess)
+            model = model.to(device).eval()
+            model = TorchRunner(model, label_map, postprocess, precision=precision or "fp32")
+        elif isinstance(model, TorchRunner) and precision is not None:
+            model.precision = choose_precision(precision, model.device)
+        elif precision in ("bf16", "fp16"):
+            raise ValueError(f"precision {precision}: an exported graph runs in its own precision")
         self.runner: Runner = model
         self.device = getattr(model, "device", torch.device("cpu"))
         if cpu_threads is not None and self.device.type == "cpu":
@@ -136,6 +146,7 @@ class Predictor:
             device=device,
             spec_model=spec_model,
             postprocess=settings.pop("postprocess", None),
+            precision=settings.pop("precision", None) or "fp32",
         )
         return cls.from_opened(opened, **settings)
 
@@ -143,6 +154,11 @@ class Predictor:
     def model(self) -> torch.nn.Module | None:
         """The PyTorch network, None for an exported graph."""
         return getattr(self.runner, "model", None)
+
+    @property
+    def precision(self) -> str | None:
+        """The network's forward precision (`oneseg.precision`), None for an exported graph."""
+        return getattr(self.runner, "precision", None)
 
     @property
     def postprocess(self) -> PostprocessConfig | None:

@@ -37,6 +37,7 @@ from oneseg.engine.callbacks import (
 )
 from oneseg.engine.evaluator import Evaluator
 from oneseg.engine.module import SegmentationModule
+from oneseg.engine.processes import process_layout
 from oneseg.engine.sampling import EpochSampler, SeededDataset
 from oneseg.errors import CheckpointError, ResultsDirError
 from oneseg.model.build import build_model, supported_tasks
@@ -76,17 +77,9 @@ def text_list_length(spec) -> int:
 
 def device_settings(train_cfg) -> dict:
     """Trainer keyword arguments for the accelerator, devices, nodes and strategy."""
-    use_gpu = train_cfg.accelerator == "gpu" or (
-        train_cfg.accelerator == "auto" and torch.cuda.is_available()
-    )
-    if use_gpu:
-        ids = train_cfg.gpu_ids[: train_cfg.num_gpus]
-        devices = ids if len(ids) == train_cfg.num_gpus else train_cfg.num_gpus
-        count = train_cfg.num_gpus
-    else:
-        devices = train_cfg.num_processes_cpu
-        count = devices
+    use_gpu, devices, count = process_layout(train_cfg)
     world = count * train_cfg.num_nodes
+    precision = train_cfg.precision
     strategy = "ddp" if world > 1 else "auto"
     if world > 1 and not use_gpu:
         strategy = L.pytorch.strategies.DDPStrategy(process_group_backend="gloo")
@@ -96,7 +89,8 @@ def device_settings(train_cfg) -> dict:
         "num_nodes": train_cfg.num_nodes,
         "strategy": strategy,
         "world_size": world,
-        "precision": train_cfg.precision if use_gpu else "32",
+        # CPUs compute bf16 (Lightning autocasts); fp16 autocast exists only on GPUs
+        "precision": "32" if precision == "16-mixed" and not use_gpu else precision,
     }
 
 

@@ -113,6 +113,7 @@ def run_serve(spec, run) -> None:
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     try:
         sock.bind((cfg.host, cfg.port))
+        sock.listen(2048)  # from now on a client waits in the backlog until uvicorn accepts
     except OSError as err:
         raise BadInput(f"serve.port: cannot bind {cfg.host}:{cfg.port} ({err.strerror})") from None
     host, port = sock.getsockname()[:2]

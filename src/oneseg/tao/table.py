@@ -400,12 +400,7 @@ def _action_rows() -> list[Alias]:
     rows = []
     for action in ("train", "evaluate", "inference", "export", "gen_trt_engine", "quantize"):
         rows.append(ignored(f"{action}.results_dir", None, "results go to results_dir/ACTION"))
-    for action in ("evaluate", "inference"):
-        rows += [
-            ignored(f"{action}.num_gpus", 1, "runs on one device"),
-            ignored(f"{action}.gpu_ids", [0], "runs on the first GPU"),
-            ignored(f"{action}.num_nodes", 1, "runs on one device"),
-        ]
+    # evaluate/inference num_gpus, gpu_ids, num_nodes are oneseg keys (several processes)
     for action in ("export", "gen_trt_engine"):
         rows += [
             ignored(f"{action}.gpu_id", 0, "the first GPU"),
