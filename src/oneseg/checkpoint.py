@@ -22,11 +22,13 @@ from oneseg.convert.detectron2 import is_detectron2_layout, load_detectron2, str
 from oneseg.convert.hf import check_model_type, load_hf_folder, oneseg_extras
 from oneseg.convert.safe_load import read_weights_only, unwrap_state_dict
 from oneseg.data.label_map import LabelMap
+from oneseg.data.records import DataError
 from oneseg.errors import CheckpointError
 from oneseg.hub import download_file, download_model, split_source
 from oneseg.io import write_atomic
 from oneseg.model.build import build_model
-from oneseg.spec import section_from_dict
+from oneseg.spec import SpecError, section_from_dict
+from oneseg.spec_checks import check_model
 
 
 def model_cfg_from_dict(values: dict) -> ModelConfig:
@@ -131,9 +133,7 @@ def _folder_contents(folder: Path, name: str | None) -> CheckpointContents:
     """A transformers folder (local or a hub snapshot); the intensity rule from oneseg.json."""
     values, state_dict, categories = load_hf_folder(folder, name=name)
     intensity = oneseg_extras(folder).get("intensity")
-    return CheckpointContents(
-        model_cfg_from_dict(values), LabelMap.from_categories(categories), state_dict, intensity
-    )
+    return CheckpointContents(*_checked_parts(folder, values, categories, state_dict), intensity)
 
 
 class CheckpointContents(NamedTuple):
@@ -172,32 +172,51 @@ def read_checkpoint_contents(path: str | Path) -> CheckpointContents:
             "tensors and types are loaded (weights_only)"
         ) from None
     if isinstance(ckpt, dict) and "oneseg" in ckpt:  # a Lightning training checkpoint
-        meta = ckpt["oneseg"]
-        prefix = "model."
-        state = {k[len(prefix) :]: v for k, v in ckpt["state_dict"].items() if k.startswith(prefix)}
-        return CheckpointContents(
-            model_cfg_from_dict(meta["model_cfg"]),
-            LabelMap.from_categories(meta["label_map"]),
-            upgrade_keys(state),
-            meta.get("intensity"),
-        )
+        meta, prefix = ckpt["oneseg"], "model."
+        states = ckpt.get("state_dict")
+        if not isinstance(meta, dict) or not isinstance(states, dict):
+            raise CheckpointError(f"{path}: its 'oneseg' or 'state_dict' entry is not a mapping")
+        state = {k[len(prefix) :]: v for k, v in states.items() if k.startswith(prefix)}
+        parts = _checked_parts(path, meta.get("model_cfg"), meta.get("label_map"), state)
+        return CheckpointContents(*parts, meta.get("intensity"))
     if isinstance(ckpt, dict) and ckpt.get("format") == "oneseg":
-        return CheckpointContents(
-            model_cfg_from_dict(ckpt["model_cfg"]),
-            LabelMap.from_categories(ckpt["label_map"]),
-            upgrade_keys(ckpt["state_dict"]),
-            ckpt.get("intensity"),
+        parts = _checked_parts(
+            path, ckpt.get("model_cfg"), ckpt.get("label_map"), ckpt.get("state_dict")
         )
+        return CheckpointContents(*parts, ckpt.get("intensity"))
     original = _original_layout_state(ckpt)
     if original is not None:  # detectron2 OneFormer/Mask2Former, or TAO's Lightning file
         values, state_dict, categories = load_detectron2(original, str(path))
-        return CheckpointContents(
-            model_cfg_from_dict(values), LabelMap.from_categories(categories), state_dict, None
-        )
+        return CheckpointContents(*_checked_parts(path, values, categories, state_dict), None)
     raise CheckpointError(
         f"{path}: not a oneseg checkpoint (no 'format: oneseg' or Lightning entry) nor an original "
         "OneFormer/Mask2Former or TAO one (no backbone.* and sem_seg_head.predictor.* tensors)"
     )
+
+
+def _checked_parts(path, values, categories, state_dict) -> tuple[ModelConfig, LabelMap, dict]:
+    """(model config, label map, state dict) of a checkpoint's entries, refusing (naming the
+    file) an entry that is missing or empty, and a model config out of the spec's bounds, before
+    anything is built from it."""
+    for name, entry in (
+        ("model_cfg", values),
+        ("label_map", categories),
+        ("state_dict", state_dict),
+    ):
+        if not entry or not isinstance(entry, dict | list):
+            raise CheckpointError(f"{path}: its '{name}' entry is missing or empty")
+    if not isinstance(values, dict) or not isinstance(state_dict, dict):
+        raise CheckpointError(f"{path}: its 'model_cfg' or 'state_dict' entry is not a mapping")
+    try:
+        model_cfg = model_cfg_from_dict(values)
+        check_model(model_cfg)
+    except SpecError as err:
+        raise CheckpointError(f"{path}: its model config is not usable: {err}") from None
+    try:
+        label_map = LabelMap.from_categories(categories)
+    except (DataError, KeyError, TypeError, ValueError) as err:
+        raise CheckpointError(f"{path}: its label map is not usable: {err}") from None
+    return model_cfg, label_map, upgrade_keys(state_dict)
 
 
 def _original_layout_state(ckpt) -> dict | None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import errno
 import importlib
 import json
 import os
@@ -23,6 +24,7 @@ from oneseg.errors import (
     RunFailed,
     Stopped,
 )
+from oneseg.redact import redact
 
 DEBUG_ENV = "ONESEG_DEBUG"  # set to 1 to see the traceback behind a one-line error
 
@@ -306,6 +308,9 @@ def describe_failure(err: BaseException) -> tuple[int, str]:
         return EXIT_BAD_INPUT, f"error: {_os_error(err)}"
     if isinstance(err, PermissionError | FileExistsError):
         return EXIT_BAD_INPUT, f"error: {_os_error(err)}"
+    if isinstance(err, OSError) and err.errno in (errno.ENOSPC, errno.EDQUOT):
+        folder = os.path.dirname(err.filename) if err.filename else "the disk"
+        return EXIT_FAILED, f"failed: no space left on {folder or '.'}"
     if isinstance(err, MemoryError):
         return EXIT_FAILED, "failed: out of memory; use smaller images or batches"
     if isinstance(err, CliError | KeyError | ValueError):
@@ -353,7 +358,7 @@ def main(argv: list[str] | None = None) -> int:
         code, line = describe_failure(err)
         if debug:
             traceback.print_exception(err)
-        print(f"oneseg: {line}", file=sys.stderr)
+        print(f"oneseg: {redact(line)}", file=sys.stderr)
         return code
     finally:
         if in_main_thread:

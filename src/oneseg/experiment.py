@@ -22,7 +22,8 @@ import yaml
 
 from oneseg.config import ARCHITECTURE_KEYS
 from oneseg.errors import ResultsDirError
-from oneseg.io import finite_json
+from oneseg.io import finite_json, remove_stale_temporaries
+from oneseg.redact import redact
 from oneseg.spec import dump_spec
 
 try:
@@ -63,7 +64,7 @@ class ActionRun:
             "elapsed_s": round(time.time() - self._start, 2),
         }
         if message:
-            line["message"] = message
+            line["message"] = redact(message)
         line.update(fields)
         with open(self.status_file, "a") as out:
             out.write(json.dumps(finite_json(line), default=_jsonable) + "\n")
@@ -77,6 +78,7 @@ class ActionRun:
             self.dir.mkdir(parents=True, exist_ok=True)
             if self.action not in SHARED_FOLDER_ACTIONS:
                 self._lock = _lock_folder(self.dir, self.action)
+            remove_stale_temporaries(self.dir)  # of a run of this folder killed before
             try:
                 if self.action == "train":
                     _refuse_another_model(self.dir, self.spec)

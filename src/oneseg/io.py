@@ -7,15 +7,20 @@ file or the new one, never half of one, and its temporary file is removed.
 
 from __future__ import annotations
 
+import errno
 import json
 import math
 import os
+import re
+import shutil
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 from PIL import Image
+
+from oneseg.errors import NoSpace
 
 _MISSING = object()
 
@@ -33,20 +38,108 @@ def _umask() -> int:
     return mask
 
 
-def write_atomic(path: str | Path, write: Callable[[Path], None]) -> None:
+def write_atomic(path: str | Path, write: Callable[[Path], None], size_hint: int = 0) -> None:
     """Call `write(tmp_path)` on a fresh temporary file beside `path`, then rename it onto
-    `path` (creating the folder). On any error the temporary file is removed."""
+    `path` (creating the folder). On any error the temporary file is removed; a full disk is
+    `NoSpace` naming the folder and the megabytes needed (`size_hint`, or what was written)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    fd, tmp = tempfile.mkstemp(
+        prefix=f".{path.name}{temp_marker()}", suffix=".tmp", dir=path.parent
+    )
     os.close(fd)
     try:
         os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; a result file is as open() makes it
         write(Path(tmp))
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as err:
+        written = _size(Path(tmp))
         Path(tmp).unlink(missing_ok=True)
+        raise_if_no_space(err, path.parent, max(size_hint, written))
         raise
+
+
+# ------------------------------------------------------------------ temporaries, full disks
+# Every temporary file or folder oneseg writes beside its results carries `.oneseg-PID-` in
+# its name; a later run removes those of processes that no longer exist (killed with -9).
+_TEMP = re.compile(r"\.oneseg-(\d+)[-.]")
+
+
+def temp_marker() -> str:
+    """The part of a temporary's name that says which process writes it."""
+    return f".oneseg-{os.getpid()}-"
+
+
+def temp_path(path: str | Path, suffix: str = ".tmp") -> Path:
+    """A temporary file name beside `path`, for writers that need to name their own."""
+    path = Path(path)
+    return path.with_name(f".{path.name}{temp_marker()}{suffix.lstrip('.')}")
+
+
+def temp_folder(parent: str | Path) -> tempfile.TemporaryDirectory:
+    """A temporary folder in `parent` (removed on exit), named so a later run can tell that it
+    is stale when this process is killed."""
+    return tempfile.TemporaryDirectory(prefix=temp_marker().lstrip("."), dir=parent)
+
+
+def remove_stale_temporaries(folder: str | Path) -> list[Path]:
+    """Remove the temporaries in `folder` whose writing process has ended; returns them."""
+    folder = Path(folder)
+    removed = []
+    try:
+        entries = list(folder.iterdir())
+    except OSError:
+        return removed
+    for entry in entries:
+        found = _TEMP.search("." + entry.name.lstrip("."))
+        if found is None or _pid_running(int(found.group(1))):
+            continue
+        if entry.is_dir() and not entry.is_symlink():
+            shutil.rmtree(entry, ignore_errors=True)
+        else:
+            entry.unlink(missing_ok=True)
+        removed.append(entry)
+    return removed
+
+
+def _pid_running(pid: int) -> bool:
+    if pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    try:  # a zombie has ended its work
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (OSError, IndexError):
+        return True
+    return state not in ("Z", "X")
+
+
+def _size(path: Path) -> int:
+    try:
+        return path.stat().st_size
+    except OSError:
+        return 0
+
+
+def raise_if_no_space(err: BaseException, folder: str | Path, needed: int) -> None:
+    """Raise `NoSpace` ("no space left on FOLDER: N MB needed") when `err` (or its cause) is a
+    full disk or quota, or the folder's disk has less free space than `needed` bytes."""
+    cause, full = err, False
+    while cause is not None and not full:
+        full = isinstance(cause, OSError) and cause.errno in (errno.ENOSPC, errno.EDQUOT)
+        cause = cause.__cause__ or cause.__context__
+    if not full and isinstance(err, (OSError, RuntimeError)) and needed:
+        try:
+            full = shutil.disk_usage(folder).free < needed
+        except OSError:
+            full = False
+    if full:
+        mb = max(1, math.ceil(needed / 2**20))
+        raise NoSpace(f"no space left on {folder}: {mb} MB needed") from err
 
 
 def finite_json(value):

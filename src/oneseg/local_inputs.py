@@ -165,7 +165,11 @@ def _local_list(value: str, local: str, cache: Path, on_download) -> str:
     they named."""
     if not Path(local).is_file():
         return local
-    lines = [line.strip() for line in Path(local).read_text().splitlines()]
+    try:
+        text = Path(local).read_text(encoding="utf-8")
+    except UnicodeDecodeError:
+        return local  # not a list of paths: inference's list_images refuses it, naming it
+    lines = [line.strip() for line in text.splitlines()]
     lines = [line for line in lines if line and not line.startswith("#")]
     base = value.rsplit("/", 1)[0] if is_url(value) else None
     urls = {

@@ -10,6 +10,8 @@ from __future__ import annotations
 import copy
 import dataclasses
 import difflib
+import math
+import re
 import types
 import typing
 from pathlib import Path
@@ -20,6 +22,8 @@ import yaml
 from oneseg.backbones import BACKBONE_NAMES
 from oneseg.config import ACTIONS, ExperimentConfig
 from oneseg.presets import preset_values
+from oneseg.redact import redact
+from oneseg.spec_checks import check_expanded_size, check_spec_fields, check_spec_file
 from oneseg.tao.defaults import dotted_keys, flavour, missing_defaults
 from oneseg.tao.report import TaoReport
 from oneseg.tao.resolve import MISSING, extract, resolve, split_overrides
@@ -28,6 +32,9 @@ from oneseg.tao.table import TaoKeyError
 
 class SpecError(ValueError):
     """A spec that cannot be used; the message is one line naming the key."""
+
+
+_KEY_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_-]{0,63}")
 
 
 # --------------------------------------------------------------------------- types
@@ -104,6 +111,8 @@ def _convert(value: Any, tp, key: str, meta: dict) -> Any:
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             refuse()
         value = float(value)
+        if not math.isfinite(value):
+            refuse("a finite number")
     elif tp is str:
         if value is None:  # `key:` with no value, as TAO specs leave paths to fill in
             value = ""
@@ -131,6 +140,9 @@ def _check_bounds(value: Any, key: str, meta: dict) -> None:
 
 def _unknown_key(cls, name: str, prefix: str) -> SpecError:
     names = [fl.name for fl in dataclasses.fields(cls)]
+    if not _KEY_NAME.fullmatch(name):  # a file that is no spec (/etc/shadow): show none of it
+        where = f"'{prefix.rstrip('.')}' has" if prefix else "the file has"
+        return SpecError(f"{where} a key that is not a spec key name; is it an oneseg spec?")
     close = difflib.get_close_matches(name, names, n=1, cutoff=0.6)
     hint = f"; did you mean '{prefix}{close[0]}'?" if close else f"; known keys: {', '.join(names)}"
     return SpecError(f"{prefix}{name}: unknown key{hint}")
@@ -145,7 +157,18 @@ def _build(cls, data: dict, prefix: str):
         if name not in fields:
             raise _unknown_key(cls, str(name), base)
         kwargs[name] = _convert(value, hints[name], base + name, fields[name].metadata)
-    return cls(**kwargs)
+    section = cls(**kwargs)
+    object.__setattr__(section, _KEYS_SET, frozenset(kwargs))
+    return section
+
+
+_KEYS_SET = "_oneseg_keys_set"
+
+
+def keys_set(section) -> frozenset[str] | None:
+    """The keys of a spec section that its YAML or overrides gave (defaults are not among
+    them); None for a section not read from a spec (built in code)."""
+    return getattr(section, _KEYS_SET, None)
 
 
 # --------------------------------------------------------------------------- loading
@@ -159,6 +182,7 @@ def _parse_override(text: str) -> tuple[list[str], Any]:
         value = yaml.safe_load(raw) if raw.strip() else ""
     except yaml.YAMLError:
         raise SpecError(f"{key}: cannot parse value {raw!r} as YAML") from None
+    check_expanded_size(key, value)
     return key.split("."), value
 
 
@@ -311,6 +335,7 @@ def _check_spec(spec: ExperimentConfig) -> None:
             f"model.backbone: got {spec.model.backbone!r}, expected one of "
             f"{', '.join(BACKBONE_NAMES)}"
         )
+    check_spec_fields(spec)
 
 
 def load_spec(path: str | Path | None, overrides: list[str] = ()) -> ExperimentConfig:
@@ -320,14 +345,21 @@ def load_spec(path: str | Path | None, overrides: list[str] = ()) -> ExperimentC
         path = Path(path)
         if not path.is_file():
             raise SpecError(f"{path}: spec file not found")
+        check_spec_file(path)
         try:
-            data = yaml.safe_load(path.read_text()) or {}
+            data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+        except UnicodeDecodeError:
+            raise SpecError(f"{path}: not a YAML spec (not UTF-8 text)") from None
         except yaml.YAMLError as err:
             mark = getattr(err, "problem_mark", None)
             where = f" at line {mark.line + 1}" if mark else ""
             raise SpecError(f"{path}: not valid YAML{where}") from None
         if not isinstance(data, dict):
             raise SpecError(f"{path}: the spec must be a mapping of sections")
+        check_expanded_size(path, data)
+        if not all(isinstance(k, str) and _KEY_NAME.fullmatch(k) for k in data):
+            # lines of another kind of file (/etc/shadow) read as keys: show none of them
+            raise SpecError(f"{path}: a top-level key is not a key name; is it an oneseg spec?")
     return spec_from_dict(data, overrides)
 
 
@@ -338,7 +370,8 @@ def spec_to_dict(spec) -> dict:
 def dump_spec(spec) -> str:
     text = yaml.safe_dump(spec_to_dict(spec), sort_keys=False, default_flow_style=None)
     report = getattr(spec, "tao", None)
-    return (report.yaml_comment() if report is not None else "") + text
+    text = (report.yaml_comment() if report is not None else "") + text
+    return redact(text)  # a storage URL's password stays out of every written spec
 
 
 # --------------------------------------------------------------------------- template / schema

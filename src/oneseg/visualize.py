@@ -20,6 +20,7 @@ from scipy import ndimage
 from oneseg.data.label_map import LabelMap
 
 MAX_PIXELS = 16_000_000  # larger pictures are drawn on every s-th row and column
+MAX_SIDE = 8192  # a small picture is enlarged at most to this side
 TEXT_COLOR = (255, 255, 255)
 TEXT_BOX_COLOR = (20, 20, 20)
 
@@ -116,8 +117,12 @@ def _draw(image: np.ndarray, regions: list[Region], alpha: float, min_side: int)
     for region in regions:
         if region.mask.shape != image.shape[:2]:
             raise ValueError(f"mask of {region.mask.shape} does not fit image {image.shape[:2]}")
-    # small pictures are enlarged (whole pixels) so outlines and names stay readable
-    scale = -(-min_side // min(image.shape[:2])) if min(image.shape[:2]) < min_side else 1
+    # small pictures are enlarged (whole pixels) so outlines and names stay readable, but
+    # never past MAX_PIXELS or MAX_SIDE: a 20000 x 16 strip stays a strip, not 480000 x 384
+    height, width = image.shape[:2]
+    scale = -(-min_side // min(height, width)) if min(height, width) < min_side else 1
+    scale = min(scale, int(np.sqrt(MAX_PIXELS / (height * width))), MAX_SIDE // max(height, width))
+    scale = max(scale, 1)
     if scale > 1:
         image = _enlarge(image, scale)
         regions = [Region(_enlarge(r.mask, scale), r.color, r.text) for r in regions]

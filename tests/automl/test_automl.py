@@ -180,12 +180,12 @@ def test_a_failing_trial_is_recorded_and_the_study_goes_on(tmp_path, synth_data,
 
     rows = _table(spec_file)
     assert [(r["trial"], r["state"]) for r in rows] == [("0", "FAIL"), ("1", "COMPLETE")]
-    assert "divisible" in rows[0]["note"]
+    assert "multiple of model.nheads (3)" in rows[0]["note"]  # refused by the spec check
     folder = _automl_dir(spec_file)
     failed = [
         json.loads(x) for x in (folder / "trial_000" / "status.json").read_text().split("\n") if x
     ]
-    assert failed[-1]["status"] == "FAILURE" and "divisible" in failed[-1]["message"]
+    assert failed[-1]["status"] == "FAILURE" and "model.nheads (3)" in failed[-1]["message"]
     assert (
         yaml.safe_load((folder / "trial_000" / "experiment.yaml").read_text())["model"]["nheads"]
         == 3

@@ -103,7 +103,12 @@ def _semantic_16bit(tmp_path, n=2):
         Image.fromarray((values > 100).astype(np.uint8)).save(labels / f"n{k}.png")
     label_map = tmp_path / "labels.json"
     label_map.write_text(
-        json.dumps([{"id": 0, "name": "background", "isthing": 0}, {"id": 1, "name": "nucleus"}])
+        json.dumps(
+            [
+                {"id": 0, "name": "background", "isthing": 0},
+                {"id": 1, "name": "nucleus", "isthing": 1},
+            ]
+        )
     )
     source = DataSource(images=str(images), labels=str(labels))
     return DatasetConfig(type="semantic", train=[source], val=source, label_map=str(label_map))

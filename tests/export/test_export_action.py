@@ -86,8 +86,9 @@ def test_size_not_a_multiple_of_the_divisibility_is_refused(tmp_path, deploy_che
             "export.input_height=100",
         ]
     )
-    assert code == 1
-    assert "multiples of the model's size divisibility 32" in capsys.readouterr().err
+    assert code == 2
+    err = capsys.readouterr().err
+    assert "spec error: export.input_height/input_width: got 100x640, expected multiples" in err
 
 
 def test_corrupt_onnx_file_is_named(tmp_path):

@@ -77,7 +77,7 @@ def test_plan_refuses_batches_the_file_cannot_take(onnx_file, tmp_path):
 def test_int8_plan_needs_calibration_images(onnx_file, tmp_path, synth_data):
     spec = spec_for(onnx_file, data_type="int8", calibration_images=2)
     spec.dataset.quant_calibration_dataset.images_dir = str(tmp_path / "missing")
-    with pytest.raises(FileNotFoundError, match="missing: calibration folder not found"):
+    with pytest.raises(ValueError, match="images_dir: .*missing is not a folder"):
         build_plan(spec, tmp_path)
     spec.dataset.quant_calibration_dataset.images_dir = str(synth_data["train"]["images"])
     assert len(build_plan(spec, tmp_path).calibration_images) == 2

@@ -198,7 +198,7 @@ def test_tao_exported_onnx_and_engine_are_refused_naming_what_they_lack(data, tm
         f"dataset.test.img_dir={data['val']['images']}",
     ]
     onnx_args = [f"evaluate.onnx_file={onnx_file}", "evaluate.trt_engine="]
-    assert main(["evaluate", "-e", spec, *paths, *onnx_args]) == 1
+    assert main(["evaluate", "-e", spec, *paths, *onnx_args]) == 2  # bad input
     err = capsys.readouterr().err.strip().splitlines()[-1]
     assert "a TAO mask2former ONNX export, which oneseg cannot run" in err
     assert "1 MultiscaleDeformableAttnPlugin_TRT node(s)" in err and "(pred_masks)" in err

@@ -18,7 +18,7 @@ from oneseg.data.transforms import EvalTransform, TrainTransform, eval_size
 from oneseg.spec import SpecError, spec_from_dict, template
 
 M2F = {"model": {"mask_former": {"num_object_queries": 10}}}
-ONEFORMER = {"model": {"one_former": {"num_object_queries": 10}}}
+ONEFORMER = {"model": {"one_former": {"num_object_queries": 20}}}  # above n_ctx (16)
 
 
 def _spec(base, overrides=()):

@@ -27,6 +27,8 @@ from optuna.trial import TrialState
 from oneseg.automl.report import append_status_line, count_finished, retried_numbers, write_reports
 from oneseg.automl.space import search_space
 from oneseg.automl.trial import make_objective, process_start_time
+from oneseg.errors import BadInput
+from oneseg.redact import redact
 from oneseg.spec import SpecError, check_inputs
 
 HEARTBEAT_S = 30  # a running trial writes a heartbeat this often ...
@@ -50,7 +52,7 @@ def run_automl(spec, run) -> None:
         run.log("RUNNING", message=f"trial {number} was interrupted; queued to run again")
     run.log(
         "RUNNING",
-        message=f"study '{automl.study_name}' in {url}: {automl.algorithm} over "
+        message=f"study '{automl.study_name}' in {redact(url)}: {automl.algorithm} over "
         + "; ".join(p.describe() for p in space),
     )
     _quiet_libraries()
@@ -118,7 +120,30 @@ def check_search_spec(spec) -> int:
 
 
 def open_storage(url: str) -> RDBStorage:
-    """Optuna's RDB storage with heartbeats; SQLite writers wait for each other's locks."""
+    """Optuna's RDB storage with heartbeats; SQLite writers wait for each other's locks.
+    A URL SQLAlchemy cannot parse, or a file that is not a study database, is refused in one
+    line naming `automl.storage` (its password masked) or the file."""
+    try:
+        return _open_storage(url)
+    except sqlalchemy.exc.ArgumentError as err:
+        raise SpecError(
+            f"automl.storage: got {redact(url)!r}, not a database URL "
+            f"({type(err).__name__}); e.g. sqlite:///study.db or postgresql://user@host/db"
+        ) from None
+    except ImportError:  # Optuna's word for a database without its driver installed
+        raise SpecError(
+            f"automl.storage: got {redact(url)!r}; its database driver is not installed"
+        ) from None
+    except sqlalchemy.exc.DatabaseError as err:
+        where = url.removeprefix("sqlite:///") if url.startswith("sqlite:///") else redact(url)
+        reason = str(getattr(err, "orig", None) or type(err).__name__).splitlines()[0]
+        raise BadInput(
+            f"{where}: not a usable study database ({redact(reason)}); move it away or set "
+            "another automl.storage"
+        ) from None
+
+
+def _open_storage(url: str) -> RDBStorage:
     engine_kwargs = {"connect_args": {"timeout": SQLITE_TIMEOUT_S}} if "sqlite" in url else {}
     for attempt in range(6):
         try:
@@ -129,9 +154,9 @@ def open_storage(url: str) -> RDBStorage:
                 grace_period=GRACE_S,
                 heartbeat_stale_trial_callback=_retry_callback(),
             )
-        except (sqlalchemy.exc.OperationalError, sqlalchemy.exc.IntegrityError):
+        except (sqlalchemy.exc.OperationalError, sqlalchemy.exc.IntegrityError) as err:
             # two processes creating the tables of a new database at once: one loses
-            if attempt == 5:
+            if attempt == 5 or "not a database" in str(err):
                 raise
             time.sleep(0.5 * (attempt + 1))
     raise AssertionError("unreachable")
@@ -145,8 +170,11 @@ def _retry_callback() -> RetryHeartbeatStaleTrialCallback:
         )
 
 
-def make_sampler(automl) -> optuna.samplers.BaseSampler:
-    seed = None if automl.seed < 0 else automl.seed
+def make_sampler(automl, trials_before: int = 0) -> optuna.samplers.BaseSampler:
+    """The sampler of `automl.algorithm`. A fixed `automl.seed` is offset by the trials the
+    study already holds, so that a resumed study draws new points instead of the first draws
+    of the seed again (which a trial before the interruption already searched)."""
+    seed = None if automl.seed < 0 else automl.seed + trials_before
     if automl.algorithm == "random":
         return optuna.samplers.RandomSampler(seed=seed)
     startup = max(2, min(10, automl.max_trials // 3))
@@ -182,6 +210,9 @@ def load_study(spec, storage: RDBStorage, space, reports: int) -> optuna.Study:
             if attempt == 5:
                 raise
             time.sleep(0.5 * (attempt + 1))
+    trials_before = len(study.get_trials(deepcopy=False))
+    if trials_before and automl.seed >= 0:
+        study.sampler = make_sampler(automl, trials_before)
     searched = {"metric": automl.metric, "parameters": [p.describe() for p in space]}
     recorded = {key: study.user_attrs.get(key) for key in searched}
     if recorded["metric"] is None:

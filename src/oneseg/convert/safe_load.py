@@ -102,8 +102,11 @@ def read_numpy_pickle(path: Path) -> dict:
     try:
         with open(path, "rb") as file:
             obj = _NumpyUnpickler(file, encoding="latin1").load()
-    except (pickle.UnpicklingError, EOFError, ValueError) as err:
-        raise ValueError(f"{path}: not a detectron2 weights pickle ({err})") from None
+    except (OSError, MemoryError):
+        raise
+    except Exception as err:  # noqa: BLE001 - arbitrary bytes fail anywhere in the unpickler
+        reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise CheckpointError(f"{path}: not a detectron2 weights pickle ({reason})") from None
 
     def tensors(value):
         if isinstance(value, dict):

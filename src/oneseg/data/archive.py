@@ -17,6 +17,7 @@ import tarfile
 from pathlib import Path
 
 from oneseg.data.records import DataError
+from oneseg.io import remove_stale_temporaries, temp_marker
 
 ARCHIVE_SUFFIXES = (".tar", ".tar.gz", ".tgz")
 FOLDER_KEYS = ("images", "panoptic", "labels")
@@ -56,6 +57,8 @@ def unpack_archive(archive: str | Path, cache_root: str | Path) -> Path:
         fcntl.flock(lock, fcntl.LOCK_EX)  # one process unpacks, the others wait and reuse
         if target.is_dir():
             return _content_root(target)
+        remove_stale_temporaries(cache_root)  # half-unpacked by a process killed before
+        tmp = cache_root / f".{target.name}{temp_marker()}unpack"
         try:
             with tarfile.open(archive) as tar:
                 members = tar.getmembers()
@@ -66,11 +69,16 @@ def unpack_archive(archive: str | Path, cache_root: str | Path) -> Path:
                         f"{archive}: unpacking needs {needed / 2**30:.2f} GiB, only "
                         f"{free / 2**30:.2f} GiB free in {cache_root}"
                     )
-                tmp = cache_root / f".{target.name}.tmp{os.getpid()}"
                 shutil.rmtree(tmp, ignore_errors=True)
                 tar.extractall(tmp, members=members, filter="data")
         except (tarfile.TarError, OSError) as err:
+            # links out of the folder, absolute or `..` names and device entries are refused by
+            # the "data" filter (tarfile.FilterError); nothing half-unpacked stays
+            shutil.rmtree(tmp, ignore_errors=True)
             raise DataError(f"{archive}: cannot unpack ({type(err).__name__}: {err})") from None
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
         os.rename(tmp, target)
     return _content_root(target)
 

@@ -35,14 +35,16 @@ def load_label_map(dataset_cfg: DatasetConfig) -> LabelMap:
     """`dataset.label_map` if set, else the categories of the first annotation file found
     (train sources first, then val, then test)."""
     if dataset_cfg.label_map:
-        return LabelMap.from_json(dataset_cfg.label_map)
+        return LabelMap.from_json(dataset_cfg.label_map, require_isthing=dataset_cfg.type != "coco")
     for split in SPLITS:
         for source in split_sources(dataset_cfg, split):
             if source.annotations and dataset_cfg.type not in ("semantic", "ade"):
                 categories = load_json(source.annotations).get("categories") or []
                 if not categories:
                     raise DataError(f"{source.annotations}: no `categories` to take classes from")
-                return LabelMap.from_categories(categories)
+                return LabelMap.from_categories(
+                    categories, str(source.annotations), dataset_cfg.type != "coco"
+                )
     raise DataError(
         "no label map: set dataset.label_map (required for semantic folders) or give an "
         "annotation file whose categories name the classes"

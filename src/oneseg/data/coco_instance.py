@@ -104,7 +104,9 @@ class CocoInstanceReader:
                 if "category_id" not in ann:
                     raise KeyError("no `category_id`")
                 class_index = self.class_of(ann["category_id"])
-                mask = decode_segmentation(ann.get("segmentation", []), height, width)
+                if "segmentation" not in ann:
+                    raise KeyError("no `segmentation` (a box alone gives no mask to train on)")
+                mask = decode_segmentation(ann["segmentation"], height, width)
             except (KeyError, ValueError, TypeError) as err:
                 raise DataError(f"{where}: {err.args[0] if err.args else err}") from None
             segment = Segment(

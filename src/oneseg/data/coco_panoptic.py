@@ -105,6 +105,8 @@ class CocoPanopticReader:
                 class_index = self.class_of(info["category_id"])
             except (KeyError, TypeError, ValueError) as err:
                 raise DataError(f"{where}: {err.args[0] if err.args else err}") from None
+            if any(s.id == int(info["id"]) for s in segments):
+                raise DataError(f"{where}: segment id listed twice in segments_info")
             segments.append(
                 Segment(
                     id=int(info["id"]),

@@ -11,8 +11,27 @@ import lightning as L
 
 from oneseg.engine.module import NonFiniteLossError
 from oneseg.errors import Stopped
+from oneseg.io import raise_if_no_space, temp_path
 
 LATEST = "model_latest.ckpt"
+
+
+def save_checkpoint_atomic(trainer: L.Trainer, path: Path, **options) -> None:
+    """`trainer.save_checkpoint` to a temporary file renamed onto `path` (by rank 0, which
+    writes it). On any failure the temporary file is removed; a full disk is `NoSpace` naming
+    the folder and about what the checkpoint needs (weights and two optimizer moments)."""
+    tmp = temp_path(path)
+    try:
+        trainer.save_checkpoint(tmp, **options)
+        if trainer.is_global_zero:
+            os.replace(tmp, path)
+    except BaseException as err:
+        written = tmp.stat().st_size if tmp.is_file() else 0
+        tmp.unlink(missing_ok=True)
+        module = trainer.lightning_module
+        weights = sum(t.numel() * t.element_size() for t in module.state_dict().values())
+        raise_if_no_space(err, path.parent, max(written, 3 * weights))
+        raise
 
 
 def latest_checkpoint(folder: str | Path) -> Path | None:
@@ -33,10 +52,7 @@ class AtomicCheckpoint(L.Callback):
 
     def save(self, trainer: L.Trainer, module, name: str, latest: bool = True) -> Path:
         path = self.folder / name
-        tmp = path.with_name(path.name + ".tmp")
-        trainer.save_checkpoint(tmp, weights_only=False)  # optimizer and loops too
-        if trainer.is_global_zero:
-            os.replace(tmp, path)
+        save_checkpoint_atomic(trainer, path, weights_only=False)  # optimizer and loops too
         if trainer.is_global_zero and latest:
             link_tmp = self.folder / (LATEST + ".tmp")
             link_tmp.unlink(missing_ok=True)
@@ -205,10 +221,7 @@ class BestCheckpoint(L.Callback):
         if self._better(value):
             self.best, self.best_epoch, self.stale = value, epoch, 0
             path = self.folder / BEST
-            tmp = path.with_name(path.name + ".tmp")
-            trainer.save_checkpoint(tmp)
-            if trainer.is_global_zero:
-                os.replace(tmp, path)
+            save_checkpoint_atomic(trainer, path)
             trainer.strategy.barrier("best_checkpoint")
             self.run.kpis.update({f"best_{self.monitor}": value, "best_epoch": epoch})
             self.run.log(

@@ -271,6 +271,9 @@ def write_class_tables(folder: Path, per_class: dict) -> None:
         writer.writerows(rows)
 
 
+MAX_CHART_CLASSES = 150  # rows of the per-class chart (ADE20K's 150); the tables hold all
+
+
 def write_class_chart(path: Path, per_class: dict) -> None:
     """Horizontal bars of per-class PQ, IoU and AP side by side, one row per class."""
     import matplotlib
@@ -281,7 +284,7 @@ def write_class_chart(path: Path, per_class: dict) -> None:
     panels = [c for c in ("pq", "iou", "ap") if any(c in v for v in per_class.values())]
     if not panels:
         return
-    names = list(per_class)
+    names = list(per_class)[:MAX_CHART_CLASSES]  # the tables list them all
     height = 1.2 + 0.22 * len(names)
     figure, axes = plt.subplots(
         1, len(panels), figsize=(3.2 * len(panels) + 1.5, height), sharey=True, squeeze=False
@@ -299,7 +302,8 @@ def write_class_chart(path: Path, per_class: dict) -> None:
         ax.grid(axis="x", alpha=0.3)
     axes[0][0].set_yticks(range(len(names)), labels=names, fontsize=8)
     axes[0][0].invert_yaxis()
-    figure.suptitle("per class, % (blue: things, green: stuff)", fontsize=9)
+    subset = "" if len(names) == len(per_class) else f"first {len(names)} of {len(per_class)} "
+    figure.suptitle(f"per class, % ({subset}blue: things, green: stuff)", fontsize=9)
     figure.tight_layout()
     figure.savefig(path, dpi=100)
     plt.close(figure)

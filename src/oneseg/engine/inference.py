@@ -8,10 +8,11 @@ of the model on two threads, and the loop that writes through
 from __future__ import annotations
 
 import glob
+import hashlib
 import os
 import sys
 import time
-from collections import deque
+from collections import Counter, deque
 from collections.abc import Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
@@ -32,6 +33,7 @@ from oneseg.engine.processes import (
     launched,
     plan_processes,
 )
+from oneseg.errors import one_line
 from oneseg.model.compiled import compile_pixel_decoder
 from oneseg.precision import log_precision, precision_setting
 from oneseg.predictor import Predictor
@@ -56,9 +58,7 @@ def list_images(images: str) -> tuple[list[Path], Path]:
         paths = sorted(p for p in source.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
         root = source
     elif source.is_file() and source.suffix.lower() in LIST_SUFFIXES:
-        lines = [line.strip() for line in source.read_text().splitlines()]
-        paths = [source.parent / line for line in lines if line and not line.startswith("#")]
-        root = None
+        paths, root = _listed_images(source), None
     elif source.is_file():
         paths, root = [source], source.parent
     else:
@@ -72,6 +72,27 @@ def list_images(images: str) -> tuple[list[Path], Path]:
     return paths, root
 
 
+def _listed_images(source: Path) -> list[Path]:
+    """The image paths a list file names, refusing (without showing its lines) a file that is
+    not UTF-8 text or has a line that is not an image path."""
+    try:
+        text = source.read_text(encoding="utf-8")
+    except UnicodeDecodeError:
+        raise DataError(f"inference.images: {source} is not a UTF-8 list of image paths") from None
+    paths = []
+    for number, line in enumerate(text.splitlines(), start=1):
+        line = line.strip()
+        if not line or line.startswith("#"):
+            continue
+        if "\0" in line or Path(line).suffix.lower() not in IMAGE_SUFFIXES:
+            raise DataError(
+                f"inference.images: {source} line {number} is not an image path (a list file "
+                f"names one image ending in {', '.join(IMAGE_SUFFIXES)} per line)"
+            )
+        paths.append(source.parent / line)
+    return paths
+
+
 def relative_paths(paths: list[Path], root: Path) -> list[str]:
     """Each path below `root`, '/'-separated: the `file_name` of the COCO images list."""
     return [p.absolute().relative_to(root.absolute()).as_posix() for p in paths]
@@ -79,17 +100,25 @@ def relative_paths(paths: list[Path], root: Path) -> list[str]:
 
 def output_names(paths: list[Path], root: Path) -> list[str]:
     """A unique, stable file stem for each image: its path below `root` without the suffix,
-    folders joined by '__' (the suffix stays, as '_jpg', where two files share a stem)."""
+    folders joined by '__'; where two images share a stem, the suffix stays (as '_jpg'); where
+    names still meet (`a.jpg`, `a.png`, `a_jpg.png`), or differ only in case, each of those
+    gets a hash of its path ('a_jpg-1f3a9c0e'). No two images ever get one name."""
     rel = relative_paths(paths, root)
     stems = [r.rsplit(".", 1)[0] if "." in Path(r).name else r for r in rel]
-    stems = [s.replace("/", "__") for s in stems]
-    counts: dict[str, int] = {}
-    for stem in stems:
-        counts[stem] = counts.get(stem, 0) + 1
-    return [
-        stem if counts[stem] == 1 else r.replace("/", "__").replace(".", "_")
-        for stem, r in zip(stems, rel)
+    names = [s.replace("/", "__") for s in stems]
+    shared = Counter(n.casefold() for n in names)
+    names = [
+        n if shared[n.casefold()] == 1 else r.replace("/", "__").replace(".", "_")
+        for n, r in zip(names, rel)
     ]
+    shared = Counter(n.casefold() for n in names)
+    names = [
+        n if shared[n.casefold()] == 1 else f"{n}-{hashlib.sha1(r.encode()).hexdigest()[:8]}"
+        for n, r in zip(names, rel)
+    ]
+    if len({n.casefold() for n in names}) != len(names):  # a hash meeting another name
+        names = [f"{n}-{hashlib.sha1(r.encode()).hexdigest()[:16]}" for n, r in zip(names, rel)]
+    return names
 
 
 def _read_ahead(
@@ -284,8 +313,10 @@ def _predictor(spec, run, processes: Processes) -> tuple[Predictor, list[str]]:
 
 
 def _report_bad_image(run, path: Path, error: Exception) -> str:
-    """Report an image that cannot be read (status.json on rank 0, stderr); returns why."""
-    reason = str(error) if str(path) in str(error) else f"{path}: {error}"
+    """Report an image that cannot be read (status.json on rank 0, stderr); returns why. A
+    name holding a newline is shown whole (escaped)."""
+    shown = one_line(str(path))
+    reason = one_line(str(error) if shown in one_line(str(error)) else f"{shown}: {error}")
     run.log("RUNNING", f"skipped a bad image: {reason}", bad_image=str(path))
     print(f"oneseg inference: skipped a bad image: {reason}", file=sys.stderr)
     return reason

@@ -42,6 +42,7 @@ from oneseg.engine.sampling import EpochSampler, SeededDataset
 from oneseg.errors import CheckpointError, ResultsDirError
 from oneseg.model.build import build_model, supported_tasks
 from oneseg.model.criterion import build_criterion
+from oneseg.spec import SpecError
 
 # Lightning's messages that say nothing about this run: an advertisement, a hardware line that
 # is always false here, and a note on a value we set on purpose. Warnings are kept.
@@ -292,7 +293,7 @@ def run_train(spec, run, callbacks: list | tuple = (), progress_bar: bool = True
 
     steps_per_epoch = len(train_loader)
     if steps_per_epoch == 0:
-        raise ValueError(
+        raise SpecError(
             f"dataset.batch_size: got {spec.dataset.batch_size}, larger than the training set "
             f"share of each process ({len(sampler)} images)"
         )

@@ -12,6 +12,7 @@ from oneseg.constants import IMAGE_SUFFIXES, TASKS
 from oneseg.data.image_io import read_image
 from oneseg.data.intensity import choose_intensity
 from oneseg.data.synth_draw import drawn_scene
+from oneseg.errors import InputFileError
 from oneseg.export.inputs import resized_batch
 from oneseg.export.onnx_export import ExportSettings, export_onnx
 from oneseg.export.triton import write_triton_model
@@ -56,7 +57,7 @@ def run_export(spec, run) -> None:
     if not cfg.overwrite:
         for path in paths.values():
             if path.exists():
-                raise ValueError(f"{path}: exists (set export.overwrite=true to replace it)")
+                raise InputFileError(f"{path}: exists (set export.overwrite=true to replace it)")
     post = PostprocessConfig.of_model(model_cfg, spec.model)
     # done before the graph: how images of more than 8 bits become its uint8 input
     intensity = choose_intensity(spec.dataset.intensity, recorded).to_dict()

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from oneseg.errors import InputFileError
 from oneseg.export.runtime import OnnxEngine, task_files
 from oneseg.export.tensorrt import TensorRTEngine, engine_task_files
 
@@ -20,7 +21,7 @@ def load_engines(path: str | Path, tasks: list[str], key: str) -> dict:
         files, make = engine_task_files(path), TensorRTEngine
     present = [task for task in tasks if task in files]
     if not present:
-        raise ValueError(
+        raise InputFileError(
             f"{key}: {path} holds the {', '.join(files)} graph(s), not {', '.join(tasks)}; "
             "export the task asked for (or export.task=all)"
         )

@@ -25,7 +25,8 @@ import torch
 from oneseg import __version__
 from oneseg.data.label_map import LabelMap
 from oneseg.export.graph import ExportGraph
-from oneseg.io import write_json_atomic
+from oneseg.io import remove_stale_temporaries, temp_path, write_json_atomic
+from oneseg.spec import SpecError
 from oneseg.tokenizer import TASK_TEMPLATE, task_text, tokenize
 
 METADATA_KEY = "oneseg"
@@ -217,13 +218,14 @@ def export_onnx(
     out_path = Path(out_path)
     divisor = int(model.size_divisibility)
     if settings.height % divisor or settings.width % divisor:
-        raise ExportError(
-            f"export.input_height/input_width ({settings.height}x{settings.width}) must be "
+        raise SpecError(  # the checkpoint's divisibility, which the spec may not repeat
+            f"export.input_height/input_width: got {settings.height}x{settings.width}, expected "
             f"multiples of the model's size divisibility {divisor}"
         )
     graph = build_graph(model, label_map, settings, task_seq_len)
     out_path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out_path.with_name(f".{out_path.stem}.{os.getpid()}.onnx.tmp")
+    remove_stale_temporaries(out_path.parent)  # those of an export killed before
+    tmp = temp_path(out_path, ".onnx.tmp")
     try:
         _trace(graph, check_images, tmp, settings)
         onnx.checker.check_model(str(tmp), full_check=True)

@@ -30,7 +30,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -38,10 +37,11 @@ import onnx
 
 from oneseg.constants import IMAGE_SUFFIXES
 from oneseg.data.image_io import read_image
+from oneseg.errors import InputFileError
 from oneseg.export.inputs import resized_batch
 from oneseg.export.onnx_export import METADATA_KEY
 from oneseg.export.runtime import read_description
-from oneseg.io import write_json_atomic
+from oneseg.io import temp_folder, temp_path, write_json_atomic
 
 QUANTIZED_OPS = ("Conv", "MatMul", "Gemm")  # where the arithmetic is
 GROUPS = ("postprocess", "softmax", "grid_sample", "attention_matmul")
@@ -59,10 +59,15 @@ def calibration_images(folder: str, count: int) -> list[Path]:
         )
     path = Path(folder)
     if not path.is_dir():
-        raise FileNotFoundError(f"{path}: calibration folder not found")
+        raise InputFileError(
+            f"dataset.quant_calibration_dataset.images_dir: {path} is not a folder"
+        )
     images = sorted(p for p in path.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
     if not images:
-        raise ValueError(f"{path}: calibration folder holds no image")
+        raise InputFileError(
+            f"dataset.quant_calibration_dataset.images_dir: {path} holds no image "
+            f"({', '.join(IMAGE_SUFFIXES)})"
+        )
     return images[:count]
 
 
@@ -226,7 +231,7 @@ def calibrate(model: Path, images: list[Path], description: dict, method: str, c
     )
 
     calibration_method(method)  # one clear error for an unknown method
-    with tempfile.TemporaryDirectory(dir=cache.parent) as folder:
+    with temp_folder(cache.parent) as folder:
         ranges = _collect(MinMaxCalibrater, model, images, description, folder, set())
         if method != "minmax":
             infinite = {name for name, data in ranges.data.items() if not _finite(data)}
@@ -288,12 +293,12 @@ def quantize_onnx(
     regions = dict(DEFAULT_REGIONS if regions is None else regions)
     description = read_description(source)
     target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = target.with_name(f".{target.stem}.{os.getpid()}.int8.onnx")
+    tmp = temp_path(target, ".int8.onnx")
     root_logger = logging.getLogger()
     level = root_logger.level
     root_logger.setLevel(logging.ERROR)  # the quantizer warns once per 1-D weight it skips
     try:
-        with tempfile.TemporaryDirectory(dir=target.parent) as folder:
+        with temp_folder(target.parent) as folder:
             prepared = Path(folder) / "prepared.onnx"
             quant_pre_process(str(source), str(prepared), skip_symbolic_shape=True)
             cache = Path(calibration_cache or Path(folder) / "ranges.json")

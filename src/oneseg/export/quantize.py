@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import itertools
 import json
-import tempfile
 import time
 from pathlib import Path
 
@@ -34,6 +33,7 @@ from oneseg.data.build import build_dataloader
 from oneseg.data.image_io import read_image
 from oneseg.data.intensity import choose_intensity
 from oneseg.engine.evaluator import Evaluator, evaluate_loader
+from oneseg.errors import InputFileError
 from oneseg.export.qdq import (
     QUANTIZED_OPS,
     calibration_images,
@@ -42,7 +42,7 @@ from oneseg.export.qdq import (
     quantize_onnx,
 )
 from oneseg.export.runtime import OnnxEngine, read_description
-from oneseg.io import write_json_atomic
+from oneseg.io import remove_stale_temporaries, temp_folder, write_json_atomic
 from oneseg.runner import ExportedRunner
 
 METRIC_OF = {"panoptic": "pq", "semantic": "miou", "instance": "ap"}
@@ -194,12 +194,13 @@ def run_quantize(spec, run) -> None:
         raise ValueError(f"{source}: already quantized")
     target = Path(cfg.output_file or Path(run.dir) / "model_int8.onnx")
     if target.exists() and not cfg.overwrite:
-        raise ValueError(f"{target}: exists (set quantize.overwrite=true to replace it)")
+        raise InputFileError(f"{target}: exists (set quantize.overwrite=true to replace it)")
     images = calibration_images(
         spec.dataset.quant_calibration_dataset.images_dir, cfg.num_calib_images
     )
     target.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(dir=target.parent) as folder:
+    remove_stale_temporaries(target.parent)  # those of a quantize killed before
+    with temp_folder(target.parent) as folder:
         search, regions, cache = None, dict(cfg.regions), None
         if cfg.search:
             run.log("RUNNING", f"measuring the regions of {source}")

@@ -19,6 +19,7 @@ import torch.nn.functional as F
 
 from oneseg.constants import TASKS
 from oneseg.data.label_map import LabelMap
+from oneseg.errors import InputFileError
 from oneseg.export.onnx_export import METADATA_KEY
 from oneseg.results import InstanceResult, PanopticResult, Result, SemanticResult
 
@@ -33,16 +34,24 @@ def read_description(path: str | Path) -> dict:
     try:
         proto = onnx.load(str(path), load_external_data=False)
     except Exception as err:  # noqa: BLE001 - any parse failure means an unusable file
-        raise ValueError(f"{path}: not a readable ONNX model ({type(err).__name__})") from None
+        raise InputFileError(f"{path}: not a readable ONNX model ({type(err).__name__})") from None
     props = {p.key: p.value for p in proto.metadata_props}
     if METADATA_KEY not in props:
         from oneseg.export.tao_onnx import tao_refusal  # TAO's exports: say what they lack
 
         refusal = tao_refusal(path, proto)
         if refusal:
-            raise ValueError(refusal)
-        raise ValueError(f"{path}: not exported by `oneseg export` (no '{METADATA_KEY}' metadata)")
-    return json.loads(props[METADATA_KEY])
+            raise InputFileError(refusal)
+        raise InputFileError(
+            f"{path}: not exported by `oneseg export` (no '{METADATA_KEY}' metadata)"
+        )
+    try:
+        description = json.loads(props[METADATA_KEY])
+    except ValueError:
+        description = None
+    if not isinstance(description, dict):
+        raise InputFileError(f"{path}: its '{METADATA_KEY}' metadata is not a JSON object")
+    return description
 
 
 def task_files(path: str | Path) -> dict[str, Path]:
@@ -69,13 +78,21 @@ class ExportedEngine:
     description: dict
 
     def _read_description(self) -> None:
-        self.task = self.description["task"]
-        self.label_map = LabelMap.from_categories(self.description["classes"])
-        spec = self.description["input"]
-        self.height, self.width = int(spec["height"]), int(spec["width"])
-        self.batch_size = int(spec["batch_size"])
-        self.dynamic_size = bool(spec["dynamic_size"])
-        self.size_divisibility = int(spec["size_divisibility"])
+        try:
+            self.task = self.description["task"]
+            if self.task not in TASKS:
+                raise ValueError(f"task {self.task!r}")
+            self.label_map = LabelMap.from_categories(self.description["classes"], "classes")
+            spec = self.description["input"]
+            self.height, self.width = int(spec["height"]), int(spec["width"])
+            self.batch_size = int(spec["batch_size"])
+            self.dynamic_size = bool(spec["dynamic_size"])
+            self.size_divisibility = int(spec["size_divisibility"])
+        except (KeyError, TypeError, ValueError) as err:
+            what = f"no {err.args[0]!r}" if isinstance(err, KeyError) else str(err)
+            raise InputFileError(
+                f"{self.path}: its '{METADATA_KEY}' metadata is broken ({what}); export it again"
+            ) from None
 
     def run(self, images: np.ndarray) -> dict[str, np.ndarray]:
         """Raw graph outputs by name for [B, 3, H, W] uint8 images of an accepted size."""
@@ -84,9 +101,9 @@ class ExportedEngine:
     def check(self, task: str | None = None, label_map: LabelMap | None = None) -> None:
         """Refuse, naming the file, a graph of another task or of other classes."""
         if task is not None and task != self.task:
-            raise ValueError(f"{self.path}: a {self.task} graph; {task} was asked for")
+            raise InputFileError(f"{self.path}: a {self.task} graph; {task} was asked for")
         if label_map is not None and label_map.category_ids != self.label_map.category_ids:
-            raise ValueError(
+            raise InputFileError(
                 f"{self.path}: exported for {len(self.label_map)} classes (category ids "
                 f"{self.label_map.category_ids[:8]}...), the dataset has {len(label_map)} "
                 f"({label_map.category_ids[:8]}...)"
@@ -213,7 +230,8 @@ class OnnxEngine(ExportedEngine):
         try:
             self.session = ort.InferenceSession(str(self.path), options, providers=providers)
         except Exception as err:  # noqa: BLE001 - ORT raises its own types for bad graphs
-            raise ValueError(f"{self.path}: ONNX Runtime cannot load it ({err})") from None
+            reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+            raise InputFileError(f"{self.path}: ONNX Runtime cannot load it ({reason})") from None
         self.output_names = [o.name for o in self.session.get_outputs()]
 
     def run(self, images: np.ndarray) -> dict[str, np.ndarray]:

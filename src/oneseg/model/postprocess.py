@@ -35,6 +35,7 @@ from oneseg.constants import TASKS
 from oneseg.data.label_map import LabelMap
 from oneseg.model.strips import row_strips, upsample_rows
 from oneseg.results import InstanceResult, PanopticResult, QueryMasks, Result, SemanticResult
+from oneseg.spec import keys_set
 
 FULL_SIZE_BYTES = 1 << 30  # mask logits at the output size above this: computed in strips
 STRIP_BYTES = 64 << 20  # about this much float32 per strip of rows
@@ -59,7 +60,9 @@ class PostprocessConfig:
         cls, model_cfg: ModelConfig, spec_model: ModelConfig | None = None
     ) -> PostprocessConfig:
         """The settings chosen for a model (its config, e.g. from a checkpoint), with those a
-        spec's `model` section sets to other than their defaults taking over."""
+        spec's `model` section sets taking over, even where it sets a default value (a
+        section built in code, not read from a spec, takes over where it differs from the
+        defaults)."""
         values = {
             "object_mask_threshold": model_cfg.object_mask_threshold,
             "overlap_threshold": model_cfg.overlap_threshold,
@@ -67,12 +70,15 @@ class PostprocessConfig:
         }
         if spec_model is not None:
             defaults = ModelConfig()
+            given = keys_set(spec_model)  # None: built in code, so a changed value counts
             for name, field in (
                 ("object_mask_threshold", "object_mask_threshold"),
                 ("overlap_threshold", "overlap_threshold"),
                 ("topk", "test_topk_per_image"),
             ):
-                if getattr(spec_model, field) != getattr(defaults, field):
+                if given is not None and field in given:
+                    values[name] = getattr(spec_model, field)
+                elif given is None and getattr(spec_model, field) != getattr(defaults, field):
                     values[name] = getattr(spec_model, field)
         return cls(**values)
 
