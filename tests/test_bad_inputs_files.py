@@ -157,14 +157,14 @@ def test_bad_image_name_with_a_newline_is_shown_whole(
 
 
 def test_output_names_never_collide():
-    from oneseg.engine.inference import output_names
+    from oneseg.engine.inference import output_names, relative_paths
 
     root = Path("/data")
     files = ["a.jpg", "a.png", "a_jpg.png", "x/y.jpg", "x__y.png", "B.png", "b.png", "c.png"]
-    names = output_names([root / f for f in files], root)
+    names = output_names(relative_paths([root / f for f in files], root))
     assert len({n.casefold() for n in names}) == len(files), names
     assert names[-1] == "c"  # a stem nobody else has stays as it was
-    assert names == output_names([root / f for f in files], root)  # stable
+    assert names == output_names(relative_paths([root / f for f in files], root))  # stable
 
 
 def test_colliding_stems_keep_every_result(tmp_path, data, tiny_model_cfg, tiny_checkpoint):

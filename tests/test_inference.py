@@ -13,7 +13,7 @@ from PIL import Image
 from oneseg import cli
 from oneseg.data.coco_panoptic import CocoPanopticReader
 from oneseg.data.label_map import LabelMap
-from oneseg.engine.inference import list_images, output_names, run_inference
+from oneseg.engine.inference import list_images, output_names, relative_paths, run_inference
 from oneseg.experiment import ActionRun
 from oneseg.model.postprocess import PostprocessConfig
 from oneseg.predictor import Predictor
@@ -192,7 +192,7 @@ def test_output_names_are_unique_and_stable(tmp_path):
         (tmp_path / rel).write_bytes(b"")
     paths, root = list_images(str(tmp_path / "**" / "*.*"))
     assert root == tmp_path
-    names = output_names(paths, root)
+    names = output_names(relative_paths(paths, root))
     assert names == ["a__x", "b__x_jpg", "b__x_png", "c"]
     with pytest.raises(FileNotFoundError, match="names no image"):
         list_images(str(tmp_path / "nothing*.jpg"))

@@ -98,12 +98,12 @@ def relative_paths(paths: list[Path], root: Path) -> list[str]:
     return [p.absolute().relative_to(root.absolute()).as_posix() for p in paths]
 
 
-def output_names(paths: list[Path], root: Path) -> list[str]:
-    """A unique, stable file stem for each image: its path below `root` without the suffix,
-    folders joined by '__'; where two images share a stem, the suffix stays (as '_jpg'); where
+def output_names(rel: list[str]) -> list[str]:
+    """A unique, stable file stem for each image of `rel` (paths below the images' root, as
+    `relative_paths` gives them): the path without the suffix, folders joined by '__'; where
+    two images share a stem, the suffix stays (as '_jpg'); where
     names still meet (`a.jpg`, `a.png`, `a_jpg.png`), or differ only in case, each of those
     gets a hash of its path ('a_jpg-1f3a9c0e'). No two images ever get one name."""
-    rel = relative_paths(paths, root)
     stems = [r.rsplit(".", 1)[0] if "." in Path(r).name else r for r in rel]
     names = [s.replace("/", "__") for s in stems]
     shared = Counter(n.casefold() for n in names)
@@ -187,7 +187,8 @@ def _run_inference(spec, run, processes: Processes) -> None:
     if is_archive(images):  # TAO's images.tar.gz, unpacked once (locked) as train does
         images = str(unpack_archive(images, Path(spec.results_dir) / "cache"))
     paths, root = list_images(images)
-    names, rels = output_names(paths, root), relative_paths(paths, root)
+    rels = relative_paths(paths, root)
+    names = output_names(rels)
     order = {name: position for position, name in enumerate(names)}
     settings = (predictor.label_map, tasks, cfg.overlay, cfg.semantic_ids)
     outputs, todo = None, None
