@@ -270,15 +270,7 @@ def run_train(spec, run, callbacks: list | tuple = (), progress_bar: bool = True
     torch.backends.cudnn.benchmark = spec.train.cudnn_benchmark
     spec = with_unpacked_archives(spec)
     label_map = model_label_map(spec.dataset)
-    num_classes = spec.model.num_classes or len(label_map)
-    if num_classes != len(label_map):
-        hint = ""
-        if num_classes == 1:
-            hint = " (for one class of every thing, set dataset.single_class, e.g. object)"
-        raise ValueError(
-            f"model.num_classes: got {num_classes}, but the dataset has {len(label_map)} "
-            f"classes{hint}"
-        )
+    num_classes = _class_count(spec, label_map)
     warning = random_backbone_warning(spec)
     if warning:
         log.warning(warning)
@@ -290,16 +282,7 @@ def run_train(spec, run, callbacks: list | tuple = (), progress_bar: bool = True
     model = build_model_for_training(spec, num_classes)
     criterion = build_criterion(spec.model.loss, num_classes, spec.model.arch)
     train_loader, val_loader, sampler, val_samplers = build_loaders(spec, label_map, world)
-
-    steps_per_epoch = len(train_loader)
-    if steps_per_epoch == 0:
-        raise SpecError(
-            f"dataset.batch_size: got {spec.dataset.batch_size}, larger than the training set "
-            f"share of each process ({len(sampler)} images)"
-        )
-    total_steps = steps_per_epoch * spec.train.num_epochs
-    if spec.train.max_steps > 0:
-        total_steps = min(total_steps, spec.train.max_steps)
+    steps_per_epoch, total_steps = _schedule_length(spec, train_loader, sampler)
     val_tasks, _ = supported_tasks(spec.model, list(spec.evaluate.tasks))
     best = monitor_callback(spec, run, val_loader is not None, val_tasks)
     evaluator_factory = None
@@ -324,40 +307,26 @@ def run_train(spec, run, callbacks: list | tuple = (), progress_bar: bool = True
     if resume:
         check_resumable(resume, spec.model, label_map)
         run.log("RUNNING", message=f"resuming from {resume}")
-    checkpoint = AtomicCheckpoint(
-        folder, spec.train.checkpoint_interval, spec.train.checkpoint_interval_unit
-    )
-    has_bn = any(isinstance(m, torch.nn.modules.batchnorm._BatchNorm) for m in model.modules())
-    trainer = L.Trainer(
-        **devices,
-        max_epochs=spec.train.num_epochs,
-        max_steps=spec.train.max_steps,
-        gradient_clip_val=spec.train.clip_grad_norm or None,
-        gradient_clip_algorithm="norm",
-        check_val_every_n_epoch=spec.train.validation_interval,
-        num_sanity_val_steps=0,
-        limit_val_batches=None if val_loader is not None else 0,
-        # no longer than an epoch: Lightning warns otherwise, and would log nothing per epoch
-        log_every_n_steps=min(spec.train.log_every_n_steps, steps_per_epoch),
-        enable_checkpointing=False,
-        use_distributed_sampler=False,
-        sync_batchnorm=has_bn and world > 1,
-        callbacks=[
-            # first: a checkpoint saved by a later callback must count the batch just done
-            SamplerSetup(sampler, spec.dataset.batch_size, val_samplers),
-            checkpoint,
-            StatusCallback(run, spec.train.log_every_n_steps),
-            WeightSyncCheck(run),
-            *([best] if best is not None else []),
-            *callbacks,
-        ],
-        logger=[
-            TensorBoardLogger(folder, name="tensorboard", version=""),
-            CSVLogger(folder, name="csv", version=""),
-        ],
-        default_root_dir=folder,
-        enable_model_summary=False,
-        enable_progress_bar=progress_bar,
+    own_callbacks = [
+        # first: a checkpoint saved by a later callback must count the batch just done
+        SamplerSetup(sampler, spec.dataset.batch_size, val_samplers),
+        AtomicCheckpoint(
+            folder, spec.train.checkpoint_interval, spec.train.checkpoint_interval_unit
+        ),
+        StatusCallback(run, spec.train.log_every_n_steps),
+        WeightSyncCheck(run),
+        *([best] if best is not None else []),
+    ]
+    trainer = _trainer(
+        spec,
+        devices,
+        world,
+        steps_per_epoch,
+        has_validation=val_loader is not None,
+        batchnorm=_has_batchnorm(model),
+        callbacks=[*own_callbacks, *callbacks],
+        folder=folder,
+        progress_bar=progress_bar,
     )
     run.log(
         "RUNNING",
@@ -378,3 +347,66 @@ def run_train(spec, run, callbacks: list | tuple = (), progress_bar: bool = True
     run.kpis["final_loss"] = float(trainer.callback_metrics.get("loss", math.nan))
     if trainer.is_global_zero:
         print(f"train: last checkpoint {latest_checkpoint(folder)}")
+
+
+def _has_batchnorm(model: torch.nn.Module) -> bool:
+    return any(isinstance(m, torch.nn.modules.batchnorm._BatchNorm) for m in model.modules())
+
+
+def _class_count(spec, label_map) -> int:
+    """The classes the model predicts: the label map's, which `model.num_classes` must equal
+    when it is set."""
+    num_classes = spec.model.num_classes or len(label_map)
+    if num_classes != len(label_map):
+        hint = ""
+        if num_classes == 1:
+            hint = " (for one class of every thing, set dataset.single_class, e.g. object)"
+        raise ValueError(
+            f"model.num_classes: got {num_classes}, but the dataset has {len(label_map)} "
+            f"classes{hint}"
+        )
+    return num_classes
+
+
+def _schedule_length(spec, train_loader, sampler) -> tuple[int, int]:
+    """(steps per epoch, total steps) of the run."""
+    steps_per_epoch = len(train_loader)
+    if steps_per_epoch == 0:
+        raise SpecError(
+            f"dataset.batch_size: got {spec.dataset.batch_size}, larger than the training set "
+            f"share of each process ({len(sampler)} images)"
+        )
+    total_steps = steps_per_epoch * spec.train.num_epochs
+    if spec.train.max_steps > 0:
+        total_steps = min(total_steps, spec.train.max_steps)
+    return steps_per_epoch, total_steps
+
+
+def _trainer(
+    spec, devices: dict, world: int, steps_per_epoch: int, *, has_validation: bool,
+    batchnorm: bool, callbacks: list, folder: Path, progress_bar: bool,
+) -> L.Trainer:  # fmt: skip
+    """The Lightning trainer of the spec; checkpoints are written by oneseg's callbacks."""
+    return L.Trainer(
+        **devices,
+        max_epochs=spec.train.num_epochs,
+        max_steps=spec.train.max_steps,
+        gradient_clip_val=spec.train.clip_grad_norm or None,
+        gradient_clip_algorithm="norm",
+        check_val_every_n_epoch=spec.train.validation_interval,
+        num_sanity_val_steps=0,
+        limit_val_batches=None if has_validation else 0,
+        # no longer than an epoch: Lightning warns otherwise, and would log nothing per epoch
+        log_every_n_steps=min(spec.train.log_every_n_steps, steps_per_epoch),
+        enable_checkpointing=False,
+        use_distributed_sampler=False,
+        sync_batchnorm=batchnorm and world > 1,
+        callbacks=callbacks,
+        logger=[
+            TensorBoardLogger(folder, name="tensorboard", version=""),
+            CSVLogger(folder, name="csv", version=""),
+        ],
+        default_root_dir=folder,
+        enable_model_summary=False,
+        enable_progress_bar=progress_bar,
+    )
