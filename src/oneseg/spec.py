@@ -61,32 +61,27 @@ def _describe(tp) -> str:
     )
 
 
+def _refuse(value: Any, tp, key: str, expected: str | None = None):
+    raise SpecError(f"{key}: got {value!r}, expected {expected or _describe(tp)}")
+
+
 def _convert(value: Any, tp, key: str, meta: dict) -> Any:
     """`value` checked against type `tp` (and bounds in `meta`), converted where lossless."""
-
-    def refuse(expected: str | None = None):
-        raise SpecError(f"{key}: got {value!r}, expected {expected or _describe(tp)}")
-
     origin = get_origin(tp)
     if dataclasses.is_dataclass(tp):
         if not isinstance(value, dict):
-            refuse()
+            _refuse(value, tp, key)
         return _build(tp, value, key)
     if origin is Literal:
-        choices = get_args(tp)
-        if value not in choices and str(value) in [str(c) for c in choices]:
-            value = type(choices[0])(value)
-        if value not in choices:
-            refuse()
-        return value
+        return _convert_choice(value, tp, key)
     if origin is list:
         if not isinstance(value, list):
-            refuse()
+            _refuse(value, tp, key)
         (item_tp,) = get_args(tp)
         return [_convert(v, item_tp, f"{key}[{i}]", meta) for i, v in enumerate(value)]
     if origin is dict:
         if not isinstance(value, dict):
-            refuse()
+            _refuse(value, tp, key)
         _, item_tp = get_args(tp)
         return {str(k): _convert(v, item_tp, f"{key}.{k}", meta) for k, v in value.items()}
     if origin in (typing.Union, types.UnionType):
@@ -95,24 +90,41 @@ def _convert(value: Any, tp, key: str, meta: dict) -> Any:
                 return _convert(value, option, key, meta)
             except SpecError:
                 pass
-        refuse()
+        _refuse(value, tp, key)
+    value = _convert_scalar(value, tp, key, meta)
+    _check_bounds(value, key, meta)
+    return value
+
+
+def _convert_choice(value: Any, tp, key: str) -> Any:
+    """One of a Literal's choices; "8" stands for 8 where the choices are numbers."""
+    choices = get_args(tp)
+    if value not in choices and str(value) in [str(c) for c in choices]:
+        value = type(choices[0])(value)
+    if value not in choices:
+        _refuse(value, tp, key)
+    return value
+
+
+def _convert_scalar(value: Any, tp, key: str, meta: dict) -> Any:
+    """A bool, int, finite float or str (a number given for a string becomes its text)."""
     if tp is bool:
         if not isinstance(value, bool):
-            refuse()
+            _refuse(value, tp, key)
     elif tp is int:
         if isinstance(value, bool) or not isinstance(value, int):
-            refuse()
+            _refuse(value, tp, key)
     elif tp is float:
         if isinstance(value, str):  # YAML 1.1 reads 3e-4 (no dot) as a string
             try:
                 value = float(value)
             except ValueError:
-                refuse()
+                _refuse(value, tp, key)
         if isinstance(value, bool) or not isinstance(value, (int, float)):
-            refuse()
+            _refuse(value, tp, key)
         value = float(value)
         if not math.isfinite(value):
-            refuse("a finite number")
+            _refuse(value, tp, key, "a finite number")
     elif tp is str:
         if value is None:  # `key:` with no value, as TAO specs leave paths to fill in
             value = ""
@@ -120,10 +132,9 @@ def _convert(value: Any, tp, key: str, meta: dict) -> Any:
             if isinstance(value, (int, float)) and not isinstance(value, bool):
                 value = str(value)
             else:
-                refuse()
+                _refuse(value, tp, key)
         if "contains" in meta and meta["contains"] not in value:
-            refuse(f"a string containing {meta['contains']}")
-    _check_bounds(value, key, meta)
+            _refuse(value, tp, key, f"a string containing {meta['contains']}")
     return value
 
 
