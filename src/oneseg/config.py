@@ -283,6 +283,18 @@ class TrainConfig:
 
 
 @dataclass
+class TileConfig:
+    mode: Literal["off", "on", "auto"] = f(
+        "off",
+        "on: segment in overlapping windows at the image's own scale (docs/tiling.md); auto: "
+        "when the plain resize would shrink an image more than 2x; off: resize every image",
+    )
+    size: int = f(0, "window side in pixels; 0 = dataset.augmentation.eval_min_size", ge=0)
+    overlap: int = f(0, "pixels neighbouring windows share at least; 0 = a quarter of size", ge=0)
+    batch_size: int = f(4, "windows per forward", ge=1)
+
+
+@dataclass
 class EvaluateConfig:
     checkpoint: str = f("", "checkpoint to evaluate")
     tasks: list[Task] = f(list(TASKS), "tasks to evaluate")
@@ -291,6 +303,7 @@ class EvaluateConfig:
     onnx_file: str = f("", "evaluate this exported ONNX file instead of a checkpoint")
     trt_engine: str = f("", "evaluate this TensorRT engine instead of a checkpoint")
     iou_per_class: bool = f(True, "write per-class tables and the bar chart")
+    tile: TileConfig = sub(TileConfig, "tiled inference of images larger than the model's input")
 
 
 @dataclass
@@ -309,6 +322,7 @@ class InferenceConfig:
         "torch.compile the pixel decoder (checkpoints): ~20% faster on CPU once compiled; "
         "compiling takes minutes per input size",
     )
+    tile: TileConfig = sub(TileConfig, "tiled inference of images larger than the model's input")
 
 
 @dataclass

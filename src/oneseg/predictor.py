@@ -36,6 +36,7 @@ from oneseg.results import (  # noqa: F401 - the result types are part of the pr
     SemanticResult,
 )
 from oneseg.runner import OpenedModel, Runner, TorchRunner, open_model
+from oneseg.tiling import run_tiled, should_tile, tile_settings
 
 
 def as_rgb_array(image, intensity: Intensity | None = None) -> np.ndarray:
@@ -72,6 +73,9 @@ class Predictor:
         cpu_threads: intra-op threads on the CPU; 0 = the cores this process may use (or
             OMP_NUM_THREADS when set), None = leave torch's setting alone. Unless None, the
             allocator also keeps freed memory for reuse (`cpu_threads.keep_freed_memory`).
+        tile: tiled inference (`oneseg.tiling`): a `TileConfig`, a mapping of its keys (mode
+            "on" unless given), "on", "auto" or "off"/None; windows of `size` (0 = `min_size`)
+            at each image's own scale instead of resizing it.
     """
 
     def __init__(
@@ -85,6 +89,7 @@ class Predictor:
         intensity: Intensity | None = None,
         device: str | torch.device | None = None,
         cpu_threads: int | None = 0,
+        tile=None,
     ):
         if isinstance(model, torch.nn.Module):
             if label_map is None:
@@ -99,6 +104,7 @@ class Predictor:
             keep_freed_memory()
         self.label_map = self.runner.label_map
         self.min_size, self.max_size = min_size, max_size
+        self.tile = tile_settings(tile, min_size)  # (mode, size, overlap, batch_size)
         self.intensity = intensity or Intensity()
         self.model_cfg: ModelConfig | None = None  # known when built from a checkpoint
 
@@ -163,9 +169,19 @@ class Predictor:
         arrays = [as_rgb_array(image, self.intensity) for image in images]
         if not arrays:
             return []
-        batch, image_sizes = self._batch(arrays)
-        orig_sizes = [a.shape[:2] for a in arrays]
-        return self.runner.run(batch, image_sizes, orig_sizes, tasks)
+        mode, size, overlap, windows = self.tile
+        tiled = [should_tile(mode, *a.shape[:2], self.min_size, self.max_size) for a in arrays]
+        plain = [a for a, t in zip(arrays, tiled) if not t]
+        results = []
+        if plain:
+            batch, image_sizes = self._batch(plain)
+            orig_sizes = [a.shape[:2] for a in plain]
+            results = self.runner.run(batch, image_sizes, orig_sizes, tasks)
+        results = iter(results)
+        return [
+            run_tiled(self.runner, a, tasks, size, overlap, windows) if t else next(results)
+            for a, t in zip(arrays, tiled)
+        ]
 
     def _batch(self, arrays: list[np.ndarray]) -> tuple[torch.Tensor, list[tuple[int, int]]]:
         """uint8 [B, 3, Hp, Wp], zero padded, and the resized (h, w) of each."""
