@@ -65,6 +65,8 @@ def _convert(value: Any, tp, key: str, meta: dict) -> Any:
         return _build(tp, value, key)
     if origin is Literal:
         choices = get_args(tp)
+        if isinstance(value, bool) and {"on", "off"} <= set(choices):
+            value = "on" if value else "off"  # YAML 1.1 reads a bare on / off as a boolean
         if value not in choices and str(value) in [str(c) for c in choices]:
             value = type(choices[0])(value)
         if value not in choices:

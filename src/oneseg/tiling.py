@@ -196,9 +196,7 @@ def _window_batch(image: np.ndarray, windows: list[Window], divisor: int) -> tor
     batch = torch.zeros(len(windows), 3, height, width, dtype=torch.uint8)
     for i, w in enumerate(windows):
         crop = image[w.y0 : w.y0 + w.height, w.x0 : w.x0 + w.width]
-        batch[i, :, : w.height, : w.width] = torch.from_numpy(np.ascontiguousarray(crop)).permute(
-            2, 0, 1
-        )
+        batch[i, :, : w.height, : w.width] = torch.tensor(crop).permute(2, 0, 1)
     return batch
 
 

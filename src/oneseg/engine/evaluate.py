@@ -86,7 +86,10 @@ def run_evaluate(spec, run) -> None:
             if step % log_every == 0 and step < total:
                 run.log("RUNNING", f"batch {step}/{total}", step=step, total=total)
 
-        evaluate_loader(opened.runner, loader, evaluator, on_step)
+        if cfg.tile.mode == "off":
+            evaluate_loader(opened.runner, loader, evaluator, on_step)
+        else:
+            evaluate_tiled(opened, spec, loader.dataset, evaluator, on_step)
     seconds = time.time() - start
     metrics = evaluator.compute(gather=False)
     per_class = metrics.pop("per_class")
@@ -99,6 +102,28 @@ def run_evaluate(spec, run) -> None:
         write_class_chart(folder / "per_class.png", per_class)
     run.kpis.update({k: round(v, 4) for k, v in metrics.items() if not math.isnan(v)})
     print_summary(metrics, tasks, len(loader.dataset), cfg.split)
+
+
+def evaluate_tiled(opened, spec, dataset, evaluator: Evaluator, on_step) -> None:
+    """`evaluate.tile` on or auto: each image read at its own size and segmented by a
+    `Predictor` with those tile settings (tiled, or resized as the loader does when `auto`
+    leaves it whole), one image at a time."""
+    from oneseg.predictor import Predictor
+
+    aug = spec.dataset.augmentation
+    predictor = Predictor.from_opened(
+        opened,
+        min_size=aug.eval_min_size,
+        max_size=aug.eval_max_size,
+        intensity=dataset.intensity,
+        cpu_threads=None,
+        tile=spec.evaluate.tile,
+    )
+    for index in range(len(dataset)):
+        record, image, _ = dataset.load(index)
+        results = predictor.predict([image], evaluator.tasks)
+        evaluator.update({"image_ids": [record.image_id]}, results)
+        on_step(index + 1, len(dataset))
 
 
 def _model_source(cfg, spec_model) -> str:
