@@ -150,14 +150,13 @@ def pq_of(label_map, pairs) -> dict:
 
 def child(args) -> dict:
     """One run, in this process: per-scene PQ, or one mosaic tiled or resized."""
-    from oneseg import tile_merge
     from oneseg.predictor import Predictor
     from oneseg.tiling import plan_windows
 
-    if args.no_join:
-        tile_merge.JOIN_IOU = 2.0
     dataset, label_map = scenes(Path(args.scenes))
-    tile = {"size": args.size, "overlap": args.overlap, "batch_size": 4} if args.size else None
+    tile = None
+    if args.size:
+        tile = {"size": args.size, "overlap": args.overlap, "join": not args.no_join}
     predictor = Predictor.from_checkpoint(
         args.checkpoint,
         device="cpu",
@@ -234,6 +233,7 @@ def main() -> None:
     parser.add_argument("--sizes", type=int, nargs="+", default=[128, 256], help="window sides")
     parser.add_argument("--overlap", type=float, default=0.25, help="share of the window")
     parser.add_argument("--no-join", action="store_true", help="also run without joining")
+    parser.add_argument("--report", default="tiles", help="benchmarks/results/REPORT.{md,json}")
     parser.add_argument(
         "--threads", type=int, default=1, help="intra-op threads (1: a busy shared machine)"
     )
@@ -283,7 +283,9 @@ def main() -> None:
     rows = [[r["mosaic"], r["path"], *(_cell(r.get(k)) for k in keys)] for r in runs]
     markdown = f"{describe(machine)}\n\n" + table(["mosaic", "path", *keys], rows) + "\n"
     print(markdown)
-    write_report("tiles", markdown, {"machine": machine, "runs": runs})
+    write_report(
+        args.report, markdown, {"machine": machine, "checkpoint": args.checkpoint, "runs": runs}
+    )
 
 
 def _cell(value) -> str:

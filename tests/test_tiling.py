@@ -109,9 +109,9 @@ def _objects_found(truth: np.ndarray, masks: list[np.ndarray]) -> dict[int, list
     return found
 
 
-def _check_seams(image, model, truth, labels, label_map, size, overlap):
+def _check_seams(image, model, truth, labels, label_map, size, overlap, join=True):
     runner = TorchRunner(model, label_map, tasks=TASKS)
-    results = run_tiled(runner, image, TASKS, size, overlap, batch_size=3)
+    results = run_tiled(runner, image, TASKS, size, overlap, batch_size=3, join=join)
     assert len(plan_windows(*truth.shape, size, overlap)) > 1
     panoptic = results["panoptic"]
     things = [s for s in panoptic.segments if s["isthing"]]
@@ -123,7 +123,7 @@ def _check_seams(image, model, truth, labels, label_map, size, overlap):
     instance_labels = instance.labels[confident].tolist()
     for masks, predicted in ((thing_masks, thing_labels), (instance_masks, instance_labels)):
         found = _objects_found(truth, masks)
-        assert all(len(v) == 1 for v in found.values()), found  # none split, none missed
+        assert all(len(v) == 1 for v in found.values()), f"split or missed: {found}"
         assert len(masks) == len(found)  # none duplicated
         for k, (i,) in found.items():
             assert np.array_equal(masks[i], truth == k), k  # whole, to the pixel
@@ -143,13 +143,17 @@ def test_objects_across_seams_are_neither_split_nor_duplicated(label_map):
     _check_seams(image, model, truth, labels, label_map, size, overlap)
 
 
-def test_without_joining_the_seam_check_fails(label_map, monkeypatch):
+@pytest.mark.parametrize("switch", ["join=False", "JOIN_IOU above 1"])
+def test_without_joining_the_seam_check_fails(label_map, monkeypatch, switch):
     """The seam check can fail: with joining switched off, objects come back in pieces."""
-    monkeypatch.setattr(tile_merge, "JOIN_IOU", 2.0)
+    if switch != "join=False":
+        monkeypatch.setattr(tile_merge, "JOIN_IOU", 2.0)
     size, overlap = 64, 16
     image, model, truth, labels = scene(150, 210, seam_boxes(150, 210, size, overlap))
-    with pytest.raises(AssertionError):
-        _check_seams(image, model, truth, labels, label_map, size, overlap)
+    with pytest.raises(AssertionError, match="split or missed"):
+        _check_seams(
+            image, model, truth, labels, label_map, size, overlap, switch == "JOIN_IOU above 1"
+        )
 
 
 def test_window_grid_covers_the_image_with_the_overlap():

@@ -292,6 +292,11 @@ class TileConfig:
     size: int = f(0, "window side in pixels; 0 = dataset.augmentation.eval_min_size", ge=0)
     overlap: int = f(0, "pixels neighbouring windows share at least; 0 = a quarter of size", ge=0)
     batch_size: int = f(4, "windows per forward", ge=1)
+    join: bool = f(
+        True,
+        "join an object's pieces across seams (instance, panoptic); false leaves each window's "
+        "part on its own: a seam may split an object, but one window's merged objects stay in it",
+    )
 
 
 @dataclass

@@ -104,7 +104,7 @@ class Predictor:
             keep_freed_memory()
         self.label_map = self.runner.label_map
         self.min_size, self.max_size = min_size, max_size
-        self.tile = tile_settings(tile, min_size)  # (mode, size, overlap, batch_size)
+        self.tile = tile_settings(tile, min_size)  # (mode, size, overlap, batch_size, join)
         self.intensity = intensity or Intensity()
         self.model_cfg: ModelConfig | None = None  # known when built from a checkpoint
 
@@ -169,7 +169,7 @@ class Predictor:
         arrays = [as_rgb_array(image, self.intensity) for image in images]
         if not arrays:
             return []
-        mode, size, overlap, windows = self.tile
+        mode, size, overlap, windows, join = self.tile
         tiled = [should_tile(mode, *a.shape[:2], self.min_size, self.max_size) for a in arrays]
         plain = [a for a, t in zip(arrays, tiled) if not t]
         results = []
@@ -179,7 +179,7 @@ class Predictor:
             results = self.runner.run(batch, image_sizes, orig_sizes, tasks)
         results = iter(results)
         return [
-            run_tiled(self.runner, a, tasks, size, overlap, windows) if t else next(results)
+            run_tiled(self.runner, a, tasks, size, overlap, windows, join) if t else next(results)
             for a, t in zip(arrays, tiled)
         ]
 

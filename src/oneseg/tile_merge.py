@@ -91,10 +91,11 @@ class InstanceMerger:
         size: (H, W) of the image.
         label_map: the classes.
         single: one window covers the image (its result is taken as it is).
+        join: join pieces across seams; False leaves each window's cell part on its own.
     """
 
-    def __init__(self, size: tuple[int, int], label_map, single: bool = False):
-        self.size, self.label_map, self.single = size, label_map, single
+    def __init__(self, size: tuple[int, int], label_map, single: bool = False, join=True):
+        self.size, self.label_map, self.single, self.join = size, label_map, single, join
         self.pieces = _UnionFind()
         self.crops, self.boxes, self.scores, self.labels, self.queries = [], [], [], [], []
         self.bulk_inside: list[bool] = []
@@ -116,7 +117,7 @@ class InstanceMerger:
             self.queries.append(-1 if result.queries is None else int(result.queries[i]))
             self.bulk_inside.append(bool(core_area[i] >= BULK * area[i]))
         kept = masks[keep]
-        left, above = self.bands.neighbours(window)
+        left, above = self.bands.neighbours(window) if self.join else (None, None)
         if left is not None:
             self._join(left, (ids, labels, kept[:, :, : window.left]))
         if above is not None:
@@ -194,10 +195,11 @@ class PanopticMerger:
         size: (H, W) of the image.
         label_map: the classes.
         single: one window covers the image.
+        join: join thing pieces across seams; False leaves each window's cell part on its own.
     """
 
-    def __init__(self, size: tuple[int, int], label_map, single: bool = False):
-        self.size, self.label_map = size, label_map
+    def __init__(self, size: tuple[int, int], label_map, single: bool = False, join=True):
+        self.size, self.label_map, self.join = size, label_map, join
         self.segment_ids = np.zeros(size, np.int32)  # ids below: 1 + index in these lists
         self.labels, self.isthing, self.scores, self.areas, self.core_areas = [], [], [], [], []
         self.pieces = _UnionFind()
@@ -236,7 +238,7 @@ class PanopticMerger:
         for piece in np.flatnonzero(area[1:]) + 1:
             self.areas[piece - 1] += int(area[piece])
             self.core_areas[piece - 1] += int(core[piece])
-        left, above = self.bands.neighbours(window)
+        left, above = self.bands.neighbours(window) if self.join else (None, None)
         if left is not None:
             self._join(left, pieces[:, : window.left])
         if above is not None:

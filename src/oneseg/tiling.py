@@ -38,8 +38,8 @@ from oneseg.tile_merge import InstanceMerger, PanopticMerger
 AUTO_FACTOR = 2.0  # `auto` tiles an image the plain resize would shrink more than this
 
 
-def tile_settings(tile, min_size: int) -> tuple[str, int, int, int]:
-    """(mode, size, overlap, batch_size) of a `TileConfig`, a mapping of its keys, a mode
+def tile_settings(tile, min_size: int) -> tuple[str, int, int, int, bool]:
+    """(mode, size, overlap, batch_size, join) of a `TileConfig`, a mapping of its keys, a mode
     ("on", "off", "auto") or None (off); size 0 = `min_size`, overlap 0 = a quarter of it."""
     from oneseg.config import TileConfig
 
@@ -55,7 +55,7 @@ def tile_settings(tile, min_size: int) -> tuple[str, int, int, int]:
     overlap = tile.overlap or size // 4
     if not 0 < overlap < size:
         raise ValueError(f"tile overlap must be between 1 and size - 1, got {overlap} of {size}")
-    return tile.mode, size, overlap, tile.batch_size
+    return tile.mode, size, overlap, tile.batch_size, tile.join
 
 
 @dataclass(frozen=True)
@@ -207,6 +207,7 @@ def run_tiled(
     size: int,
     overlap: int,
     batch_size: int = 4,
+    join: bool = True,
 ) -> dict[str, Result]:
     """Results of `tasks` on one image, segmented in windows at its own scale.
 
@@ -215,6 +216,7 @@ def run_tiled(
         image: [H, W, 3] uint8 RGB (a 16-bit image already stretched to 0-255).
         size, overlap: window side and the pixels neighbours share at least (0 < overlap < size).
         batch_size: windows per run of the runner.
+        join: join the pieces of an object across seams (instance, panoptic).
     Returns:
         task -> result at (H, W).
     """
@@ -229,9 +231,9 @@ def run_tiled(
         if task == "semantic":
             mergers[task] = SemanticMerger((height, width), len(label_map))
         elif task == "instance":
-            mergers[task] = InstanceMerger((height, width), label_map, single)
+            mergers[task] = InstanceMerger((height, width), label_map, single, join)
         else:
-            mergers[task] = PanopticMerger((height, width), label_map, single)
+            mergers[task] = PanopticMerger((height, width), label_map, single, join)
     for row in plan:
         for start in range(0, len(row), batch_size):
             windows = row[start : start + batch_size]

@@ -202,7 +202,7 @@ def _predictor(spec, run) -> tuple[Predictor, list[str]]:
         tile=cfg.tile,
     )
     if cfg.tile.mode != "off":
-        mode, size, overlap, _ = predictor.tile
+        mode, size, overlap, _, _ = predictor.tile
         run.log("RUNNING", f"tiles ({mode}): windows of {size} px sharing {overlap} px")
     if opened.dropped:
         message = opened.dropped_message("skipping")
