@@ -282,6 +282,8 @@ def test_spec_tile_sections(tmp_path):
     assert spec.evaluate.tile.mode == "off"  # off unless asked
     with pytest.raises(SpecError, match="inference.tile.mode"):
         spec_from_dict({}, ["inference.tile.mode=sometimes"])
+    with pytest.raises(SpecError, match="evaluate.tile.overlap"):
+        spec_from_dict({}, ["evaluate.tile.size=64", "evaluate.tile.overlap=64"])
 
 
 def _evaluate(tmp_path, synth_data, checkpoint, *overrides) -> dict:

@@ -264,6 +264,14 @@ def _check_spec(spec: ExperimentConfig) -> None:
             f"model.backbone: got {spec.model.backbone!r}, expected one of "
             f"{', '.join(KNOWN_BACKBONES)}"
         )
+    for section in ("inference", "evaluate"):
+        tile = getattr(spec, section).tile
+        size = tile.size or spec.dataset.augmentation.eval_min_size
+        if tile.overlap >= size:
+            raise SpecError(
+                f"{section}.tile.overlap: got {tile.overlap}, expected less than the window "
+                f"side {size} ({section}.tile.size, 0 = dataset.augmentation.eval_min_size)"
+            )
 
 
 def load_spec(path: str | Path | None, overrides: list[str] = ()) -> ExperimentConfig:
