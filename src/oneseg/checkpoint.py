@@ -3,7 +3,8 @@
 A oneseg checkpoint is a dict of plain types (loadable with `torch.load(weights_only=True)`):
 `{"format": "oneseg", "version": 1, "model_cfg": {...}, "label_map": [categories],
 "state_dict": {...}}`. Training checkpoints are Lightning's, with the same three entries added
-under "oneseg"; `load_model` reads both, a local transformers OneFormer folder, and original
+under "oneseg"; `load_model` reads both, a transformers OneFormer or Mask2Former folder (local,
+or `hf://ORG/NAME[@REVISION]` on the Hugging Face Hub, see `oneseg.hub`), and original
 (detectron2) or TAO OneFormer/Mask2Former files (`oneseg.convert.detectron2`), told apart by their
 content and always read weights-only.
 """
@@ -18,10 +19,11 @@ import torch
 
 from oneseg.config import ModelConfig
 from oneseg.convert.detectron2 import is_detectron2_layout, load_detectron2, strip_tao_prefix
-from oneseg.convert.hf import load_hf_oneformer
+from oneseg.convert.hf import check_model_type, load_hf_folder, oneseg_extras
 from oneseg.convert.safe_load import read_weights_only, unwrap_state_dict
 from oneseg.data.label_map import LabelMap
 from oneseg.errors import CheckpointError
+from oneseg.hub import download_file, download_model, split_source
 from oneseg.io import write_atomic
 from oneseg.model.build import build_model
 from oneseg.spec import section_from_dict
@@ -51,6 +53,12 @@ def make_checkpoint(
 def read_intensity(path: str | Path) -> dict | None:
     """The intensity rule a checkpoint recorded at training, or None (older checkpoints,
     transformers folders). Memory-maps the file: no tensor is read."""
+    hub = split_source(path)
+    if hub is not None and hub.filename:  # one file of a hub repository
+        path = download_file(hub.repo_id, hub.filename, hub.revision)
+    elif hub is not None or Path(path).is_dir():  # a transformers folder: in oneseg.json, if any
+        folder = download_model(hub.repo_id, hub.revision) if hub is not None else Path(path)
+        return oneseg_extras(folder).get("intensity")
     path = Path(path)
     if not path.is_file():
         return None
@@ -69,12 +77,34 @@ def save_atomic(obj, path: str | Path) -> None:
     write_atomic(path, lambda tmp: torch.save(obj, tmp))
 
 
-def convert_checkpoint(source: str | Path, out_file: str | Path) -> Path:
+def convert_checkpoint(
+    source: str | Path, out_file: str | Path, task_text: str | None = None
+) -> Path:
     """Write a oneseg checkpoint (torch.save of plain types) of any source `read_checkpoint`
-    reads: a transformers OneFormer folder, a Lightning or a oneseg checkpoint."""
-    model_cfg, label_map, state_dict = read_checkpoint(source)
-    save_atomic(make_checkpoint(model_cfg, label_map, state_dict), out_file)
+    reads: a transformers folder or hub name, a Lightning or a oneseg checkpoint, an original or
+    TAO file. task_text: the OneFormer task prompt the weights were trained with, recorded in
+    the checkpoint where the source does not say it (NV-OneFormer: 'This task is {task}.')."""
+    contents = read_checkpoint_contents(source)
+    model_cfg = contents.model_cfg
+    if task_text is not None:
+        if model_cfg.arch != "oneformer" or "{task}" not in task_text:
+            raise CheckpointError(
+                f"--task-text {task_text!r}: a OneFormer's prompt, with {{task}} where the task "
+                f"goes (this model is a {model_cfg.arch})"
+            )
+        model_cfg = dataclasses.replace(model_cfg, task_text=task_text)
+    ckpt = make_checkpoint(model_cfg, contents.label_map, contents.state_dict, contents.intensity)
+    save_atomic(ckpt, out_file)
     return Path(out_file)
+
+
+def convert_to_hf(source: str | Path, out: str | Path) -> Path:
+    """Write any source `read_checkpoint` reads as a transformers folder (`oneseg convert
+    --to-hf`), with its intensity rule in oneseg.json; see `oneseg.convert.to_hf`."""
+    from oneseg.convert.to_hf import write_hf_folder  # imported on use: needs transformers
+
+    contents = read_checkpoint_contents(source)
+    return write_hf_folder(*contents[:3], out, intensity=contents.intensity)
 
 
 # Keys renamed since checkpoints were first written: (old prefix, new prefix).
@@ -97,6 +127,15 @@ def upgrade_keys(state_dict: dict) -> dict:
     return out
 
 
+def _folder_contents(folder: Path, name: str | None) -> CheckpointContents:
+    """A transformers folder (local or a hub snapshot); the intensity rule from oneseg.json."""
+    values, state_dict, categories = load_hf_folder(folder, name=name)
+    intensity = oneseg_extras(folder).get("intensity")
+    return CheckpointContents(
+        model_cfg_from_dict(values), LabelMap.from_categories(categories), state_dict, intensity
+    )
+
+
 class CheckpointContents(NamedTuple):
     model_cfg: ModelConfig
     label_map: LabelMap
@@ -113,12 +152,15 @@ def read_checkpoint(path: str | Path) -> tuple[ModelConfig, LabelMap, dict]:
 def read_checkpoint_contents(path: str | Path) -> CheckpointContents:
     """What `read_checkpoint` reads, and the recorded intensity rule, from one read of the
     file."""
+    hub = split_source(path)
+    if hub is not None and hub.filename:  # hf://ORG/NAME[@REVISION]/FILE: read as a local file
+        path = download_file(hub.repo_id, hub.filename, hub.revision)
+    elif hub is not None:  # hf://ORG/NAME[@REVISION]: the snapshot folder in the hub's cache
+        check = lambda config: check_model_type(config, str(path))  # noqa: E731
+        return _folder_contents(download_model(hub.repo_id, hub.revision, check), hub.repo_id)
     path = Path(path)
     if path.is_dir():
-        values, state_dict, categories = load_hf_oneformer(path)
-        return CheckpointContents(
-            model_cfg_from_dict(values), LabelMap.from_categories(categories), state_dict, None
-        )
+        return _folder_contents(path, None)
     if not path.is_file():
         raise CheckpointError(f"{path}: checkpoint not found")
     try:

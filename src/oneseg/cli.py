@@ -11,6 +11,7 @@ import sys
 import threading
 import traceback
 import warnings
+from pathlib import Path
 
 from oneseg.cpu_threads import keep_freed_memory, quiet_thread_pool
 from oneseg.errors import (
@@ -36,6 +37,8 @@ ACTION_ENTRY = {
     "gen_trt_engine": "oneseg.export.tensorrt:run_gen_trt_engine",
     "quantize": "oneseg.export.quantize:run_quantize",
     "automl": "oneseg.automl.study:run_automl",
+    "push": "oneseg.push:run_push",
+    "serve": "oneseg.serve.action:run_serve",
 }
 
 ACTION_HELP = {
@@ -46,6 +49,8 @@ ACTION_HELP = {
     "gen_trt_engine": "build a TensorRT engine from an ONNX model",
     "quantize": "INT8-quantize an ONNX model",
     "automl": "search the spec's hyper-parameters (Optuna): many trainings, one best spec",
+    "push": "publish a model on the Hugging Face Hub (weights, config, label map, model card)",
+    "serve": "an HTTP JSON API and a web page for a model, on this machine",
 }
 
 
@@ -69,6 +74,14 @@ def _parser() -> argparse.ArgumentParser:
         p = sub.add_parser(action, help=ACTION_HELP[action], description=ACTION_HELP[action])
         p.add_argument("-e", "--experiment-spec", dest="spec", help="YAML spec file")
         p.add_argument("overrides", nargs="*", help="dotted overrides, e.g. train.num_epochs=5")
+        p.add_argument(
+            "--explain", action="store_true", help="print what each TAO key becomes, run nothing"
+        )
+    p = sub.add_parser("tao", help="TAO specs: explain what each TAO key of a spec becomes")
+    tao_sub = p.add_subparsers(dest="tao_command", metavar="TAO_COMMAND")
+    p = tao_sub.add_parser("explain", help="each TAO key of a spec and what oneseg does with it")
+    p.add_argument("-e", "--experiment-spec", dest="spec", help="YAML spec file")
+    p.add_argument("overrides", nargs="*", help="dotted overrides")
     p = sub.add_parser("template", help="print a complete default spec for an action")
     p.add_argument("action", choices=list(ACTION_ENTRY))
     p.add_argument(
@@ -79,21 +92,41 @@ def _parser() -> argparse.ArgumentParser:
     p = sub.add_parser("schema", help="print the JSON Schema of an action's spec")
     p.add_argument("action", choices=list(ACTION_ENTRY))
 
-    data = sub.add_parser("data", help="dataset tools: synth, check")
+    data = sub.add_parser("data", help="dataset tools: synth, check, convert")
     data_sub = data.add_subparsers(dest="data_command", metavar="DATA_COMMAND")
     p = data_sub.add_parser("synth", help="write a small synthetic COCO-panoptic dataset")
     p.add_argument("out", help="output folder")
     p.add_argument("--num-train", type=int, default=None, help="training images")
     p.add_argument("--num-val", type=int, default=None, help="validation images")
+    p.add_argument("--size", type=int, nargs=2, metavar=("H", "W"), help="image height and width")
     p.add_argument("--seed", type=int, default=0)
     p = data_sub.add_parser("check", help="validate a dataset and name every problem")
     p.add_argument("-e", "--experiment-spec", dest="spec", help="YAML spec file")
     p.add_argument("--json", action="store_true", help="print the report as JSON")
     p.add_argument("overrides", nargs="*", help="dotted overrides")
 
-    p = sub.add_parser("convert", help="convert transformers OneFormer weights to oneseg")
-    p.add_argument("--from-hf", required=True, help="local transformers OneFormer folder")
-    p.add_argument("--out", required=True, help="output checkpoint file")
+    p = data_sub.add_parser("convert", help="labels of annotation tools to COCO panoptic / COCO")
+    p.add_argument("--from", dest="source", required=True, help="labelme|masks|yolo|ade_jsonl")
+    p.add_argument("src", help="folder (or .jsonl file) of the labels")
+    p.add_argument("--to", dest="target", required=True, help="coco_panoptic|coco")
+    p.add_argument("out", help="output folder")
+    p.add_argument("--label-map", help="JSON list of {id, name, isthing, color}")
+
+    p = sub.add_parser(
+        "convert", help="convert transformers OneFormer/Mask2Former weights to oneseg and back"
+    )
+    way = p.add_mutually_exclusive_group(required=True)
+    way.add_argument(
+        "--from-hf",
+        help="transformers OneFormer/Mask2Former: a local folder or a hub name ORG/NAME[@REV]",
+    )
+    way.add_argument("--to-hf", help="oneseg checkpoint to write as a transformers folder")
+    p.add_argument("--out", required=True, help="output checkpoint file (or folder, --to-hf)")
+    p.add_argument(
+        "--task-text",
+        help="--from-hf: the OneFormer task prompt the weights were trained with, recorded in "
+        "the checkpoint (NV-OneFormer: 'This task is {task}.'); default: the source's",
+    )
 
     p = sub.add_parser("demo", help="synthesize data, train on CPU, evaluate and draw results")
     p.add_argument("--results-dir", default="results/demo", help="where everything goes")
@@ -110,23 +143,49 @@ def _load(args):
         spec = load_spec(args.spec, args.overrides)
     for warning in caught:  # an ignored TAO key: one line each, as errors are
         print(f"oneseg: warning: {warning.message}", file=sys.stderr)
+    if spec.tao is not None:
+        print(f"oneseg: {spec.tao.summary()}", file=sys.stderr)
     set_max_image_pixels(spec.dataset.max_image_pixels)
     return spec
 
 
 def _run_action(action: str, args) -> int:
     from oneseg.experiment import ActionRun  # imported on use: --help stays fast
+    from oneseg.local_inputs import localize  # imported on use: --help stays fast
     from oneseg.spec import check_inputs  # imported on use: --help stays fast
 
+    if args.explain:
+        return _explain(args)
     spec = _load(args)
+    if spec.tao is not None:
+        from oneseg.spec import SpecError  # imported on use: --help stays fast
+
+        try:
+            spec.tao.refuse(action)
+        except ValueError as err:
+            raise SpecError(str(err)) from None
     entry = ACTION_ENTRY[action]
     check_inputs(spec, action)
     module_name, func_name = entry.split(":")
     func = getattr(importlib.import_module(module_name), func_name)
     with ActionRun(spec, action) as run:
-        func(spec, run)
-    print(f"{action}: done; results in {run.dir}")
+        if spec.tao is not None:  # status.json says how the TAO spec was read
+            run.log("RUNNING", spec.tao.summary())
+        func(localize(spec, action, _download_logger(run)), run)
+    if run.rank == 0:  # the other processes of a multi-process run say nothing more
+        print(f"{action}: done; results in {run.dir}")
     return 0
+
+
+def _download_logger(run):
+    """Counts in status.json the files downloaded for the spec's URLs (0: all were cached)."""
+
+    def on_download(url: str, count: int) -> None:
+        run.kpis["downloaded_files"] = run.kpis.get("downloaded_files", 0) + count
+        if count:
+            run.log("RUNNING", message=f"downloaded {count} file(s) of {url}")
+
+    return on_download
 
 
 def _dispatch(args, parser) -> int:
@@ -148,17 +207,46 @@ def _dispatch(args, parser) -> int:
         return 0
     if command == "data":
         return _data(args, parser)
+    if command == "tao":
+        if args.tao_command != "explain":
+            parser.parse_args(["tao", "--help"])
+            return 2
+        return _explain(args)
     if command == "convert":
-        from oneseg.checkpoint import convert_checkpoint  # imported on use: --help stays fast
-
-        convert_checkpoint(args.from_hf, args.out)
-        print(f"convert: wrote {args.out}")
-        return 0
+        return _convert(args)
     if command == "demo":
         from oneseg.demo import run_demo  # imported on use: --help stays fast
 
         return run_demo(args.results_dir, fast=args.fast)
     raise CliError(f"unknown command {command}")
+
+
+def _explain(args) -> int:
+    from oneseg.spec import load_spec  # imported on use: --help stays fast
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the explanation names every ignored key
+        spec = load_spec(args.spec, args.overrides)
+    if spec.tao is None:
+        print("no TAO keys: every key is oneseg's own (oneseg template ACTION lists them)")
+        return 0
+    sys.stdout.write(spec.tao.explain())
+    return 0
+
+
+def _convert(args) -> int:
+    if args.to_hf:
+        from oneseg.checkpoint import convert_to_hf  # imported on use: --help stays fast
+
+        convert_to_hf(args.to_hf, args.out)
+    else:
+        from oneseg.checkpoint import convert_checkpoint  # imported on use: --help stays fast
+        from oneseg.hub import as_hub_source
+
+        source = as_hub_source(args.from_hf) or args.from_hf
+        convert_checkpoint(source, args.out, task_text=args.task_text)
+    print(f"convert: wrote {args.out}")
+    return 0
 
 
 def _data(args, parser) -> int:
@@ -170,6 +258,8 @@ def _data(args, parser) -> int:
             kwargs["num_train"] = args.num_train
         if args.num_val is not None:
             kwargs["num_val"] = args.num_val
+        if args.size is not None:
+            kwargs["size"] = tuple(args.size)
         paths = write_synthetic_dataset(args.out, **kwargs)
         print(f"data synth: wrote {args.out}")
         print(f"  label map: {paths['label_map']}")
@@ -178,9 +268,21 @@ def _data(args, parser) -> int:
                 print(f"  {split} {name}: {path}")
         return 0
     if args.data_command == "check":
+        from oneseg.data.archive import unpack_dataset_archives  # imported on use
         from oneseg.data.check import check_main  # imported on use: --help stays fast
+        from oneseg.local_inputs import localize  # imported on use: --help stays fast
 
-        return check_main(_load(args).dataset, as_json=args.json)
+        spec = localize(_load(args), "check")  # archives unpacked as train and evaluate do
+        dataset = unpack_dataset_archives(spec.dataset, Path(spec.results_dir) / "cache")
+        return check_main(dataset, as_json=args.json)
+    if args.data_command == "convert":
+        from oneseg.data.convert import convert  # imported on use: --help stays fast
+
+        report = convert(args.source, args.src, args.target, args.out, args.label_map)
+        for line in report.lines():
+            print(f"data convert: {line}")
+        print(f"data convert: wrote {args.out} (report: {args.out}/convert_report.json)")
+        return 0
     parser.parse_args(["data", "--help"])
     return 2
 

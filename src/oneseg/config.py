@@ -8,13 +8,21 @@ Defaults follow the published OneFormer configs. Counts mean what they say.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from typing import Literal
 
 from oneseg.constants import IGNORE, TASKS
 
-ACTIONS = ("train", "evaluate", "inference", "export", "gen_trt_engine", "quantize", "automl")
+ACTIONS = (
+    "train", "evaluate", "inference", "export", "gen_trt_engine", "quantize", "automl", "push",
+    "serve",
+)  # fmt: skip
 Task = Literal["semantic", "instance", "panoptic"]
+Precision = Literal["fp32", "bf16", "fp16", "auto"]
+PRECISION_HELP = (
+    "forward precision of a checkpoint (docs/precision.md); auto = bf16 on a CPU with "
+    "AVX512-BF16 or AMX, bf16 (fp16 where unsupported) on CUDA, else fp32"
+)
 
 
 def f(default, help: str, **bounds):
@@ -25,8 +33,15 @@ def f(default, help: str, **bounds):
     return field(default=default, metadata=meta)
 
 
-def sub(cls, help: str):
-    return field(default_factory=cls, metadata={"help": help})
+def arch_f(default, help: str, **bounds):
+    """`f` for a setting that shapes the network: weights of one value do not fit another, so
+    a training folder of another value is refused (`ARCHITECTURE_KEYS`)."""
+    return f(default, help, architecture=True, **bounds)
+
+
+def sub(cls, help: str, architecture: bool = False):
+    meta = {"help": help, "architecture": True} if architecture else {"help": help}
+    return field(default_factory=cls, metadata=meta)
 
 
 @dataclass
@@ -69,7 +84,7 @@ class LossConfig:
 
 @dataclass
 class ModelConfig:
-    arch: Literal["oneformer", "mask2former"] = f(
+    arch: Literal["oneformer", "mask2former"] = arch_f(
         "oneformer", "oneformer (task token + text branch) or mask2former (neither)"
     )
     mode: Task = f(
@@ -77,18 +92,22 @@ class ModelConfig:
         "mask2former: the one task it trains on and is evaluated for (a panoptic model also "
         "gives instance and semantic results); oneformer ignores it (dataset.task_prob)",
     )
-    backbone: str = f(
+    backbone: str = arch_f(
         "swin_tiny",
         "backbone name: swin_tiny|swin_small|swin_base|swin_large|convnext_tiny|convnext_small|"
         "convnext_base|convnext_large|resnet50|efficientnet_b0|efficientnet_lite0|dinat_tiny|"
         "dinat_small|dinat_base|dinat_large",
     )
-    backbone_embed_dim: int = f(
+    backbone_embed_dim: int = arch_f(
         0, "swin/convnext: width of the first stage (doubles per stage); 0 = the named size's", ge=0
     )
-    backbone_depths: list[int] = f([], "swin/convnext: blocks per stage; [] = the named size's")
-    backbone_num_heads: list[int] = f([], "swin: attention heads per stage; [] = the named size's")
-    backbone_window_size: int = f(
+    backbone_depths: list[int] = arch_f(
+        [], "swin/convnext: blocks per stage; [] = the named size's"
+    )
+    backbone_num_heads: list[int] = arch_f(
+        [], "swin: attention heads per stage; [] = the named size's"
+    )
+    backbone_window_size: int = arch_f(
         0, "swin: attention window; dinat: neighbourhood size; 0 = the named size's", ge=0
     )
     backbone_dilations: list[list[int]] = f(
@@ -106,23 +125,27 @@ class ModelConfig:
         "resnet/efficientnet: BatchNorm frozen at its loaded statistics and affine (as the "
         "original); false trains it (synchronised across processes)",
     )
-    pretrained: str = f("", "weights to start from: our checkpoint or a transformers OneFormer dir")
-    num_classes: int = f(
+    pretrained: str = f(
+        "",
+        "weights to start from: our checkpoint, a transformers OneFormer/Mask2Former folder or a "
+        "hub name hf://ORG/NAME[@REVISION]",
+    )
+    num_classes: int = arch_f(
         0, "classes without no-object; 0 takes the count from dataset.label_map", ge=0
     )
-    hidden_dim: int = f(256, "width of the transformer decoder", ge=1)
-    num_queries: int = f(150, "queries, the task token included", ge=2)
-    nheads: int = f(8, "attention heads of the transformer decoder", ge=1)
-    dim_feedforward: int = f(2048, "feed-forward width of the transformer decoder", ge=1)
-    dec_layers: int = f(9, "masked-attention decoder layers", ge=1)
-    query_dec_layers: int = f(2, "layers of the query transformer", ge=1)
+    hidden_dim: int = arch_f(256, "width of the transformer decoder", ge=1)
+    num_queries: int = arch_f(150, "queries, the task token included", ge=2)
+    nheads: int = arch_f(8, "attention heads of the transformer decoder", ge=1)
+    dim_feedforward: int = arch_f(2048, "feed-forward width of the transformer decoder", ge=1)
+    dec_layers: int = arch_f(9, "masked-attention decoder layers", ge=1)
+    query_dec_layers: int = arch_f(2, "layers of the query transformer", ge=1)
     query_dropout: float = f(
         0.1, "dropout in the query transformer (active only in training)", ge=0.0, le=1.0
     )
     dropout: float = f(0.0, "dropout in the masked-attention decoder layers", ge=0.0, le=1.0)
-    pre_norm: bool = f(False, "pre-norm decoder layers")
-    enforce_input_proj: bool = f(False, "always project decoder inputs, even at equal width")
-    task_seq_len: int = f(77, "CLIP token ids of the task text", ge=2)
+    pre_norm: bool = arch_f(False, "pre-norm decoder layers")
+    enforce_input_proj: bool = arch_f(False, "always project decoder inputs, even at equal width")
+    task_seq_len: int = arch_f(77, "CLIP token ids of the task text", ge=2)
     task_text: str = f(
         "The task is {task}",
         "task prompt of the task token, {task} standing for semantic/instance/panoptic; the "
@@ -140,8 +163,12 @@ class ModelConfig:
         0.8, "panoptic: keep a segment if this share survives overlap", ge=0.0, le=1.0
     )
     test_topk_per_image: int = f(150, "instance: detections kept per image", ge=1)
-    pixel_decoder: PixelDecoderConfig = sub(PixelDecoderConfig, "multi-scale pixel decoder")
-    text_encoder: TextEncoderConfig = sub(TextEncoderConfig, "training-only text branch")
+    pixel_decoder: PixelDecoderConfig = sub(
+        PixelDecoderConfig, "multi-scale pixel decoder", architecture=True
+    )
+    text_encoder: TextEncoderConfig = sub(
+        TextEncoderConfig, "training-only text branch", architecture=True
+    )
     loss: LossConfig = sub(LossConfig, "loss weights and point sampling")
 
 
@@ -164,6 +191,16 @@ class AugmentationConfig:
     lsj_scale: list[float] = f([0.1, 2.0], "scale range of large-scale jitter")
     hflip: float = f(0.5, "probability of a horizontal flip", ge=0.0, le=1.0)
     color_jitter: float = f(0.2, "strength of brightness/contrast/saturation jitter", ge=0.0)
+    short_edge_scale: list[float] = f(
+        [],
+        "[low, high]: training shortest edge = crop_size[0] x U(low, high), longest at most "
+        "twice it (TAO OneFormer's min_scale/max_scale); [] = train_min_size",
+    )
+    eval_resize: list[int] = f(
+        [],
+        "[height, width]: evaluation images are first resized to this, aspect not kept (TAO "
+        "OneFormer's dataset.image_size), then to eval_min_size; [] keeps the aspect",
+    )
 
 
 @dataclass
@@ -183,7 +220,11 @@ class CalibrationDataConfig:
 
 @dataclass
 class DatasetConfig:
-    type: Literal["coco_panoptic", "coco", "semantic"] = f("coco_panoptic", "annotation format")
+    type: Literal["coco_panoptic", "coco", "semantic", "ade"] = f(
+        "coco_panoptic",
+        "annotation format; ade: TAO's JSON lines of {img, segm} (a source's annotations is the "
+        ".jsonl file, its images the folder the paths are relative to)",
+    )
     train: list[DataSource] = field(
         default_factory=lambda: [DataSource()],
         metadata={"help": "training sources, concatenated (one mapping = one source)"},
@@ -258,15 +299,20 @@ class TrainConfig:
     checkpoint_interval_unit: Literal["epoch", "step"] = f("epoch", "unit of checkpoint_interval")
     validation_interval: int = f(1, "validate every this many epochs", ge=1)
     resume_training_checkpoint_path: str = f("", "resume from this checkpoint; '' = latest found")
-    pretrained_model: str = f("", "load these weights (weights only) before training")
+    pretrained_model: str = f(
+        "", "load these weights (the tensors that fit) before training; also hf://ORG/NAME[@REV]"
+    )
     pretrained_backbone: str = f(
         "",
-        "local file of backbone weights (timm, official Swin/ConvNeXt ImageNet .pth, DiNAT); "
+        "backbone weights: a local file (timm, official Swin/ConvNeXt ImageNet .pth, DiNAT) or "
+        "a timm hub name hf-hub:ORG/NAME[@REVISION]; "
         "'' = none",
     )
     precision: Literal["32", "16-mixed", "bf16-mixed"] = f(
-        "32", "numeric precision (mixed only on GPU)"
+        "32", "numeric precision; on CPU 32 or bf16-mixed (16-mixed runs as 32)"
     )
+    cudnn_deterministic: bool = f(False, "GPU: deterministic cuDNN kernels (slower)")
+    cudnn_benchmark: bool = f(False, "GPU: let cuDNN time kernels and pick the fastest")
     clip_grad_norm: float = f(0.01, "full-model gradient-norm clip; 0 = off", ge=0.0)
     seed: int = f(1234, "random seed", ge=0)
     log_every_n_steps: int = f(10, "logging interval in steps", ge=1)
@@ -301,21 +347,34 @@ class TileConfig:
 
 @dataclass
 class EvaluateConfig:
-    checkpoint: str = f("", "checkpoint to evaluate")
+    checkpoint: str = f(
+        "", "checkpoint to evaluate (file, transformers folder or hf://ORG/NAME[@REV])"
+    )
     tasks: list[Task] = f(list(TASKS), "tasks to evaluate")
     split: Literal["val", "test"] = f("val", "dataset split")
     batch_size: int = f(1, "images per batch", ge=1)
     onnx_file: str = f("", "evaluate this exported ONNX file instead of a checkpoint")
     trt_engine: str = f("", "evaluate this TensorRT engine instead of a checkpoint")
     iou_per_class: bool = f(True, "write per-class tables and the bar chart")
+    num_gpus: int = f(1, "GPU processes per node (NCCL); the images are split between them", ge=1)
+    gpu_ids: list[int] = f([0], "GPU indices to use (as train.gpu_ids)")
+    num_nodes: int = f(1, "nodes; reads WORLD_SIZE, NODE_RANK, MASTER_ADDR/PORT as train", ge=1)
+    num_processes_cpu: int = f(1, "CPU processes (gloo); the images are split between them", ge=1)
+    accelerator: Literal["auto", "cpu", "gpu"] = f("auto", "device type")
+    precision: Precision = f("fp32", PRECISION_HELP)
     tile: TileConfig = sub(TileConfig, "tiled inference of images larger than the model's input")
 
 
 @dataclass
 class InferenceConfig:
-    checkpoint: str = f("", "checkpoint to run")
+    checkpoint: str = f("", "checkpoint to run (file, transformers folder or hf://ORG/NAME[@REV])")
     images: str = f("", "a folder, a glob, a text file listing images, or one image")
     tasks: list[Task] = f(["panoptic"], "tasks to run")
+    resize: list[int] = f(
+        [],
+        "[height, width]: images are first resized to this, aspect not kept (TAO OneFormer's "
+        "inference.image_size), then to eval_min_size; [] keeps the aspect",
+    )
     semantic_ids: Literal["category", "contiguous"] = f("category", "ids in semantic PNGs")
     overlay: bool = f(True, "write overlay pictures")
     overwrite: bool = f(False, "redo images whose outputs exist")
@@ -327,12 +386,20 @@ class InferenceConfig:
         "torch.compile the pixel decoder (checkpoints): ~20% faster on CPU once compiled; "
         "compiling takes minutes per input size",
     )
+    num_gpus: int = f(1, "GPU processes per node (NCCL); the images are split between them", ge=1)
+    gpu_ids: list[int] = f([0], "GPU indices to use (as train.gpu_ids)")
+    num_nodes: int = f(1, "nodes; reads WORLD_SIZE, NODE_RANK, MASTER_ADDR/PORT as train", ge=1)
+    num_processes_cpu: int = f(1, "CPU processes (gloo); the images are split between them", ge=1)
+    accelerator: Literal["auto", "cpu", "gpu"] = f("auto", "device type")
+    precision: Precision = f("fp32", PRECISION_HELP)
     tile: TileConfig = sub(TileConfig, "tiled inference of images larger than the model's input")
 
 
 @dataclass
 class ExportConfig:
-    checkpoint: str = f("", "checkpoint to export")
+    checkpoint: str = f(
+        "", "checkpoint to export (file, transformers folder or hf://ORG/NAME[@REV])"
+    )
     onnx_file: str = f(
         "",
         "output ONNX file; '' = results_dir/export/model.onnx (all: one file per task, "
@@ -352,6 +419,9 @@ class ExportConfig:
     semantic_probs: bool = f(False, "semantic: also output the per-class scores [B, K, H, W]")
     check_image: str = f("", "image to compare ONNX Runtime with PyTorch on; '' = first val image")
     overwrite: bool = f(True, "replace an existing file")
+    triton_repository: str = f(
+        "", "also write a Triton model repository here (DIR/NAME/config.pbtxt, 1/model.onnx)"
+    )
 
 
 @dataclass
@@ -418,6 +488,24 @@ class QuantizeConfig:
     overwrite: bool = f(True, "replace an existing file")
 
 
+# ----------------------------------------------------------------------------- serve
+@dataclass
+class ServeConfig:
+    model: str = f("", "checkpoint, exported ONNX file (FP32 or INT8) or TensorRT engine to serve")
+    host: str = f("127.0.0.1", "address to bind; beyond loopback an API key is required")
+    port: int = f(8000, "TCP port; 0 = any free port (printed at start)", ge=0, le=65535)
+    max_batch: int = f(4, "requests that may share one forward", ge=1)
+    max_wait_ms: float = f(10.0, "how long the first request of a batch waits for others", ge=0.0)
+    max_queue: int = f(64, "requests waiting at most; more are answered 503", ge=1)
+    timeout_s: float = f(60.0, "a request not answered in this time is answered 504", gt=0.0)
+    max_request_mb: float = f(32.0, "largest request body in MiB (413 above)", gt=0.0)
+    min_image_side: int = f(8, "images with a shorter side are refused (422)", ge=1)
+    api_key: str = f(
+        "", "required in the X-API-Key header when set; '' = the ONESEG_API_KEY variable, if any"
+    )
+    tasks: list[Task] = f(["panoptic", "instance", "semantic"], "tasks to offer")
+
+
 # ----------------------------------------------------------------------------- automl
 @dataclass
 class AutoMLConfig:
@@ -449,6 +537,21 @@ class AutoMLConfig:
     reduction_factor: int = f(3, "hyperband: keep the best 1/this of the trials at each rung", ge=2)
 
 
+# ----------------------------------------------------------------------------- push
+@dataclass
+class PushConfig:
+    checkpoint: str = f("", "model to publish (any checkpoint oneseg reads); '' = model.pretrained")
+    repo_id: str = f("", "Hugging Face Hub repository ORG/NAME (created if missing)")
+    private: bool = f(False, "create the repository private")
+    dry_run: bool = f(False, "only write the folder (results_dir/push/hub); upload nothing")
+    revision: str = f("main", "branch to commit to")
+    commit_message: str = f("", "commit message; '' = 'oneseg push: ARCH BACKBONE'")
+    metrics_file: str = f(
+        "", "metrics.json of `oneseg evaluate` for the model card; '' = results_dir/evaluate/"
+    )
+    onnx_files: list[str] = f([], "exported ONNX files to publish too, each with its .json sidecar")
+
+
 @dataclass
 class ExperimentConfig:
     results_dir: str = f("results", "every action writes into results_dir/ACTION/")
@@ -467,3 +570,11 @@ class ExperimentConfig:
     gen_trt_engine: GenTrtEngineConfig = sub(GenTrtEngineConfig, "TensorRT engine build")
     quantize: QuantizeConfig = sub(QuantizeConfig, "INT8 quantization")
     automl: AutoMLConfig = sub(AutoMLConfig, "hyper-parameter search over this spec")
+    push: PushConfig = sub(PushConfig, "publish a model on the Hugging Face Hub")
+    serve: ServeConfig = sub(ServeConfig, "HTTP API and web page (oneseg serve)")
+
+
+# settings of the model section that shape the network, from their field metadata
+ARCHITECTURE_KEYS = tuple(
+    fl.name for fl in fields(ModelConfig) if fl.metadata.get("architecture", False)
+)

@@ -20,6 +20,7 @@ from pathlib import Path
 
 import yaml
 
+from oneseg.config import ARCHITECTURE_KEYS
 from oneseg.errors import ResultsDirError
 from oneseg.io import finite_json
 from oneseg.spec import dump_spec
@@ -33,27 +34,6 @@ LOCK_FILE = ".lock"
 # actions whose folder several processes share by design: `oneseg automl` processes on one
 # study number their trials through its database and each trial writes its own sub-folder
 SHARED_FOLDER_ACTIONS = ("automl",)
-# the model settings a checkpoint's weights depend on (thresholds and `pretrained` do not count)
-ARCHITECTURE_KEYS = (
-    "arch",
-    "backbone",
-    "backbone_embed_dim",
-    "backbone_depths",
-    "backbone_num_heads",
-    "backbone_window_size",
-    "num_classes",
-    "hidden_dim",
-    "num_queries",
-    "nheads",
-    "dim_feedforward",
-    "dec_layers",
-    "query_dec_layers",
-    "pre_norm",
-    "enforce_input_proj",
-    "task_seq_len",
-    "pixel_decoder",
-    "text_encoder",
-)
 
 
 class ActionRun:

@@ -26,8 +26,9 @@ from oneseg.data.collate import padded_size
 from oneseg.data.image_io import read_image, to_rgb
 from oneseg.data.intensity import Intensity
 from oneseg.data.label_map import LabelMap
-from oneseg.data.transforms import shortest_edge_size
+from oneseg.data.transforms import eval_size
 from oneseg.model.postprocess import PostprocessConfig
+from oneseg.precision import choose_precision
 from oneseg.results import (  # noqa: F401 - the result types are part of the predictor's API
     InstanceResult,
     PanopticResult,
@@ -73,6 +74,9 @@ class Predictor:
         cpu_threads: intra-op threads on the CPU; 0 = the cores this process may use (or
             OMP_NUM_THREADS when set), None = leave torch's setting alone. Unless None, the
             allocator also keeps freed memory for reuse (`cpu_threads.keep_freed_memory`).
+        precision: a network's forward precision, "fp32", "bf16", "fp16" or "auto"
+            (`oneseg.precision`; default fp32, or the runner's own). `self.precision` is the
+            one picked, None for an exported graph (it runs in the precision it was built in).
         tile: tiled inference (`oneseg.tiling`): a `TileConfig`, a mapping of its keys (mode
             "on" unless given), "on", "auto" or "off"/None; windows of `size` (0 = `min_size`)
             at each image's own scale instead of resizing it.
@@ -89,6 +93,7 @@ class Predictor:
         intensity: Intensity | None = None,
         device: str | torch.device | None = None,
         cpu_threads: int | None = 0,
+        precision: str | None = None,
         tile=None,
     ):
         if isinstance(model, torch.nn.Module):
@@ -96,7 +101,12 @@ class Predictor:
                 raise ValueError("a Predictor of a network needs its label_map")
             if device is None:
                 device = "cuda" if torch.cuda.is_available() else "cpu"
-            model = TorchRunner(model.to(device).eval(), label_map, postprocess)
+            model = model.to(device).eval()
+            model = TorchRunner(model, label_map, postprocess, precision=precision or "fp32")
+        elif isinstance(model, TorchRunner) and precision is not None:
+            model.precision = choose_precision(precision, model.device)
+        elif precision in ("bf16", "fp16"):
+            raise ValueError(f"precision {precision}: an exported graph runs in its own precision")
         self.runner: Runner = model
         self.device = getattr(model, "device", torch.device("cpu"))
         if cpu_threads is not None and self.device.type == "cpu":
@@ -142,6 +152,7 @@ class Predictor:
             device=device,
             spec_model=spec_model,
             postprocess=settings.pop("postprocess", None),
+            precision=settings.pop("precision", None) or "fp32",
         )
         return cls.from_opened(opened, **settings)
 
@@ -149,6 +160,11 @@ class Predictor:
     def model(self) -> torch.nn.Module | None:
         """The PyTorch network, None for an exported graph."""
         return getattr(self.runner, "model", None)
+
+    @property
+    def precision(self) -> str | None:
+        """The network's forward precision (`oneseg.precision`), None for an exported graph."""
+        return getattr(self.runner, "precision", None)
 
     @property
     def postprocess(self) -> PostprocessConfig | None:
@@ -159,6 +175,27 @@ class Predictor:
     def tasks(self) -> tuple[str, ...]:
         """The tasks the model runs."""
         return tuple(self.runner.tasks)
+
+    @classmethod
+    def from_pretrained(
+        cls,
+        name: str,
+        revision: str | None = None,
+        device: str | torch.device | None = None,
+        **settings,
+    ) -> Predictor:
+        """A predictor from a model on the Hugging Face Hub, named as transformers names it
+        (`shi-labs/oneformer_ade20k_swin_tiny`, `facebook/mask2former-swin-large-coco-panoptic`,
+        or `hf://ORG/NAME[@REVISION]`), or from a local folder or checkpoint of that name.
+        revision: a branch, tag or commit (default: the repository's main branch)."""
+        from oneseg.hub import as_hub_source, split_source  # imported on use
+
+        source = as_hub_source(name) or name
+        hub = split_source(source)
+        if revision is not None and hub is not None:
+            file = f"/{hub.filename}" if hub.filename else ""
+            source = f"hf://{hub.repo_id}@{revision}{file}"
+        return cls.from_checkpoint(source, device=device, **settings)
 
     def __call__(self, image, task: str = "panoptic") -> Result:
         """The result of one task on one image (path, PIL image or [H, W, 3] uint8 array)."""
@@ -187,7 +224,9 @@ class Predictor:
         """uint8 [B, 3, Hp, Wp], zero padded, and the resized (h, w) of each."""
         resized = []
         for array in arrays:
-            height, width = shortest_edge_size(*array.shape[:2], self.min_size, self.max_size)
+            height, width = eval_size(
+                *array.shape[:2], self.min_size, self.max_size, getattr(self, "resize", None)
+            )
             if (height, width) != array.shape[:2]:  # bilinear, as the evaluation transform
                 array = np.asarray(Image.fromarray(array).resize((width, height), Image.BILINEAR))
             resized.append(array)

@@ -35,6 +35,7 @@ from oneseg.model.postprocess import (
     resize_mask_logits,
     semantic_inference,
 )
+from oneseg.precision import choose_precision
 from oneseg.results import Result
 
 EXPORTED_SUFFIXES = (".onnx", ".engine", ".plan", ".trt")
@@ -94,6 +95,8 @@ class TorchRunner:
         label_map: its classes.
         postprocess: thresholds and top-k.
         tasks: the tasks the model does (a Mask2Former trained for one task does that one).
+        precision: the forward's, "fp32", "bf16", "fp16" or "auto" (`oneseg.precision`);
+            `self.precision` holds the one picked. Post-processing is float32 in every case.
     """
 
     def __init__(
@@ -102,6 +105,7 @@ class TorchRunner:
         label_map: LabelMap,
         postprocess: PostprocessConfig | None = None,
         tasks: Sequence[str] = TASKS,
+        precision: str = "fp32",
     ):
         num_classes = getattr(model, "num_classes", len(label_map))
         if num_classes != len(label_map):
@@ -113,6 +117,7 @@ class TorchRunner:
         self.postprocess = postprocess or PostprocessConfig()
         self.tasks = tuple(tasks)
         self.size_divisibility = int(getattr(model, "size_divisibility", 32))
+        self.precision = choose_precision(precision, self.device)
 
     @property
     def device(self) -> torch.device:
@@ -125,7 +130,7 @@ class TorchRunner:
         image_sizes = [tuple(map(int, s)) for s in image_sizes]
         output_sizes = [tuple(map(int, s)) for s in (output_sizes or image_sizes)]
         images = images.to(self.device, non_blocking=True)
-        prediction = self.model.predict(images, tasks, image_sizes)
+        prediction = self.model.predict(images, tasks, image_sizes, self.precision)
         per_image: list[dict[str, Result]] = [{} for _ in image_sizes]
         for task in tasks:
             results = postprocess(
@@ -154,7 +159,7 @@ class TorchRunner:
         image_sizes = [tuple(map(int, s)) for s in image_sizes]
         others = [t for t in tasks if t != "semantic"]
         images = images.to(self.device, non_blocking=True)
-        prediction = self.model.predict(images, tasks, image_sizes)
+        prediction = self.model.predict(images, tasks, image_sizes, self.precision)
         per_image: list[dict] = [{} for _ in image_sizes]
         if "semantic" in tasks:
             outputs = prediction.outputs["semantic"]
@@ -271,6 +276,7 @@ def open_model(
     spec_model: ModelConfig | None = None,
     postprocess: PostprocessConfig | None = None,
     key: str = "model",
+    precision: str = "fp32",
 ) -> OpenedModel:
     """Open a checkpoint (any source `oneseg.checkpoint.read_checkpoint` reads), an ONNX file of
     `oneseg export` or a TensorRT engine built from one, reading it once.
@@ -283,11 +289,15 @@ def open_model(
             checkpoint's (see `PostprocessConfig.of_model`).
         postprocess: settings that override both.
         key: the spec key that named the source, for errors.
+        precision: a checkpoint's forward precision (`TorchRunner`); an exported file runs in
+            the precision it was built in, and bf16 / fp16 asked for one are refused.
     """
     wanted = list(dict.fromkeys(tasks if tasks is not None else TASKS))
     if is_exported(source):
+        if precision in ("bf16", "fp16"):
+            raise ValueError(f"{source}: an exported file runs in the precision it was built in")
         return _open_exported(source, wanted, key)
-    return _open_checkpoint(source, wanted, device, spec_model, postprocess)
+    return _open_checkpoint(source, wanted, device, spec_model, postprocess, precision)
 
 
 def _open_exported(source, wanted: list[str], key: str) -> OpenedModel:
@@ -309,7 +319,9 @@ def _open_exported(source, wanted: list[str], key: str) -> OpenedModel:
     )
 
 
-def _open_checkpoint(source, wanted, device, spec_model, postprocess_cfg) -> OpenedModel:
+def _open_checkpoint(
+    source, wanted, device, spec_model, postprocess_cfg, precision="fp32"
+) -> OpenedModel:
     from oneseg.checkpoint import open_checkpoint
     from oneseg.model.build import supported_tasks
 
@@ -319,7 +331,7 @@ def _open_checkpoint(source, wanted, device, spec_model, postprocess_cfg) -> Ope
     post = postprocess_cfg or PostprocessConfig.of_model(loaded.model_cfg, spec_model)
     own, _ = supported_tasks(loaded.model_cfg, list(TASKS))
     tasks, dropped = supported_tasks(loaded.model_cfg, wanted)
-    runner = TorchRunner(loaded.model, loaded.label_map, post, own)
+    runner = TorchRunner(loaded.model, loaded.label_map, post, own, precision)
     return OpenedModel(
         runner=runner,
         source=str(source),

@@ -17,9 +17,11 @@ from typing import Any, Literal, get_args, get_origin
 
 import yaml
 
+from oneseg.backbones import BACKBONE_NAMES
 from oneseg.config import ACTIONS, ExperimentConfig
 from oneseg.presets import preset_values
-from oneseg.tao.backbones import KNOWN_BACKBONES
+from oneseg.tao.defaults import dotted_keys, flavour, missing_defaults
+from oneseg.tao.report import TaoReport
 from oneseg.tao.resolve import MISSING, extract, resolve, split_overrides
 from oneseg.tao.table import TaoKeyError
 
@@ -189,11 +191,15 @@ def _set_dotted(tree: dict, path: list[str], value: Any, cls=ExperimentConfig) -
 
 def spec_from_dict(data: dict | None, overrides: list[str] = ()) -> ExperimentConfig:
     parsed = [_parse_override(text) for text in overrides]
-    tree, parsed = _resolve_tao_keys(copy.deepcopy(dict(data or {})), parsed)
+    tree, parsed, report = _resolve_tao_keys(copy.deepcopy(dict(data or {})), parsed)
     for path, value in parsed:
         _set_dotted(tree, path, value)
     spec = _build(ExperimentConfig, tree, "")
     _check_spec(spec)
+    spec.tao = report  # not a spec field: what the TAO keys became (dump_spec, explain)
+    spec.missing = [key for key, value in _leaves(spec, "") if value == MISSING]
+    if report is not None:
+        spec.missing += report.resolution.missing
     return spec
 
 
@@ -203,41 +209,87 @@ def spec_from_dict(data: dict | None, overrides: list[str] = ()) -> ExperimentCo
 # and a TAO override wins over the file, as any override does.
 
 
-def _resolve_tao_keys(tree: dict, parsed: list) -> tuple[dict, list]:
+def _resolve_tao_keys(tree: dict, parsed: list) -> tuple[dict, list, TaoReport | None]:
     try:
+        given = set(dotted_keys(tree))
+        for path, _ in parsed:
+            given.update(".".join(path[: i + 1]) for i in range(len(path)))
+        values = {k: v for k, v in _flat(tree).items()}
+        values.update({".".join(path): value for path, value in parsed})
+        kind = flavour(sorted(given), values)
+        defaults = missing_defaults(kind, given)
+        for key, value in defaults:  # TAO's defaults, read as if the spec gave them
+            _put(tree, key.split("."), copy.deepcopy(value))
         found: dict = {}
         tree = extract(tree, "", ExperimentConfig, found)
         from_overrides, parsed = split_overrides(parsed, ExperimentConfig)
         found.update(from_overrides)
         if not found:
-            return tree, parsed
-
-        def current(key: str):
-            """The value of an oneseg key from the native overrides, the tree or the default."""
-            path = key.split(".")
-            for override_path, value in reversed(parsed):
-                if override_path == path:
-                    return value
-            node = tree
-            for name in path:
-                if not isinstance(node, dict) or name not in node:
-                    break
-                node = node[name]
-            else:
-                return node
-            default = ExperimentConfig()
-            for name in path:
-                default = getattr(default, name, None)
-            if isinstance(default, list) and default and dataclasses.is_dataclass(default[0]):
-                default = [dataclasses.asdict(d) for d in default]
-            return default
-
-        assignments = resolve(found, current)
+            return tree, parsed, None
+        current = _current_value(tree, parsed)
+        overridden = {".".join(path) for path, _ in parsed}
+        resolution = resolve(found, current, kind, given, overridden)
     except TaoKeyError as err:
         raise SpecError(str(err)) from None
-    for key, value in assignments:
+    for key, value in resolution.assignments:
         _set_dotted(tree, key.split("."), value)
-    return tree, parsed
+    if kind is None and all(_is_oneseg_key(key) for key in found):
+        return tree, parsed, None  # oneseg's own keys that TAO spells the same way
+    return tree, parsed, TaoReport(kind, defaults, resolution)
+
+
+def _is_oneseg_key(key: str) -> bool:
+    cls = ExperimentConfig
+    for name in key.split("."):
+        if not dataclasses.is_dataclass(cls) or name not in {
+            f.name for f in dataclasses.fields(cls)
+        }:
+            return False
+        cls = _hints(cls)[name]
+    return True
+
+
+def _flat(node: dict, prefix: str = "") -> dict:
+    out = {}
+    for key, value in node.items():
+        if isinstance(value, dict):
+            out.update(_flat(value, f"{prefix}{key}."))
+        else:
+            out[f"{prefix}{key}"] = value
+    return out
+
+
+def _put(tree: dict, path: list[str], value: Any) -> None:
+    node = tree
+    for name in path[:-1]:
+        if not isinstance(node.get(name), dict):
+            node[name] = {}
+        node = node[name]
+    node[path[-1]] = value
+
+
+def _current_value(tree: dict, parsed: list):
+    def current(key: str):
+        """The value of an oneseg key from the native overrides, the tree or the default."""
+        path = key.split(".")
+        for override_path, value in reversed(parsed):
+            if override_path == path:
+                return value
+        node = tree
+        for name in path:
+            if not isinstance(node, dict) or name not in node:
+                break
+            node = node[name]
+        else:
+            return node
+        default = ExperimentConfig()
+        for name in path:
+            default = getattr(default, name, None)
+        if isinstance(default, list) and default and dataclasses.is_dataclass(default[0]):
+            default = [dataclasses.asdict(d) for d in default]
+        return default
+
+    return current
 
 
 def _leaves(node, prefix: str):
@@ -254,15 +306,12 @@ def _leaves(node, prefix: str):
 
 
 def _check_spec(spec: ExperimentConfig) -> None:
-    """Checks across a field's type: names that must be known, no value left to fill in."""
-    for key, value in _leaves(spec, ""):
-        if value == MISSING:
-            raise SpecError(f"{key}: '???' marks a value to fill in; give it ({key}=...)")
-
-    if spec.model.backbone not in KNOWN_BACKBONES:
+    """Checks across a field's type: names that must be known ('???' is checked by the action
+    that reads it, `check_inputs`)."""
+    if spec.model.backbone not in BACKBONE_NAMES:
         raise SpecError(
             f"model.backbone: got {spec.model.backbone!r}, expected one of "
-            f"{', '.join(KNOWN_BACKBONES)}"
+            f"{', '.join(BACKBONE_NAMES)}"
         )
     for section in ("inference", "evaluate"):
         tile = getattr(spec, section).tile
@@ -297,7 +346,9 @@ def spec_to_dict(spec) -> dict:
 
 
 def dump_spec(spec) -> str:
-    return yaml.safe_dump(spec_to_dict(spec), sort_keys=False, default_flow_style=None)
+    text = yaml.safe_dump(spec_to_dict(spec), sort_keys=False, default_flow_style=None)
+    report = getattr(spec, "tao", None)
+    return (report.yaml_comment() if report is not None else "") + text
 
 
 # --------------------------------------------------------------------------- template / schema
@@ -310,6 +361,8 @@ _SECTIONS_OF = {
     "gen_trt_engine": ("results_dir", "dataset", "gen_trt_engine"),
     "quantize": ("results_dir", "model", "dataset", "quantize"),
     "automl": ("results_dir", "model", "dataset", "train", "evaluate", "automl"),
+    "push": ("results_dir", "model", "dataset", "train", "push"),
+    "serve": ("results_dir", "model", "dataset", "serve"),
 }
 
 
@@ -450,8 +503,10 @@ _INPUTS_OF = {
         "inference.trt_engine",
     ),
     "export": ("model.pretrained", "export.checkpoint", "export.check_image"),
+    "push": ("model.pretrained", "push.checkpoint", "push.metrics_file"),
     "gen_trt_engine": ("gen_trt_engine.onnx_file",),
     "quantize": ("quantize.onnx_file", "dataset.quant_calibration_dataset.images_dir"),
+    "serve": ("serve.model",),
 }
 
 
@@ -462,8 +517,22 @@ def _get_dotted(spec, key: str):
     return value
 
 
+def _hub_name(key: str, value: str) -> bool:
+    """A model named on the Hugging Face Hub (hf://ORG/NAME[@REV]; timm's hf-hub:ORG/NAME for
+    a backbone): fetched, or refused with its reason, when the action opens it."""
+    return value.startswith("hf://") or (
+        key == "train.pretrained_backbone" and value.startswith("hf-hub:")
+    )
+
+
 def check_inputs(spec: ExperimentConfig, action: str) -> None:
-    """Refuse, before any work starts, a spec whose input files or folders do not exist."""
+    """Refuse, before any work starts, a spec whose input files or folders do not exist (URLs
+    are checked when they are read: `oneseg.local_inputs`)."""
+    from oneseg.remote import is_url
+
+    for key in getattr(spec, "missing", []):  # TAO's '???': only what this action reads
+        if key.split(".")[0] in _SECTIONS_OF.get(action, (key.split(".")[0],)):
+            raise SpecError(f"{key}: '???' marks a value to fill in; give it ({key}=...)")
     keys = list(_INPUTS_OF.get(action, ()))
     sources = {
         "train": [(f"dataset.train[{i}]", s) for i, s in enumerate(spec.dataset.train)]
@@ -474,12 +543,12 @@ def check_inputs(spec: ExperimentConfig, action: str) -> None:
     }.get(action, [])
     for key in keys:
         value = _get_dotted(spec, key)
-        if value and not Path(value).exists():
+        if value and not is_url(value) and not Path(value).exists() and not _hub_name(key, value):
             raise SpecError(f"{key}: got {value!r}, no such file or folder")
     for prefix, source in sources:
         for name in ("images", "annotations", "panoptic", "labels"):
             value = getattr(source, name)
-            if value and not Path(value).exists():
+            if value and not is_url(value) and not Path(value).exists():
                 raise SpecError(f"{prefix}.{name}: got {value!r}, no such file or folder")
     if action in ("evaluate", "inference"):
         section = getattr(spec, action)

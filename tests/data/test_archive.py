@@ -6,11 +6,10 @@ from collections import namedtuple
 import pytest
 
 from oneseg.data import archive as archive_module
-from oneseg.data.archive import unpack_archive
+from oneseg.data.archive import unpack_archive, with_unpacked_archives
 from oneseg.data.build import build_dataset
 from oneseg.data.label_map import LabelMap
 from oneseg.data.records import DataError
-from oneseg.engine.train import with_unpacked_archives
 from oneseg.spec import spec_from_dict
 
 

@@ -5,7 +5,7 @@ import numpy as np
 
 from oneseg.data.build import build_dataset, load_label_map
 from oneseg.data.check import check_dataset
-from oneseg.data.synth import synth_main, synthetic_dataset_config, write_synthetic_dataset
+from oneseg.data.synth import synthetic_dataset_config, write_synthetic_dataset
 
 
 def _digest(root):
@@ -70,14 +70,16 @@ def test_both_formats_give_the_same_instances(tmp_path):
         assert pan["labels"].numel() >= 1
 
 
-def test_cli_function(tmp_path, capsys):
-    assert (
-        synth_main(
-            [str(tmp_path / "d"), "--num-train", "2", "--num-val", "1", "--size", "40", "48"]
-        )
-        == 0
-    )
-    assert "wrote 2 train and 1 val images" in capsys.readouterr().out
+def test_cli_command(tmp_path, capsys):
+    from PIL import Image
+
+    from oneseg import cli
+
+    argv = ["data", "synth", str(tmp_path / "d"), "--num-train", "2", "--num-val", "1"]
+    assert cli.main([*argv, "--size", "40", "48"]) == 0
+    assert "data synth: wrote" in capsys.readouterr().out
+    images = sorted((tmp_path / "d" / "train").rglob("*.jpg"))
+    assert len(images) == 2 and Image.open(images[0]).size == (48, 40)
     assert len(list((tmp_path / "d" / "val" / "images").iterdir())) == 1
     config = synthetic_dataset_config(tmp_path / "d")  # from the folder alone
     assert config.augmentation.crop_size == [40, 48] and config.augmentation.eval_min_size == 40

@@ -11,8 +11,8 @@ import onnx
 import pytest
 
 from oneseg.cli import main
-from oneseg.export.qdq import KEEP_FLOAT, node_regions
-from oneseg.export.quantize import choose_regions, float_nodes, is_network_node, quantize_onnx
+from oneseg.export.qdq import KEEP_FLOAT, float_nodes, is_network_node, node_regions, quantize_onnx
+from oneseg.export.quantize import choose_regions
 from oneseg.export.runtime import OnnxEngine, read_description
 
 

@@ -11,7 +11,7 @@ import pytest
 from oneseg.cli import main
 from oneseg.config import ExperimentConfig
 from oneseg.export.engines import load_engines
-from oneseg.export.quantize import is_network_node
+from oneseg.export.qdq import is_network_node
 from oneseg.export.runtime import read_description
 from oneseg.export.tensorrt import (
     build_plan,

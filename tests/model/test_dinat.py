@@ -6,15 +6,10 @@ from __future__ import annotations
 import pytest
 import torch
 
+from oneseg.backbones import DINAT_SIZES, alternating_dilations
 from oneseg.model import dinat as dinat_module
 from oneseg.model.backbone import build_backbone
-from oneseg.model.dinat import (
-    DINAT_SIZES,
-    DiNAT,
-    NeighbourhoodAttention,
-    alternating_dilations,
-    neighbourhood_attention,
-)
+from oneseg.model.dinat import DiNAT, NeighbourhoodAttention, neighbourhood_attention
 
 # --------------------------------------------------------------------------- brute force
 # NATTEN's per-axis rules, written as its kernels state them (window start and bias start
@@ -255,7 +250,7 @@ def test_gradients_reach_every_parameter():
 def test_named_sizes_and_registry():
     assert alternating_dilations((3, 4, 2, 1)) == ((1, 8, 1), (1, 4, 1, 4), (1, 2), (1,))
     large = DINAT_SIZES["dinat_large"]
-    assert (large.embed_dim, large.depths, large.num_heads, large.kernel_size) == (
+    assert (large.embed_dim, large.depths, large.num_heads, large.window) == (
         192, (3, 4, 18, 5), (6, 12, 24, 48), 7,
     )  # fmt: skip
     with torch.device("meta"):

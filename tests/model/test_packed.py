@@ -21,7 +21,7 @@ def test_packed_linear_equals_f_linear_and_follows_weight_changes():
     x = torch.randn(2, 37, 48)
     with torch.no_grad():
         out = layer(x)
-        assert "weight" in layer._packed_weights  # the packed path ran
+        assert ("weight", torch.float32) in layer._packed_weights  # the packed path ran
         assert (out - F.linear(x, layer.weight, layer.bias)).abs().max() < 1e-5
         layer.weight.mul_(-2)  # an optimizer step or load_state_dict writes in place
         again = layer(x)
@@ -66,7 +66,7 @@ def test_fused_relu_equals_relu_of_the_linear():
     assert torch.equal(linear_relu(layer, x), expected)  # grad mode: the unpacked path
     with torch.inference_mode():
         fused = linear_relu(layer, x)
-    assert "weight" in layer._packed_weights
+    assert ("weight", torch.float32) in layer._packed_weights
     assert (fused - expected).abs().max() < 1e-5 and (fused == 0).any()
 
 

@@ -24,13 +24,6 @@ import typing
 from dataclasses import dataclass
 from typing import Any, Literal, get_args, get_origin
 
-from optuna.distributions import (
-    BaseDistribution,
-    CategoricalDistribution,
-    FloatDistribution,
-    IntDistribution,
-)
-
 from oneseg.spec import SpecError, spec_from_dict, spec_to_dict
 
 # searched when `automl.parameters` is empty: the keys published recipes tune first
@@ -61,13 +54,6 @@ class SearchParam:
     log: bool = False
     choices: tuple = ()
     repeat: int = 0
-
-    def distribution(self) -> BaseDistribution:
-        if self.kind == "choice":
-            return CategoricalDistribution(self.choices)
-        if self.kind == "int":
-            return IntDistribution(int(self.low), int(self.high))
-        return FloatDistribution(self.low, self.high, log=self.log)
 
     def describe(self) -> str:
         if self.kind == "choice":

@@ -49,8 +49,11 @@ def official_to_timm(state: dict) -> dict:
 
 def load_pretrained_backbone(backbone: Backbone | DiNAT, path: str | Path) -> int:
     """Load an ImageNet (or our own) backbone file into `backbone`; returns the tensors loaded."""
-    path = Path(path)
-    state = unwrap_state_dict(read_weights_only(path), str(path))
+    if isinstance(path, str) and path.startswith("hf-hub:"):
+        state = _timm_hub_weights(path)
+    else:
+        path = Path(path)
+        state = unwrap_state_dict(read_weights_only(path), str(path))
     if isinstance(backbone, DiNAT):
         return _load_dinat(backbone, state, str(path))
     return load_backbone_state(backbone, official_to_timm(state), str(path))
@@ -81,3 +84,23 @@ def _load_dinat(backbone: DiNAT, state: dict, origin: str) -> int:
     loaded = {k: state[k] for k in own if k in state}
     backbone.load_state_dict(loaded, strict=False)
     return len(loaded)
+
+
+def _timm_hub_weights(name: str) -> dict:
+    """The state dict of timm's `hf-hub:ORG/NAME[@REVISION]` (a timm model repository: its
+    model.safetensors, else pytorch_model.bin), fetched through `oneseg.hub`."""
+    from timm.models._hub import hf_split  # timm's own reading of the name and revision
+
+    from oneseg.hub import HubError, download_file
+
+    repo_id, revision = hf_split(name[len("hf-hub:") :])
+    try:
+        from safetensors.torch import load_file
+
+        return load_file(str(download_file(repo_id, "model.safetensors", revision)))
+    except HubError as err:
+        if "has no model.safetensors" not in str(err):
+            raise
+    return unwrap_state_dict(
+        read_weights_only(download_file(repo_id, "pytorch_model.bin", revision)), name
+    )

@@ -21,9 +21,10 @@ from collections.abc import Callable
 
 import torch
 
+from oneseg.backbones import DINAT_SIZES, alternating_dilations
 from oneseg.config import ModelConfig
 from oneseg.model.build import build_model
-from oneseg.model.dinat import DINAT_SIZES, ONEFORMER_DINAT_LARGE, alternating_dilations
+from oneseg.model.dinat import ONEFORMER_DINAT_LARGE
 from oneseg.spec import section_from_dict
 
 log = logging.getLogger(__name__)

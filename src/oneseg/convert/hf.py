@@ -1,7 +1,8 @@
-"""Official OneFormer weights from a local transformers folder, converted exactly.
+"""Official OneFormer and Mask2Former weights from a local transformers folder, converted exactly.
 
-`load_hf_oneformer(dir)` reads `config.json` (+ `preprocessor_config.json` if present) and
-`model.safetensors` / `pytorch_model.bin` of a `OneFormerForUniversalSegmentation` and returns
+`load_hf_folder(dir)` reads `config.json` (+ `preprocessor_config.json` if present) and
+`model.safetensors` / `pytorch_model.bin` of a `OneFormerForUniversalSegmentation` or
+`Mask2FormerForUniversalSegmentation` (`hf_mask2former`) and returns
 our model config values, the state dict in our names and the label map's categories. Every one
 of our tensors is taken from the file and every tensor of the file is used, except those that
 cannot change the outputs (listed in `IGNORED`); anything else is an error listing the keys.
@@ -21,11 +22,12 @@ from pathlib import Path
 
 import torch
 
+from oneseg.backbones import CONVNEXT_SIZES, DINAT_SIZES, SWIN_SIZES
 from oneseg.config import ModelConfig
 from oneseg.convert.hf_key_map import Rule, canonical_key, rules_for, sources_of
+from oneseg.convert.hf_mask2former import mask2former_values
 from oneseg.errors import CheckpointError
 from oneseg.model.build import build_model
-from oneseg.model.dinat import DINAT_SIZES
 from oneseg.spec import section_from_dict
 
 log = logging.getLogger(__name__)
@@ -36,20 +38,6 @@ IGNORED = (
     "pixel_level_module.encoder.layernorm.",  # Swin classifier's final norm; backbones skip it
     "relative_position_index",  # a fixed index buffer, rebuilt from the window size
 )
-
-# Named sizes: (first-stage width, depths, Swin heads, Swin window).
-SWIN_SIZES = {
-    "swin_tiny": (96, [2, 2, 6, 2], [3, 6, 12, 24], 7),
-    "swin_small": (96, [2, 2, 18, 2], [3, 6, 12, 24], 7),
-    "swin_base": (128, [2, 2, 18, 2], [4, 8, 16, 32], 12),
-    "swin_large": (192, [2, 2, 18, 2], [6, 12, 24, 48], 12),
-}
-CONVNEXT_SIZES = {
-    "convnext_tiny": (96, [3, 3, 9, 3], [], 0),
-    "convnext_small": (96, [3, 3, 27, 3], [], 0),
-    "convnext_base": (128, [3, 3, 27, 3], [], 0),
-    "convnext_large": (192, [3, 3, 27, 3], [], 0),
-}
 
 
 class ConversionError(CheckpointError):
@@ -97,8 +85,11 @@ def _backbone_values(bb: dict) -> dict:
             "(swin, convnext, dinat)"
         )
     # the named size that agrees with most of the backbone; the rest become overrides
-    name = max(sizes, key=lambda n: sum(a == b for a, b in zip(sizes[n], dims)))
-    named = sizes[name]
+    named_dims = {
+        n: (s.embed_dim, list(s.depths), list(s.num_heads), s.window) for n, s in sizes.items()
+    }
+    name = max(named_dims, key=lambda n: sum(a == b for a, b in zip(named_dims[n], dims)))
+    named = named_dims[name]
     return {
         "backbone": name,
         "backbone_embed_dim": dims[0] if dims[0] != named[0] else 0,
@@ -136,6 +127,42 @@ def _dinat_values(bb: dict) -> dict:
         "backbone_dilations": [list(d) for d in bb["dilations"]],
         "drop_path_rate": float(bb.get("drop_path_rate", 0.0)),
     }
+
+
+SUPPORTED_TYPES = ("oneformer", "mask2former")
+EXTRAS_FILE = "oneseg.json"
+# OneFormer's training-only text branch, which a transformers folder for inference lacks
+TEXT_FILE = "oneseg_text_branch.safetensors"
+
+
+def check_model_type(config: dict, source: str) -> str:
+    """The config's model_type if oneseg converts it; otherwise one line naming what it is."""
+    kind = config.get("model_type")
+    if kind not in SUPPORTED_TYPES:
+        architectures = ", ".join(config.get("architectures") or []) or "no architectures"
+        raise ConversionError(
+            f"{source}: a {kind!r} model ({architectures}), not a OneFormer or Mask2Former; "
+            "oneseg converts OneFormerForUniversalSegmentation and "
+            "Mask2FormerForUniversalSegmentation"
+        )
+    return kind
+
+
+def any_model_values(config: dict, preprocessor: dict | None, name: str) -> dict:
+    """Our ModelConfig values for a transformers OneFormer or Mask2Former config dict; `name`
+    (folder or repository) tells a Mask2Former's task."""
+    if check_model_type(config, name) == "oneformer":
+        return model_values(config, preprocessor)
+    values = mask2former_values(config, _backbone_values(config["backbone_config"]), name)
+    _pixel_stats(values, preprocessor)
+    return values
+
+
+def _pixel_stats(values: dict, preprocessor: dict | None) -> None:
+    """The processor's mean and std (0-1 scale) as ours (0-255), when it has them."""
+    if preprocessor and preprocessor.get("image_mean") and preprocessor.get("image_std"):
+        values["pixel_mean"] = [float(v) * 255.0 for v in preprocessor["image_mean"]]
+        values["pixel_std"] = [float(v) * 255.0 for v in preprocessor["image_std"]]
 
 
 def model_values(config: dict, preprocessor: dict | None = None) -> dict:
@@ -202,9 +229,7 @@ def model_values(config: dict, preprocessor: dict | None = None) -> dict:
         },
     }
     _require(values["num_classes"] > 0, "config.json has no id2label")
-    if preprocessor and preprocessor.get("image_mean") and preprocessor.get("image_std"):
-        values["pixel_mean"] = [float(v) * 255.0 for v in preprocessor["image_mean"]]
-        values["pixel_std"] = [float(v) * 255.0 for v in preprocessor["image_std"]]
+    _pixel_stats(values, preprocessor)
     return values
 
 
@@ -300,24 +325,58 @@ def _read_json(path: Path) -> dict | None:
     return json.loads(path.read_text()) if path.is_file() else None
 
 
-def load_hf_oneformer(directory: str | Path) -> tuple[dict, dict[str, torch.Tensor], list[dict]]:
+def load_hf_folder(
+    directory: str | Path, name: str | None = None
+) -> tuple[dict, dict[str, torch.Tensor], list[dict]]:
     """(ModelConfig values, state dict in our names, label-map categories) of a local
-    transformers OneFormer folder (config.json + model.safetensors or pytorch_model.bin)."""
+    transformers OneFormer or Mask2Former folder (config.json + model.safetensors or
+    pytorch_model.bin). name: what the folder is called for the user (a hub repository's
+    name: it tells a Mask2Former's task); default the folder's own name."""
     directory = Path(directory)
     config = _read_json(directory / "config.json")
     if config is None:
-        raise FileNotFoundError(f"{directory}: no config.json of a transformers OneFormer")
+        raise FileNotFoundError(
+            f"{directory}: no config.json of a transformers OneFormer or Mask2Former"
+        )
     preprocessor = _read_json(directory / "preprocessor_config.json")
-    values = model_values(config, preprocessor)
+    values = any_model_values(config, preprocessor, name or directory.name)
+    extras = oneseg_extras(directory)
+    if extras:  # written by oneseg: its own model config and label map, exactly
+        values = extras["model_cfg"]
     cfg: ModelConfig = section_from_dict(ModelConfig, values, "model")
     model = build_model(cfg)
-    rules = rules_for(config["backbone_config"]["model_type"], model.pixel_decoder.num_fpn_levels)
+    rules = rules_for(
+        config["backbone_config"]["model_type"], model.pixel_decoder.num_fpn_levels, cfg.arch
+    )
     state, absent = convert_state_dict(read_hf_weights(directory), model.state_dict(), rules)
+    if absent and (directory / TEXT_FILE).is_file():  # kept by oneseg beside the folder
+        absent = _fill_text_branch(state, absent, directory / TEXT_FILE)
     if absent:
         log.warning(
             "%s has no text-branch weights (%d tensors; saved from an inference model): they "
             "start from random values; inference does not use them",
-            directory,
+            name or directory,
             len(absent),
         )
-    return values, state, categories(config, preprocessor)
+    return values, state, extras.get("label_map") or categories(config, preprocessor)
+
+
+def _fill_text_branch(state: dict, absent: list[str], path: Path) -> list[str]:
+    """Our text-branch tensors from `path` into `state`; the keys still absent."""
+    saved = _load_weight_file(path)
+    for key in absent:
+        if key in saved and saved[key].shape == state[key].shape:
+            state[key] = saved[key]
+    return [key for key in absent if key not in saved]
+
+
+def oneseg_extras(directory: Path) -> dict:
+    """What a folder written by `oneseg convert --to-hf` or `oneseg push` keeps beside the
+    transformers files (oneseg.json: model config, label map, intensity rule); {} if none."""
+    extras = _read_json(Path(directory) / EXTRAS_FILE) or {}
+    if extras and not {"model_cfg", "label_map"} <= set(extras):
+        raise ConversionError(f"{directory}/{EXTRAS_FILE}: lacks model_cfg or label_map")
+    return extras
+
+
+load_hf_oneformer = load_hf_folder  # the name it had when only OneFormer was read

@@ -1,4 +1,4 @@
-"""Where each of our tensors comes from in a transformers OneFormer checkpoint.
+"""Where each of our tensors comes from in a transformers OneFormer or Mask2Former checkpoint.
 
 Rules from our state-dict keys to transformers' keys, for the Swin and ConvNeXt backbones and
 for the rest of the network, and one spelling for the key names that differ between
@@ -81,15 +81,10 @@ def dinat_rules() -> list[Rule]:
     ]  # fmt: skip
 
 
-def head_rules(num_fpn_levels: int) -> list[Rule]:
-    layer = r"decoder\.layers\.(\d+)\."
-    query_layer = r"decoder\.query_init\.query_transformer\.layers\.(\d+)\."
-    their_layer, their_query_layer = TRF + r"layers.\1.", QT + r"layers.\1."
+def pixel_decoder_rules(num_fpn_levels: int) -> list[Rule]:
+    """The backbone's output norms and the pixel decoder: the same names in OneFormer and
+    Mask2Former."""
     pixel_layer, their_pixel_layer = r"pixel_decoder\.encoder\.(\d+)\.", DEC + r"encoder.layers.\1."
-    text_block, their_text_block = (
-        r"text_queries\.encoder\.blocks\.(\d+)\.",
-        TXT + r"text_encoder.transformer.layers.\1.",
-    )
     return [
         (r"backbone\.out_norms\.(\d)\.(.+)",
          lambda m: f"{ENC}hidden_states_norms.stage{int(m[1]) + 1}.{m[2]}"),
@@ -107,6 +102,19 @@ def head_rules(num_fpn_levels: int) -> list[Rule]:
         (r"pixel_decoder\.output_convs\.(\d+)\.(.+)",
          lambda m: f"{DEC}layer_{num_fpn_levels - int(m[1])}.{m[2]}"),
         (r"pixel_decoder\.mask_features\.(.+)", DEC + r"mask_projection.\1"),
+    ]  # fmt: skip
+
+
+def head_rules(num_fpn_levels: int) -> list[Rule]:
+    layer = r"decoder\.layers\.(\d+)\."
+    query_layer = r"decoder\.query_init\.query_transformer\.layers\.(\d+)\."
+    their_layer, their_query_layer = TRF + r"layers.\1.", QT + r"layers.\1."
+    text_block, their_text_block = (
+        r"text_queries\.encoder\.blocks\.(\d+)\.",
+        TXT + r"text_encoder.transformer.layers.\1.",
+    )
+    return [
+        *pixel_decoder_rules(num_fpn_levels),
         # task token and queries
         (r"task_mlp\.layers\.(\d+)\.(.+)", r"task_encoder.task_mlp.layers.\1.0.\2"),
         (r"decoder\.level_embed\.weight", "transformer_module.level_embed.weight"),
@@ -170,6 +178,35 @@ def canonical_key(key: str) -> str:
     return key
 
 
-def rules_for(backbone_family: str, num_fpn_levels: int) -> list[Rule]:
+def mask2former_head_rules(num_fpn_levels: int) -> list[Rule]:
+    """transformers' Mask2FormerForUniversalSegmentation: the pixel decoder as OneFormer's;
+    learned queries, masked-attention layers with their own names, the class head at the top."""
+    layer = r"decoder\.layers\.(\d+)\."
+    module = "transformer_module."
+    theirs = module + r"decoder.layers.\1."
+    return [
+        *pixel_decoder_rules(num_fpn_levels),
+        (r"decoder\.level_embed\.weight", module + "level_embed.weight"),
+        (r"decoder\.query_embed\.weight", module + "queries_embedder.weight"),
+        (r"decoder\.query_init\.query_feat\.weight", module + "queries_features.weight"),
+        (r"decoder\.input_proj\.(\d+)\.(.+)", module + r"input_projections.\1.\2"),
+        (layer + r"cross_attn\.attn\.(.+)", theirs + r"cross_attn.\2"),
+        (layer + r"cross_attn\.norm\.(.+)", theirs + r"cross_attn_layer_norm.\2"),
+        (layer + r"self_attn\.attn\.in_proj_(weight|bias)",
+         [theirs + rf"self_attn.{p}_proj.\2" for p in ("q", "k", "v")]),
+        (layer + r"self_attn\.attn\.out_proj\.(.+)", theirs + r"self_attn.out_proj.\2"),
+        (layer + r"self_attn\.norm\.(.+)", theirs + r"self_attn_layer_norm.\2"),
+        (layer + r"ffn\.linear1\.(.+)", theirs + r"fc1.\2"),
+        (layer + r"ffn\.linear2\.(.+)", theirs + r"fc2.\2"),
+        (layer + r"ffn\.norm\.(.+)", theirs + r"final_layer_norm.\2"),
+        (r"decoder\.decoder_norm\.(.+)", module + r"decoder.layernorm.\1"),
+        (r"decoder\.mask_embed\.layers\.(\d+)\.(.+)",
+         module + r"decoder.mask_predictor.mask_embedder.\1.0.\2"),
+        (r"decoder\.class_embed\.(.+)", r"class_predictor.\1"),
+    ]  # fmt: skip
+
+
+def rules_for(backbone_family: str, num_fpn_levels: int, arch: str = "oneformer") -> list[Rule]:
     backbone = {"swin": swin_rules, "dinat": dinat_rules}.get(backbone_family, convnext_rules)()
-    return backbone + head_rules(num_fpn_levels)
+    heads = mask2former_head_rules if arch == "mask2former" else head_rules
+    return backbone + heads(num_fpn_levels)

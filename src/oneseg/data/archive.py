@@ -93,3 +93,9 @@ def unpack_dataset_archives(dataset_cfg, cache_root: str | Path):
         val=source(dataset_cfg.val),
         test=source(dataset_cfg.test),
     )
+
+
+def with_unpacked_archives(spec):
+    """The spec with `.tar`/`.tar.gz` dataset folders unpacked into results_dir/cache."""
+    cache = Path(spec.results_dir) / "cache"
+    return dataclasses.replace(spec, dataset=unpack_dataset_archives(spec.dataset, cache))

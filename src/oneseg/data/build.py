@@ -7,6 +7,7 @@ from torch.utils.data import DataLoader, Sampler
 
 from oneseg.config import AugmentationConfig, DatasetConfig, DataSource
 from oneseg.constants import TASKS
+from oneseg.data.ade_jsonl import AdeJsonlReader
 from oneseg.data.coco_instance import CocoInstanceReader
 from oneseg.data.coco_panoptic import CocoPanopticReader
 from oneseg.data.dataset import SegmentationDataset
@@ -37,7 +38,7 @@ def load_label_map(dataset_cfg: DatasetConfig) -> LabelMap:
         return LabelMap.from_json(dataset_cfg.label_map)
     for split in SPLITS:
         for source in split_sources(dataset_cfg, split):
-            if source.annotations and dataset_cfg.type != "semantic":
+            if source.annotations and dataset_cfg.type not in ("semantic", "ade"):
                 categories = load_json(source.annotations).get("categories") or []
                 if not categories:
                     raise DataError(f"{source.annotations}: no `categories` to take classes from")
@@ -65,6 +66,7 @@ def build_reader(
         "coco_panoptic": ("images", "annotations"),
         "coco": ("images", "annotations"),
         "semantic": ("images", "labels"),
+        "ade": ("annotations",),
     }[kind]
     for key in needed:
         if not getattr(source, key):
@@ -77,6 +79,10 @@ def build_reader(
         return CocoInstanceReader(
             source.images, source.annotations, label_map, dataset_cfg.contiguous_id
         )
+    if kind == "ade":
+        return AdeJsonlReader(
+            source.annotations, source.images, label_map, dataset_cfg.contiguous_id
+        )
     return SemanticReader(
         source.images, source.labels, label_map, dataset_cfg.ignore_value, dataset_cfg.contiguous_id
     )
@@ -84,7 +90,7 @@ def build_reader(
 
 def build_transform(aug: AugmentationConfig, train: bool) -> TrainTransform | EvalTransform:
     if not train:
-        return EvalTransform(aug.eval_min_size, aug.eval_max_size)
+        return EvalTransform(aug.eval_min_size, aug.eval_max_size, aug.eval_resize or None)
     if aug.crop_size and len(aug.crop_size) != 2:
         raise ValueError(
             f"dataset.augmentation.crop_size must be [height, width] or [], got {aug.crop_size}"
@@ -97,6 +103,7 @@ def build_transform(aug: AugmentationConfig, train: bool) -> TrainTransform | Ev
         lsj_scale=tuple(aug.lsj_scale),
         hflip=aug.hflip,
         color_jitter=aug.color_jitter,
+        short_edge_scale=tuple(aug.short_edge_scale) if aug.short_edge_scale else None,
     )
 
 

@@ -19,6 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from oneseg.config import DatasetConfig
+from oneseg.data.ade_jsonl import AdeJsonlReader
 from oneseg.data.build import load_label_map, split_sources
 from oneseg.data.coco_panoptic import default_panoptic_dir
 from oneseg.data.image_io import ImageReadError, image_size, raw_size, read_label, read_values
@@ -325,9 +326,18 @@ def _check_semantic(
     dataset_cfg: DatasetConfig,
     pool: ThreadPoolExecutor,
 ) -> int:
-    reader = SemanticReader(
-        source.images, source.labels, label_map, dataset_cfg.ignore_value, dataset_cfg.contiguous_id
-    )
+    if dataset_cfg.type == "ade":
+        reader = AdeJsonlReader(
+            source.annotations, source.images, label_map, dataset_cfg.contiguous_id
+        )
+    else:
+        reader = SemanticReader(
+            source.images,
+            source.labels,
+            label_map,
+            dataset_cfg.ignore_value,
+            dataset_cfg.contiguous_id,
+        )
     for dup in _duplicates(r.image_id for r in reader.records):
         report.add(ERROR, source.images, f"image {dup}", "several images share this file stem")
     if not reader.records:

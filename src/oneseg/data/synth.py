@@ -17,7 +17,6 @@ The same seed gives the same bytes.
 
 from __future__ import annotations
 
-import argparse
 import json
 from pathlib import Path
 
@@ -312,32 +311,3 @@ def synthetic_dataset_config(
     aug.crop_size = [first["height"], first["width"]]
     aug.eval_min_size, aug.eval_max_size = short, long
     return config
-
-
-def synth_main(argv: list[str] | None = None) -> int:
-    """`oneseg data synth OUT [--num-train N] [--num-val N] [--size H W] [--seed S]`."""
-    parser = argparse.ArgumentParser(prog="oneseg data synth", description=__doc__.split("\n")[0])
-    parser.add_argument("out", help="folder to write the dataset into")
-    parser.add_argument("--num-train", type=int, default=200, help="training images")
-    parser.add_argument("--num-val", type=int, default=32, help="validation images")
-    parser.add_argument(
-        "--size",
-        type=int,
-        nargs=2,
-        default=[160, 160],
-        metavar=("H", "W"),
-        help="image height and width",
-    )
-    parser.add_argument("--seed", type=int, default=0, help="random seed")
-    args = parser.parse_args(argv)
-    paths = write_synthetic_dataset(
-        args.out, args.num_train, args.num_val, tuple(args.size), args.seed
-    )
-    print(f"wrote {args.num_train} train and {args.num_val} val images to {paths['root']}")
-    print(f"label map: {paths['label_map']}")
-    for split in ("train", "val"):
-        print(
-            f"{split}: images {paths[split]['images']}, panoptic {paths[split]['panoptic_json']}"
-            f", instances {paths[split]['instances_json']}"
-        )
-    return 0

@@ -168,3 +168,17 @@ def paint_thing(
     shift = rng.uniform(-18, 18, 3).astype(np.float32)
     light = _smooth_noise(rng, height, width, max(4, min(height, width) // 6))[..., None]
     return (np.array(color, np.float32) + shift) * (1 + 0.08 * light)
+
+
+def drawn_scene(height: int, width: int, seed: int = 0) -> np.ndarray:
+    """A textured picture with shapes, for when no photograph is at hand."""
+    rng = np.random.default_rng(seed)
+    layout = stuff_layout(rng, height, width)
+    picture = np.zeros((height, width, 3), dtype=np.float32)
+    for index, (name, _) in enumerate(STUFF):
+        region = layout == index
+        picture[region] = stuff_texture(name, rng, height, width)[region]
+    for color, (cx, cy) in (((200, 40, 40), (0.3, 0.6)), ((40, 40, 200), (0.7, 0.7))):
+        mask = shape_mask("circle", cx * width, cy * height, 0.15 * width, 0.0, height, width)
+        picture[mask] = paint_thing(color, rng, height, width)[mask]
+    return picture.clip(0, 255).astype(np.uint8)

@@ -132,6 +132,8 @@ class TrainTransform:
         lsj_scale: (low, high) of that fraction.
         hflip: probability of a horizontal flip.
         color_jitter: strength of the brightness/contrast/saturation jitter; 0 = off.
+        short_edge_scale: (low, high): the shortest edge is crop_size[0] x U(low, high) and the
+            longest at most twice it, in place of `min_sizes` (TAO OneFormer's scaling).
     """
 
     def __init__(
@@ -143,7 +145,10 @@ class TrainTransform:
         lsj_scale: tuple[float, float] = (0.1, 2.0),
         hflip: float = 0.5,
         color_jitter: float = 0.0,
+        short_edge_scale: tuple[float, float] | None = None,
     ):
+        if short_edge_scale and not crop_size:
+            raise ValueError("short_edge_scale needs a crop size")
         if lsj and not crop_size:
             raise ValueError("large-scale jitter needs a crop size")
         if not lsj and not min_sizes:
@@ -155,6 +160,7 @@ class TrainTransform:
         self.lsj_scale = (float(lsj_scale[0]), float(lsj_scale[1]))
         self.hflip = hflip
         self.color_jitter = color_jitter
+        self.short_edge_scale = tuple(short_edge_scale) if short_edge_scale else None
 
     def __call__(
         self, image: np.ndarray, segment_map: np.ndarray, rng: np.random.Generator
@@ -164,6 +170,9 @@ class TrainTransform:
             scale = rng.uniform(*self.lsj_scale)
             fit = min(self.crop_size[0] * scale / height, self.crop_size[1] * scale / width)
             size = (max(1, int(height * fit + 0.5)), max(1, int(width * fit + 0.5)))
+        elif self.short_edge_scale:
+            short = max(1, int(self.crop_size[0] * rng.uniform(*self.short_edge_scale)))
+            size = shortest_edge_size(height, width, short, 2 * short)
         else:
             short = self.min_sizes[int(rng.integers(len(self.min_sizes)))]
             size = shortest_edge_size(height, width, short, self.max_size)
@@ -182,19 +191,32 @@ class TrainTransform:
         return Transformed(image, segment_map, (int(content[0]), int(content[1])))
 
 
+def eval_size(
+    height: int, width: int, min_size: int, max_size: int, resize: tuple[int, int] | None = None
+) -> tuple[int, int]:
+    """(h, w) an image is evaluated at: shortest edge `min_size`, longest at most `max_size`,
+    taken from `resize` (h, w) instead of the image's own size when given (the image is first
+    stretched to it, as TAO OneFormer's `image_size` does)."""
+    if resize:
+        height, width = resize
+    return shortest_edge_size(height, width, min_size, max_size)
+
+
 class EvalTransform:
     """Evaluation resize: shortest edge to `min_size`, longest at most `max_size`;
-    `min_size` 0 keeps the image as it is."""
+    `min_size` 0 keeps the image as it is. `resize` (h, w): the aspect of that size instead of
+    the image's (see `eval_size`)."""
 
-    def __init__(self, min_size: int, max_size: int):
+    def __init__(self, min_size: int, max_size: int, resize: tuple[int, int] | None = None):
         self.min_size = min_size
         self.max_size = max_size
+        self.resize = tuple(resize) if resize else None
 
     def __call__(
         self, image: np.ndarray, segment_map: np.ndarray, rng: np.random.Generator | None = None
     ) -> Transformed:
         if self.min_size <= 0:
             return Transformed(image, segment_map, segment_map.shape)
-        size = shortest_edge_size(*segment_map.shape, self.min_size, self.max_size)
+        size = eval_size(*segment_map.shape, self.min_size, self.max_size, self.resize)
         image, segment_map = resize(image, segment_map, size)
         return Transformed(image, segment_map, size)

@@ -5,6 +5,10 @@ Writes into the action's folder:
     per_class.md, .csv  one row per class: PQ, SQ, RQ, IoU, AP   (with evaluate.iou_per_class)
     per_class.png       bar chart of per-class PQ, IoU and AP     (with evaluate.iou_per_class)
 and puts the headline numbers into status.json as KPIs.
+
+On several processes (`evaluate.num_gpus`, `num_processes_cpu`, `num_nodes`; see
+`oneseg.engine.processes`) each scores every W-th image and rank 0 merges the per-image states
+and writes: the metrics are those of one process.
 """
 
 from __future__ import annotations
@@ -18,16 +22,25 @@ from pathlib import Path
 from rich.console import Console
 from rich.progress import Progress
 from rich.table import Table
+from torch.utils.data import DataLoader
 
 from oneseg.cpu_threads import set_intra_op_threads
+from oneseg.data.archive import with_unpacked_archives
 from oneseg.data.build import build_dataloader, load_label_map
 from oneseg.data.intensity import choose_intensity
 from oneseg.data.label_map import LabelMap
 from oneseg.data.records import DataError
 from oneseg.engine.evaluator import Evaluator, evaluate_loader
-from oneseg.engine.train import with_unpacked_archives
+from oneseg.engine.processes import (
+    Processes,
+    check_exported_on_gpus,
+    launched,
+    plan_processes,
+)
+from oneseg.errors import RunFailed
 from oneseg.io import write_json_atomic
-from oneseg.runner import open_model
+from oneseg.precision import log_precision, precision_setting
+from oneseg.runner import is_exported, open_model
 
 SUMMARY_KEYS = {
     "panoptic": ("pq", "sq", "rq", "pq_th", "pq_st"),
@@ -49,17 +62,38 @@ LABELS = {
 
 
 def run_evaluate(spec, run) -> None:
+    """Score the model on `evaluate.split`, on one process or several (the images split
+    between them, merged on rank 0, which alone writes)."""
     spec = with_unpacked_archives(spec)
     cfg = spec.evaluate
-    set_intra_op_threads(spec.cpu_threads, spec.dataset.workers)
-    opened = open_model(
-        _model_source(cfg, spec.model), list(cfg.tasks), spec_model=spec.model, key=_key(cfg)
+    plan = plan_processes(cfg, "evaluate")
+    set_intra_op_threads(spec.cpu_threads, spec.dataset.workers, plan.cpu_processes)
+    with launched(plan) as processes:
+        _evaluate(spec, run, processes)
+
+
+def _evaluate(spec, run, processes: Processes) -> None:
+    cfg = spec.evaluate
+    source = _model_source(cfg, spec.model)
+    exported = bool(cfg.onnx_file or cfg.trt_engine) or is_exported(source)
+    precision = precision_setting(
+        cfg.precision, processes.device, "evaluate.precision", exported=exported
     )
+    opened = open_model(
+        source,
+        list(cfg.tasks),
+        device=processes.device,
+        spec_model=spec.model,
+        key=_key(cfg),
+        precision=precision,
+    )
+    log_precision(run, cfg.precision, getattr(opened.runner, "precision", None))
+    check_exported_on_gpus(opened, processes.plan)
     if opened.dropped:
         run.log("RUNNING", opened.dropped_message("not evaluating"))
     tasks = opened.tasks
     label_map = opened.label_map
-    _check_label_map(spec, label_map, run)
+    _check_label_map(spec, label_map, run, processes.is_main)
     if spec.dataset.type == "semantic" and tasks != ["semantic"]:
         run.log("RUNNING", "semantic label folders have no instances: evaluating mIoU only")
         tasks = ["semantic"]
@@ -74,14 +108,21 @@ def run_evaluate(spec, run) -> None:
         intensity=choose_intensity(spec.dataset.intensity, opened.intensity),
         tokens=False,
     )
-    evaluator = Evaluator(loader.dataset, label_map, tasks)
-    run.log("RUNNING", f"evaluating {opened.source} on {len(loader.dataset)} images ({cfg.split})")
+    dataset = loader.dataset
+    loader = shard_loader(loader, processes.shard(len(dataset)))
+    evaluator = Evaluator(dataset, label_map, tasks)
+    run.log(
+        "RUNNING",
+        f"evaluating {opened.source} on {len(dataset)} images ({cfg.split}), "
+        f"{processes.world_size} process(es)",
+    )
     start = time.time()
     log_every = max(1, len(loader) // 10)
-    with Progress(transient=True) as progress:
+    with Progress(transient=True, disable=not processes.is_main) as progress:
         bar = progress.add_task(f"evaluate {cfg.split}", total=len(loader))
 
         def on_step(step: int, total: int) -> None:
+            processes.step(cfg.batch_size)
             progress.advance(bar)
             if step % log_every == 0 and step < total:
                 run.log("RUNNING", f"batch {step}/{total}", step=step, total=total)
@@ -89,9 +130,14 @@ def run_evaluate(spec, run) -> None:
         if cfg.tile.mode == "off":
             evaluate_loader(opened.runner, loader, evaluator, on_step)
         else:
-            evaluate_tiled(opened, spec, loader.dataset, evaluator, on_step)
-    seconds = time.time() - start
+            indices = processes.shard(len(dataset))
+            evaluate_tiled(opened, spec, dataset, indices, evaluator, on_step)
+    shards = processes.gather(evaluator.images)
+    if not processes.is_main:
+        return
+    evaluator.images = merge_shards(shards, len(dataset))
     metrics = evaluator.compute(gather=False)
+    seconds = time.time() - start
     per_class = metrics.pop("per_class")
     metrics["seconds_per_image"] = seconds / max(1.0, metrics["num_images"])
 
@@ -101,13 +147,45 @@ def run_evaluate(spec, run) -> None:
         write_class_tables(folder, per_class)
         write_class_chart(folder / "per_class.png", per_class)
     run.kpis.update({k: round(v, 4) for k, v in metrics.items() if not math.isnan(v)})
-    print_summary(metrics, tasks, len(loader.dataset), cfg.split)
+    run.kpis["processes"] = processes.world_size
+    print_summary(metrics, tasks, len(dataset), cfg.split)
 
 
-def evaluate_tiled(opened, spec, dataset, evaluator: Evaluator, on_step) -> None:
-    """`evaluate.tile` on or auto: each image read at its own size and segmented by a
-    `Predictor` with those tile settings (tiled, or resized as the loader does when `auto`
-    leaves it whole), one image at a time."""
+def shard_loader(loader: DataLoader, indices: list[int]) -> DataLoader:
+    """`loader` over the dataset items `indices` only, in that order (same batches, workers
+    and collation); the loader itself when they are all of its items."""
+    if indices == list(range(len(loader.dataset))):
+        return loader
+    return DataLoader(
+        loader.dataset,
+        batch_size=loader.batch_size,
+        sampler=indices,
+        num_workers=loader.num_workers,
+        collate_fn=loader.collate_fn,
+        pin_memory=loader.pin_memory,
+        persistent_workers=loader.persistent_workers,
+    )
+
+
+def merge_shards(shards: list[dict], num_images: int) -> dict:
+    """The per-image states of every process as one dict by dataset index; refuses a merge
+    where an image is missing or was scored twice (the shards must split the dataset)."""
+    merged: dict = {}
+    for shard in shards:
+        merged.update(shard)
+    scored = sum(len(shard) for shard in shards)
+    if scored != len(merged) or len(merged) != num_images:
+        raise RunFailed(
+            f"evaluate: the processes scored {scored} images ({len(merged)} different) of "
+            f"{num_images}; every image must be scored once"
+        )
+    return dict(sorted(merged.items()))
+
+
+def evaluate_tiled(opened, spec, dataset, indices, evaluator: Evaluator, on_step) -> None:
+    """`evaluate.tile` on or auto: each image of `indices` (this process's) read at its own
+    size and segmented by a `Predictor` with those tile settings (tiled, or resized as the
+    loader does when `auto` leaves it whole), one image at a time."""
     from oneseg.predictor import Predictor
 
     aug = spec.dataset.augmentation
@@ -119,11 +197,11 @@ def evaluate_tiled(opened, spec, dataset, evaluator: Evaluator, on_step) -> None
         cpu_threads=None,
         tile=spec.evaluate.tile,
     )
-    for index in range(len(dataset)):
+    for step, index in enumerate(indices, 1):
         record, image, _ = dataset.load(index)
         results = predictor.predict([image], evaluator.tasks)
         evaluator.update({"image_ids": [record.image_id]}, results)
-        on_step(index + 1, len(dataset))
+        on_step(step, len(indices))
 
 
 def _model_source(cfg, spec_model) -> str:
@@ -143,7 +221,7 @@ def _key(cfg) -> str:
     return "evaluate.trt_engine" if cfg.trt_engine else "evaluate.checkpoint"
 
 
-def _check_label_map(spec, label_map, run) -> None:
+def _check_label_map(spec, label_map, run, warn: bool = True) -> None:
     """The checkpoint's classes are the ones scored; say so when the spec names others.
 
     A 1-class checkpoint on data of several classes needs `dataset.single_class` (the data's
@@ -170,7 +248,8 @@ def _check_label_map(spec, label_map, run) -> None:
             f"{label_map.category_ids[:10]}...: scoring the checkpoint's classes"
         )
         run.log("RUNNING", message)
-        print(f"oneseg evaluate: warning: {message}", file=sys.stderr)
+        if warn:
+            print(f"oneseg evaluate: warning: {message}", file=sys.stderr)
 
 
 def write_metrics_json(path: Path, metrics: dict, per_class: dict, checkpoint: str, split: str):

@@ -162,6 +162,8 @@ class Evaluator:
             images = {}
             for part in gathered:
                 images.update(part)
+        # dataset order: the float sums come out the same whichever process scored an image
+        images = dict(sorted(images.items()))
         metrics: dict = {"num_images": float(len(images))}
         per_class = {
             name: {"category_id": cid, "isthing": thing}

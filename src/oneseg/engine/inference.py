@@ -21,13 +21,21 @@ from rich.progress import Progress
 
 from oneseg.constants import IMAGE_SUFFIXES
 from oneseg.cpu_threads import set_intra_op_threads
+from oneseg.data.archive import is_archive, unpack_archive
 from oneseg.data.image_io import read_image
 from oneseg.data.intensity import Intensity, choose_intensity
 from oneseg.data.records import DataError
-from oneseg.engine.inference_outputs import InferenceOutputs
+from oneseg.engine.inference_outputs import InferenceOutputs, merge_parts, part_folder
+from oneseg.engine.processes import (
+    Processes,
+    check_exported_on_gpus,
+    launched,
+    plan_processes,
+)
 from oneseg.model.compiled import compile_pixel_decoder
+from oneseg.precision import log_precision, precision_setting
 from oneseg.predictor import Predictor
-from oneseg.runner import open_model
+from oneseg.runner import is_exported, open_model
 
 LIST_SUFFIXES = (".txt", ".lst", ".list")
 FLUSH_EVERY_IMAGES = 25
@@ -124,34 +132,90 @@ def _good_batches(reads, batch_size: int, on_bad) -> Iterator[list[tuple[Path, n
 
 def run_inference(spec, run) -> None:
     """The `inference` action: each task of `inference.tasks` on every image of
-    `inference.images`, written into `run.dir` (see `InferenceOutputs`).
+    `inference.images`, written into `run.dir` (see `InferenceOutputs`), on one process or
+    several (`oneseg.engine.processes`: the images still to do split between them).
 
     Images whose outputs are all there are skipped unless `inference.overwrite`; an image that
     cannot be read is reported (status.json and stderr) and skipped.
     """
+    plan = plan_processes(spec.inference, "inference")
+    # images are read ahead by threads, not processes
+    set_intra_op_threads(spec.cpu_threads, 0, plan.cpu_processes)
+    with launched(plan) as processes:
+        _run_inference(spec, run, processes)
 
+
+def _run_inference(spec, run, processes: Processes) -> None:
+    """Rank 0 takes in what the processes of a stopped run had written, decides what is to do
+    and merges every process's JSON files at the end (also when the run fails); each process
+    segments its share, writing its PNGs into the run's folder and its JSON files apart."""
     cfg = spec.inference
-    predictor, tasks = _predictor(spec, run)
+    predictor, tasks = _predictor(spec, run, processes)
     if cfg.compile and predictor.model is not None:
         compile_pixel_decoder(predictor.model)
-    set_intra_op_threads(spec.cpu_threads)  # images are read ahead by threads, not processes
-    paths, root = list_images(cfg.images)
-    outputs = InferenceOutputs(run.dir, predictor.label_map, tasks, cfg.overlay, cfg.semantic_ids)
-    todo = {
-        path: (name, rel)
-        for path, name, rel in zip(paths, output_names(paths, root), relative_paths(paths, root))
-        if cfg.overwrite or not outputs.is_done(name)
+    predictor.resize = tuple(cfg.resize) if cfg.resize else None
+    images = cfg.images
+    if is_archive(images):  # TAO's images.tar.gz, unpacked once (locked) as train does
+        images = str(unpack_archive(images, Path(spec.results_dir) / "cache"))
+    paths, root = list_images(images)
+    names, rels = output_names(paths, root), relative_paths(paths, root)
+    order = {name: position for position, name in enumerate(names)}
+    settings = (predictor.label_map, tasks, cfg.overlay, cfg.semantic_ids)
+    outputs, todo = None, None
+    if processes.is_main:
+        outputs = InferenceOutputs(run.dir, *settings)
+        merge_parts(outputs, order)
+        todo = [i for i, name in enumerate(names) if cfg.overwrite or not outputs.is_done(name)]
+    todo = processes.broadcast(todo)
+    several = processes.world_size > 1
+    share = f", on {processes.world_size} processes" if several else ""
+    run.log("RUNNING", f"{len(todo)} of {len(paths)} images to segment; the others are done{share}")
+    if several:
+        writer = InferenceOutputs(run.dir, *settings, part_folder(run.dir, processes.rank))
+    else:
+        writer = outputs
+    mine = {paths[todo[k]]: (names[todo[k]], rels[todo[k]]) for k in processes.shard(len(todo))}
+    try:
+        done = _segment(cfg, predictor, tasks, mine, writer, run, processes)
+        shares = processes.gather(done)
+    except BaseException:
+        if several and processes.is_main:
+            processes.stop_children()
+            try:  # keep what every process finished; the error raised is the one to report
+                merge_parts(outputs, order)
+            except Exception:  # noqa: BLE001
+                pass
+        raise
+    if not processes.is_main:
+        return
+    if several:
+        merge_parts(outputs, order)
+    for rank, (_, bad) in enumerate(shares):
+        for path, reason in bad if rank else []:
+            run.log("RUNNING", f"skipped a bad image: {reason}", bad_image=path)
+    counts = {
+        "images": len(paths),
+        "already_done": len(paths) - len(todo),
+        "segmented": sum(segmented for segmented, _ in shares),
+        "bad_images": sum(len(bad) for _, bad in shares),
     }
-    run.log("RUNNING", f"{len(todo)} of {len(paths)} images to segment; the others are done")
-    counts = {"images": len(paths), "already_done": len(paths) - len(todo), "segmented": 0}
-    bad: list[str] = []
+    run.kpis.update(counts, processes=processes.world_size)
+    summary = ", ".join(f"{k.replace('_', ' ')} {v}" for k, v in counts.items())
+    print(f"inference: {summary}; results in {run.dir}")
+
+
+def _segment(cfg, predictor, tasks, todo: dict, writer, run, processes) -> tuple[int, list]:
+    """Segment the images of `todo` (path -> (name, file_name)) and write them with `writer`,
+    flushing its JSON files now and then and at the end; returns (images segmented,
+    [(path, reason)] of the images that could not be read)."""
+    segmented, bad = 0, []
     last_flush, unflushed = time.time(), 0
     try:
-        with Progress(transient=True) as progress:
+        with Progress(transient=True, disable=not processes.is_main) as progress:
             bar = progress.add_task("inference", total=len(todo))
 
             def on_bad(path: Path, error: Exception) -> None:
-                _report_bad_image(run, path, error, bad)
+                bad.append((str(path), _report_bad_image(run, path, error)))
                 progress.advance(bar)
 
             reads = _read_ahead(list(todo), 2 * cfg.batch_size, predictor.intensity)
@@ -159,25 +223,23 @@ def run_inference(spec, run) -> None:
                 results = predictor.predict([image for _, image in batch], tasks)
                 for (path, image), result in zip(batch, results):
                     name, rel = todo[path]
-                    outputs.add(name, path, rel, image, result)
-                counts["segmented"] += len(batch)
+                    writer.add(name, path, rel, image, result)
+                segmented += len(batch)
                 unflushed += len(batch)
                 progress.advance(bar, len(batch))
+                processes.step(len(batch))
                 if (
                     unflushed >= FLUSH_EVERY_IMAGES
                     or time.time() - last_flush > FLUSH_EVERY_SECONDS
                 ):
-                    outputs.flush()
+                    writer.flush()
                     last_flush, unflushed = time.time(), 0
     finally:
-        outputs.flush()
-    counts["bad_images"] = len(bad)
-    run.kpis.update(counts)
-    summary = ", ".join(f"{k.replace('_', ' ')} {v}" for k, v in counts.items())
-    print(f"inference: {summary}; results in {run.dir}")
+        writer.flush()
+    return segmented, bad
 
 
-def _predictor(spec, run) -> tuple[Predictor, list[str]]:
+def _predictor(spec, run, processes: Processes) -> tuple[Predictor, list[str]]:
     """The predictor of the model `inference` runs (an exported file or engine, else a
     checkpoint), opened once, and the tasks of `inference.tasks` it runs; the others are
     reported and skipped."""
@@ -192,7 +254,20 @@ def _predictor(spec, run) -> tuple[Predictor, list[str]]:
             "inference.checkpoint is empty (and model.pretrained, inference.onnx_file and "
             "inference.trt_engine too): name a model"
         )
-    opened = open_model(source, list(cfg.tasks), spec_model=spec.model, key=key)
+    exported = bool(cfg.onnx_file or cfg.trt_engine) or is_exported(source)
+    precision = precision_setting(
+        cfg.precision, processes.device, "inference.precision", exported=exported
+    )
+    opened = open_model(
+        source,
+        list(cfg.tasks),
+        device=processes.device,
+        spec_model=spec.model,
+        key=key,
+        precision=precision,
+    )
+    log_precision(run, cfg.precision, getattr(opened.runner, "precision", None))
+    check_exported_on_gpus(opened, processes.plan)
     aug = spec.dataset.augmentation
     predictor = Predictor.from_opened(
         opened,
@@ -207,12 +282,14 @@ def _predictor(spec, run) -> tuple[Predictor, list[str]]:
     if opened.dropped:
         message = opened.dropped_message("skipping")
         run.log("RUNNING", message)
-        print(f"oneseg inference: {message}", file=sys.stderr)
+        if processes.is_main:
+            print(f"oneseg inference: {message}", file=sys.stderr)
     return predictor, opened.tasks
 
 
-def _report_bad_image(run, path: Path, error: Exception, bad: list[str]) -> None:
+def _report_bad_image(run, path: Path, error: Exception) -> str:
+    """Report an image that cannot be read (status.json on rank 0, stderr); returns why."""
     reason = str(error) if str(path) in str(error) else f"{path}: {error}"
-    bad.append(str(path))
     run.log("RUNNING", f"skipped a bad image: {reason}", bad_image=str(path))
     print(f"oneseg inference: skipped a bad image: {reason}", file=sys.stderr)
+    return reason

@@ -13,14 +13,14 @@ half-written file behind.
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 
 import numpy as np
-from pycocotools import mask as mask_util
 from scipy import ndimage
 
 from oneseg.io import read_json, write_id_png, write_json_atomic, write_png_atomic
-from oneseg.metrics.instance import masks_to_rle
+from oneseg.results import coco_instances
 from oneseg.visualize import overlay_instances, overlay_panoptic, overlay_semantic
 
 MIN_SIDE = 384  # overlays of smaller images are enlarged to this short side, to stay readable
@@ -79,26 +79,6 @@ def panoptic_segments_info(
     return infos
 
 
-def instance_results(
-    image_id: int, masks: np.ndarray, scores: np.ndarray, category_ids: np.ndarray
-) -> list[dict]:
-    """COCO result dicts of one image's detections (masks [N, H, W] bool)."""
-    rles = masks_to_rle(masks if hasattr(masks, "query_masks") else np.asarray(masks, bool))
-    if not rles:
-        return []
-    boxes = mask_util.toBbox([{**r, "counts": r["counts"].encode("ascii")} for r in rles])
-    return [
-        {
-            "image_id": int(image_id),
-            "category_id": int(category_id),
-            "segmentation": rle,
-            "score": round(float(score), 6),
-            "bbox": [round(float(v), 2) for v in box],
-        }
-        for rle, score, category_id, box in zip(rles, scores, category_ids, boxes)
-    ]
-
-
 def write_label_png(path: str | Path, labels: np.ndarray) -> None:
     """A label map [H, W] of non-negative ids: 8-bit PNG when all ids are below 256."""
     labels = np.asarray(labels)
@@ -125,18 +105,28 @@ class InferenceOutputs:
     and no other.
     """
 
-    def __init__(self, folder, label_map, tasks: list[str], overlay: bool, semantic_ids: str):
+    def __init__(
+        self,
+        folder,
+        label_map,
+        tasks: list[str],
+        overlay: bool,
+        semantic_ids: str,
+        json_folder=None,
+    ):
         self.folder = Path(folder)
+        # one process of several keeps its JSON files apart (`PARTS`); rank 0 merges them
+        self.json_folder = Path(json_folder) if json_folder is not None else self.folder
         self.label_map = label_map
         self.tasks = list(tasks)
         self.overlay = overlay
         self.semantic_ids = semantic_ids
-        listed = read_json(self.folder / "images.json", {}).get("images", [])
+        listed = read_json(self.json_folder / "images.json", {}).get("images", [])
         self.images: dict[str, dict] = {entry["name"]: entry for entry in listed}
-        panoptic = read_json(self.folder / "panoptic.json", {}).get("annotations", [])
+        panoptic = read_json(self.json_folder / "panoptic.json", {}).get("annotations", [])
         self.panoptic: dict[int, dict] = {ann["image_id"]: ann for ann in panoptic}
         self.instances: dict[int, list[dict]] = {}
-        for result in read_json(self.folder / "instance.json", []):
+        for result in read_json(self.json_folder / "instance.json", []):
             self.instances.setdefault(result["image_id"], []).append(result)
 
     def _files(self, name: str, task: str) -> list[Path]:
@@ -156,11 +146,8 @@ class InferenceOutputs:
         )
 
     def add(self, name: str, path: Path, file_name: str, image: np.ndarray, results: dict):
-        """Write the results (task -> result, see `oneseg.predictor`) of one image."""
-        entry = self.images.get(name)
-        if entry is None:
-            next_id = max((e["id"] for e in self.images.values()), default=0) + 1
-            entry = self.images[name] = {"id": next_id, "name": name, "tasks": []}
+        """Write the results (task -> result, see `oneseg.results`) of one image."""
+        entry = self._entry(name)
         entry.update(
             file_name=file_name,
             path=str(Path(path).absolute()),
@@ -183,9 +170,7 @@ class InferenceOutputs:
                     image, result.segment_ids, result.segments, self.label_map, min_side=MIN_SIDE
                 )
             elif task == "instance":
-                self.instances[image_id] = instance_results(
-                    image_id, result.masks, result.scores, result.category_ids
-                )
+                self.instances[image_id] = coco_instances(image_id, result)
                 picture = self.overlay and overlay_instances(
                     image,
                     result.masks,
@@ -205,6 +190,28 @@ class InferenceOutputs:
             if task not in entry["tasks"]:
                 entry["tasks"].append(task)
 
+    def _entry(self, name: str) -> dict:
+        """The images list entry of `name`, made with the next free id if there is none."""
+        entry = self.images.get(name)
+        if entry is None:
+            next_id = max((e["id"] for e in self.images.values()), default=0) + 1
+            entry = self.images[name] = {"id": next_id, "name": name, "tasks": []}
+        return entry
+
+    def take(self, name: str, other: InferenceOutputs) -> None:
+        """Take image `name` as `other` (another process's files) lists it: its entry and
+        task results under this folder's id of the image (the next free id when new)."""
+        source = other.images[name]
+        entry = self._entry(name)
+        entry.update({k: v for k, v in source.items() if k not in ("id", "name", "tasks")})
+        image_id, other_id = entry["id"], source["id"]
+        if "panoptic" in source["tasks"] and other_id in other.panoptic:
+            self.panoptic[image_id] = {**other.panoptic[other_id], "image_id": image_id}
+        if "instance" in source["tasks"]:
+            found = other.instances.get(other_id, [])
+            self.instances[image_id] = [{**r, "image_id": image_id} for r in found]
+        entry["tasks"] += [t for t in source["tasks"] if t not in entry["tasks"]]
+
     def flush(self) -> None:
         """Rewrite the JSON files: task files first, the images list (which marks images as
         done) last, so an interrupted flush only makes the next run redo some images."""
@@ -213,14 +220,66 @@ class InferenceOutputs:
         coco_images = [
             {k: e[k] for k in ("id", "file_name", "height", "width") if k in e} for e in images
         ]
-        if self.panoptic or (self.folder / "panoptic.json").exists():
+        if self.panoptic or (self.json_folder / "panoptic.json").exists():
             with_panoptic = [i for i in coco_images if i["id"] in self.panoptic]
             annotations = [self.panoptic[i["id"]] for i in with_panoptic]
             write_json_atomic(
-                self.folder / "panoptic.json",
+                self.json_folder / "panoptic.json",
                 {"images": with_panoptic, "annotations": annotations, "categories": categories},
             )
-        if self.instances or (self.folder / "instance.json").exists():
+        if self.instances or (self.json_folder / "instance.json").exists():
             results = [r for image_id in sorted(self.instances) for r in self.instances[image_id]]
-            write_json_atomic(self.folder / "instance.json", results)
-        write_json_atomic(self.folder / "images.json", {"images": images, "categories": categories})
+            write_json_atomic(self.json_folder / "instance.json", results)
+        write_json_atomic(
+            self.json_folder / "images.json", {"images": images, "categories": categories}
+        )
+
+
+PARTS = "parts"  # results_dir/inference/parts/rankNNNNN/: one process's JSON files of a run
+
+
+def _part(outputs: InferenceOutputs, folder: Path) -> InferenceOutputs:
+    return InferenceOutputs(
+        outputs.folder,
+        outputs.label_map,
+        outputs.tasks,
+        outputs.overlay,
+        outputs.semantic_ids,
+        json_folder=folder,
+    )
+
+
+def part_folder(folder, rank: int) -> Path:
+    """Where process `rank` of several keeps its JSON files (the same three as the run's,
+    with its own ids): `folder/parts/rankNNNNN/`, made if missing."""
+    path = Path(folder) / PARTS / f"rank{rank:05d}"
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def merge_parts(outputs: InferenceOutputs, order: dict[str, int]) -> int:
+    """Take every image that the part folders list as done into `outputs`, flush it and remove
+    the parts; returns the number of images taken.
+
+    New images get ids in the order of `order` (image name -> position in the listing; others
+    after, by name), as one process numbers them. Safe to repeat after a crash at any point:
+    an image taken twice keeps its id, and a part's images.json (which lists what is done) is
+    removed before the rest of it."""
+    root = outputs.folder / PARTS
+    folders = sorted(p for p in root.glob("rank*") if p.is_dir()) if root.is_dir() else []
+    parts = [_part(outputs, folder) for folder in folders]
+    taken = [(name, part) for part in parts for name in part.images]
+    taken.sort(key=lambda item: (order.get(item[0], len(order)), item[0]))
+    for name, part in taken:
+        outputs.take(name, part)
+    if taken:
+        outputs.flush()
+    for folder in folders:
+        (folder / "images.json").unlink(missing_ok=True)
+        shutil.rmtree(folder, ignore_errors=True)
+    if folders:
+        try:
+            root.rmdir()
+        except OSError:  # not empty: a process of this run already made its folder
+            pass
+    return len(taken)

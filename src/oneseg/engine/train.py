@@ -6,7 +6,6 @@ several nodes (WORLD_SIZE, NODE_RANK, MASTER_ADDR, MASTER_PORT, read by Lightnin
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 import math
 import sys
@@ -19,9 +18,10 @@ from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
 from torch.utils.data import DataLoader
 
 from oneseg.checkpoint import load_state_dict_strict, read_checkpoint
+from oneseg.config import ARCHITECTURE_KEYS
 from oneseg.convert.backbone_weights import load_pretrained_backbone
 from oneseg.cpu_threads import set_intra_op_threads
-from oneseg.data.archive import unpack_dataset_archives
+from oneseg.data.archive import with_unpacked_archives
 from oneseg.data.build import build_dataset, model_label_map
 from oneseg.data.image_io import dataset_window
 from oneseg.data.intensity import Intensity
@@ -37,9 +37,9 @@ from oneseg.engine.callbacks import (
 )
 from oneseg.engine.evaluator import Evaluator
 from oneseg.engine.module import SegmentationModule
+from oneseg.engine.processes import process_layout
 from oneseg.engine.sampling import EpochSampler, SeededDataset
 from oneseg.errors import CheckpointError, ResultsDirError
-from oneseg.experiment import ARCHITECTURE_KEYS
 from oneseg.model.build import build_model, supported_tasks
 from oneseg.model.criterion import build_criterion
 
@@ -76,17 +76,9 @@ def text_list_length(spec) -> int:
 
 def device_settings(train_cfg) -> dict:
     """Trainer keyword arguments for the accelerator, devices, nodes and strategy."""
-    use_gpu = train_cfg.accelerator == "gpu" or (
-        train_cfg.accelerator == "auto" and torch.cuda.is_available()
-    )
-    if use_gpu:
-        ids = train_cfg.gpu_ids[: train_cfg.num_gpus]
-        devices = ids if len(ids) == train_cfg.num_gpus else train_cfg.num_gpus
-        count = train_cfg.num_gpus
-    else:
-        devices = train_cfg.num_processes_cpu
-        count = devices
+    use_gpu, devices, count = process_layout(train_cfg)
     world = count * train_cfg.num_nodes
+    precision = train_cfg.precision
     strategy = "ddp" if world > 1 else "auto"
     if world > 1 and not use_gpu:
         strategy = L.pytorch.strategies.DDPStrategy(process_group_backend="gloo")
@@ -96,7 +88,8 @@ def device_settings(train_cfg) -> dict:
         "num_nodes": train_cfg.num_nodes,
         "strategy": strategy,
         "world_size": world,
-        "precision": train_cfg.precision if use_gpu else "32",
+        # CPUs compute bf16 (Lightning autocasts); fp16 autocast exists only on GPUs
+        "precision": "32" if precision == "16-mixed" and not use_gpu else precision,
     }
 
 
@@ -230,12 +223,6 @@ def build_loaders(spec, label_map, world_size: int):
     return train_loader, val_loader, sampler, [val_sampler] if val_loader is not None else []
 
 
-def with_unpacked_archives(spec):
-    """The spec with `.tar`/`.tar.gz` dataset folders unpacked into results_dir/cache."""
-    cache = Path(spec.results_dir) / "cache"
-    return dataclasses.replace(spec, dataset=unpack_dataset_archives(spec.dataset, cache))
-
-
 def monitor_callback(
     spec, run, has_validation: bool, val_tasks: list[str] | None = None
 ) -> BestCheckpoint | None:
@@ -278,6 +265,8 @@ def run_train(spec, run, callbacks: list | tuple = (), progress_bar: bool = True
     (the AutoML search adds one that reports validation metrics to its trial)."""
     quiet_lightning()
     L.seed_everything(spec.train.seed, workers=True, verbose=False)
+    torch.backends.cudnn.deterministic = spec.train.cudnn_deterministic
+    torch.backends.cudnn.benchmark = spec.train.cudnn_benchmark
     spec = with_unpacked_archives(spec)
     label_map = model_label_map(spec.dataset)
     num_classes = spec.model.num_classes or len(label_map)

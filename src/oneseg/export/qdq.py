@@ -38,7 +38,7 @@ import onnx
 
 from oneseg.constants import IMAGE_SUFFIXES
 from oneseg.data.image_io import read_image
-from oneseg.export.action import resized_batch
+from oneseg.export.inputs import resized_batch
 from oneseg.export.onnx_export import METADATA_KEY
 from oneseg.export.runtime import read_description
 from oneseg.io import write_json_atomic
@@ -301,13 +301,10 @@ def quantize_onnx(
                 calibrate(prepared, images, description, method, cache)
             # names after the pre-processing: its MatMul + Add -> Gemm fusion renames nodes
             proto = onnx.load(str(prepared))
-            excluded = set(float_nodes(proto, keep_float, regions, op_types))
             finite = Path(folder) / "finite_ranges.json"
-            infinite = finite_ranges(cache, finite)
-            unbounded = {
-                n.name for n in proto.graph.node if infinite & {*n.input, *n.output}
-            } - excluded
-            excluded |= unbounded
+            excluded, unbounded = _float_node_names(
+                proto, cache, finite, keep_float, regions, op_types
+            )
             quantize_static(
                 str(prepared),
                 str(tmp),
@@ -349,6 +346,17 @@ def quantize_onnx(
 
     write_json_atomic(target.with_suffix(".json"), description)
     return description["quantization"]
+
+
+def _float_node_names(
+    proto: onnx.ModelProto, cache: Path, finite: Path, keep_float, regions, op_types
+) -> tuple[set[str], set[str]]:
+    """(every node left in float, those of them left so for an infinite calibrated range);
+    writes the finite ranges of `cache` to `finite` for the quantizer."""
+    excluded = set(float_nodes(proto, keep_float, regions, op_types))
+    infinite = finite_ranges(cache, finite)
+    unbounded = {n.name for n in proto.graph.node if infinite & {*n.input, *n.output}} - excluded
+    return excluded | unbounded, unbounded
 
 
 def calibration_method(method: str):

@@ -34,14 +34,10 @@ from oneseg.data.build import build_dataloader
 from oneseg.data.image_io import read_image
 from oneseg.data.intensity import choose_intensity
 from oneseg.engine.evaluator import Evaluator, evaluate_loader
-from oneseg.export.qdq import (  # noqa: F401 - the quantize API lives in qdq, used from here
-    DEFAULT_REGIONS,
-    KEEP_FLOAT,
+from oneseg.export.qdq import (
     QUANTIZED_OPS,
     calibration_images,
     engine_inputs,
-    float_nodes,
-    is_network_node,
     node_regions,
     quantize_onnx,
 )

@@ -36,6 +36,11 @@ def read_description(path: str | Path) -> dict:
         raise ValueError(f"{path}: not a readable ONNX model ({type(err).__name__})") from None
     props = {p.key: p.value for p in proto.metadata_props}
     if METADATA_KEY not in props:
+        from oneseg.export.tao_onnx import tao_refusal  # TAO's exports: say what they lack
+
+        refusal = tao_refusal(path, proto)
+        if refusal:
+            raise ValueError(refusal)
         raise ValueError(f"{path}: not exported by `oneseg export` (no '{METADATA_KEY}' metadata)")
     return json.loads(props[METADATA_KEY])
 

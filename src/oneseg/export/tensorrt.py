@@ -20,7 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
-from oneseg.export.quantize import calibration_images, is_network_node
+from oneseg.export.qdq import calibration_images, is_network_node
 from oneseg.export.runtime import ExportedEngine, read_description
 from oneseg.export.tensorrt_calibrator import make_calibrator
 from oneseg.io import write_atomic, write_json_atomic
@@ -161,7 +161,9 @@ def read_engine_description(path: str | Path, installed_version: str | None) -> 
         raise FileNotFoundError(f"{path}: TensorRT engine not found")
     sidecar = sidecar_of(path)
     if not sidecar.is_file():
-        raise ValueError(f"{path}: no {sidecar.name} beside it (engines of oneseg gen_trt_engine)")
+        from oneseg.export.tao_onnx import tao_engine_refusal  # what a TAO engine would need
+
+        raise ValueError(tao_engine_refusal(path, sidecar))
     try:
         description = json.loads(sidecar.read_text())
         built_with = description["tensorrt"]["version"]

@@ -9,7 +9,7 @@ import numpy as np
 import torch
 
 from oneseg.data.image_io import read_image
-from oneseg.export.action import resized_batch
+from oneseg.export.inputs import resized_batch
 
 
 def make_calibrator(trt, plan):

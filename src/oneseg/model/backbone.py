@@ -1,7 +1,7 @@
 """Backbones from timm (`features_only`): four maps at strides 4, 8, 16, 32, NCHW.
 
-`BACKBONES` is the one name lookup: spec name -> timm model, the stages to output and what sits
-on top of them; DiNAT (family "dinat") is built by `oneseg.model.dinat` instead. Swin and
+`oneseg.backbones.BACKBONES` is the one name lookup: spec name -> family, timm model and the
+stages to output; DiNAT (family "dinat") is built by `oneseg.model.dinat` instead. Swin and
 ConvNeXt get one LayerNorm per output stage, as the OneFormer and Mask2Former backbones (and
 transformers' backbones) have. Nothing is ever downloaded: timm
 models are created with random weights; `load_backbone_weights` reads a local file.
@@ -13,7 +13,6 @@ use no stochastic depth; Swin and ConvNeXt have no BatchNorm and use drop-path 0
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import timm
@@ -23,34 +22,9 @@ from timm.layers import LayerNorm2d, freeze_batch_norm_2d
 from timm.models.swin_transformer import SwinTransformerBlock, window_partition, window_reverse
 from torch import nn
 
+from oneseg.backbones import BACKBONES
 from oneseg.errors import CheckpointError
-from oneseg.model.dinat import DINAT_SIZES, DiNAT, build_dinat
-
-
-@dataclass(frozen=True)
-class BackboneSpec:
-    timm_name: str
-    out_indices: tuple[int, ...]
-    family: str  # "swin", "convnext", "resnet", "efficientnet" or "dinat"
-    kwargs: dict = field(default_factory=dict)
-
-
-_SWIN = {"strict_img_size": False, "always_partition": True}
-BACKBONES: dict[str, BackboneSpec] = {
-    "swin_tiny": BackboneSpec("swin_tiny_patch4_window7_224", (0, 1, 2, 3), "swin", _SWIN),
-    "swin_small": BackboneSpec("swin_small_patch4_window7_224", (0, 1, 2, 3), "swin", _SWIN),
-    "swin_base": BackboneSpec("swin_base_patch4_window12_384", (0, 1, 2, 3), "swin", _SWIN),
-    "swin_large": BackboneSpec("swin_large_patch4_window12_384", (0, 1, 2, 3), "swin", _SWIN),
-    "convnext_tiny": BackboneSpec("convnext_tiny", (0, 1, 2, 3), "convnext"),
-    "convnext_small": BackboneSpec("convnext_small", (0, 1, 2, 3), "convnext"),
-    "convnext_base": BackboneSpec("convnext_base", (0, 1, 2, 3), "convnext"),
-    "convnext_large": BackboneSpec("convnext_large", (0, 1, 2, 3), "convnext"),
-    "resnet50": BackboneSpec("resnet50", (1, 2, 3, 4), "resnet"),
-    "efficientnet_b0": BackboneSpec("efficientnet_b0", (1, 2, 3, 4), "efficientnet"),
-    "efficientnet_lite0": BackboneSpec("efficientnet_lite0", (1, 2, 3, 4), "efficientnet"),
-    **{name: BackboneSpec("", (0, 1, 2, 3), "dinat") for name in DINAT_SIZES},
-}
-
+from oneseg.model.dinat import DiNAT, build_dinat
 
 # Stochastic depth when the spec says -1: the original's value for each family.
 DEFAULT_DROP_PATH = {"swin": 0.3, "convnext": 0.3, "dinat": 0.3, "resnet": 0.0, "efficientnet": 0.0}
@@ -159,7 +133,8 @@ def build_backbone(
         )
     if dilations:
         raise ValueError(f"backbone {name}: dilations apply to dinat only")
-    kwargs = {**spec.kwargs, "drop_path_rate": drop_path_rate}
+    swin_kwargs = {"strict_img_size": False, "always_partition": True}
+    kwargs = {**(swin_kwargs if spec.family == "swin" else {}), "drop_path_rate": drop_path_rate}
     if spec.family in ("swin", "convnext"):
         if embed_dim:
             width_key = "embed_dim" if spec.family == "swin" else "dims"

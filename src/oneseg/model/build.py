@@ -59,64 +59,14 @@ def build_model(cfg: ModelConfig, num_classes: int | None = None) -> OneFormer:
         dilations=cfg.backbone_dilations or None,
         frozen_bn=cfg.backbone_frozen_bn,
     )
-    pd = cfg.pixel_decoder
-    pixel_decoder = PixelDecoder(
-        in_channels=backbone.channels,
-        in_strides=backbone.strides,
-        conv_dim=pd.conv_dim,
-        mask_dim=pd.mask_dim,
-        enc_layers=pd.enc_layers,
-        enc_heads=pd.enc_heads,
-        enc_points=pd.enc_points,
-        enc_ffn_dim=pd.enc_ffn_dim,
-        dropout=pd.dropout,
-        norm_groups=pd.norm_groups,
-    )
-    if oneformer:
-        query_init = TaskConditionedQueries(
-            hidden_dim=cfg.hidden_dim,
-            mask_dim=pd.mask_dim,
-            nheads=cfg.nheads,
-            dim_feedforward=cfg.dim_feedforward,
-            num_layers=cfg.query_dec_layers,
-            dropout=cfg.query_dropout,
-            pre_norm=cfg.pre_norm,
-        )
-    else:
-        query_init = LearnedQueries(cfg.num_queries, cfg.hidden_dim)
-    decoder = TransformerDecoder(
-        in_channels=pd.conv_dim,
-        mask_dim=pd.mask_dim,
-        num_classes=classes,
-        hidden_dim=cfg.hidden_dim,
-        num_queries=cfg.num_queries,
-        nheads=cfg.nheads,
-        dim_feedforward=cfg.dim_feedforward,
-        dec_layers=cfg.dec_layers,
-        pre_norm=cfg.pre_norm,
-        enforce_input_proj=cfg.enforce_input_proj,
-        query_init=query_init,
-        dropout=cfg.dropout,
-    )
+    pixel_decoder = _pixel_decoder(cfg.pixel_decoder, backbone)
+    decoder = _transformer_decoder(cfg, classes)
     task_mlp = text_queries = task_token_ids = None
     if oneformer:
         task_mlp = MLP(cfg.task_seq_len, cfg.hidden_dim, cfg.hidden_dim, 2)
         prompts = [task_text(task, cfg.task_text) for task in TASKS]
         task_token_ids = tokenize(prompts, cfg.task_seq_len)  # [3, task_seq_len]
-        te = cfg.text_encoder
-        if te.n_ctx >= cfg.num_queries:
-            raise ValueError(
-                f"text_encoder.n_ctx ({te.n_ctx}) must be below num_queries ({cfg.num_queries})"
-            )
-        text_queries = TextQueries(
-            context_length=te.context_length,
-            width=te.width,
-            layers=te.layers,
-            vocab_size=te.vocab_size,
-            proj_layers=te.proj_layers,
-            n_ctx=te.n_ctx,
-            dim=cfg.hidden_dim,
-        )
+        text_queries = _text_queries(cfg)
     model = OneFormer(
         backbone=backbone,
         pixel_decoder=pixel_decoder,
@@ -134,3 +84,67 @@ def build_model(cfg: ModelConfig, num_classes: int | None = None) -> OneFormer:
     )
     use_packed_linears(model)  # inference on the CPU reads prepacked weights (same parameters)
     return model
+
+
+def _pixel_decoder(pd, backbone) -> PixelDecoder:
+    return PixelDecoder(
+        in_channels=backbone.channels,
+        in_strides=backbone.strides,
+        conv_dim=pd.conv_dim,
+        mask_dim=pd.mask_dim,
+        enc_layers=pd.enc_layers,
+        enc_heads=pd.enc_heads,
+        enc_points=pd.enc_points,
+        enc_ffn_dim=pd.enc_ffn_dim,
+        dropout=pd.dropout,
+        norm_groups=pd.norm_groups,
+    )
+
+
+def _transformer_decoder(cfg: ModelConfig, num_classes: int) -> TransformerDecoder:
+    """The masked-attention decoder with OneFormer's task-conditioned queries, or Mask2Former's
+    learned ones."""
+    if cfg.arch == "oneformer":
+        query_init = TaskConditionedQueries(
+            hidden_dim=cfg.hidden_dim,
+            mask_dim=cfg.pixel_decoder.mask_dim,
+            nheads=cfg.nheads,
+            dim_feedforward=cfg.dim_feedforward,
+            num_layers=cfg.query_dec_layers,
+            dropout=cfg.query_dropout,
+            pre_norm=cfg.pre_norm,
+        )
+    else:
+        query_init = LearnedQueries(cfg.num_queries, cfg.hidden_dim)
+    return TransformerDecoder(
+        in_channels=cfg.pixel_decoder.conv_dim,
+        mask_dim=cfg.pixel_decoder.mask_dim,
+        num_classes=num_classes,
+        hidden_dim=cfg.hidden_dim,
+        num_queries=cfg.num_queries,
+        nheads=cfg.nheads,
+        dim_feedforward=cfg.dim_feedforward,
+        dec_layers=cfg.dec_layers,
+        pre_norm=cfg.pre_norm,
+        enforce_input_proj=cfg.enforce_input_proj,
+        query_init=query_init,
+        dropout=cfg.dropout,
+    )
+
+
+def _text_queries(cfg: ModelConfig) -> TextQueries:
+    """OneFormer's training-only text branch."""
+    te = cfg.text_encoder
+    if te.n_ctx >= cfg.num_queries:
+        raise ValueError(
+            f"text_encoder.n_ctx ({te.n_ctx}) must be below num_queries ({cfg.num_queries})"
+        )
+    return TextQueries(
+        context_length=te.context_length,
+        width=te.width,
+        layers=te.layers,
+        vocab_size=te.vocab_size,
+        proj_layers=te.proj_layers,
+        n_ctx=te.n_ctx,
+        dim=cfg.hidden_dim,
+    )

@@ -112,7 +112,8 @@ def gather_sample(
     """Weighted sum of bilinear samples as one `embedding_bag` over the value rows.
 
     Arguments:
-        value: [B, S, heads, Dh], the levels' tokens flattened in `spatial_shapes` order.
+        value: [B, S, heads, Dh], the levels' tokens flattened in `spatial_shapes` order; the
+            sum runs in its dtype (float32 or bf16).
         pixels: [B, Q, heads, levels, points, 2] sampling points (x, y) in pixels of each level,
             pixel centres at k + 0.5 shifted to k (the `align_corners=False` convention).
         attention_weights: [B, Q, heads, levels, points].
@@ -145,7 +146,7 @@ def gather_sample(
     out = F.embedding_bag(
         rows.view(-1, bag),
         grid.table(value),
-        per_sample_weights=weights.view(-1, bag),
+        per_sample_weights=weights.view(-1, bag).to(value.dtype),
         mode="sum",
     )  # [B * Q * heads, Dh]
     return out.view(batch, num_queries, heads * head_dim)
@@ -259,10 +260,13 @@ class MultiScaleDeformableAttention(nn.Module):
             )  # [B, Q, heads, L, P, 2] in [0, 1]
             out = grid_sample_sample(value, spatial_shapes, locations, weights)
             return self.output_proj(out)
-        weights = softmax_last(weights).view(batch, num_queries, heads, levels, points)
+        # the weights' softmax and the points in float32 whatever the precision: in bf16 a
+        # point 100 pixels from the origin would move in steps of half a pixel
+        weights = softmax_last(weights.float()).view(batch, num_queries, heads, levels, points)
         if grid is None or grid.anchors is None:
+            dtype = torch.promote_types(query.dtype, torch.float32)
             grid = SamplingGrid(
-                spatial_shapes, batch, heads, points, query.device, query.dtype, reference_points
+                spatial_shapes, batch, heads, points, query.device, dtype, reference_points
             )
         # the same points in pixels: location * size - 0.5 (align_corners=False)
         pixels = offsets + grid.anchors

@@ -18,45 +18,12 @@ so original and OneFormer DiNAT weights load without renaming.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import torch
 import torch.nn.functional as F
 from timm.layers import DropPath
 from torch import nn
 
-
-def alternating_dilations(
-    depths: tuple[int, ...], stage_dilations: tuple[int, ...] = (8, 4, 2, 1)
-) -> tuple[tuple[int, ...], ...]:
-    """Blocks alternate dilation 1 and the stage's dilation (the 224-px ImageNet schedule)."""
-    return tuple(
-        tuple(1 if j % 2 == 0 else d for j in range(depth))
-        for depth, d in zip(depths, stage_dilations)
-    )
-
-
-@dataclass(frozen=True)
-class DinatSize:
-    embed_dim: int  # width of the first stage; doubles per stage
-    depths: tuple[int, ...]
-    num_heads: tuple[int, ...]
-    mlp_ratio: float
-    kernel_size: int
-    dilations: tuple[tuple[int, ...], ...]  # one per block
-    layer_scale: float | None = None  # initial per-channel residual scale; None = none
-
-
-_DEPTHS = (3, 4, 18, 5)
-# The published ImageNet-1k configs at 224 px (SHI-Labs/Neighborhood-Attention-Transformer).
-DINAT_SIZES: dict[str, DinatSize] = {
-    "dinat_tiny": DinatSize(64, _DEPTHS, (2, 4, 8, 16), 3.0, 7, alternating_dilations(_DEPTHS)),
-    "dinat_small": DinatSize(96, _DEPTHS, (3, 6, 12, 24), 2.0, 7, alternating_dilations(_DEPTHS)),
-    "dinat_base": DinatSize(
-        128, _DEPTHS, (4, 8, 16, 32), 2.0, 7, alternating_dilations(_DEPTHS), layer_scale=1e-5
-    ),
-    "dinat_large": DinatSize(192, _DEPTHS, (6, 12, 24, 48), 2.0, 7, alternating_dilations(_DEPTHS)),
-}
+from oneseg.backbones import DINAT_SIZES, alternating_dilations
 
 # OneFormer's DiNAT-L schedules (SHI-Labs/OneFormer configs): (kernel, dilations). The weights
 # do not record them; a converter picks them by kernel size.
@@ -332,7 +299,7 @@ def build_dinat(
         depths=depths_t,
         num_heads=tuple(num_heads) if num_heads else size.num_heads,
         mlp_ratio=size.mlp_ratio,
-        kernel_size=kernel_size or size.kernel_size,
+        kernel_size=kernel_size or size.window,
         dilations=dilations_t,
         layer_scale=size.layer_scale,
         drop_path_rate=drop_path_rate,

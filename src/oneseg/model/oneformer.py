@@ -26,6 +26,7 @@ from oneseg.model.layers import MLP
 from oneseg.model.pixel_decoder import PixelDecoder
 from oneseg.model.text_encoder import TextQueries
 from oneseg.model.transformer_decoder import TransformerDecoder
+from oneseg.precision import autocast, full_precision
 
 
 @dataclass
@@ -154,8 +155,13 @@ class OneFormer(nn.Module):
         if task not in TASKS:
             raise ValueError(f"unknown task {task!r}; expected one of {list(TASKS)}")
         ids = self.task_token_ids[TASKS.index(task)][None]  # [1, task_seq_len]
-        token = self.task_mlp(ids.to(self.pixel_mean.dtype))  # ids read as numbers
-        return token.expand(batch, -1)
+        return self.task_mlp_fp32(ids.to(self.pixel_mean.dtype)).expand(batch, -1)
+
+    def task_mlp_fp32(self, ids: torch.Tensor) -> torch.Tensor:
+        """The task MLP on token ids read as numbers [B, task_seq_len] -> [B, D], outside any
+        autocast: bf16 holds 8 significant bits and would round id 49406 to 49408."""
+        with full_precision(ids):
+            return self.task_mlp(ids.to(self.pixel_mean.dtype))
 
     def forward_tasks(
         self, images: torch.Tensor, tasks: Sequence[str] = ("panoptic",)
@@ -185,11 +191,16 @@ class OneFormer(nn.Module):
         images: torch.Tensor | Sequence[torch.Tensor],
         tasks: Sequence[str] = ("panoptic",),
         image_sizes: Sequence[tuple[int, int]] | None = None,
+        precision: str = "fp32",
     ) -> Prediction:
         """Raw outputs of each task for RGB 0-255 `images` (see `preprocess`), on the model's
-        device, in float32; `oneseg.model.postprocess.postprocess_batch` makes results."""
+        device, in float32; `oneseg.model.postprocess.postprocess_batch` makes results.
+
+        precision: "fp32", "bf16" or "fp16", the forward's (`oneseg.precision`; "auto" is
+        resolved by `choose_precision` first); the outputs are float32 in every case."""
         normalized, sizes = self.preprocess(images, image_sizes)
-        outputs = self.forward_tasks(normalized, tasks)
+        with autocast(precision, normalized.device):
+            outputs = self.forward_tasks(normalized, tasks)
         outputs = {t: {k: v.float() for k, v in out.items()} for t, out in outputs.items()}
         return Prediction(outputs, sizes, (int(normalized.shape[-2]), int(normalized.shape[-1])))
 
@@ -220,7 +231,7 @@ class OneFormer(nn.Module):
         if self.task_mlp is not None:
             if task_tokens is None:
                 raise ValueError("OneFormer needs task_tokens [B, task_seq_len]")
-            task_token = self.task_mlp(task_tokens.to(images.dtype))  # ids read as numbers
+            task_token = self.task_mlp_fp32(task_tokens)
         elif task_tokens is not None or text_tokens is not None:
             raise ValueError("a mask2former model takes no task or text tokens")
         maps = self.backbone(images)

@@ -147,12 +147,14 @@ class PixelDecoder(nn.Module):
             level_pos = self.pos_encoding(src).flatten(2).transpose(1, 2)
             pos.append(level_pos + self.level_embed[level].view(1, 1, -1))
         src, pos = torch.cat(srcs, 1), torch.cat(pos, 1)
-        ref = reference_points(shapes, src.shape[0], src.device, src.dtype)
+        # the points in float32 at least: bf16 cannot tell pixels apart on a map 256 wide
+        dtype = torch.promote_types(src.dtype, torch.float32)
+        ref = reference_points(shapes, src.shape[0], src.device, dtype)
         grid = None
         if self.encoder and not uses_grid_sample(src, *self.encoder.parameters()):
             attn = self.encoder[0].self_attn
             grid = SamplingGrid(
-                shapes, src.shape[0], attn.n_heads, attn.n_points, src.device, src.dtype, ref
+                shapes, src.shape[0], attn.n_heads, attn.n_points, src.device, dtype, ref
             )
         for layer in self.encoder:
             src = layer(src, pos, ref, shapes, grid)

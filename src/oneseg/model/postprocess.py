@@ -322,62 +322,80 @@ def postprocess(
         raise ValueError("need one image size and one output size per image of the batch")
     thing_classes = None if isthing is None else [i for i, t in enumerate(isthing) if t]
 
-    results = []
-    for i, (image_size, output_size) in enumerate(zip(image_sizes, output_sizes)):
-        if len(mask_logits[i]) * output_size[0] * output_size[1] * 4 > FULL_SIZE_BYTES:
-            low = model_resolution_logits(mask_logits[i : i + 1], padded_size, image_size)[0]
-            results.append(
-                _postprocess_in_strips(
-                    task,
-                    class_logits[i],
-                    low,
-                    tuple(output_size),
-                    num_classes=num_classes,
-                    isthing=isthing,
-                    thing_classes=thing_classes,
-                    topk=config.topk,
-                    object_mask_threshold=config.object_mask_threshold,
-                    overlap_threshold=config.overlap_threshold,
-                    score_threshold=config.score_threshold,
-                    label_map=label_map,
-                )
-            )
-            continue
-        if task == "panoptic":
-            # only the queries that take part can win a pixel: resize just those (the rule
-            # that picks them, taken again inside on the subset, keeps every one of them)
-            scores, labels = class_logits[i].softmax(-1).max(-1)
-            keep = labels.ne(num_classes) & (scores > config.object_mask_threshold)
-            if keep.any():
-                low = mask_logits[i : i + 1, keep]
-                masks = resize_mask_logits(low, padded_size, image_size, output_size)[0]
-            else:
-                masks = mask_logits.new_zeros((0, *output_size))
-            panoptic = panoptic_inference(
-                class_logits[i, keep],
-                masks,
-                num_classes,
-                isthing,
-                config.object_mask_threshold,
-                config.overlap_threshold,
-            )
-            results.append(PanopticResult(*panoptic, label_map=label_map))
-            continue
-        masks = resize_mask_logits(mask_logits[i : i + 1], padded_size, image_size, output_size)[0]
-        if task == "semantic":
-            scores = semantic_inference(class_logits[i], masks)
-            results.append(SemanticResult(scores.argmax(0), label_map=label_map))
-        elif task == "instance":
-            detections = instance_inference(
-                class_logits[i],
-                masks,
-                num_classes,
-                config.topk,
-                thing_classes,
-                config.score_threshold,
-            )
-            results.append(InstanceResult(**detections, label_map=label_map))
-    return results
+    settings = dict(
+        num_classes=num_classes,
+        isthing=isthing,
+        thing_classes=thing_classes,
+        config=config,
+        label_map=label_map,
+    )
+    return [
+        _postprocess_image(
+            task, class_logits[i], mask_logits[i : i + 1], padded_size, image_size, output_size,
+            **settings,
+        )
+        for i, (image_size, output_size) in enumerate(zip(image_sizes, output_sizes))
+    ]  # fmt: skip
+
+
+def _postprocess_image(
+    task: str,
+    class_logits: Tensor,
+    mask_logits: Tensor,
+    padded_size,
+    image_size,
+    output_size,
+    *,
+    num_classes: int,
+    isthing,
+    thing_classes,
+    config: PostprocessConfig,
+    label_map: LabelMap | None,
+) -> Result:
+    """One image's result: class_logits [Q, K+1], mask_logits [1, Q, h, w] of the padded batch."""
+    if len(mask_logits[0]) * output_size[0] * output_size[1] * 4 > FULL_SIZE_BYTES:
+        low = model_resolution_logits(mask_logits, padded_size, image_size)[0]
+        return _postprocess_in_strips(
+            task,
+            class_logits,
+            low,
+            tuple(output_size),
+            num_classes=num_classes,
+            isthing=isthing,
+            thing_classes=thing_classes,
+            topk=config.topk,
+            object_mask_threshold=config.object_mask_threshold,
+            overlap_threshold=config.overlap_threshold,
+            score_threshold=config.score_threshold,
+            label_map=label_map,
+        )
+    if task == "panoptic":
+        # only the queries that take part can win a pixel: resize just those (the rule that
+        # picks them, taken again inside on the subset, keeps every one of them)
+        scores, labels = class_logits.softmax(-1).max(-1)
+        keep = labels.ne(num_classes) & (scores > config.object_mask_threshold)
+        if keep.any():
+            masks = resize_mask_logits(mask_logits[:, keep], padded_size, image_size, output_size)
+            masks = masks[0]
+        else:
+            masks = mask_logits.new_zeros((0, *output_size))
+        panoptic = panoptic_inference(
+            class_logits[keep],
+            masks,
+            num_classes,
+            isthing,
+            config.object_mask_threshold,
+            config.overlap_threshold,
+        )
+        return PanopticResult(*panoptic, label_map=label_map)
+    masks = resize_mask_logits(mask_logits, padded_size, image_size, output_size)[0]
+    if task == "semantic":
+        scores = semantic_inference(class_logits, masks)
+        return SemanticResult(scores.argmax(0), label_map=label_map)
+    detections = instance_inference(
+        class_logits, masks, num_classes, config.topk, thing_classes, config.score_threshold
+    )
+    return InstanceResult(**detections, label_map=label_map)
 
 
 def _postprocess_in_strips(

@@ -26,6 +26,7 @@ from oneseg.model.layers import (
 )
 from oneseg.model.packed import is_exporting
 from oneseg.model.position_encoding import SinePositionEncoding
+from oneseg.precision import full_precision
 
 NUM_SCALES = 3
 
@@ -259,7 +260,8 @@ class TransformerDecoder(nn.Module):
         mask_embed = self.mask_embed(x)
         class_logits = mask_logits = None
         if full:
-            class_logits = self.class_embed(x)
+            with full_precision(x):  # a small product; its logits go to a softmax
+                class_logits = self.class_embed(x.to(self.class_embed.weight.dtype))
             # [B, Q, C] x [B, C, HW]: the features' own layout (channels-last) read as is
             height, width = mask_features.shape[-2:]
             mask_logits = torch.matmul(mask_embed, tokens(mask_features).transpose(1, 2))

@@ -12,48 +12,16 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
+from oneseg.backbones import BACKBONE_NAMES, DINAT_SIZES, SWIN_SIZES
 from oneseg.tao.table import TaoKeyError
 
-# Every name `model.backbone` accepts (the spec check refuses others with this list); the same
-# names as `oneseg.model.backbone.BACKBONES`, which a test keeps equal.
-KNOWN_BACKBONES = (
-    "swin_tiny",
-    "swin_small",
-    "swin_base",
-    "swin_large",
-    "convnext_tiny",
-    "convnext_small",
-    "convnext_base",
-    "convnext_large",
-    "resnet50",
-    "efficientnet_b0",
-    "efficientnet_lite0",
-    "dinat_tiny",
-    "dinat_small",
-    "dinat_base",
-    "dinat_large",
-)
-
-# name -> (embed_dim, depths, num_heads, window or kernel, mlp_ratio)
-SWIN_SIZES = {
-    "swin_tiny": (96, [2, 2, 6, 2], [3, 6, 12, 24], 7, 4.0),
-    "swin_small": (96, [2, 2, 18, 2], [3, 6, 12, 24], 7, 4.0),
-    "swin_base": (128, [2, 2, 18, 2], [4, 8, 16, 32], 12, 4.0),
-    "swin_large": (192, [2, 2, 18, 2], [6, 12, 24, 48], 12, 4.0),
-}
-DINAT_SIZES = {
-    "dinat_tiny": (64, [3, 4, 18, 5], [2, 4, 8, 16], 7, 3.0),
-    "dinat_small": (96, [3, 4, 18, 5], [3, 6, 12, 24], 7, 2.0),
-    "dinat_base": (128, [3, 4, 18, 5], [4, 8, 16, 32], 7, 2.0),
-    "dinat_large": (192, [3, 4, 18, 5], [6, 12, 24, 48], 7, 2.0),
-}
 _FAMILY_NAMES = {"d2swintransformer": "swin", "swin": "swin", "d2dinat": "dinat", "dinat": "dinat"}
 # TAO's defaults for a family named without sizes.
 _TAO_DEFAULT = {("name", "swin"): "swin_large", ("type", "swin"): "swin_tiny"}
 
 
 def known_names() -> str:
-    return ", ".join(["D2SwinTransformer", "D2DiNAT", "swin", "dinat", *KNOWN_BACKBONES])
+    return ", ".join(["D2SwinTransformer", "D2DiNAT", "swin", "dinat", *BACKBONE_NAMES])
 
 
 def _family(values: dict[str, Any]) -> tuple[str | None, str | None, str | None]:
@@ -62,7 +30,7 @@ def _family(values: dict[str, Any]) -> tuple[str | None, str | None, str | None]
         given = values.get(f"model.backbone.{key}")
         if given in (None, ""):
             continue
-        if given in KNOWN_BACKBONES:
+        if given in BACKBONE_NAMES:
             return given.split("_")[0], given, key
         family = _FAMILY_NAMES.get(str(given).lower())
         if family is None:
@@ -90,8 +58,8 @@ def _pick_size(family: str, sub: dict[str, Any], by: str | None) -> str:
     if "embed_dim" not in sub:
         return _TAO_DEFAULT.get((by, family), f"{family}_large")
     depths = sub.get("depths")
-    matches = [n for n, s in sizes.items() if s[0] == sub["embed_dim"]]
-    exact = [n for n in matches if depths is None or sizes[n][1] == list(depths)]
+    matches = [n for n, s in sizes.items() if s.embed_dim == sub["embed_dim"]]
+    exact = [n for n in matches if depths is None or list(sizes[n].depths) == list(depths)]
     if exact or matches:
         return (exact or matches)[0]
     return f"{family}_tiny"  # an unnamed width: every size key below is set explicitly
@@ -117,13 +85,17 @@ def resolve_backbone(values: dict[str, Any], current, emit: Callable[[str, Any],
             f"{stray[0]}: both swin and dinat settings given; set model.backbone.name"
         )
     name = outright or _pick_size(family, sub, by)
-    if name not in KNOWN_BACKBONES:
+    if name not in BACKBONE_NAMES:
         raise TaoKeyError(
             f"model.backbone: {name} is not built in this version; known: {known_names()}"
         )
     emit("model.backbone", name)
-    sizes = SWIN_SIZES if family == "swin" else DINAT_SIZES
-    embed, depths, heads, window, mlp = sizes.get(name, (None, None, None, None, None))
+    size = (SWIN_SIZES if family == "swin" else DINAT_SIZES).get(name)
+    embed, depths, heads, window, mlp = (
+        (size.embed_dim, list(size.depths), list(size.num_heads), size.window, size.mlp_ratio)
+        if size
+        else (None, None, None, None, None)
+    )
     if by == "type" and family == "swin" and "window_size" not in sub:
         sub["window_size"] = 7  # TAO Mask2Former's Swin default, whatever the size
     window_key = "window_size" if family == "swin" else "kernel_size"

@@ -3,7 +3,8 @@
 `split_tao_keys` takes the TAO keys (those of `oneseg.tao.table.ALIASES`) out of a spec tree and
 its overrides; `resolve` turns them into (oneseg key, value) assignments. Keys that belong
 together (the backbone, the training sources, the task switches, the multistep milestones) are
-resolved as groups by the functions of `GROUPS`.
+resolved as groups by the functions of `oneseg.tao.run_groups.GROUPS`. `Resolution.lines`
+says, key by key, what oneseg does with each TAO key (`oneseg tao explain`).
 """
 
 from __future__ import annotations
@@ -13,20 +14,13 @@ import difflib
 import typing
 import warnings
 from collections.abc import Callable
+from dataclasses import dataclass, field
 from typing import Any
 
-from oneseg.tao.backbones import resolve_backbone
-from oneseg.tao.table import (
-    ALIASES,
-    M2F_SOURCE_KEYS,
-    Alias,
-    SpecWarning,
-    TaoKeyError,
-    is_prefix,
-    lookup,
-)
+from oneseg.tao.groups import Context
+from oneseg.tao.run_groups import GROUPS
+from oneseg.tao.table import ALIASES, Alias, SpecWarning, TaoKeyError, is_prefix, lookup
 
-TASK_NAMES = ("semantic", "instance", "panoptic")
 MISSING = "???"  # Hydra/OmegaConf's mark of a value the spec leaves to fill in
 
 
@@ -109,6 +103,16 @@ def split_overrides(
 # --------------------------------------------------------------------------- resolving
 
 
+@dataclass
+class Resolution:
+    """The oneseg assignments of a spec's TAO keys, in order, and what was done with each key."""
+
+    assignments: list[tuple[str, Any]] = field(default_factory=list)
+    lines: list[tuple[str, str]] = field(default_factory=list)  # (TAO key(s), what oneseg does)
+    refusals: dict[str, str] = field(default_factory=dict)  # action -> one-line refusal
+    missing: list[str] = field(default_factory=list)  # TAO keys left '???' (to fill in)
+
+
 def _same(a: Any, b: Any) -> bool:
     if isinstance(a, str) and isinstance(b, str):
         return a.lower() == b.lower()
@@ -119,223 +123,84 @@ def _same(a: Any, b: Any) -> bool:
     return a == b
 
 
-def _single(key: str, row: Alias, value: Any, emit: Callable[[str, Any], None], current) -> None:
+def _fmt(assignments: list[tuple[str, Any]]) -> str:
+    return ", ".join(f"{k} = {v!r}" for k, v in assignments)
+
+
+def _single(key: str, row: Alias, value: Any, ctx: Context) -> str:
+    """Resolve one non-group key into `ctx`; returns what was done, for the explanation."""
     if row.kind == "fixed":
         if value is not None and not _same(value, row.value):
             raise TaoKeyError(f"{key}: got {value!r}; oneseg builds only {row.value!r} ({row.how})")
-    elif row.kind == "ignored":
+        return f"fixed: oneseg builds {row.value!r} ({row.how})"
+    if row.kind == "ignored":
         if value not in (None, "", [], {}) and not _same(value, row.value):
-            warnings.warn(f"{key}: accepted and ignored ({row.how})", SpecWarning, stacklevel=5)
-    elif row.kind == "rename" and value is not None:
-        if row.optional and current(row.target) is None:
-            if value in ("", False):
-                return
-            raise TaoKeyError(f"{key}: got {value!r}, but this is not built in this version")
-        if row.convert is not None:
-            try:
-                value = row.convert(value)
-            except ValueError as err:
-                raise TaoKeyError(f"{key}: {err}".replace(f"{key}: {key}: ", f"{key}: ")) from None
-        emit(row.target, value)
+            warnings.warn(f"{key}: accepted and ignored ({row.how})", SpecWarning, stacklevel=6)
+        return f"ignored: {row.how}"
+    if value is None:
+        return "unset: nothing to do"
+    if row.optional and ctx.current(row.target) is None:
+        if value in ("", False):
+            return "unset: nothing to do"
+        raise TaoKeyError(f"{key}: got {value!r}, but this is not built in this version")
+    if row.convert is not None:
+        try:
+            value = row.convert(value)
+        except ValueError as err:
+            raise TaoKeyError(f"{key}: {err}".replace(f"{key}: {key}: ", f"{key}: ")) from None
+    ctx.emit(row.target, value)
+    return f"-> {row.target} = {value!r}" + ("" if row.how == "same meaning" else f" ({row.how})")
 
 
-def resolve(tao: dict[str, Any], current: Callable[[str], Any]) -> list[tuple[str, Any]]:
+def resolve(
+    tao: dict[str, Any],
+    current: Callable[[str], Any],
+    flavour: str | None = None,
+    given: set[str] | None = None,
+    overridden: set[str] | None = None,
+) -> Resolution:
     """(oneseg dotted key, value) for every TAO key, in order: single keys, then groups.
 
     `current(key)` gives the oneseg value a key has without the TAO keys (spec, overrides or
-    default), for groups that complete or scale what is there."""
-    out: list[tuple[str, Any]] = []
+    default); `flavour` is the TAO model of the spec (`oneseg.tao.defaults.flavour`); `given`
+    the dotted keys the spec and overrides set; `overridden` the oneseg keys a native override
+    sets (those win over anything a TAO key says)."""
+    out = Resolution()
+    emitted: dict[str, Any] = {}
+    overridden = overridden or set()
 
-    def emit(key: str, value: Any) -> None:
-        out.append((key, value))
+    def lookup_value(key: str) -> Any:
+        if key in emitted and key not in overridden:
+            return emitted[key]
+        return current(key)
 
     groups: dict[str, dict[str, Any]] = {}
     for key, value in tao.items():
-        if value == MISSING:
-            raise TaoKeyError(f"{key}: '???' marks a value to fill in; give it ({key}=...)")
+        if value == MISSING:  # refused by the actions that read it (`oneseg.spec.check_inputs`)
+            out.missing.append(key)
+            out.lines.append((key, "'???': a value to fill in before an action reads it"))
+            continue
         row = lookup(key)
         if row.kind == "group":
             groups.setdefault(row.target, {})[key] = value
-        else:
-            _single(key, row, value, emit, current)
+            continue
+        ctx = Context(lookup_value, flavour, given or set())
+        out.lines.append((key, _single(key, row, value, ctx)))
+        _collect(ctx, out, emitted)
     for name, values in groups.items():
-        GROUPS[name](values, current, emit)
-    if any(key.startswith("model.mask_former.") for key in tao):
-        emit("model.arch", "mask2former")  # TAO's Mask2Former spec section
+        ctx = Context(lookup_value, flavour, given or set())
+        GROUPS[name](values, ctx)
+        what = _fmt(ctx.emitted) or "nothing to set"
+        out.lines.append((", ".join(values), f"-> {what}" if ctx.emitted else what))
+        out.lines += [("", f"  note: {n}") for n in ctx.notes]
+        _collect(ctx, out, emitted)
+    if flavour == "mask2former" and "model.arch" not in overridden:
+        out.assignments.append(("model.arch", "mask2former"))  # TAO's Mask2Former spec
+        out.lines.append(("(Mask2Former spec)", "-> model.arch = 'mask2former'"))
     return out
 
 
-def _train_sources(values: dict, current, emit) -> None:
-    """dataset.train.{images,annotations,panoptic}: strings (one source) or lists (several)."""
-    lists = {}
-    for key, value in values.items():
-        name = key.rsplit(".", 1)[1]
-        if value not in (None, ""):
-            lists[M2F_SOURCE_KEYS.get(name, name)] = value
-    lengths = {k: len(v) for k, v in lists.items() if isinstance(v, list)}
-    if len(set(lengths.values())) > 1:
-        raise TaoKeyError(f"dataset.train: lists of different lengths {lengths}")
-    count = next(iter(lengths.values()), 1)
-    for name, value in lists.items():
-        if not isinstance(value, list):
-            lists[name] = [value] * count if count == 1 else None
-            if lists[name] is None:
-                raise TaoKeyError(
-                    f"dataset.train.{name}: got one value for {count} sources; give a list"
-                )
-    existing = current("dataset.train") or []
-    sources = []
-    for i in range(count):
-        base = dict(existing[i]) if len(existing) == count and isinstance(existing[i], dict) else {}
-        base.update({name: str(value[i]) for name, value in lists.items()})
-        sources.append(base)
-    emit("dataset.train", sources)
-
-
-def _tasks(values: dict, current, emit) -> None:
-    """model.test.*_on / model.task_toggling.*_on: which tasks evaluate runs."""
-    tasks = list(current("evaluate.tasks"))
-    for key, on in values.items():
-        task = key.rsplit(".", 1)[1].removesuffix("_on")
-        if not isinstance(on, bool):
-            raise TaoKeyError(f"{key}: got {on!r}, expected true or false")
-        if on and task not in tasks:
-            tasks.append(task)
-        if not on and task in tasks:
-            tasks.remove(task)
-    if not tasks:
-        raise TaoKeyError(f"{', '.join(values)}: every task is off")
-    emit("evaluate.tasks", [t for t in TASK_NAMES if t in tasks])
-
-
-def _milestones(values: dict, current, emit) -> None:
-    """train.optim.steps / milestones: TAO's MultiStep steps once per epoch, so its milestones
-    are epochs; oneseg's are fractions of the whole run."""
-    epochs = current("train.num_epochs")
-    for key, value in values.items():
-        if value in (None, []):
-            continue
-        if isinstance(value, list) and all(isinstance(v, float) for v in value):
-            emit("train.optim.milestones", value)  # oneseg's own: fractions
-            continue
-        if not isinstance(value, list) or not all(isinstance(v, int) for v in value):
-            raise TaoKeyError(f"{key}: got {value!r}, expected a list of epochs")
-        if any(v <= 0 or v > epochs for v in value):
-            raise TaoKeyError(f"{key}: got {value!r}, expected epochs in 1..{epochs}")
-        emit("train.optim.milestones", [v / epochs for v in sorted(value)])
-
-
-def _lsj_scale(values: dict, current, emit) -> None:
-    low, high = current("dataset.augmentation.lsj_scale")
-    low = values.get("dataset.min_scale", low)
-    high = values.get("dataset.max_scale", high)
-    emit("dataset.augmentation.lsj_scale", [low, high])
-
-
-def _image_size(values: dict, current, emit) -> None:
-    """inference.image_size [h, w]: oneseg keeps the aspect ratio, so the shorter side becomes
-    eval_min_size and the longer one eval_max_size."""
-    size = values["inference.image_size"]
-    if size is None:
-        return
-    size = [size, size] if isinstance(size, int) else size
-    if not (
-        isinstance(size, list) and len(size) in (1, 2) and all(isinstance(s, int) for s in size)
-    ):
-        raise TaoKeyError(f"inference.image_size: got {size!r}, expected [height, width]")
-    emit("dataset.augmentation.eval_min_size", min(size))
-    emit("dataset.augmentation.eval_max_size", max(size))
-
-
-def _freeze(values: dict, current, emit) -> None:
-    names = values["train.freeze"] or []
-    unknown = [n for n in names if n != "backbone"]
-    if unknown:
-        raise TaoKeyError(
-            f"train.freeze: got {names!r}; oneseg freezes the backbone only (['backbone'])"
-        )
-    emit("train.freeze_backbone", bool(names))
-
-
-def _clip(values: dict, current, emit) -> None:
-    if values["train.clip_gradients.enabled"] is False:
-        emit("train.clip_grad_norm", 0.0)
-
-
-def _quantize(values: dict, current, emit) -> None:
-    path = values["quantize.model_path"]
-    if not path:
-        return
-    if str(path).endswith(".onnx"):
-        emit("quantize.onnx_file", str(path))
-        return
-    if current("quantize.checkpoint") is not None:
-        emit("quantize.checkpoint", str(path))
-        return
-    raise TaoKeyError(
-        f"quantize.model_path: got {path!r}; oneseg quantizes an exported ONNX model: export it "
-        "first (oneseg export, export.checkpoint=...) and give the .onnx here"
-    )
-
-
-def _dataset_type(values: dict, current, emit) -> None:
-    """Mask2Former's per-split `type`: one annotation format for all splits."""
-    jsonl = {k: v for k, v in values.items() if k.endswith(".annot_file") and v}
-    kinds = {k: v for k, v in values.items() if k.endswith(".type") and v not in (None, "")}
-    if len(set(kinds.values())) > 1:
-        raise TaoKeyError(f"{', '.join(kinds)}: one dataset type for all splits, got {kinds}")
-    for key, kind in kinds.items():
-        if kind not in ("coco_panoptic", "coco"):
-            raise TaoKeyError(
-                f"{key}: got {kind!r}; oneseg reads coco_panoptic and coco (ADE's JSONL is not "
-                "read: use label PNGs with dataset.type semantic)"
-            )
-        emit("dataset.type", kind)
-    if jsonl:
-        key = next(iter(jsonl))
-        raise TaoKeyError(
-            f"{key}: got {jsonl[key]!r}; ADE's JSONL annotations are not read: use label PNGs "
-            "with dataset.type semantic"
-        )
-
-
-def _schedule(values: dict, current, emit) -> None:
-    """TAO sizes its warmup-poly schedule as iters_per_epoch x num_epochs + 1 iterations (an
-    epoch still runs over the whole loader)."""
-    iters = values["train.iters_per_epoch"]
-    if iters is None:
-        return
-    if not isinstance(iters, int) or isinstance(iters, bool) or iters < 1:
-        raise TaoKeyError(f"train.iters_per_epoch: got {iters!r}, expected an integer >= 1")
-    emit("train.optim.schedule_steps", iters * current("train.num_epochs") + 1)
-
-
-def _quantize_mode(values: dict, current, emit) -> None:
-    """TAO's static_ptq is oneseg's calibrated INT8 (`quantize.mode: static` where that key
-    exists); weight-only quantization is not built."""
-    mode = values["quantize.mode"]
-    if mode is None:
-        return
-    native = {"static_ptq": "static", "static": "static", "dynamic": "dynamic"}
-    if current("quantize.mode") is None:  # calibrated static INT8 is the only mode
-        native = {"static_ptq": None, "static": None}
-    if str(mode).lower() not in native:
-        raise TaoKeyError(f"quantize.mode: got {mode!r}, expected one of {', '.join(native)}")
-    if native[str(mode).lower()] is not None:
-        emit("quantize.mode", native[str(mode).lower()])
-
-
-GROUPS: dict[str, Callable] = {
-    "dataset_type": _dataset_type,
-    "schedule": _schedule,
-    "quantize_mode": _quantize_mode,
-    "backbone": resolve_backbone,
-    "train_sources": _train_sources,
-    "tasks": _tasks,
-    "milestones": _milestones,
-    "lsj_scale": _lsj_scale,
-    "image_size": _image_size,
-    "freeze": _freeze,
-    "clip": _clip,
-    "quantize": _quantize,
-}
+def _collect(ctx: Context, out: Resolution, emitted: dict[str, Any]) -> None:
+    out.assignments += ctx.emitted
+    emitted.update(ctx.emitted)
+    out.refusals.update(ctx.refusals)

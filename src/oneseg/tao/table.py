@@ -12,7 +12,7 @@ Each row is one of:
 - a fixed key: oneseg builds exactly what TAO builds at that value and refuses any other;
 - an ignored key: it changes nothing in oneseg (the reason is given); a value other than TAO's
   default is reported in one warning.
-The README's "TAO spec keys" table is generated from this table (`markdown_table`).
+The "TAO specs" table of docs/tao_keys.md is generated from this table (`markdown_table`).
 """
 
 from __future__ import annotations
@@ -37,7 +37,7 @@ class Alias:
     tao: str  # dotted TAO key
     kind: str  # "rename", "group", "fixed" or "ignored"
     target: str = ""  # dotted oneseg key (rename) or the group's name (group)
-    how: str = ""  # what it means in oneseg, for the README
+    how: str = ""  # what it means in oneseg, for the docs
     convert: Convert | None = None  # rename: TAO value -> oneseg value
     value: Any = None  # fixed: the one value accepted; ignored: TAO's default
     # rename onto a key of an action or mode that a build may lack: without the key, an unset
@@ -116,7 +116,12 @@ def _decoder_rows(section: str) -> list[Alias]:
         rename(p + "pre_norm", "model.pre_norm"),
         rename(p + "enforce_input_proj", "model.enforce_input_proj"),
         rename(p + "size_divisibility", "model.size_divisibility"),
-        rename(p + "dropout", "model.query_dropout", "dropout of the query transformer"),
+        group(
+            p + "dropout",
+            "dropout",
+            "TAO's pixel-decoder dropout -> model.pixel_decoder.dropout (OneFormer: also the "
+            "query transformer's, model.query_dropout)",
+        ),
         rename(p + "train_num_points", loss + "train_num_points"),
         rename(p + "oversample_ratio", loss + "oversample_ratio"),
         rename(p + "importance_sample_ratio", loss + "importance_sample_ratio"),
@@ -189,56 +194,84 @@ M2F_SOURCE_KEYS = {
 }
 
 
+_SOURCE_HOW = {
+    "images": "the images folder (train: a string, or a list of several sources)",
+    "annotations": "the annotation JSON (train: a string, or a list of several sources)",
+    "panoptic": "the panoptic PNG folder (train: a string, or a list of several sources)",
+    "img_dir": "Mask2Former: -> images",
+    "panoptic_json": "Mask2Former: -> annotations when the type is coco_panoptic",
+    "instance_json": "Mask2Former: -> annotations when the type is coco",
+    "panoptic_dir": "Mask2Former: -> panoptic",
+    "annot_file": "Mask2Former ade: the JSON-lines file -> annotations (dataset.type ade)",
+    "root_dir": "Mask2Former ade: folder of the JSON-lines paths -> images (other types: unused)",
+    "type": "Mask2Former: ade / coco_panoptic / coco -> dataset.type (one for all splits)",
+}
+_BATCH_OF = {"train": "dataset.batch_size", "val": "evaluate.batch_size"}
+
+
 def _dataset_rows() -> list[Alias]:
     rows = []
-    for key in ("images", "annotations", "panoptic", *M2F_SOURCE_KEYS):
-        rows.append(
-            group(
-                f"dataset.train.{key}",
-                "train_sources",
-                "a string (one source) or a list (several, zipped) -> dataset.train list",
-            )
-        )
     for split in ("train", "val", "test"):
-        target = "dataset.batch_size" if split == "train" else "evaluate.batch_size"
+        keys = ("images", "annotations", "panoptic") if split == "train" else ()
+        for key in (*keys, *M2F_SOURCE_KEYS, "annot_file", "root_dir", "type"):
+            rows.append(group(f"dataset.{split}.{key}", "sources", _SOURCE_HOW[key]))
         rows += [
-            rename(f"dataset.{split}.batch_size", target, "per process"),
             rename(f"dataset.{split}.num_workers", "dataset.workers"),
             ignored(f"dataset.{split}.names", None, "display names of the datasets"),
             ignored(f"dataset.{split}.name", None, "Mask2Former: display name of the dataset"),
             group(
-                f"dataset.{split}.type",
-                "dataset_type",
-                "Mask2Former: coco_panoptic / coco -> dataset.type (ade JSONL is not read)",
+                f"dataset.{split}.target_size",
+                "target_size",
+                "Mask2Former: images stretched to [h, w] first -> val: "
+                "dataset.augmentation.eval_resize, test: inference.resize, train: refused",
             ),
-            group(f"dataset.{split}.annot_file", "dataset_type", "ADE JSONL: not read (refused)"),
-            fixed(f"dataset.{split}.root_dir", "", "paths are taken as given"),
-            ignored(f"dataset.{split}.target_size", None, "dataset.augmentation.eval_*_size"),
         ]
-        if split != "train":
-            rows += [
-                rename(f"dataset.{split}.{key}", f"dataset.{split}.{target}", "Mask2Former")
-                for key, target in M2F_SOURCE_KEYS.items()
-            ]
+        if split == "test":
+            rows.append(group("dataset.test.batch_size", "test_batch", "-> inference.batch_size"))
+        else:
+            rows.append(rename(f"dataset.{split}.batch_size", _BATCH_OF[split], "per process"))
     aug = "dataset.augmentation."
     rows += [
+        group(
+            aug + "train_min_size",
+            "train_min_size",
+            "Mask2Former: one value s (or none: the crop's) expands as TAO does to "
+            "s/2, s/2+64, ... up to 2s; otherwise as given",
+        ),
+        group(
+            "dataset.contiguous_id",
+            "contiguous",
+            "TAO false: raw category ids are the class channels and num_classes covers them; "
+            "oneseg gives each label-map category its own channel in order (same classes, the "
+            "same category ids in every output) and takes the count from the label map",
+        ),
         rename(aug + "train_crop_size", aug + "crop_size"),
         rename(aug + "test_min_size", aug + "eval_min_size"),
         rename(aug + "test_max_size", aug + "eval_max_size"),
         rename("dataset.task_prob_train", "dataset.task_prob"),
         ignored("dataset.task_prob_val", None, "evaluation runs each task in evaluate.tasks"),
-        rename("dataset.pixel_mean", "model.pixel_mean", "0-255 scale, as TAO"),
-        rename("dataset.pixel_std", "model.pixel_std", "0-255 scale, as TAO"),
+        group("dataset.pixel_mean", "pixel", "OneFormer: 0-255 scale; Mask2Former: 0-1 (x 255)"),
+        group("dataset.pixel_std", "pixel", "OneFormer: 0-255 scale; Mask2Former: 0-1 (x 255)"),
         rename("dataset.task_seq_len", "model.task_seq_len"),
         rename("dataset.max_seq_len", "model.text_encoder.context_length"),
-        rename(
+        group(
             "dataset.image_size",
-            "dataset.augmentation.crop_size",
-            "the square training size of large-scale jitter: [s, s]",
-            lambda s: [s, s] if isinstance(s, int) else s,
+            "eval_resize",
+            "OneFormer: evaluation images stretched to [s, s] before the test resize -> "
+            "dataset.augmentation.eval_resize",
         ),
-        group("dataset.min_scale", "lsj_scale", "-> dataset.augmentation.lsj_scale[0]"),
-        group("dataset.max_scale", "lsj_scale", "-> dataset.augmentation.lsj_scale[1]"),
+        group(
+            "dataset.min_scale",
+            "short_edge_scale",
+            "OneFormer: training shortest edge = crop x U(min, max) -> "
+            "dataset.augmentation.short_edge_scale",
+        ),
+        group(
+            "dataset.max_scale",
+            "short_edge_scale",
+            "OneFormer: training shortest edge = crop x U(min, max) -> "
+            "dataset.augmentation.short_edge_scale",
+        ),
         fixed("dataset.cutmix_prob", 0.0, "no CutMix"),
     ]
     return rows
@@ -249,7 +282,6 @@ def _model_rows() -> list[Alias]:
     pd = "model.pixel_decoder."
     rows = [
         rename(head + "num_classes", "model.num_classes", "classes without no-object"),
-        rename("model.mode", "model.mode", "Mask2Former: the task it trains for", optional=True),
         rename(head + "ignore_value", "dataset.ignore_value"),
         rename(head + "convs_dim", pd + "conv_dim"),
         rename(head + "mask_dim", pd + "mask_dim"),
@@ -259,7 +291,11 @@ def _model_rows() -> list[Alias]:
         fixed(head + "loss_weight", 1.0, "no separate head weight"),
         fixed(head + "name", "OneFormerHead", "the one head"),
         fixed(head + "pixel_decoder_name", "MSDeformAttnPixelDecoder", "the one pixel decoder"),
-        fixed(head + "in_features", ["res2", "res3", "res4", "res5"], "all four stages"),
+        fixed(
+            head + "in_features",
+            ["res3", "res4", "res5"],
+            "OneFormer: the deformable encoder's inputs, strides 8, 16, 32",
+        ),
         fixed(
             head + "deformable_transformer_encoder_in_features",
             ["res3", "res4", "res5"],
@@ -268,6 +304,7 @@ def _model_rows() -> list[Alias]:
         rename("model.text_encoder.num_layers", "model.text_encoder.layers"),
         rename("model.text_encoder.proj_num_layers", "model.text_encoder.proj_layers"),
         ignored("model.export", False, "export mode is the export action's own"),
+        group("model.mode", "mode", "Mask2Former: the task it trains for; TAO exports it"),
     ]
     rows += [  # Mask2Former has them under model itself, as oneseg
         rename("model.test.object_mask_threshold", "model.object_mask_threshold"),
@@ -301,9 +338,18 @@ def _train_rows() -> list[Alias]:
             "MultiStep -> multistep, WarmupPoly -> poly",
             _lower_map(o + "lr_scheduler", _SCHEDULER),
         ),
-        rename(o + "warmup_iters", o + "warmup_steps"),
-        group(o + "steps", "milestones", "epochs (TAO steps once per epoch) / train.num_epochs"),
-        group(o + "milestones", "milestones", "integers: as steps; numbers: oneseg's fractions"),
+        group(o + "warmup_iters", "warmup", "-> train.optim.warmup_steps (TAO: WarmupPoly only)"),
+        group(
+            o + "steps",
+            "milestones",
+            "OneFormer multistep: epochs / train.num_epochs (unused under poly, as in TAO)",
+        ),
+        group(
+            o + "milestones",
+            "milestones",
+            "Mask2Former multistep: epochs / train.num_epochs (unused under poly, as in TAO); "
+            "epochs past the run are never reached, as in TAO; floats: oneseg's fractions",
+        ),
         ignored(o + "max_iter", 368750, "the schedule spans train.num_epochs"),
         ignored(o + "momentum", 0.9, "AdamW has no momentum term"),
         rename(
@@ -313,9 +359,16 @@ def _train_rows() -> list[Alias]:
             _lower_map(o + "monitor_name", _MONITOR),
         ),
         group("train.freeze", "freeze", "[backbone] -> train.freeze_backbone"),
-        rename("train.clip_gradients.clip_value", "train.clip_grad_norm", "when enabled"),
+        group(
+            "train.clip_gradients.clip_value",
+            "clip",
+            "OneFormer: the full-model norm TAO clips to (TAO's OneFormer does not read "
+            "train.clip_grad_norm) -> train.clip_grad_norm",
+        ),
         group("train.clip_gradients.enabled", "clip", "false -> train.clip_grad_norm 0"),
-        fixed("train.clip_gradients.clip_type", "full_model", "one norm over the whole model"),
+        group(
+            "train.clip_gradients.clip_type", "clip", "only full_model: one norm (value refused)"
+        ),
         fixed("train.clip_gradients.norm_type", 2.0, "L2 norm"),
         fixed("train.clip_grad_norm_type", 2.0, "L2 norm"),
         fixed("train.clip_grad_type", "full", "one norm over the whole model"),
@@ -331,8 +384,15 @@ def _train_rows() -> list[Alias]:
         ),
         ignored("train.is_dry_run", False, "no dry-run mode"),
         ignored("train.verbose", False, "status.json and the logs say what happens"),
-        ignored("train.cudnn.benchmark", False, "cuDNN autotuning is left to PyTorch"),
-        ignored("train.cudnn.deterministic", False, "cuDNN autotuning is left to PyTorch"),
+        rename("train.cudnn.benchmark", "train.cudnn_benchmark", "cuDNN kernel autotuning"),
+        rename("train.cudnn.deterministic", "train.cudnn_deterministic", "deterministic cuDNN"),
+        rename("train.pretrained_model_path", "train.pretrained_model", "Mask2Former"),
+        ignored("train.activation_checkpoint", False, "saves memory only; not built here"),
+        ignored(
+            "train.use_distributed_sampler",
+            False,
+            "oneseg's multi-process training always shards the data with a distributed sampler",
+        ),
     ]
 
 
@@ -340,12 +400,7 @@ def _action_rows() -> list[Alias]:
     rows = []
     for action in ("train", "evaluate", "inference", "export", "gen_trt_engine", "quantize"):
         rows.append(ignored(f"{action}.results_dir", None, "results go to results_dir/ACTION"))
-    for action in ("evaluate", "inference"):
-        rows += [
-            ignored(f"{action}.num_gpus", 1, "runs on one device"),
-            ignored(f"{action}.gpu_ids", [0], "runs on the first GPU"),
-            ignored(f"{action}.num_nodes", 1, "runs on one device"),
-        ]
+    # evaluate/inference num_gpus, gpu_ids, num_nodes are oneseg keys (several processes)
     for action in ("export", "gen_trt_engine"):
         rows += [
             ignored(f"{action}.gpu_id", 0, "the first GPU"),
@@ -363,7 +418,17 @@ def _action_rows() -> list[Alias]:
             lambda t: [t.lower()] if isinstance(t, str) else t,
         ),
         rename("inference.images_dir", "inference.images"),
-        group("inference.image_size", "image_size", "[h, w] -> eval_min_size/eval_max_size"),
+        group(
+            "inference.image_size",
+            "image_size",
+            "OneFormer: inference images stretched to [h, w] before the test resize -> "
+            "inference.resize",
+        ),
+        group(
+            "inference.batch_size",
+            "inference_batch",
+            "-1 (TAO: all) -> 1: the batch size changes speed, not results",
+        ),
         fixed("export.input_channel", 3, "RGB"),
         fixed("export.format", "onnx", "ONNX"),
         rename(
@@ -385,7 +450,12 @@ def _action_rows() -> list[Alias]:
             "the model to quantize: an .onnx -> quantize.onnx_file (oneseg quantizes the "
             "exported ONNX)",
         ),
-        group("quantize.mode", "quantize_mode", "static_ptq: calibrated static INT8"),
+        group(
+            "quantize.mode",
+            "quantize_mode",
+            "static_ptq: calibrated static INT8; weight_only_ptq (TAO's default) refused by "
+            "quantize only",
+        ),
         rename(
             "quantize.algorithm",
             "quantize.calibration_method",
@@ -441,7 +511,7 @@ def is_prefix(key: str) -> bool:
 
 
 def markdown_table() -> str:
-    """The README table: TAO key | oneseg key | meaning."""
+    """The docs' table: TAO key | oneseg key | meaning."""
     lines = ["| TAO key | oneseg key | how |", "|---|---|---|"]
     for row in ALIASES.values():
         if row.kind == "fixed":

@@ -1,6 +1,6 @@
 """Throughput of the training data loader: images per second with N worker processes.
 
-    python scripts/bench_loader.py [--data DIR] [--workers 0 1 2] [--crop 512] [--lsj]
+    python benchmarks/bench_loader.py [--data DIR] [--workers 0 1 2] [--crop 512] [--lsj]
 
 Without --data a synthetic COCO-panoptic set of 640x480 pictures is written to a temporary
 folder first. Also prints where the time of one sample goes, measured in this process.

@@ -15,7 +15,7 @@ What one call times, for every contender: a uint8 image in, a panoptic result ou
 The contenders alternate within each round (the machine is shared: ratios are the result), and
 each row gives the median of the rounds after a warm-up.
 
-    flock /tmp/oneseg-heavy.lock python scripts/bench_deploy.py --demo-dir results/demo
+    flock /tmp/oneseg-heavy.lock python benchmarks/bench_deploy.py --demo-dir results/demo
 """
 
 from __future__ import annotations
@@ -35,14 +35,15 @@ keep_freed_memory()  # for every contender of the process alike
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from contenders import load_hf, load_ours, task_inputs, write_hf_folder  # noqa: E402
 
 from oneseg.data.image_io import read_image  # noqa: E402
 from oneseg.export.action import resized_batch  # noqa: E402
 from oneseg.export.onnx_export import ExportSettings, export_onnx  # noqa: E402
-from oneseg.export.quantize import quantize_onnx, val_metrics  # noqa: E402
+from oneseg.export.qdq import quantize_onnx  # noqa: E402
+from oneseg.export.quantize import val_metrics  # noqa: E402
 from oneseg.export.runtime import OnnxEngine  # noqa: E402
 
 

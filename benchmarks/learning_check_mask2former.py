@@ -1,9 +1,9 @@
 """Learning check of Mask2Former: the demo's model and data, trained as Mask2Former, and its
 metrics beside those of the OneFormer demo.
 
-    python scripts/learning_check_mask2former.py --variant panoptic   # PQ, mIoU and AP
-    python scripts/learning_check_mask2former.py --variant one_class  # TAO card: 1 class, AP
-    python scripts/learning_check_mask2former.py --read results/learning_check_m2f_panoptic \
+    python benchmarks/learning_check_mask2former.py --variant panoptic   # PQ, mIoU and AP
+    python benchmarks/learning_check_mask2former.py --variant one_class  # TAO card: 1 class, AP
+    python benchmarks/learning_check_mask2former.py --read results/learning_check_m2f_panoptic \
         --oneformer results/learning_check                            # only reads finished runs
 
 Variants (everything else is `oneseg demo`: 240 synthetic training images of 128 px, 10 epochs,

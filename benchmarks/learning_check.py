@@ -1,8 +1,8 @@
 """Learning check: run `oneseg demo` (or read a finished one) and print the loss per epoch, the
 wall time of each action and the metrics reached on the synthetic validation split.
 
-    python scripts/learning_check.py                   # runs the demo into results/learning_check
-    python scripts/learning_check.py --read results/demo   # only reads a finished run
+    python benchmarks/learning_check.py                # runs the demo into results/learning_check
+    python benchmarks/learning_check.py --read results/demo  # only reads a finished run
 """
 
 from __future__ import annotations

@@ -12,9 +12,9 @@ On the demo's synthetic dataset (240 training, 32 validation images, 128 px) wit
 
 Each step appends to `RESULTS/summary.md`, so a stopped run still shows what it reached.
 
-    python scripts/automl_check.py                         # results in results/automl_check
-    python scripts/automl_check.py --skip-full             # steps 1 and 2 only
-    python scripts/automl_check.py --skip-search           # step 2 only
+    python benchmarks/automl_check.py                         # results in results/automl_check
+    python benchmarks/automl_check.py --skip-full             # steps 1 and 2 only
+    python benchmarks/automl_check.py --skip-search           # step 2 only
 """
 
 from __future__ import annotations

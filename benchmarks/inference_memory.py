@@ -5,7 +5,7 @@ Writes an 8000x6000 photo-like JPEG and a checkpoint of the demo model (random w
 prints its peak resident memory (ru_maxrss). With random weights every query is kept
 (`model.object_mask_threshold=0`), the worst case for panoptic and instance memory.
 
-    python scripts/inference_memory.py [--size 8000x6000] [--checkpoint CKPT] [--out DIR]
+    python benchmarks/inference_memory.py [--size 8000x6000] [--checkpoint CKPT] [--out DIR]
                                        [--tasks semantic,instance,panoptic]
 """
 

@@ -11,7 +11,7 @@ Models (random weights, nothing downloaded):
 The two contenders (1 task, 3 tasks) alternate within each round so that a busy machine slows
 both alike; the ratio is the median over rounds of the per-round ratios.
 
-    python scripts/bench_tasks.py [--rounds 3] [--size 512] [--threads 2] [--models demo swin_t]
+    python benchmarks/bench_tasks.py [--rounds 3] [--size 512] [--threads 2] [--models demo swin_t]
 """
 
 from __future__ import annotations

@@ -1,7 +1,7 @@
 """Time panoptic-quality evaluation of COCO-panoptic folders: oneseg against per-segment masks.
 
-    python scripts/bench_pq.py                    # 200 synthetic images 640x480, ~30 segments
-    python scripts/bench_pq.py --data DIR         # DIR/gt.json, DIR/gt/, DIR/pred.json, DIR/pred/
+    python benchmarks/bench_pq.py                 # 200 synthetic images 640x480, ~30 segments
+    python benchmarks/bench_pq.py --data DIR      # DIR/gt.json, DIR/gt/, DIR/pred.json, DIR/pred/
 
 The straightforward implementation reads the same PNGs, builds one boolean mask per segment and
 counts the pixels of every (ground truth, prediction) pair with ``np.count_nonzero(a & b)``, as
