@@ -329,6 +329,23 @@ class TrainConfig:
 
 
 @dataclass
+class TileConfig:
+    mode: Literal["off", "on", "auto"] = f(
+        "off",
+        "on: segment in overlapping windows at the image's own scale (docs/tiling.md); auto: "
+        "when the plain resize would shrink an image more than 2x; off: resize every image",
+    )
+    size: int = f(0, "window side in pixels; 0 = dataset.augmentation.eval_min_size", ge=0)
+    overlap: int = f(0, "pixels neighbouring windows share at least; 0 = a quarter of size", ge=0)
+    batch_size: int = f(4, "windows per forward", ge=1)
+    join: bool = f(
+        True,
+        "join an object's pieces across seams (instance, panoptic); false leaves each window's "
+        "part on its own: a seam may split an object, but one window's merged objects stay in it",
+    )
+
+
+@dataclass
 class EvaluateConfig:
     checkpoint: str = f(
         "", "checkpoint to evaluate (file, transformers folder or hf://ORG/NAME[@REV])"
@@ -345,6 +362,7 @@ class EvaluateConfig:
     num_processes_cpu: int = f(1, "CPU processes (gloo); the images are split between them", ge=1)
     accelerator: Literal["auto", "cpu", "gpu"] = f("auto", "device type")
     precision: Precision = f("fp32", PRECISION_HELP)
+    tile: TileConfig = sub(TileConfig, "tiled inference of images larger than the model's input")
 
 
 @dataclass
@@ -374,6 +392,7 @@ class InferenceConfig:
     num_processes_cpu: int = f(1, "CPU processes (gloo); the images are split between them", ge=1)
     accelerator: Literal["auto", "cpu", "gpu"] = f("auto", "device type")
     precision: Precision = f("fp32", PRECISION_HELP)
+    tile: TileConfig = sub(TileConfig, "tiled inference of images larger than the model's input")
 
 
 @dataclass

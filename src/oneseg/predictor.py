@@ -37,6 +37,7 @@ from oneseg.results import (  # noqa: F401 - the result types are part of the pr
     SemanticResult,
 )
 from oneseg.runner import OpenedModel, Runner, TorchRunner, open_model
+from oneseg.tiling import run_tiled, should_tile, tile_settings
 
 
 def as_rgb_array(image, intensity: Intensity | None = None) -> np.ndarray:
@@ -76,6 +77,9 @@ class Predictor:
         precision: a network's forward precision, "fp32", "bf16", "fp16" or "auto"
             (`oneseg.precision`; default fp32, or the runner's own). `self.precision` is the
             one picked, None for an exported graph (it runs in the precision it was built in).
+        tile: tiled inference (`oneseg.tiling`): a `TileConfig`, a mapping of its keys (mode
+            "on" unless given), "on", "auto" or "off"/None; windows of `size` (0 = `min_size`)
+            at each image's own scale instead of resizing it.
     """
 
     def __init__(
@@ -90,6 +94,7 @@ class Predictor:
         device: str | torch.device | None = None,
         cpu_threads: int | None = 0,
         precision: str | None = None,
+        tile=None,
     ):
         if isinstance(model, torch.nn.Module):
             if label_map is None:
@@ -109,6 +114,7 @@ class Predictor:
             keep_freed_memory()
         self.label_map = self.runner.label_map
         self.min_size, self.max_size = min_size, max_size
+        self.tile = tile_settings(tile, min_size)  # (mode, size, overlap, batch_size, join)
         self.intensity = intensity or Intensity()
         self.model_cfg: ModelConfig | None = None  # known when built from a checkpoint
 
@@ -200,9 +206,19 @@ class Predictor:
         arrays = [as_rgb_array(image, self.intensity) for image in images]
         if not arrays:
             return []
-        batch, image_sizes = self._batch(arrays)
-        orig_sizes = [a.shape[:2] for a in arrays]
-        return self.runner.run(batch, image_sizes, orig_sizes, tasks)
+        mode, size, overlap, windows, join = self.tile
+        tiled = [should_tile(mode, *a.shape[:2], self.min_size, self.max_size) for a in arrays]
+        plain = [a for a, t in zip(arrays, tiled) if not t]
+        results = []
+        if plain:
+            batch, image_sizes = self._batch(plain)
+            orig_sizes = [a.shape[:2] for a in plain]
+            results = self.runner.run(batch, image_sizes, orig_sizes, tasks)
+        results = iter(results)
+        return [
+            run_tiled(self.runner, a, tasks, size, overlap, windows, join) if t else next(results)
+            for a, t in zip(arrays, tiled)
+        ]
 
     def _batch(self, arrays: list[np.ndarray]) -> tuple[torch.Tensor, list[tuple[int, int]]]:
         """uint8 [B, 3, Hp, Wp], zero padded, and the resized (h, w) of each."""

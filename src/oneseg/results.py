@@ -76,6 +76,71 @@ class QueryMasks:
         return array if dtype is None else array.astype(dtype)
 
 
+class BoxedMasks:
+    """N masks of a large image, each kept as the crop of its bounding box: the instance masks
+    of a tiled image (`oneseg.tiling`), whose objects are small beside the image. Indexes like
+    an [N, H, W] bool array: `masks[i]` is [H, W] bool (built on demand), `len(masks)` is N;
+    `np.asarray(masks)` builds the whole array; `to_rle()` encodes without it.
+
+    Arguments:
+        crops: N arrays [h_i, w_i] bool.
+        boxes: [N, 4] int (y0, x0, y1, x1) of each crop in the image.
+        size: (H, W) of the image.
+    """
+
+    def __init__(self, crops: list[np.ndarray], boxes: np.ndarray, size: tuple[int, int]):
+        self.crops = [np.asarray(c, dtype=bool) for c in crops]
+        self.boxes = np.asarray(boxes, dtype=np.int64).reshape(-1, 4)
+        self.size = (int(size[0]), int(size[1]))
+
+    @property
+    def shape(self) -> tuple[int, int, int]:
+        return (len(self.crops), *self.size)
+
+    def __len__(self) -> int:
+        return len(self.crops)
+
+    def __getitem__(self, i):
+        if isinstance(i, (int, np.integer)):
+            mask = np.zeros(self.size, dtype=bool)
+            y0, x0, y1, x1 = self.boxes[i]
+            mask[y0:y1, x0:x1] = self.crops[i]
+            return mask
+        rows = np.arange(len(self))[i]
+        return BoxedMasks([self.crops[r] for r in rows], self.boxes[rows], self.size)
+
+    def __array__(self, dtype=None, copy=None):
+        array = np.zeros(self.shape, dtype=bool)
+        for i, (y0, x0, y1, x1) in enumerate(self.boxes):
+            array[i, y0:y1, x0:x1] = self.crops[i]
+        return array if dtype is None else array.astype(dtype)
+
+    def to_rle(self) -> list[dict]:
+        """N COCO RLE dicts {"size": [H, W], "counts": str}, each from its crop's columns."""
+        from pycocotools import mask as mask_util
+
+        height, width = self.size
+        out = []
+        for crop, (y0, x0, _, _) in zip(self.crops, self.boxes):
+            strip = np.zeros((height, crop.shape[1]), dtype=bool)  # the crop's columns
+            strip[y0 : y0 + crop.shape[0]] = crop
+            flat = strip.T.ravel()  # column-major, as COCO counts run
+            bounds = np.flatnonzero(flat[1:] != flat[:-1]) + 1
+            runs = np.diff(np.concatenate([[0], bounds, [flat.size]])).tolist()
+            if flat.size and flat[0]:
+                runs.insert(0, 0)  # counts start with a run of zeros
+            runs = runs or [0]
+            runs[0] += int(x0) * height
+            after = (width - int(x0) - crop.shape[1]) * height
+            if len(runs) % 2:  # the last run is of zeros
+                runs[-1] += after
+            elif after:
+                runs.append(after)
+            rle = mask_util.frPyObjects({"size": [height, width], "counts": runs}, height, width)
+            out.append({"size": [height, width], "counts": rle["counts"].decode("ascii")})
+        return out
+
+
 @dataclass
 class SemanticResult:
     labels: np.ndarray  # [H, W] int32 contiguous class index of every pixel
@@ -106,7 +171,7 @@ class SemanticResult:
 
 @dataclass
 class InstanceResult:
-    masks: np.ndarray | QueryMasks  # [N, H, W] bool (QueryMasks for very large images)
+    masks: np.ndarray | QueryMasks | BoxedMasks  # [N, H, W] bool (or lazy, for large images)
     scores: np.ndarray  # [N] float32, decreasing class probability
     labels: np.ndarray  # [N] int64 contiguous class index
     queries: np.ndarray | None = None  # [N] int64 query of each detection (None: unknown)
@@ -114,7 +179,7 @@ class InstanceResult:
     task: ClassVar[str] = "instance"
 
     def __post_init__(self):
-        if not isinstance(self.masks, QueryMasks):
+        if not isinstance(self.masks, QueryMasks | BoxedMasks):
             self.masks = _numpy(self.masks, bool)
         self.scores = _numpy(self.scores, np.float32)
         self.labels = _numpy(self.labels, np.int64)

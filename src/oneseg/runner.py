@@ -29,7 +29,12 @@ import torch
 from oneseg.config import ModelConfig
 from oneseg.constants import TASKS
 from oneseg.data.label_map import LabelMap
-from oneseg.model.postprocess import PostprocessConfig, postprocess
+from oneseg.model.postprocess import (
+    PostprocessConfig,
+    postprocess,
+    resize_mask_logits,
+    semantic_inference,
+)
 from oneseg.precision import choose_precision
 from oneseg.results import Result
 
@@ -134,6 +139,42 @@ class TorchRunner:
                 prediction.padded_size,
                 prediction.image_sizes,
                 output_sizes,
+                label_map=self.label_map,
+                config=self.postprocess,
+            )
+            for store, result in zip(per_image, results):
+                store[task] = result
+        return per_image
+
+    @torch.inference_mode()
+    def run_scored(self, images, image_sizes, tasks=("semantic",)):
+        """As `run` at the input sizes, but the semantic task gives its per-class score maps
+        instead of their arg-max: what tiled inference (`oneseg.tiling`) blends across windows.
+
+        Returns:
+            B dicts task -> result; "semantic" -> [K, h, w] float32 scores, whose `argmax(0)`
+            is the label map `run` gives.
+        """
+        tasks = _check_tasks(tasks, self.tasks, "the model")
+        image_sizes = [tuple(map(int, s)) for s in image_sizes]
+        others = [t for t in tasks if t != "semantic"]
+        images = images.to(self.device, non_blocking=True)
+        prediction = self.model.predict(images, tasks, image_sizes, self.precision)
+        per_image: list[dict] = [{} for _ in image_sizes]
+        if "semantic" in tasks:
+            outputs = prediction.outputs["semantic"]
+            for i, (store, size) in enumerate(zip(per_image, image_sizes)):
+                masks = resize_mask_logits(
+                    outputs["pred_masks"][i : i + 1], prediction.padded_size, size, size
+                )[0]
+                store["semantic"] = semantic_inference(outputs["pred_logits"][i], masks)
+        for task in others:
+            results = postprocess(
+                prediction.outputs[task],
+                task,
+                prediction.padded_size,
+                prediction.image_sizes,
+                image_sizes,
                 label_map=self.label_map,
                 config=self.postprocess,
             )

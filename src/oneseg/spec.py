@@ -97,8 +97,11 @@ def _convert(value: Any, tp, key: str, meta: dict) -> Any:
 
 
 def _convert_choice(value: Any, tp, key: str) -> Any:
-    """One of a Literal's choices; "8" stands for 8 where the choices are numbers."""
+    """One of a Literal's choices; "8" stands for 8 where the choices are numbers, a YAML
+    boolean for on / off where those are the choices."""
     choices = get_args(tp)
+    if isinstance(value, bool) and {"on", "off"} <= set(choices):
+        value = "on" if value else "off"  # YAML 1.1 reads a bare on / off as a boolean
     if value not in choices and str(value) in [str(c) for c in choices]:
         value = type(choices[0])(value)
     if value not in choices:
@@ -347,6 +350,14 @@ def _check_spec(spec: ExperimentConfig) -> None:
             f"{', '.join(BACKBONE_NAMES)}"
         )
     check_spec_fields(spec)
+    for section in ("inference", "evaluate"):
+        tile = getattr(spec, section).tile
+        size = tile.size or spec.dataset.augmentation.eval_min_size
+        if tile.overlap >= size:
+            raise SpecError(
+                f"{section}.tile.overlap: got {tile.overlap}, expected less than the window "
+                f"side {size} ({section}.tile.size, 0 = dataset.augmentation.eval_min_size)"
+            )
 
 
 def load_spec(path: str | Path | None, overrides: list[str] = ()) -> ExperimentConfig:

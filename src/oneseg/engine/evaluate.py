@@ -127,7 +127,11 @@ def _evaluate(spec, run, processes: Processes) -> None:
             if step % log_every == 0 and step < total:
                 run.log("RUNNING", f"batch {step}/{total}", step=step, total=total)
 
-        evaluate_loader(opened.runner, loader, evaluator, on_step)
+        if cfg.tile.mode == "off":
+            evaluate_loader(opened.runner, loader, evaluator, on_step)
+        else:
+            indices = processes.shard(len(dataset))
+            evaluate_tiled(opened, spec, dataset, indices, evaluator, on_step)
     shards = processes.gather(evaluator.images)
     if not processes.is_main:
         return
@@ -176,6 +180,28 @@ def merge_shards(shards: list[dict], num_images: int) -> dict:
             f"{num_images}; every image must be scored once"
         )
     return dict(sorted(merged.items()))
+
+
+def evaluate_tiled(opened, spec, dataset, indices, evaluator: Evaluator, on_step) -> None:
+    """`evaluate.tile` on or auto: each image of `indices` (this process's) read at its own
+    size and segmented by a `Predictor` with those tile settings (tiled, or resized as the
+    loader does when `auto` leaves it whole), one image at a time."""
+    from oneseg.predictor import Predictor
+
+    aug = spec.dataset.augmentation
+    predictor = Predictor.from_opened(
+        opened,
+        min_size=aug.eval_min_size,
+        max_size=aug.eval_max_size,
+        intensity=dataset.intensity,
+        cpu_threads=None,
+        tile=spec.evaluate.tile,
+    )
+    for step, index in enumerate(indices, 1):
+        record, image, _ = dataset.load(index)
+        results = predictor.predict([image], evaluator.tasks)
+        evaluator.update({"image_ids": [record.image_id]}, results)
+        on_step(step, len(indices))
 
 
 def _model_source(cfg, spec_model) -> str:

@@ -304,7 +304,11 @@ def _predictor(spec, run, processes: Processes) -> tuple[Predictor, list[str]]:
         min_size=aug.eval_min_size,
         max_size=aug.eval_max_size,
         intensity=choose_intensity(spec.dataset.intensity, opened.intensity),
+        tile=cfg.tile,
     )
+    if cfg.tile.mode != "off":
+        mode, size, overlap, _, _ = predictor.tile
+        run.log("RUNNING", f"tiles ({mode}): windows of {size} px sharing {overlap} px")
     if opened.dropped:
         message = opened.dropped_message("skipping")
         run.log("RUNNING", message)

@@ -32,6 +32,8 @@ def masks_to_rle(masks) -> list[dict]:
     """Binary masks [N, H, W] -> N COCO RLE dicts {"size": [H, W], "counts": str}.
 
     Masks that share rows of one array (`oneseg.inference.QueryMasks`) are encoded once."""
+    if hasattr(masks, "to_rle"):  # cropped masks of a tiled image (`results.BoxedMasks`)
+        return masks.to_rle()
     if hasattr(masks, "query_masks"):  # large: one mask at a time, no [H, W, U] copy
         unique = [masks_to_rle(m[None])[0] for m in masks.query_masks]
         return [dict(unique[j]) for j in masks.index]

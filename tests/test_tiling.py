@@ -1,0 +1,377 @@
+"""Tiled inference: one window covering the image gives the untiled result exactly; objects
+across seams come back whole and once; memory stays at the size of a window; ONNX runs too.
+
+The seam tests use a stand-in network whose answer is known on any window: each query finds
+the pixels of one colour (see `ColourModel`), as a perfect model would segment flat objects."""
+
+from __future__ import annotations
+
+import dataclasses
+import tracemalloc
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from oneseg import tile_merge, tiling
+from oneseg.data.label_map import LabelMap
+from oneseg.model.oneformer import Prediction
+from oneseg.model.postprocess import PostprocessConfig
+from oneseg.predictor import Predictor
+from oneseg.results import BoxedMasks
+from oneseg.runner import TorchRunner
+from oneseg.tiling import plan_windows, run_tiled
+
+TASKS = ("semantic", "instance", "panoptic")
+CATEGORIES = [
+    {"id": 1, "name": "ground", "isthing": 0},
+    {"id": 2, "name": "box", "isthing": 1},
+    {"id": 3, "name": "ball", "isthing": 1},
+]
+BACKGROUND = (40, 40, 40)
+# thresholds at which the random tiny model keeps several panoptic segments
+LOW_THRESHOLDS = PostprocessConfig(object_mask_threshold=0.3, overlap_threshold=0.3, topk=12)
+
+
+class ColourModel(nn.Module):
+    """Stands in for the network on images of flat colours: query q says "class labels[q]" with
+    certainty and its mask is where the pixel has colour colours[q] (logit +20, else -20), at
+    the input resolution. On any window it gives what a perfect model sees there: the objects,
+    cut by the window's border. Records the input size of every call."""
+
+    def __init__(self, colours: list[tuple[int, int, int]], labels: list[int], num_classes: int):
+        super().__init__()
+        self.colours = torch.tensor(colours, dtype=torch.int16)  # [Q, 3]
+        self.labels = torch.tensor(labels)
+        self.num_classes = num_classes
+        self.anchor = nn.Parameter(torch.zeros(1))
+        self.inputs: list[tuple[int, ...]] = []
+
+    def predict(self, images, tasks, image_sizes, precision="fp32"):
+        self.inputs.append(tuple(images.shape))
+        pixels = images.to(torch.int16)[:, None]  # [B, 1, 3, H, W]
+        same = (pixels == self.colours[None, :, :, None, None]).all(2)  # [B, Q, H, W]
+        masks = torch.where(same, 20.0, -20.0)
+        logits = torch.full((len(images), len(self.labels), self.num_classes + 1), -10.0)
+        logits[:, torch.arange(len(self.labels)), self.labels] = 10.0
+        out = {"pred_logits": logits, "pred_masks": masks}
+        return Prediction({t: out for t in tasks}, image_sizes, tuple(images.shape[-2:]))
+
+
+def scene(height: int, width: int, boxes: list[tuple[int, int, int, int, int]]):
+    """An image of flat boxes (y0, x0, y1, x1, label) on a ground, its model and the truth:
+    ([H, W, 3] uint8, ColourModel, [H, W] object index (0 = ground), labels of the objects)."""
+    image = np.empty((height, width, 3), np.uint8)
+    image[:] = BACKGROUND
+    truth = np.zeros((height, width), np.int32)
+    colours, labels = [BACKGROUND], [0]
+    for k, (y0, x0, y1, x1, label) in enumerate(boxes, 1):
+        colour = (k % 256, 100 + k // 256, 77)  # one per object
+        image[y0:y1, x0:x1] = colour
+        truth[y0:y1, x0:x1] = k
+        colours.append(colour)
+        labels.append(label)
+    return image, ColourModel(colours, labels, len(CATEGORIES)), truth, labels
+
+
+def seam_boxes(height: int, width: int, size: int, overlap: int):
+    """Boxes placed across the seams of the window grid: on vertical and horizontal seams, on
+    corners (four windows), inside shared bands, and one longer than a window."""
+    rows = plan_windows(height, width, size, overlap)
+    seams_y = [w.cell[1] for w in (r[0] for r in rows[:-1])]
+    seams_x = [w.cell[3] for w in rows[0][:-1]]
+    boxes = []
+    for i, sx in enumerate(seams_x):
+        boxes.append((8, sx - 9, 20, sx + 6, 1 + i % 2))  # across a vertical seam
+    for i, sy in enumerate(seams_y):
+        boxes.append((sy - 5, 4, sy + 11, 14, 2 - i % 2))  # across a horizontal seam
+    for sy, sx in zip(seams_y, seams_x):
+        boxes.append((sy - 6, sx - 7, sy + 5, sx + 4, 1))  # on a corner
+    boxes.append((height - 14, 20, height - 4, width - 20, 2))  # through every window of a row
+    boxes.append((seams_y[0] + 20, seams_x[0] - 3, seams_y[0] + 24, seams_x[0] + 2, 2))  # small
+    return boxes
+
+
+@pytest.fixture(scope="module")
+def label_map() -> LabelMap:
+    return LabelMap.from_categories(CATEGORIES)
+
+
+def _objects_found(truth: np.ndarray, masks: list[np.ndarray]) -> dict[int, list[int]]:
+    """GT object -> the predicted masks that cover at least 10% of it."""
+    found: dict[int, list[int]] = {k: [] for k in range(1, int(truth.max()) + 1)}
+    for i, mask in enumerate(masks):
+        for k in found:
+            part = truth == k
+            if (mask & part).sum() >= 0.1 * part.sum():
+                found[k].append(i)
+    return found
+
+
+def _check_seams(image, model, truth, labels, label_map, size, overlap, join=True):
+    runner = TorchRunner(model, label_map, tasks=TASKS)
+    results = run_tiled(runner, image, TASKS, size, overlap, batch_size=3, join=join)
+    assert len(plan_windows(*truth.shape, size, overlap)) > 1
+    panoptic = results["panoptic"]
+    things = [s for s in panoptic.segments if s["isthing"]]
+    thing_masks = [panoptic.segment_ids == s["id"] for s in things]
+    instance = results["instance"]
+    confident = np.flatnonzero(instance.scores > 0.5)
+    instance_masks = [np.asarray(instance.masks[int(i)]) for i in confident]
+    thing_labels = [s["label"] for s in things]
+    instance_labels = instance.labels[confident].tolist()
+    for masks, predicted in ((thing_masks, thing_labels), (instance_masks, instance_labels)):
+        found = _objects_found(truth, masks)
+        assert all(len(v) == 1 for v in found.values()), f"split or missed: {found}"
+        assert len(masks) == len(found)  # none duplicated
+        for k, (i,) in found.items():
+            assert np.array_equal(masks[i], truth == k), k  # whole, to the pixel
+            assert predicted[i] == labels[k]
+    semantic = np.asarray(labels)[truth]
+    np.testing.assert_array_equal(results["semantic"].labels, semantic)
+    ground = [s for s in panoptic.segments if not s["isthing"]]
+    assert (
+        len(ground) == 1 and (panoptic.segment_ids == ground[0]["id"]).sum() == (truth == 0).sum()
+    )
+
+
+def test_objects_across_seams_are_neither_split_nor_duplicated(label_map):
+    size, overlap = 64, 16
+    boxes = seam_boxes(150, 210, size, overlap)
+    image, model, truth, labels = scene(150, 210, boxes)
+    _check_seams(image, model, truth, labels, label_map, size, overlap)
+
+
+@pytest.mark.parametrize("switch", ["join=False", "JOIN_IOU above 1"])
+def test_without_joining_the_seam_check_fails(label_map, monkeypatch, switch):
+    """The seam check can fail: with joining switched off, objects come back in pieces."""
+    if switch != "join=False":
+        monkeypatch.setattr(tile_merge, "JOIN_IOU", 2.0)
+    size, overlap = 64, 16
+    image, model, truth, labels = scene(150, 210, seam_boxes(150, 210, size, overlap))
+    with pytest.raises(AssertionError, match="split or missed"):
+        _check_seams(
+            image, model, truth, labels, label_map, size, overlap, switch == "JOIN_IOU above 1"
+        )
+
+
+def test_window_grid_covers_the_image_with_the_overlap():
+    rows = plan_windows(300, 410, 128, 32)
+    cover = np.zeros((300, 410), int)
+    owners = np.zeros((300, 410), int)
+    for row in rows:
+        for w in row:
+            assert (w.height, w.width) == (128, 128)
+            cover[w.y0 : w.y0 + w.height, w.x0 : w.x0 + w.width] += 1
+            cy0, cy1, cx0, cx1 = w.cell
+            assert w.y0 <= cy0 < cy1 <= w.y0 + w.height and w.x0 <= cx0 < cx1 <= w.x0 + w.width
+            owners[cy0:cy1, cx0:cx1] += 1
+    assert cover.min() >= 1 and (owners == 1).all()  # the cells partition the image
+    starts = [row[0].y0 for row in rows]
+    assert all(b - a <= 128 - 32 for a, b in zip(starts, starts[1:]))
+
+
+def _tiny_model(tiny_model_cfg, num_classes):
+    from oneseg.model.build import build_model
+
+    torch.manual_seed(3)  # a seed whose random heads give several panoptic segments
+    cfg = dataclasses.replace(tiny_model_cfg, test_topk_per_image=12)
+    model = build_model(cfg, num_classes=num_classes).eval()
+    with torch.no_grad():  # confident heads: several queries survive panoptic's threshold
+        model.decoder.class_embed.weight.mul_(6.0)
+        model.decoder.mask_embed.layers[-1].weight.mul_(4.0)
+    return model
+
+
+def _assert_same(tiled: dict, plain: dict) -> None:
+    np.testing.assert_array_equal(tiled["semantic"].labels, plain["semantic"].labels)
+    a, b = tiled["instance"], plain["instance"]
+    np.testing.assert_array_equal(np.asarray(a.masks), np.asarray(b.masks))
+    np.testing.assert_array_equal(a.scores, b.scores)
+    np.testing.assert_array_equal(a.labels, b.labels)
+    a, b = tiled["panoptic"], plain["panoptic"]
+    np.testing.assert_array_equal(a.segment_ids, b.segment_ids)
+    assert a.segments == b.segments
+
+
+def test_one_window_equals_untiled_exactly(tiny_model_cfg, label_map):
+    model = _tiny_model(tiny_model_cfg, len(label_map))
+    rng = np.random.default_rng(0)
+    image = rng.integers(0, 256, (64, 90, 3), dtype=np.uint8)
+    settings = dict(min_size=64, cpu_threads=None, postprocess=LOW_THRESHOLDS)
+    plain = Predictor(model, label_map, **settings).predict([image], TASKS)
+    got = Predictor(model, label_map, **settings, tile={"size": 96}).predict([image], TASKS)
+    assert len(plain[0]["panoptic"].segments) >= 2 and len(plain[0]["instance"].scores) > 0
+    _assert_same(got[0], plain[0])
+
+
+def test_auto_tiles_only_images_the_resize_would_shrink_more_than_twice():
+    assert not tiling.should_tile("auto", 512, 700, 256, 2048)
+    assert tiling.should_tile("auto", 520, 700, 256, 2048)
+    assert tiling.should_tile("auto", 300, 5000, 256, 2048)
+    assert tiling.should_tile("on", 10, 10, 256, 2048)
+    assert not tiling.should_tile("off", 9000, 9000, 256, 2048)
+    with pytest.raises(ValueError, match="overlap"):
+        tiling.tile_settings({"size": 64, "overlap": 64}, 512)
+
+
+def test_memory_is_that_of_a_window(label_map, monkeypatch):
+    """A 600x800 image of 150 objects in 64-pixel windows: the model never sees more than a
+    window, and merging holds a few [H, W] maps, nothing like [Q, H, W] (instance masks stay
+    crops). numpy allocations are traced; the model's own tensors are a window's."""
+    monkeypatch.setattr(tile_merge, "DENSE_BYTES", 0)
+    rng = np.random.default_rng(1)
+    boxes = []
+    for _ in range(150):
+        y, x = int(rng.integers(0, 580)), int(rng.integers(0, 780))
+        boxes.append((y, x, y + 15, x + 17, int(rng.integers(1, 3))))
+    image, model, truth, labels = scene(600, 800, boxes)
+    runner = TorchRunner(model, label_map, tasks=TASKS)
+    tracemalloc.start()
+    results = run_tiled(runner, image, TASKS, 64, 16, batch_size=4)
+    _, peak = tracemalloc.get_traced_memory()
+    tracemalloc.stop()
+    queries = len(labels)
+    assert max(shape[-2] * shape[-1] for shape in model.inputs) <= 64 * 64
+    assert peak < 12 * 600 * 800 < queries * 600 * 800 / 8, peak  # 3 int32 maps, not [Q, H, W]
+    masks = results["instance"].masks
+    assert isinstance(masks, BoxedMasks)
+    from oneseg.metrics.instance import masks_to_rle
+
+    dense = np.asarray(masks)
+    assert masks_to_rle(masks) == masks_to_rle(dense)  # crops encode as the full masks do
+    assert results["panoptic"].segment_ids.shape == (600, 800)
+
+
+def test_sixteen_bit_image_through_the_predictor(tmp_path, label_map):
+    """A 16-bit PNG is stretched to 0-255 once for the whole image, then cut into windows: the
+    objects keep one grey level across windows and come back whole."""
+    from PIL import Image
+
+    from oneseg.predictor import as_rgb_array
+
+    image16 = np.full((120, 150), 1000, np.uint16)
+    image16[20:70, 30:110] = 30000  # across several seams of 48-pixel windows
+    image16[80:100, 40:60] = 60000
+    path = tmp_path / "deep.png"
+    Image.fromarray(image16).save(path)
+    predictor = Predictor(
+        ColourModel([(0, 0, 0)], [0], len(CATEGORIES)),
+        label_map,
+        min_size=48,
+        cpu_threads=None,
+        tile={"size": 48, "overlap": 12},
+    )
+    stretched = as_rgb_array(path, predictor.intensity)
+    colours = [tuple(int(v) for v in stretched[y, x]) for y, x in ((0, 0), (30, 40), (90, 50))]
+    assert len(set(colours)) == 3
+    predictor.runner.model.__init__(colours, [0, 1, 2], len(CATEGORIES))
+    result = predictor(path, "panoptic")
+    things = sorted((s for s in result.segments if s["isthing"]), key=lambda s: s["label"])
+    assert [s["label"] for s in things] == [1, 2]
+    np.testing.assert_array_equal(result.segment_ids == things[0]["id"], image16 == 30000)
+    np.testing.assert_array_equal(result.segment_ids == things[1]["id"], image16 == 60000)
+
+
+def test_spec_tile_sections(tmp_path):
+    from oneseg.spec import SpecError, spec_from_dict
+
+    spec = spec_from_dict({}, ["inference.tile.mode=auto", "evaluate.tile.size=256"])
+    assert spec.inference.tile.mode == "auto" and spec.evaluate.tile.size == 256
+    assert spec.evaluate.tile.mode == "off"  # off unless asked
+    with pytest.raises(SpecError, match="inference.tile.mode"):
+        spec_from_dict({}, ["inference.tile.mode=sometimes"])
+    with pytest.raises(SpecError, match="evaluate.tile.overlap"):
+        spec_from_dict({}, ["evaluate.tile.size=64", "evaluate.tile.overlap=64"])
+
+
+def _evaluate(tmp_path, synth_data, checkpoint, *overrides) -> dict:
+    import json
+
+    from oneseg import cli
+
+    code = cli.main(
+        [
+            "evaluate",
+            f"results_dir={tmp_path}",
+            f"evaluate.checkpoint={checkpoint}",
+            f"dataset.label_map={synth_data['label_map']}",
+            f"dataset.val.images={synth_data['val']['images']}",
+            f"dataset.val.annotations={synth_data['val']['panoptic_json']}",
+            f"dataset.val.panoptic={synth_data['val']['panoptic']}",
+            "dataset.augmentation.eval_min_size=64",
+            "dataset.workers=0",
+            "evaluate.iou_per_class=false",
+            "model.object_mask_threshold=0.0",
+            *overrides,
+        ]
+    )
+    assert code == 0
+    return json.loads((tmp_path / "evaluate" / "metrics.json").read_text())["metrics"]
+
+
+def test_evaluate_tile(tmp_path, synth_data, tiny_checkpoint):
+    """evaluate.tile: one window per 64x64 image scores as the loader's path does; 32-pixel
+    windows run and score in range."""
+    plain = _evaluate(tmp_path / "plain", synth_data, tiny_checkpoint)
+    whole = _evaluate(tmp_path / "whole", synth_data, tiny_checkpoint, "evaluate.tile.mode=on")
+    for key in ("pq", "miou", "ap", "num_images"):
+        assert whole[key] == plain[key], key
+    small = _evaluate(
+        tmp_path / "small",
+        synth_data,
+        tiny_checkpoint,
+        "evaluate.tile.mode=on",
+        "evaluate.tile.size=32",
+        "evaluate.tile.overlap=8",
+    )
+    assert small["num_images"] == 4 and 0.0 <= small["pq"] <= 100.0
+
+
+@pytest.fixture(scope="module")
+def onnx_runner(tmp_path_factory, tiny_model_cfg, label_map):
+    """The tiny model exported for 64x64 inputs of any batch size (one graph per task), in an
+    `ExportedRunner`, and the PyTorch model it came from."""
+    from oneseg.export.onnx_export import ExportSettings, export_onnx
+    from oneseg.export.runtime import OnnxEngine
+    from oneseg.runner import ExportedRunner
+
+    model = _tiny_model(tiny_model_cfg, len(label_map))
+    folder = tmp_path_factory.mktemp("tiles_onnx")
+    check = torch.randint(0, 256, (2, 3, 64, 64), generator=torch.Generator().manual_seed(0))
+    engines = {}
+    for task in TASKS:
+        settings = ExportSettings(
+            task=task,
+            height=64,
+            width=64,
+            topk=LOW_THRESHOLDS.topk,
+            object_mask_threshold=LOW_THRESHOLDS.object_mask_threshold,
+            overlap_threshold=LOW_THRESHOLDS.overlap_threshold,
+        )
+        export_onnx(model, label_map, settings, folder / f"{task}.onnx", check.to(torch.uint8))
+        engines[task] = OnnxEngine(folder / f"{task}.onnx", threads=1)
+    return ExportedRunner(engines), model
+
+
+def test_onnx_runner_tiles(onnx_runner, label_map):
+    """Through ONNX Runtime: one window equals the untiled result exactly; 64-pixel windows
+    over a 64x176 image (semantic by weighted votes, the graph gives labels) agree with the
+    PyTorch model's tiles on most pixels."""
+    runner, model = onnx_runner
+    rng = np.random.default_rng(2)
+    square = rng.integers(0, 256, (64, 64, 3), dtype=np.uint8)
+    plain = Predictor(runner, min_size=64, cpu_threads=None).predict([square], TASKS)
+    tiled = Predictor(runner, min_size=64, cpu_threads=None, tile="on").predict([square], TASKS)
+    _assert_same(tiled[0], plain[0])
+
+    wide = rng.integers(0, 256, (64, 176, 3), dtype=np.uint8)
+    from_onnx = run_tiled(runner, wide, TASKS, 64, 16, batch_size=2)
+    torch_runner = TorchRunner(model, label_map, LOW_THRESHOLDS)
+    from_torch = run_tiled(torch_runner, wide, TASKS, 64, 16, batch_size=2)
+    for task, key in (("semantic", "labels"), ("panoptic", "segment_ids")):
+        got = getattr(from_onnx[task], key)
+        assert got.shape == (64, 176)
+        assert (got == getattr(from_torch[task], key)).mean() > 0.9, task
+    assert from_onnx["instance"].masks.shape[1:] == (64, 176)
