@@ -17,6 +17,7 @@ from pathlib import Path
 from oneseg.data.archive import is_archive, unpack_archive
 from oneseg.io import write_atomic
 from oneseg.remote import fetch, fetch_each, is_url, shown
+from oneseg.spec import INPUT_FILES
 
 SOURCE_KEYS = ("images", "annotations", "panoptic", "labels")
 FOLDER_KEYS = ("images", "panoptic", "labels")
@@ -28,34 +29,6 @@ _SPLITS_OF = {
     "evaluate": ("{split}",),
     "quantize": ("val",),
     "check": ("train", "val", "test"),
-}
-_FILES_OF = {
-    "train": (
-        "model.pretrained",
-        "dataset.label_map",
-        "train.resume_training_checkpoint_path",
-        "train.pretrained_model",
-        "train.pretrained_backbone",
-    ),
-    "evaluate": (
-        "model.pretrained",
-        "dataset.label_map",
-        "evaluate.checkpoint",
-        "evaluate.onnx_file",
-        "evaluate.trt_engine",
-    ),
-    "inference": (
-        "model.pretrained",
-        "dataset.label_map",
-        "inference.checkpoint",
-        "inference.onnx_file",
-        "inference.trt_engine",
-    ),
-    "export": ("model.pretrained", "export.checkpoint", "export.check_image", "dataset.label_map"),
-    "gen_trt_engine": ("gen_trt_engine.onnx_file",),
-    "quantize": ("quantize.onnx_file", "dataset.label_map"),
-    "check": ("dataset.label_map",),
-    "serve": ("serve.model",),
 }
 _FOLDERS_OF = {
     "inference": ("inference.images",),
@@ -89,8 +62,9 @@ def _replace(node, path: list[str], value):
 
 def _input_keys(spec, action: str) -> list[tuple[str, bool]]:
     """(dotted key, whether it names a folder) of every input `action` reads."""
-    keys = [(k, False) for k in _FILES_OF.get("train" if action == "automl" else action, ())]
-    keys += [(k, True) for k in _FOLDERS_OF.get(action, ())]
+    folders = _FOLDERS_OF.get(action, ())
+    files = INPUT_FILES.get("train" if action == "automl" else action, ())
+    keys = [(k, False) for k in files if k not in folders] + [(k, True) for k in folders]
     for split in _SPLITS_OF.get(action, ()):
         split = split.format(split=spec.evaluate.split)
         if split == "train":

@@ -525,7 +525,9 @@ def json_schema(action: str) -> dict:
 
 # --------------------------------------------------------------------------- input files
 
-_INPUTS_OF = {
+# the files each action reads (folders of images are named too): checked to exist before any
+# work, and fetched first when they are URLs (`oneseg.local_inputs`)
+INPUT_FILES = {
     "train": (
         "model.pretrained",
         "dataset.label_map",
@@ -547,11 +549,16 @@ _INPUTS_OF = {
         "inference.onnx_file",
         "inference.trt_engine",
     ),
-    "export": ("model.pretrained", "export.checkpoint", "export.check_image"),
+    "export": ("model.pretrained", "export.checkpoint", "export.check_image", "dataset.label_map"),
     "push": ("model.pretrained", "push.checkpoint", "push.metrics_file"),
     "gen_trt_engine": ("gen_trt_engine.onnx_file",),
-    "quantize": ("quantize.onnx_file", "dataset.quant_calibration_dataset.images_dir"),
+    "quantize": (
+        "quantize.onnx_file",
+        "dataset.quant_calibration_dataset.images_dir",
+        "dataset.label_map",
+    ),
     "serve": ("serve.model",),
+    "check": ("dataset.label_map",),
 }
 
 
@@ -578,7 +585,7 @@ def check_inputs(spec: ExperimentConfig, action: str) -> None:
     for key in getattr(spec, "missing", []):  # TAO's '???': only what this action reads
         if key.split(".")[0] in _SECTIONS_OF.get(action, (key.split(".")[0],)):
             raise SpecError(f"{key}: '???' marks a value to fill in; give it ({key}=...)")
-    keys = list(_INPUTS_OF.get(action, ()))
+    keys = list(INPUT_FILES.get(action, ()))
     sources = {
         "train": [(f"dataset.train[{i}]", s) for i, s in enumerate(spec.dataset.train)]
         + [("dataset.val", spec.dataset.val)],
