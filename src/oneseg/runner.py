@@ -132,6 +132,11 @@ class TorchRunner:
         images = images.to(self.device, non_blocking=True)
         prediction = self.model.predict(images, tasks, image_sizes, self.precision)
         per_image: list[dict[str, Result]] = [{} for _ in image_sizes]
+        self._postprocess(prediction, tasks, output_sizes, per_image)
+        return per_image
+
+    def _postprocess(self, prediction, tasks, output_sizes, per_image: list[dict]) -> None:
+        """Each task's results of `prediction`, at `output_sizes`, into `per_image`."""
         for task in tasks:
             results = postprocess(
                 prediction.outputs[task],
@@ -144,7 +149,6 @@ class TorchRunner:
             )
             for store, result in zip(per_image, results):
                 store[task] = result
-        return per_image
 
     @torch.inference_mode()
     def run_scored(self, images, image_sizes, tasks=("semantic",)):
@@ -168,18 +172,7 @@ class TorchRunner:
                     outputs["pred_masks"][i : i + 1], prediction.padded_size, size, size
                 )[0]
                 store["semantic"] = semantic_inference(outputs["pred_logits"][i], masks)
-        for task in others:
-            results = postprocess(
-                prediction.outputs[task],
-                task,
-                prediction.padded_size,
-                prediction.image_sizes,
-                image_sizes,
-                label_map=self.label_map,
-                config=self.postprocess,
-            )
-            for store, result in zip(per_image, results):
-                store[task] = result
+        self._postprocess(prediction, others, image_sizes, per_image)
         return per_image
 
 
