@@ -31,16 +31,9 @@ from oneseg.data.intensity import choose_intensity
 from oneseg.data.label_map import LabelMap
 from oneseg.data.records import DataError
 from oneseg.engine.evaluator import Evaluator, evaluate_loader
-from oneseg.engine.processes import (
-    Processes,
-    check_exported_on_gpus,
-    launched,
-    plan_processes,
-)
+from oneseg.engine.processes import Processes, launched, open_section_model, plan_processes
 from oneseg.errors import RunFailed
 from oneseg.io import write_json_atomic
-from oneseg.precision import log_precision, precision_setting
-from oneseg.runner import is_exported, open_model
 
 SUMMARY_KEYS = {
     "panoptic": ("pq", "sq", "rq", "pq_th", "pq_st"),
@@ -74,21 +67,7 @@ def run_evaluate(spec, run) -> None:
 
 def _evaluate(spec, run, processes: Processes) -> None:
     cfg = spec.evaluate
-    source = _model_source(cfg, spec.model)
-    exported = bool(cfg.onnx_file or cfg.trt_engine) or is_exported(source)
-    precision = precision_setting(
-        cfg.precision, processes.device, "evaluate.precision", exported=exported
-    )
-    opened = open_model(
-        source,
-        list(cfg.tasks),
-        device=processes.device,
-        spec_model=spec.model,
-        key=_key(cfg),
-        precision=precision,
-    )
-    log_precision(run, cfg.precision, getattr(opened.runner, "precision", None))
-    check_exported_on_gpus(opened, processes.plan)
+    opened = open_section_model(spec, "evaluate", run, processes)
     if opened.dropped:
         run.log("RUNNING", opened.dropped_message("not evaluating"))
     tasks = opened.tasks
@@ -202,23 +181,6 @@ def evaluate_tiled(opened, spec, dataset, indices, evaluator: Evaluator, on_step
         results = predictor.predict([image], evaluator.tasks)
         evaluator.update({"image_ids": [record.image_id]}, results)
         on_step(step, len(indices))
-
-
-def _model_source(cfg, spec_model) -> str:
-    """The model `evaluate` scores: an exported file or engine, else a checkpoint."""
-    source = cfg.onnx_file or cfg.trt_engine or cfg.checkpoint or spec_model.pretrained
-    if not source:
-        raise ValueError(
-            "evaluate.checkpoint is empty (and model.pretrained, evaluate.onnx_file and "
-            "evaluate.trt_engine too): name the model to evaluate"
-        )
-    return str(source)
-
-
-def _key(cfg) -> str:
-    if cfg.onnx_file:
-        return "evaluate.onnx_file"
-    return "evaluate.trt_engine" if cfg.trt_engine else "evaluate.checkpoint"
 
 
 def _check_label_map(spec, label_map, run, warn: bool = True) -> None:

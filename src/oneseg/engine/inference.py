@@ -27,17 +27,10 @@ from oneseg.data.image_io import read_image
 from oneseg.data.intensity import Intensity, choose_intensity
 from oneseg.data.records import DataError
 from oneseg.engine.inference_outputs import InferenceOutputs, merge_parts, part_folder
-from oneseg.engine.processes import (
-    Processes,
-    check_exported_on_gpus,
-    launched,
-    plan_processes,
-)
+from oneseg.engine.processes import Processes, launched, open_section_model, plan_processes
 from oneseg.errors import one_line
 from oneseg.model.compiled import compile_pixel_decoder
-from oneseg.precision import log_precision, precision_setting
 from oneseg.predictor import Predictor
-from oneseg.runner import is_exported, open_model
 
 LIST_SUFFIXES = (".txt", ".lst", ".list")
 FLUSH_EVERY_IMAGES = 25
@@ -274,30 +267,7 @@ def _predictor(spec, run, processes: Processes) -> tuple[Predictor, list[str]]:
     checkpoint), opened once, and the tasks of `inference.tasks` it runs; the others are
     reported and skipped."""
     cfg = spec.inference
-    if cfg.onnx_file or cfg.trt_engine:
-        key = "inference.onnx_file" if cfg.onnx_file else "inference.trt_engine"
-    else:
-        key = "inference.checkpoint"
-    source = cfg.onnx_file or cfg.trt_engine or cfg.checkpoint or spec.model.pretrained
-    if not source:
-        raise ValueError(
-            "inference.checkpoint is empty (and model.pretrained, inference.onnx_file and "
-            "inference.trt_engine too): name a model"
-        )
-    exported = bool(cfg.onnx_file or cfg.trt_engine) or is_exported(source)
-    precision = precision_setting(
-        cfg.precision, processes.device, "inference.precision", exported=exported
-    )
-    opened = open_model(
-        source,
-        list(cfg.tasks),
-        device=processes.device,
-        spec_model=spec.model,
-        key=key,
-        precision=precision,
-    )
-    log_precision(run, cfg.precision, getattr(opened.runner, "precision", None))
-    check_exported_on_gpus(opened, processes.plan)
+    opened = open_section_model(spec, "inference", run, processes)
     aug = spec.dataset.augmentation
     predictor = Predictor.from_opened(
         opened,

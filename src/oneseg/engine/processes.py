@@ -367,3 +367,37 @@ def _join_group(processes: Processes, backend: str) -> None:
             raise RunFailed(failed)
     if errors:
         raise errors[0]
+
+
+def open_section_model(spec, section: str, run, processes: Processes):
+    """The model that `section` ("evaluate" or "inference") of the spec names (its
+    `onnx_file` or `trt_engine`, else its `checkpoint`, else `model.pretrained`), opened once on
+    this process's device in the section's precision (`oneseg.runner.open_model`)."""
+    from oneseg.precision import log_precision, precision_setting
+    from oneseg.runner import is_exported, open_model
+
+    cfg = getattr(spec, section)
+    source = cfg.onnx_file or cfg.trt_engine or cfg.checkpoint or spec.model.pretrained
+    if not source:
+        raise ValueError(
+            f"{section}.checkpoint is empty (and model.pretrained, {section}.onnx_file and "
+            f"{section}.trt_engine too): name a model"
+        )
+    key = f"{section}.checkpoint"
+    if cfg.onnx_file or cfg.trt_engine:
+        key = f"{section}.onnx_file" if cfg.onnx_file else f"{section}.trt_engine"
+    exported = bool(cfg.onnx_file or cfg.trt_engine) or is_exported(source)
+    precision = precision_setting(
+        cfg.precision, processes.device, f"{section}.precision", exported=exported
+    )
+    opened = open_model(
+        str(source),
+        list(cfg.tasks),
+        device=processes.device,
+        spec_model=spec.model,
+        key=key,
+        precision=precision,
+    )
+    log_precision(run, cfg.precision, getattr(opened.runner, "precision", None))
+    check_exported_on_gpus(opened, processes.plan)
+    return opened
