@@ -4,6 +4,11 @@ Each is named after what it holds; add new fixtures under new names."""
 
 from __future__ import annotations
 
+import logging
+import shutil
+import sys
+from pathlib import Path
+
 import pytest
 
 from oneseg.config import ModelConfig, PixelDecoderConfig, TextEncoderConfig
@@ -106,3 +111,20 @@ model:
     norm: GN
     num_classes: 1
 """
+
+
+@pytest.fixture
+def lightning_logs_to_this_stderr(monkeypatch):
+    """Lightning's log handler keeps the stderr of its import; point it at this test's."""
+    for name in ("lightning", "lightning.pytorch", "lightning.fabric"):
+        for handler in logging.getLogger(name).handlers:
+            if type(handler) is logging.StreamHandler:
+                monkeypatch.setattr(handler, "stream", sys.stderr)
+
+
+@pytest.fixture()
+def data(tmp_path, synth_data):
+    """A private copy of the small synthetic dataset, free to break (the bad-input tests)."""
+    root = tmp_path / "data"
+    shutil.copytree(Path(synth_data["label_map"]).parent, root)
+    return root

@@ -5,13 +5,11 @@ exit code 2 (bad input), 1 (failed) or 143 (stopped by SIGTERM). Each test names
 """
 
 import json
-import logging
 import os
 import random
 import shutil
 import signal
 import struct
-import sys
 import warnings
 import zlib
 from dataclasses import asdict
@@ -24,23 +22,9 @@ from oneseg import cli
 from oneseg.convert.safe_load import read_weights_only
 from oneseg.errors import EXIT_BAD_INPUT, EXIT_FAILED, EXIT_STOPPED, CheckpointError
 
-
 # ------------------------------------------------------------------------------ helpers
-@pytest.fixture(autouse=True)
-def lightning_logs_to_this_stderr(monkeypatch):
-    """Lightning's log handler keeps the stderr of its import; point it at this test's."""
-    for name in ("lightning", "lightning.pytorch", "lightning.fabric"):
-        for handler in logging.getLogger(name).handlers:
-            if type(handler) is logging.StreamHandler:
-                monkeypatch.setattr(handler, "stream", sys.stderr)
-
-
-@pytest.fixture()
-def data(tmp_path, synth_data):
-    """A private copy of the small synthetic dataset, free to break."""
-    root = tmp_path / "data"
-    shutil.copytree(Path(synth_data["label_map"]).parent, root)
-    return root
+# one line on stderr is what these tests read: Lightning's log handler must write there too
+pytestmark = pytest.mark.usefixtures("lightning_logs_to_this_stderr")
 
 
 def _source(root: Path, split: str) -> dict:

@@ -3,9 +3,6 @@ wrong exit code. Each is now one line naming the file (or key) with exit 2; see
 docs/reliability.md for the list."""
 
 import json
-import logging
-import shutil
-import sys
 import tarfile
 from pathlib import Path
 
@@ -15,22 +12,8 @@ from test_bad_inputs import _fails, _json, _spec_file
 from oneseg import cli
 from oneseg.errors import EXIT_BAD_INPUT
 
-
-@pytest.fixture(autouse=True)
-def lightning_logs_to_this_stderr(monkeypatch):
-    """Lightning's log handler keeps the stderr of its import; point it at this test's."""
-    for name in ("lightning", "lightning.pytorch", "lightning.fabric"):
-        for handler in logging.getLogger(name).handlers:
-            if type(handler) is logging.StreamHandler:
-                monkeypatch.setattr(handler, "stream", sys.stderr)
-
-
-@pytest.fixture()
-def data(tmp_path, synth_data):
-    """A private copy of the small synthetic dataset, free to break."""
-    root = tmp_path / "data"
-    shutil.copytree(Path(synth_data["label_map"]).parent, root)
-    return root
+# one line on stderr is what these tests read: Lightning's log handler must write there too
+pytestmark = pytest.mark.usefixtures("lightning_logs_to_this_stderr")
 
 
 def _edit_label_map(data: Path, edit) -> Path:

@@ -4,11 +4,8 @@ are not ours, archives that point outside, pictures that would eat the memory.""
 
 import errno
 import json
-import logging
 import os
-import shutil
 import subprocess
-import sys
 import tarfile
 from pathlib import Path
 
@@ -20,22 +17,8 @@ from oneseg import cli
 from oneseg.errors import EXIT_BAD_INPUT, EXIT_FAILED, NoSpace
 from oneseg.io import remove_stale_temporaries, temp_path, write_atomic
 
-
-@pytest.fixture(autouse=True)
-def lightning_logs_to_this_stderr(monkeypatch):
-    """Lightning's log handler keeps the stderr of its import; point it at this test's."""
-    for name in ("lightning", "lightning.pytorch", "lightning.fabric"):
-        for handler in logging.getLogger(name).handlers:
-            if type(handler) is logging.StreamHandler:
-                monkeypatch.setattr(handler, "stream", sys.stderr)
-
-
-@pytest.fixture()
-def data(tmp_path, synth_data):
-    """A private copy of the small synthetic dataset, free to break."""
-    root = tmp_path / "data"
-    shutil.copytree(Path(synth_data["label_map"]).parent, root)
-    return root
+# one line on stderr is what these tests read: Lightning's log handler must write there too
+pytestmark = pytest.mark.usefixtures("lightning_logs_to_this_stderr")
 
 
 def _dead_pid() -> int:
