@@ -144,3 +144,18 @@ def tao_bucket(s3, synth_data, tmp_path_factory):
         client.upload_file(str(paths["panoptic_json"]), "data", f"{split}/annotations.json")
         client.upload_file(str(synth_data["label_map"]), "data", f"{split}/label_map.json")
     return client
+
+
+def tao_data_sources(val: str = "s3://data/val") -> list[str]:
+    """The data sources of TAO's OneFormer override set, as s3:// URLs into the test bucket."""
+    train = "s3://data/train"
+    return [
+        f"dataset.train.images={train}/images.tar.gz",
+        f"dataset.train.annotations={train}/annotations.json",
+        f"dataset.label_map={train}/label_map.json",
+        f"dataset.train.panoptic={train}/images_panoptic.tar.gz",
+        f"dataset.val.images={val}/images.tar.gz",
+        f"dataset.val.annotations={val}/annotations.json",
+        f"dataset.val.panoptic={val}/images_panoptic.tar.gz",
+        f"dataset.test.images={val}/images.tar.gz",
+    ]

@@ -11,6 +11,7 @@ import json
 
 import pytest
 import yaml
+from s3_server import tao_data_sources
 
 from oneseg.cli import main
 from oneseg.config import LossConfig
@@ -23,16 +24,8 @@ pytest_plugins = ("s3_server",)  # the fixtures s3, s3_env, tao_bucket
 
 def _tao_overrides(eval_split: str = "s3://data/val") -> list[str]:
     """The data sources of TAO's OneFormer override set, with s3:// URLs."""
-    train, val = "s3://data/train", eval_split
     return [
-        f"dataset.train.images={train}/images.tar.gz",
-        f"dataset.train.annotations={train}/annotations.json",
-        f"dataset.label_map={train}/label_map.json",
-        f"dataset.train.panoptic={train}/images_panoptic.tar.gz",
-        f"dataset.val.images={val}/images.tar.gz",
-        f"dataset.val.annotations={val}/annotations.json",
-        f"dataset.val.panoptic={val}/images_panoptic.tar.gz",
-        f"dataset.test.images={val}/images.tar.gz",
+        *tao_data_sources(eval_split),
         "dataset.contiguous_id=True",
         "train.precision=32",
         "train.num_gpus=1",

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import json
 
+from s3_server import tao_data_sources
+
 from oneseg.cli import main
 
 pytest_plugins = ("s3_server",)  # the fixtures s3, s3_env, tao_bucket
@@ -24,20 +26,12 @@ def test_tao_quantize_override_set_with_s3_urls(tmp_path, s3_env, tao_bucket, ti
     ]
     assert main(export) == 0
     tao_bucket.upload_file(str(onnx), "data", "models/model.onnx")
-    train, val = "s3://data/train", "s3://data/val"
     quantize = [
         "quantize",
         f"results_dir={tmp_path / 'results'}",
         "quantize.model_path=s3://data/models/model.onnx",
-        f"dataset.train.images={train}/images.tar.gz",
-        f"dataset.train.annotations={train}/annotations.json",
-        f"dataset.label_map={train}/label_map.json",
-        f"dataset.train.panoptic={train}/images_panoptic.tar.gz",
-        f"dataset.val.images={val}/images.tar.gz",
-        f"dataset.val.annotations={val}/annotations.json",
-        f"dataset.val.panoptic={val}/images_panoptic.tar.gz",
-        f"dataset.test.images={val}/images.tar.gz",
-        f"dataset.quant_calibration_dataset.images_dir={val}/images.tar.gz",
+        *tao_data_sources(),
+        "dataset.quant_calibration_dataset.images_dir=s3://data/val/images.tar.gz",
         "quantize.num_calib_images=2",
         "quantize.report_images=2",
         "quantize.latency_runs=1",

@@ -27,6 +27,7 @@ from oneseg.convert.hf import (  # noqa: E402
 from oneseg.model.build import build_model  # noqa: E402
 from oneseg.spec import section_from_dict  # noqa: E402
 from oneseg.tokenizer import task_text, text_list, tokenize  # noqa: E402
+from tests.convert.tiny_hf import perturbed  # noqa: E402
 
 STAGES = ["stage1", "stage2", "stage3", "stage4"]
 TASKS = ("semantic", "instance", "panoptic")
@@ -60,18 +61,6 @@ def hf_config(name: str, *, is_training: bool = False, backbone: str = "swin") -
         bb = ConvNextConfig(hidden_sizes=[16, 32, 64, 128], depths=[1, 1, 2, 1],
                             out_features=STAGES, drop_path_rate=0.0)  # fmt: skip
     return OneFormerConfig(backbone_config=bb, is_training=is_training, dropout=0.0, **spec["head"])
-
-
-def perturbed(model: torch.nn.Module, seed: int) -> torch.nn.Module:
-    """Every parameter made random: transformers starts some at zero (offsets, level embeds)."""
-    gen = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for name, p in model.named_parameters():
-            if name.endswith("logit_scale"):
-                continue
-            noise = torch.randn(p.shape, generator=gen) * (0.3 if p.dim() > 1 else 0.1)
-            p.add_(noise / max(1.0, p.shape[-1] ** 0.5) if p.dim() > 1 else noise)
-    return model
 
 
 def save_hf(tmp_path, name, *, is_training=False, backbone="swin", seed=0):
