@@ -94,13 +94,19 @@ def mosaic(dataset, label_map, grid: int):
     return image, truth, segments
 
 
-def split_counts(truth, segments, pred_ids, pred_segments, cells) -> dict:
+def split_counts(truth, segments, pred_ids, pred_segments, cells, alone=None) -> dict:
     """Things crossing a seam (their pixels in 2+ windows' cells) and those split or duplicated
-    (2+ predicted thing segments each cover >= 10% of it), and the same for the others."""
+    (2+ predicted thing segments each cover >= 10% of it), and the same for the others. With
+    `alone` (the per-scene predictions laid out as the mosaic: ids, segments), also the seam
+    things the model finds on their own scene (a thing segment there with IoU > 0.5) that come
+    back split: the splits the seams make, not the model's own mistakes."""
     row_cell, col_cell = cells
     things = {s["id"] for s in segments if s["isthing"] and not s["iscrowd"]}
     pred_things = {s["id"] for s in pred_segments if s["isthing"]}
+    alone_things = {s["id"] for s in alone[1] if s["isthing"]} if alone else set()
     counts = {"seam_things": 0, "split_at_seams": 0, "other_things": 0, "split_elsewhere": 0}
+    if alone:
+        counts.update(seam_things_found_alone=0, split_at_seams_found_alone=0)
     for gid, box in enumerate(ndimage.find_objects(truth), 1):
         if box is None or gid not in things:
             continue
@@ -113,8 +119,39 @@ def split_counts(truth, segments, pred_ids, pred_segments, cells) -> dict:
         counts[kind] += 1
         if len(pieces) > 1:
             counts["split_at_seams" if crossing else "split_elsewhere"] += 1
+        if alone and crossing and _found(alone[0], alone_things, truth == gid):
+            counts["seam_things_found_alone"] += 1
+            counts["split_at_seams_found_alone"] += len(pieces) > 1
     counts["merged"] = merged_segments(truth, things, pred_ids, pred_things)
     return counts
+
+
+def _found(pred_ids, pred_things, mask) -> bool:
+    """A predicted thing segment matches the mask (IoU > 0.5)."""
+    ids, inter = np.unique(pred_ids[mask], return_counts=True)
+    for pid, n in zip(ids, inter):
+        if pid in pred_things and n / (mask.sum() + (pred_ids == pid).sum() - n) > 0.5:
+            return True
+    return False
+
+
+def alone_predictions(predictor, image, grid: int):
+    """Each scene of the mosaic segmented on its own, laid out as the mosaic: ids, segments."""
+    ids = np.zeros(image.shape[:2], np.int32)
+    segments, seen = [], {}
+    for place in range(grid * grid):
+        y, x = SCENE * (place // grid), SCENE * (place % grid)
+        crop = image[y : y + SCENE, x : x + SCENE]
+        key = crop.tobytes()
+        if key not in seen:
+            seen[key] = predictor(np.ascontiguousarray(crop), "panoptic")
+        result = seen[key]
+        offset = len(segments)
+        ids[y : y + SCENE, x : x + SCENE] = np.where(
+            result.segment_ids > 0, result.segment_ids + offset, 0
+        )
+        segments += [{**s, "id": s["id"] + offset} for s in result.segments]
+    return ids, segments
 
 
 def merged_segments(truth, things, pred_ids, pred_things) -> int:
@@ -151,7 +188,7 @@ def pq_of(label_map, pairs) -> dict:
 def child(args) -> dict:
     """One run, in this process: per-scene PQ, or one mosaic tiled or resized."""
     from oneseg.predictor import Predictor
-    from oneseg.tiling import plan_windows
+    from oneseg.tiling import plan_windows, tile_settings
 
     dataset, label_map = scenes(Path(args.scenes))
     tile = None
@@ -189,14 +226,17 @@ def child(args) -> dict:
     start = time.time()
     result = predictor(image, "panoptic")
     seconds, rss = time.time() - start, peak_rss_mib()
-    plan = plan_windows(*truth.shape, args.size or SCENE, args.overlap or SCENE // 4)  # seams
+    plan = plan_windows(*truth.shape, args.size or SCENE, args.overlap or SCENE // 2)  # seams
     row_cell = np.repeat(np.arange(len(plan)), [r[0].cell[1] - r[0].cell[0] for r in plan])
     col_cell = np.repeat(np.arange(len(plan[0])), [w.cell[3] - w.cell[2] for w in plan[0]])
     out = {"seconds": seconds, "rss_mib": rss, "windows": len(plan) * len(plan[0])}
     out.update(pq_of(label_map, [(truth, segments, result)]))
-    out.update(
-        split_counts(truth, segments, result.segment_ids, result.segments, (row_cell, col_cell))
-    )
+    alone = None
+    if args.size:
+        predictor.tile = tile_settings("off", SCENE)  # scenes one by one, as per scene
+        alone = alone_predictions(predictor, image, args.grid)
+    cells = (row_cell, col_cell)
+    out.update(split_counts(truth, segments, result.segment_ids, result.segments, cells, alone))
     return out
 
 
@@ -231,7 +271,7 @@ def main() -> None:
     parser.add_argument("--scenes", default="benchmarks/results/tile_scenes")
     parser.add_argument("--grids", type=int, nargs="+", default=[8, 32])
     parser.add_argument("--sizes", type=int, nargs="+", default=[128, 256], help="window sides")
-    parser.add_argument("--overlap", type=float, default=0.25, help="share of the window")
+    parser.add_argument("--overlap", type=float, default=0.5, help="share of the window")
     parser.add_argument("--no-join", action="store_true", help="also run without joining")
     parser.add_argument("--report", default="tiles", help="benchmarks/results/REPORT.{md,json}")
     parser.add_argument(
@@ -275,6 +315,8 @@ def main() -> None:
         "split_at_seams",
         "other_things",
         "split_elsewhere",
+        "seam_things_found_alone",
+        "split_at_seams_found_alone",
         "merged",
         "windows",
         "rss_mib",

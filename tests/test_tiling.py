@@ -329,6 +329,18 @@ def test_evaluate_tile(tmp_path, synth_data, tiny_checkpoint):
     assert small["num_images"] == 4 and 0.0 <= small["pq"] <= 100.0
 
 
+class _Unscored:
+    """A runner as exported graphs are: results only, no `run_scored`."""
+
+    def __init__(self, runner):
+        self.runner = runner
+
+    def __getattr__(self, name):
+        if name == "run_scored":
+            raise AttributeError(name)
+        return getattr(self.runner, name)
+
+
 @pytest.fixture(scope="module")
 def onnx_runner(tmp_path_factory, tiny_model_cfg, label_map):
     """The tiny model exported for 64x64 inputs of any batch size (one graph per task), in an
@@ -358,7 +370,8 @@ def onnx_runner(tmp_path_factory, tiny_model_cfg, label_map):
 def test_onnx_runner_tiles(onnx_runner, label_map):
     """Through ONNX Runtime: one window equals the untiled result exactly; 64-pixel windows
     over a 64x176 image (semantic by weighted votes, the graph gives labels) agree with the
-    PyTorch model's tiles on most pixels."""
+    PyTorch model's tiles on most pixels (the PyTorch runner without class scores, so both
+    merge the windows' labels by votes)."""
     runner, model = onnx_runner
     rng = np.random.default_rng(2)
     square = rng.integers(0, 256, (64, 64, 3), dtype=np.uint8)
@@ -368,7 +381,7 @@ def test_onnx_runner_tiles(onnx_runner, label_map):
 
     wide = rng.integers(0, 256, (64, 176, 3), dtype=np.uint8)
     from_onnx = run_tiled(runner, wide, TASKS, 64, 16, batch_size=2)
-    torch_runner = TorchRunner(model, label_map, LOW_THRESHOLDS)
+    torch_runner = _Unscored(TorchRunner(model, label_map, LOW_THRESHOLDS))
     from_torch = run_tiled(torch_runner, wide, TASKS, 64, 16, batch_size=2)
     for task, key in (("semantic", "labels"), ("panoptic", "segment_ids")):
         got = getattr(from_onnx[task], key)

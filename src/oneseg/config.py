@@ -336,7 +336,7 @@ class TileConfig:
         "when the plain resize would shrink an image more than 2x; off: resize every image",
     )
     size: int = f(0, "window side in pixels; 0 = dataset.augmentation.eval_min_size", ge=0)
-    overlap: int = f(0, "pixels neighbouring windows share at least; 0 = a quarter of size", ge=0)
+    overlap: int = f(0, "pixels neighbouring windows share at least; 0 = half of size", ge=0)
     batch_size: int = f(4, "windows per forward", ge=1)
     join: bool = f(
         True,

@@ -157,7 +157,8 @@ class TorchRunner:
 
         Returns:
             B dicts task -> result; "semantic" -> [K, h, w] float32 scores, whose `argmax(0)`
-            is the label map `run` gives.
+            is the label map `run` gives; with "panoptic" also "panoptic_scores": the same
+            class scores of the panoptic forward (they decide the stuff of a tiled image).
         """
         tasks = _check_tasks(tasks, self.tasks, "the model")
         image_sizes = [tuple(map(int, s)) for s in image_sizes]
@@ -165,13 +166,15 @@ class TorchRunner:
         images = images.to(self.device, non_blocking=True)
         prediction = self.model.predict(images, tasks, image_sizes, self.precision)
         per_image: list[dict] = [{} for _ in image_sizes]
-        if "semantic" in tasks:
-            outputs = prediction.outputs["semantic"]
+        for task, key in (("semantic", "semantic"), ("panoptic", "panoptic_scores")):
+            if task not in tasks:
+                continue
+            outputs = prediction.outputs[task]
             for i, (store, size) in enumerate(zip(per_image, image_sizes)):
                 masks = resize_mask_logits(
                     outputs["pred_masks"][i : i + 1], prediction.padded_size, size, size
                 )[0]
-                store["semantic"] = semantic_inference(outputs["pred_logits"][i], masks)
+                store[key] = semantic_inference(outputs["pred_logits"][i], masks)
         self._postprocess(prediction, others, image_sizes, per_image)
         return per_image
 

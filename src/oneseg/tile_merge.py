@@ -1,28 +1,44 @@
-"""Joining the instance and panoptic results of overlapping windows (`oneseg.tiling`).
+"""Merging the results of overlapping windows (`oneseg.tiling`) into one result of the image.
 
 Windows arrive row by row, left to right. Each window owns a cell (the pixels nearer to it than
-to its neighbours); of each of its segments only the part in the cell is kept. A segment whose
-bulk (half its area or more) lies outside the cell is dropped unless it joins a neighbour's:
-there the neighbour sees it with more context. Two pieces on both sides of a seam are one
-object when they cover the band the windows share alike (IoU >= `JOIN_IOU` there): instance
-detections of one class, panoptic thing segments of any class (the larger piece names it).
-Stuff of one class is one segment over the whole image, as in one window.
+to its neighbours: the cells partition the image).
 
-Held at a time: the band each window shares with the next window and the row below (pieces'
-masks over the band), the kept pieces' crops, and the [H, W] result. Never [Q, H, W].
+- Semantic (`SemanticMerger`): per-class scores (or weighted votes) blended with a window weight
+  that falls towards the sides a window shares with its neighbours; the label is the arg-max.
+- Things, best view first. A window's thing segment that keeps clear of the sides it shares
+  with a neighbour is seen whole there: a *whole* candidate. Its *reach* is its distance to
+  those sides: how much context the window gave it. Whole candidates are placed farthest reach
+  first (ties: higher score). One that mostly lies on objects already placed is the same object
+  seen from another window, and is dropped (its score lifts the placed one's if higher).
+- Things no window sees whole (larger than a window's middle, or cut by every window) come in
+  *pieces*: each window's piece is cut to its cell, and two pieces on both sides of a seam are
+  one object when they cover the band the two windows share alike (IoU >= `JOIN_IOU` there).
+  A piece whose bulk lies outside its cell and that joins nothing is dropped: the window owning
+  those pixels did not find it. Pieces yield to whole objects: a joined object that loses more
+  than half its pixels to them was one of them, seen cut.
+- Panoptic stuff: each stuff class is one segment over the image; a pixel no thing holds takes
+  the stuff class of the blended scores (votes of the windows' stuff labels for runners that give
+  no scores), so a window that straddles two regions does not decide alone.
+
+Held at a time: the band each window shares with the next window and with the row below, the
+candidates' crops, the blend's rows still shared with the next row of windows ([K, size, W]),
+and [H, W] maps (panoptic: an int32 map and a one-byte stuff map). Never [Q, H, W].
 """
 
 from __future__ import annotations
 
 import numpy as np
+import torch
 
 from oneseg.model.postprocess import FULL_SIZE_BYTES
-from oneseg.results import BoxedMasks, InstanceResult, PanopticResult
+from oneseg.results import BoxedMasks, InstanceResult, PanopticResult, SemanticResult
 
 JOIN_IOU = 0.5  # two pieces whose masks agree this well in the shared band are one object
 BULK = 0.5  # a piece with less than this share of its area in its window's cell is dropped
+SAME = 0.5  # a candidate with more than this share of it on placed objects is one of them
+EDGE = 2  # a segment within this many pixels of a shared side is cut there, not whole
 DENSE_BYTES = FULL_SIZE_BYTES  # instance masks as one [N, H, W] array up to this, else crops
-STRIP_PIXELS = 1 << 17  # pixels of the [H, W] map counted or relabelled at a time
+STRIP_PIXELS = 1 << 15  # pixels of the [H, W] map counted or relabelled at a time
 
 
 class _UnionFind:
@@ -49,6 +65,73 @@ def _cell_slices(window) -> tuple[slice, slice]:
     """The window's cell in window coordinates."""
     cy0, cy1, cx0, cx1 = window.cell
     return slice(cy0 - window.y0, cy1 - window.y0), slice(cx0 - window.x0, cx1 - window.x0)
+
+
+def window_weight(window) -> torch.Tensor:
+    """[h, w] float32: 1 inside, falling linearly towards each side shared with a neighbour."""
+
+    def ramp(length: int, before: int, after: int) -> torch.Tensor:
+        weight = torch.ones(length)
+        if before:
+            weight[:before] = torch.arange(1, before + 1) / (before + 1)
+        if after:
+            falling = torch.arange(after, 0, -1) / (after + 1)
+            weight[length - after :] = torch.minimum(weight[length - after :], falling)
+        return weight
+
+    wy = ramp(window.height, window.top, window.bottom)
+    wx = ramp(window.width, window.left, window.right)
+    return wy[:, None] * wx[None, :]
+
+
+class SemanticMerger:
+    """Blends per-class scores (or weighted votes) of the windows, one band of rows at a time.
+
+    Arguments:
+        size: (H, W) of the image.
+        num_classes: K.
+        dtype: of the label map.
+    """
+
+    def __init__(self, size: tuple[int, int], num_classes: int, dtype=np.int32):
+        self.height, self.width = size
+        self.num_classes = num_classes
+        self.labels = np.zeros(size, dtype=dtype)
+        self.scores = torch.zeros(num_classes, 0, self.width)  # rows [self.y0, self.y1)
+        self.y0 = 0
+
+    def _advance(self, y0: int, y1: int) -> None:
+        """Settle the rows above `y0` (no later window reaches them) and hold rows to `y1`."""
+        done = y0 - self.y0
+        if done > 0:
+            self.labels[self.y0 : y0] = self.scores[:, :done].argmax(0).numpy()
+            self.scores = self.scores[:, done:]
+            self.y0 = y0
+        grow = y1 - (self.y0 + self.scores.shape[1])
+        if grow > 0:
+            self.scores = torch.cat(
+                [self.scores, torch.zeros(self.num_classes, grow, self.width)], 1
+            )
+
+    def add(self, window, output) -> None:
+        """`output`: [K, h, w] scores, or a `SemanticResult` whose labels vote."""
+        self._advance(window.y0, window.y0 + window.height)
+        weight = window_weight(window)
+        rows = slice(window.y0 - self.y0, window.y0 - self.y0 + window.height)
+        view = self.scores[:, rows, window.x0 : window.x0 + window.width]
+        if isinstance(output, torch.Tensor):
+            view += output.float().cpu() * weight
+        else:
+            labels = torch.from_numpy(np.asarray(output.labels)).long()
+            view.scatter_add_(0, labels[None], weight[None])
+
+    def settle(self) -> np.ndarray:
+        """The [H, W] labels, once every window is in."""
+        self._advance(self.height, self.height)
+        return self.labels
+
+    def result(self, label_map) -> SemanticResult:
+        return SemanticResult(self.settle(), label_map=label_map)
 
 
 class _Bands:
@@ -84,6 +167,90 @@ def _greedy_pairs(iou: np.ndarray) -> list[tuple[int, int]]:
     return pairs
 
 
+def _box(mask: np.ndarray) -> tuple[int, int, int, int] | None:
+    """(y0, x0, y1, x1) of a [h, w] mask's pixels, None when it has none."""
+    ys, xs = np.flatnonzero(mask.any(1)), np.flatnonzero(mask.any(0))
+    if ys.size == 0:
+        return None
+    return int(ys[0]), int(xs[0]), int(ys[-1]) + 1, int(xs[-1]) + 1
+
+
+def _reach(window, box: tuple[int, int, int, int]) -> int | None:
+    """Pixels between a segment's box (window coordinates) and the nearest side the window
+    shares with a neighbour (sides on the image border do not count); None when the segment
+    comes within `EDGE` of such a side: it may go on beyond the window."""
+    y0, x0, y1, x1 = box
+    gaps = [
+        y0 if window.top else None,
+        x0 if window.left else None,
+        window.height - y1 if window.bottom else None,
+        window.width - x1 if window.right else None,
+    ]
+    gaps = [g for g in gaps if g is not None]
+    if any(g < EDGE for g in gaps):
+        return None
+    return min(gaps, default=max(window.height, window.width))
+
+
+class _Candidates:
+    """Whole segments of the windows: crop, box in the image, score, label, reach, window."""
+
+    def __init__(self):
+        self.crops: list[np.ndarray] = []
+        self.boxes: list[tuple[int, int, int, int]] = []
+        self.scores: list[float] = []
+        self.labels: list[int] = []
+        self.reach: list[int] = []
+        self.window: list[tuple[int, int]] = []
+
+    def add(self, window, crop, box, score, label, reach) -> None:
+        y0, x0, y1, x1 = box
+        self.crops.append(crop)
+        self.boxes.append((window.y0 + y0, window.x0 + x0, window.y0 + y1, window.x0 + x1))
+        self.scores.append(float(score))
+        self.labels.append(int(label))
+        self.reach.append(int(reach))
+        self.window.append((window.row, window.col))
+
+    def best_view_first(self) -> list[int]:
+        """Farthest reach first, then higher score, then arrival."""
+        return sorted(range(len(self.crops)), key=lambda i: (-self.reach[i], -self.scores[i], i))
+
+
+class _BoxIndex:
+    """Boxes bucketed on a coarse grid: which placed boxes may overlap a box."""
+
+    def __init__(self, step: int):
+        self.step, self.buckets = max(1, step), {}
+
+    def _keys(self, box):
+        y0, x0, y1, x1 = box
+        for by in range(y0 // self.step, (y1 - 1) // self.step + 1):
+            for bx in range(x0 // self.step, (x1 - 1) // self.step + 1):
+                yield by, bx
+
+    def add(self, item: int, box) -> None:
+        for key in self._keys(box):
+            self.buckets.setdefault(key, []).append(item)
+
+    def near(self, box) -> set[int]:
+        found: set[int] = set()
+        for key in self._keys(box):
+            found.update(self.buckets.get(key, ()))
+        return found
+
+
+def _overlap(crop_a, box_a, crop_b, box_b) -> int:
+    """Pixels two boxed masks share."""
+    y0, x0 = max(box_a[0], box_b[0]), max(box_a[1], box_b[1])
+    y1, x1 = min(box_a[2], box_b[2]), min(box_a[3], box_b[3])
+    if y0 >= y1 or x0 >= x1:
+        return 0
+    a = crop_a[y0 - box_a[0] : y1 - box_a[0], x0 - box_a[1] : x1 - box_a[1]]
+    b = crop_b[y0 - box_b[0] : y1 - box_b[0], x0 - box_b[1] : x1 - box_b[1]]
+    return int(np.count_nonzero(a & b))
+
+
 class InstanceMerger:
     """Instance detections of the windows -> one `InstanceResult` of the image.
 
@@ -96,27 +263,40 @@ class InstanceMerger:
 
     def __init__(self, size: tuple[int, int], label_map, single: bool = False, join=True):
         self.size, self.label_map, self.single, self.join = size, label_map, single, join
+        self.whole = _Candidates()
         self.pieces = _UnionFind()
         self.crops, self.boxes, self.scores, self.labels, self.queries = [], [], [], [], []
         self.bulk_inside: list[bool] = []
         self.bands = _Bands()
+        self.step = 1
+        self.only: InstanceResult | None = None
 
     def add(self, window, result: InstanceResult) -> None:
+        if self.single:
+            self.only = result
+            return
+        self.step = max(self.step, window.height, window.width)
         masks = np.asarray(result.masks, dtype=bool)  # [N, h, w]
         rows, cols = _cell_slices(window)
-        area = masks.sum((1, 2))
-        core = masks[:, rows, cols]
-        core_area = core.sum((1, 2))
-        keep = np.ones(len(masks), bool) if self.single else area > 0
-        ids, labels = [], result.labels[keep]
-        for i in np.flatnonzero(keep):
+        ids, labels, cut = [], [], []
+        for i, mask in enumerate(masks):
+            box = _box(mask)
+            if box is None:
+                continue
+            reach = _reach(window, box)
+            if reach is not None:
+                crop = mask[box[0] : box[2], box[1] : box[3]].copy()
+                self.whole.add(window, crop, box, result.scores[i], result.labels[i], reach)
+                continue
             ids.append(self.pieces.add())
-            self._add_crop(core[i], window.cell[0], window.cell[2])
+            labels.append(int(result.labels[i]))
+            cut.append(i)
+            core = mask[rows, cols]
+            self._add_crop(core, window.cell[0], window.cell[2])
             self.scores.append(float(result.scores[i]))
             self.labels.append(int(result.labels[i]))
-            self.queries.append(-1 if result.queries is None else int(result.queries[i]))
-            self.bulk_inside.append(bool(core_area[i] >= BULK * area[i]))
-        kept = masks[keep]
+            self.bulk_inside.append(bool(core.sum() >= BULK * mask.sum()))
+        kept = masks[cut]
         left, above = self.bands.neighbours(window) if self.join else (None, None)
         if left is not None:
             self._join(left, (ids, labels, kept[:, :, : window.left]))
@@ -127,12 +307,12 @@ class InstanceMerger:
         self.bands.store(window, right, bottom)
 
     def _add_crop(self, core: np.ndarray, y_cell: int, x_cell: int) -> None:
-        ys, xs = np.flatnonzero(core.any(1)), np.flatnonzero(core.any(0))
-        if ys.size == 0:
+        box = _box(core)
+        if box is None:
             self.crops.append(np.zeros((0, 0), bool))
             self.boxes.append((0, 0, 0, 0))
             return
-        y0, y1, x0, x1 = ys[0], ys[-1] + 1, xs[0], xs[-1] + 1
+        y0, x0, y1, x1 = box
         self.crops.append(core[y0:y1, x0:x1].copy())
         self.boxes.append((y_cell + y0, x_cell + x0, y_cell + y1, x_cell + x1))
 
@@ -150,28 +330,69 @@ class InstanceMerger:
         for i, j in _greedy_pairs(iou):
             self.pieces.union(ids_a[i], ids_b[j])
 
+    def _place_whole(self):
+        """Whole detections, best view first; one that is the same object (same class, more
+        than `SAME` of it shared) as a placed detection of another window is dropped, and
+        lifts that one's score. Detections of one window never drop each other."""
+        whole, index = self.whole, _BoxIndex(self.step)
+        placed: list[int] = []
+        scores = list(whole.scores)
+        areas = [int(np.count_nonzero(c)) for c in whole.crops]
+        for i in whole.best_view_first():
+            same = None
+            for j in index.near(whole.boxes[i]):
+                if whole.labels[j] != whole.labels[i] or whole.window[j] == whole.window[i]:
+                    continue
+                shared = _overlap(whole.crops[i], whole.boxes[i], whole.crops[j], whole.boxes[j])
+                if shared > SAME * min(areas[i], areas[j]):
+                    same = j
+                    break
+            if same is None:
+                index.add(i, whole.boxes[i])
+                placed.append(i)
+            else:
+                scores[same] = max(scores[same], scores[i])
+        return placed, scores, index
+
     def result(self, label_map=None) -> InstanceResult:
+        if self.only is not None:
+            return self.only
+        placed, whole_scores, index = self._place_whole()
+        whole = self.whole
+        crops = [whole.crops[i] for i in placed]
+        boxes = [whole.boxes[i] for i in placed]
+        scores = [whole_scores[i] for i in placed]
+        labels = [whole.labels[i] for i in placed]
         groups: dict[int, list[int]] = {}
         for piece in range(len(self.crops)):
             groups.setdefault(self.pieces.find(piece), []).append(piece)
-        crops, boxes, scores, labels, queries = [], [], [], [], []
         for members in groups.values():  # ordered by their first piece
             if len(members) == 1 and not self.bulk_inside[members[0]]:
                 continue
             crop, box = self._union(members)
+            label = self.labels[members[0]]
+            area = int(np.count_nonzero(crop))
+            if not area or any(
+                whole.labels[j] == label
+                and _overlap(crop, box, whole.crops[j], whole.boxes[j]) > SAME * area
+                for j in index.near(box)
+            ):
+                continue  # an object placed whole, seen cut here
             crops.append(crop)
             boxes.append(box)
             scores.append(max(self.scores[m] for m in members))
-            labels.append(self.labels[members[0]])
-            queries.append(self.queries[members[0]])
-        masks = BoxedMasks(crops, np.asarray(boxes).reshape(-1, 4), self.size)
+            labels.append(label)
+        order = np.argsort(-np.asarray(scores, np.float32), kind="stable")
+        masks = BoxedMasks(
+            [crops[i] for i in order], np.asarray(boxes).reshape(-1, 4)[order], self.size
+        )
         if len(crops) * self.size[0] * self.size[1] <= DENSE_BYTES:
             masks = np.asarray(masks)
         return InstanceResult(
             masks=masks,
-            scores=np.asarray(scores, np.float32),
-            labels=np.asarray(labels, np.int64),
-            queries=np.asarray(queries, np.int64) if self.single else None,
+            scores=np.asarray(scores, np.float32)[order],
+            labels=np.asarray(labels, np.int64)[order],
+            queries=None,
             label_map=label_map or self.label_map,
         )
 
@@ -194,50 +415,63 @@ class PanopticMerger:
     Arguments:
         size: (H, W) of the image.
         label_map: the classes.
-        single: one window covers the image.
+        single: one window covers the image (its result is taken as it is).
         join: join thing pieces across seams; False leaves each window's cell part on its own.
     """
 
     def __init__(self, size: tuple[int, int], label_map, single: bool = False, join=True):
-        self.size, self.label_map, self.join = size, label_map, join
-        self.segment_ids = np.zeros(size, np.int32)  # ids below: 1 + index in these lists
-        self.labels, self.isthing, self.scores, self.areas, self.core_areas = [], [], [], [], []
+        self.size, self.label_map, self.single, self.join = size, label_map, single, join
+        self.stuff_classes = [k for k, thing in enumerate(label_map.isthing) if not thing]
+        # channel 0: "no stuff here" (a faint vote where a window sees a thing or void)
+        dtype = np.uint8 if len(self.stuff_classes) < 255 else np.int32
+        self.stuff = SemanticMerger(size, len(self.stuff_classes) + 1, dtype)
+        self.segment_ids = np.zeros(size, np.int32)  # thing pieces: 1 + index in these lists
+        self.labels, self.scores, self.areas, self.core_areas = [], [], [], []
         self.pieces = _UnionFind()
-        self.pieces.add()  # id 0: void
-        self.stuff: dict[int, int] = {}  # label -> its one id
+        self.pieces.add()  # id 0: none
+        self.whole = _Candidates()
         self.bands = _Bands()
+        self.only: PanopticResult | None = None
 
-    def _piece(self, segment: dict) -> int:
-        label = int(segment["label"])
-        if not segment["isthing"] and label in self.stuff:
-            piece = self.stuff[label]
-            self.scores[piece - 1] = max(self.scores[piece - 1], float(segment["score"]))
-            return piece
+    def _piece(self, segment: dict, area: int, core_area: int) -> int:
         piece = self.pieces.add()
-        self.labels.append(label)
-        self.isthing.append(bool(segment["isthing"]))
+        self.labels.append(int(segment["label"]))
         self.scores.append(float(segment["score"]))
-        self.areas.append(0)
-        self.core_areas.append(0)
-        if not segment["isthing"]:
-            self.stuff[label] = piece
+        self.areas.append(area)
+        self.core_areas.append(core_area)
         return piece
 
-    def add(self, window, result: PanopticResult) -> None:
+    def add(self, window, result: PanopticResult, scores: torch.Tensor | None = None) -> None:
+        """`scores`: the window's [K, h, w] class scores of the panoptic forward, when the
+        runner gives them (they decide stuff); else its stuff segments vote."""
+        if self.single:
+            self.only = result
+            return
         local = result.segment_ids  # [h, w]
-        lookup = np.zeros(int(local.max(initial=0)) + 1, np.int64)  # local id -> piece
-        for segment in result.segments:
-            lookup[int(segment["id"])] = self._piece(segment)
-        pieces = lookup[local]  # [h, w]
         rows, cols = _cell_slices(window)
+        lookup = np.zeros(int(local.max(initial=0)) + 1, np.int64)  # local id -> piece
+        stuff_of = np.zeros(len(lookup), np.int64)  # local id -> stuff channel (0: none)
+        channel = {k: c for c, k in enumerate(self.stuff_classes, 1)}
+        for segment in result.segments:
+            sid = int(segment["id"])
+            if not segment["isthing"]:
+                stuff_of[sid] = channel[int(segment["label"])]
+                continue
+            mask = local == sid
+            box = _box(mask)
+            if box is None:
+                continue
+            reach = _reach(window, box)
+            if reach is not None:
+                crop = mask[box[0] : box[2], box[1] : box[3]].copy()
+                self.whole.add(window, crop, box, segment["score"], segment["label"], reach)
+            else:
+                core_area = int(np.count_nonzero(mask[rows, cols]))
+                lookup[sid] = self._piece(segment, int(np.count_nonzero(mask)), core_area)
+        self._add_stuff(window, local, stuff_of, scores)
+        pieces = lookup[local]  # [h, w]
         cy0, cy1, cx0, cx1 = window.cell
         self.segment_ids[cy0:cy1, cx0:cx1] = pieces[rows, cols]
-        count = len(self.labels) + 1
-        area = np.bincount(pieces.ravel(), minlength=count)
-        core = np.bincount(pieces[rows, cols].ravel(), minlength=count)
-        for piece in np.flatnonzero(area[1:]) + 1:
-            self.areas[piece - 1] += int(area[piece])
-            self.core_areas[piece - 1] += int(core[piece])
         left, above = self.bands.neighbours(window) if self.join else (None, None)
         if left is not None:
             self._join(left, pieces[:, : window.left])
@@ -249,56 +483,108 @@ class PanopticMerger:
             pieces[window.height - window.bottom :, :].copy(),
         )
 
+    def _add_stuff(self, window, local, stuff_of, scores) -> None:
+        if scores is not None:
+            stuff = scores[self.stuff_classes].float().cpu()
+            faint = torch.full((1, *stuff.shape[1:]), 1e-6)
+            self.stuff.add(window, torch.cat([faint, stuff]))
+        else:
+            votes = stuff_of[local]  # [h, w] channel, 0 where a thing or void
+            self.stuff.add(window, SemanticResult(votes.astype(np.int64)))
+
     def _join(self, band_a: np.ndarray, band_b: np.ndarray) -> None:
         """Join thing pieces that cover the shared band alike (IoU >= JOIN_IOU)."""
         a, b = band_a.ravel(), band_b.ravel()
-        things = np.asarray([False, *self.isthing])
-        both = things[a] & things[b]
+        both = (a > 0) & (b > 0)
         if not both.any():
             return
-        size_a = np.bincount(a, minlength=len(things))
-        size_b = np.bincount(b, minlength=len(things))
+        count = len(self.labels) + 1
+        size_a = np.bincount(a, minlength=count)
+        size_b = np.bincount(b, minlength=count)
         pairs, inter = np.unique(np.stack([a[both], b[both]]), axis=1, return_counts=True)
         for (pa, pb), n in zip(pairs.T, inter):
             if n / (size_a[pa] + size_b[pb] - n) >= JOIN_IOU:
                 self.pieces.union(int(pa), int(pb))
 
+    def _strips(self):
+        step = max(1, STRIP_PIXELS // self.size[1])
+        for start in range(0, self.size[0], step):  # no [H, W] int64 temporaries
+            yield slice(start, start + step)
+
     def result(self, label_map=None) -> PanopticResult:
+        if self.only is not None:
+            return self.only
+        label_map = label_map or self.label_map
+        seg = self.segment_ids  # pieces now; relabelled in place below
         count = len(self.labels) + 1
-        roots = np.asarray([self.pieces.find(p) for p in range(count)])
+        roots = np.asarray([self.pieces.find(p) for p in range(count)], np.int32)
         members = np.bincount(roots, minlength=count)
         core = np.asarray([0, *self.core_areas])
         area = np.asarray([0, *self.areas])
-        # a thing seen by one window only, whose bulk lies outside that window's cell
-        lone = (members[roots] == 1) & (core < BULK * area) & np.asarray([False, *self.isthing])
+        lone = (members[roots] == 1) & (core < BULK * area)  # bulk outside its cell, unjoined
         roots[lone] = 0
         roots[0] = 0
-        strip = max(1, STRIP_PIXELS // self.size[1])
-        per_piece = np.zeros(count, np.int64)
-        for start in range(0, self.size[0], strip):  # no [H, W] int64 copy
-            per_piece += np.bincount(
-                self.segment_ids[start : start + strip].ravel(), minlength=count
-            )
-        pixels = np.bincount(roots, weights=per_piece, minlength=count).astype(np.int64)
-        kept = [r for r in range(1, count) if roots[r] == r and pixels[r] > 0]
-        new_id = np.zeros(count, np.int32)
-        new_id[kept] = np.arange(1, len(kept) + 1)
-        lookup = new_id[roots]
-        for start in range(0, self.size[0], strip):  # in place: no second [H, W] map
-            rows = self.segment_ids[start : start + strip]
-            rows[...] = lookup[rows]
-        segments = []
-        for root in kept:
+        before = np.zeros(count, np.int64)  # pixels of each joined piece group
+        for rows in self._strips():
+            before += np.bincount(roots[seg[rows]].ravel(), minlength=count)
+        # whole things, best view first, over pieces; ids from `count` on
+        segments, base = [], count
+        whole = self.whole
+        for i in whole.best_view_first():
+            y0, x0, y1, x1 = whole.boxes[i]
+            view = seg[y0:y1, x0:x1]
+            crop = whole.crops[i]
+            if np.count_nonzero(view[crop] >= base) > SAME * np.count_nonzero(crop):
+                same = view[crop & (view >= base)]
+                placed = segments[int(np.bincount(same - base).argmax())]
+                placed["score"] = max(placed["score"], whole.scores[i])
+                continue
+            new = base + len(segments)
+            view[crop & (view < base)] = new
+            segments.append({"label": whole.labels[i], "isthing": True, "score": whole.scores[i]})
+        # pieces keep what whole things left them, unless that is less than half
+        after = np.zeros(count, np.int64)
+        for rows in self._strips():
+            strip = seg[rows]
+            after += np.bincount(roots[strip[strip < base]], minlength=count)
+        keep = np.zeros(count, bool)
+        keep[1:] = (roots[1:] == np.arange(1, count)) & (after[1:] > 0)
+        keep &= after * 2 >= before
+        group_id = np.zeros(count, np.int32)
+        for root in np.flatnonzero(keep):
             group = np.flatnonzero(roots == root)
             largest = group[np.argmax(core[group])]
-            label = self.labels[largest - 1]
+            group_id[root] = base + len(segments)
             segments.append(
                 {
-                    "id": int(new_id[root]),
-                    "label": label,
-                    "isthing": bool(self.isthing[largest - 1]),
+                    "label": self.labels[largest - 1],
+                    "isthing": True,
                     "score": max(self.scores[p - 1] for p in group),
-                    "area": int(pixels[root]),
                 }
             )
-        return PanopticResult(self.segment_ids, segments, label_map=label_map or self.label_map)
+        channels = np.arange(len(self.stuff_classes) + 1, dtype=np.int32)
+        stuff_ids = base + len(segments) - 1 + channels  # channel c >= 1 -> its segment id
+        segments += [{"label": k, "isthing": False, "score": 1.0} for k in self.stuff_classes]
+        stuff = self.stuff.settle()
+        piece_id = group_id[roots]  # piece -> its group's id, 0 when dropped
+        for rows in self._strips():
+            strip = seg[rows]
+            free = strip < base
+            pieces = piece_id[strip[free]]
+            stuff_here = stuff_ids[stuff[rows][free]]
+            stuff_here[stuff[rows][free] == 0] = 0
+            strip[free] = np.where(pieces > 0, pieces, stuff_here)
+        # compact ids 1..n in order, areas counted, empty segments gone
+        total = base + len(segments)
+        pixels = np.zeros(total, np.int64)
+        for rows in self._strips():
+            pixels += np.bincount(seg[rows].ravel(), minlength=total)
+        new_id = np.zeros(total, np.int32)
+        kept = []
+        for k, segment in enumerate(segments):
+            if pixels[base + k] > 0:
+                new_id[base + k] = len(kept) + 1
+                kept.append({"id": len(kept) + 1, **segment, "area": int(pixels[base + k])})
+        for rows in self._strips():
+            seg[rows] = new_id[seg[rows]]
+        return PanopticResult(seg, kept, label_map=label_map)

@@ -31,16 +31,16 @@ import numpy as np
 import torch
 
 from oneseg.data.collate import padded_size
-from oneseg.results import Result, SemanticResult
+from oneseg.results import Result
 from oneseg.runner import Runner
-from oneseg.tile_merge import InstanceMerger, PanopticMerger
+from oneseg.tile_merge import InstanceMerger, PanopticMerger, SemanticMerger
 
 AUTO_FACTOR = 2.0  # `auto` tiles an image the plain resize would shrink more than this
 
 
 def tile_settings(tile, min_size: int) -> tuple[str, int, int, int, bool]:
     """(mode, size, overlap, batch_size, join) of a `TileConfig`, a mapping of its keys, a mode
-    ("on", "off", "auto") or None (off); size 0 = `min_size`, overlap 0 = a quarter of it."""
+    ("on", "off", "auto") or None (off); size 0 = `min_size`, overlap 0 = half of it."""
     from oneseg.config import TileConfig
 
     if tile is None:
@@ -52,7 +52,7 @@ def tile_settings(tile, min_size: int) -> tuple[str, int, int, int, bool]:
     if tile.mode not in ("on", "off", "auto"):
         raise ValueError(f"tile mode must be on, off or auto, got {tile.mode!r}")
     size = tile.size or min_size
-    overlap = tile.overlap or size // 4
+    overlap = tile.overlap or size // 2
     if not 0 < overlap < size:
         raise ValueError(f"tile overlap must be between 1 and size - 1, got {overlap} of {size}")
     return tile.mode, size, overlap, tile.batch_size, tile.join
@@ -127,68 +127,6 @@ def should_tile(mode: str, height: int, width: int, min_size: int, max_size: int
     return shrink > AUTO_FACTOR
 
 
-def window_weight(window: Window) -> torch.Tensor:
-    """[h, w] float32: 1 inside, falling linearly towards each side shared with a neighbour."""
-
-    def ramp(length: int, before: int, after: int) -> torch.Tensor:
-        weight = torch.ones(length)
-        if before:
-            weight[:before] = torch.arange(1, before + 1) / (before + 1)
-        if after:
-            falling = torch.arange(after, 0, -1) / (after + 1)
-            weight[length - after :] = torch.minimum(weight[length - after :], falling)
-        return weight
-
-    wy = ramp(window.height, window.top, window.bottom)
-    wx = ramp(window.width, window.left, window.right)
-    return wy[:, None] * wx[None, :]
-
-
-class SemanticMerger:
-    """Blends per-class scores (or weighted votes) of the windows, one band of rows at a time.
-
-    Arguments:
-        size: (H, W) of the image.
-        num_classes: K.
-    """
-
-    def __init__(self, size: tuple[int, int], num_classes: int):
-        self.height, self.width = size
-        self.num_classes = num_classes
-        self.labels = np.zeros(size, dtype=np.int32)
-        self.scores = torch.zeros(num_classes, 0, self.width)  # rows [self.y0, self.y1)
-        self.y0 = 0
-
-    def _advance(self, y0: int, y1: int) -> None:
-        """Settle the rows above `y0` (no later window reaches them) and hold rows to `y1`."""
-        done = y0 - self.y0
-        if done > 0:
-            self.labels[self.y0 : y0] = self.scores[:, :done].argmax(0).numpy()
-            self.scores = self.scores[:, done:]
-            self.y0 = y0
-        grow = y1 - (self.y0 + self.scores.shape[1])
-        if grow > 0:
-            self.scores = torch.cat(
-                [self.scores, torch.zeros(self.num_classes, grow, self.width)], 1
-            )
-
-    def add(self, window: Window, output) -> None:
-        """`output`: [K, h, w] scores, or a `SemanticResult` whose labels vote."""
-        self._advance(window.y0, window.y0 + window.height)
-        weight = window_weight(window)
-        rows = slice(window.y0 - self.y0, window.y0 - self.y0 + window.height)
-        view = self.scores[:, rows, window.x0 : window.x0 + window.width]
-        if isinstance(output, torch.Tensor):
-            view += output.float().cpu() * weight
-        else:
-            labels = torch.from_numpy(output.labels).long()
-            view.scatter_add_(0, labels[None], weight[None])
-
-    def result(self, label_map) -> SemanticResult:
-        self._advance(self.height, self.height)
-        return SemanticResult(self.labels, label_map=label_map)
-
-
 def _window_batch(image: np.ndarray, windows: list[Window], divisor: int) -> torch.Tensor:
     """[B, 3, Hp, Wp] uint8: the windows' pixels, zero padded as `Predictor` pads images."""
     sizes = [(w.height, w.width) for w in windows]
@@ -222,7 +160,7 @@ def run_tiled(
     """
     height, width = image.shape[:2]
     tasks = list(dict.fromkeys(tasks))
-    scored = "semantic" in tasks and hasattr(runner, "run_scored")
+    scored = bool({"semantic", "panoptic"} & set(tasks)) and hasattr(runner, "run_scored")
     label_map = runner.label_map
     plan = plan_windows(height, width, size, overlap)
     single = len(plan) == 1 and len(plan[0]) == 1
@@ -245,5 +183,9 @@ def run_tiled(
                 outputs = runner.run(batch, sizes, sizes, tasks)
             for window, per_task in zip(windows, outputs):
                 for task in tasks:
-                    mergers[task].add(window, per_task[task])
+                    if task == "panoptic":
+                        scores = per_task.get("panoptic_scores")
+                        mergers[task].add(window, per_task[task], scores)
+                    else:
+                        mergers[task].add(window, per_task[task])
     return {task: mergers[task].result(label_map) for task in tasks}
