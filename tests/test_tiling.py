@@ -156,6 +156,71 @@ def test_without_joining_the_seam_check_fails(label_map, monkeypatch, switch):
         )
 
 
+class EdgeShyModel(ColourModel):
+    """A ColourModel that sees less near a window's sides, as a real model does: an object
+    whose box comes within `SHY` pixels of the window's border loses its outer ring of pixels
+    (and it is surer of it: score alone cannot tell the better view). Seen from the middle of
+    some window, each object is exact."""
+
+    SHY = 6
+
+    def predict(self, images, tasks, image_sizes, precision="fp32"):
+        prediction = super().predict(images, tasks, image_sizes, precision)
+        out = prediction.outputs[tasks[0]]
+        masks = out["pred_masks"] > 0  # [B, Q, H, W]
+        for b, (height, width) in enumerate(image_sizes):
+            for q in range(1, masks.shape[1]):  # query 0: the ground
+                ys, xs = torch.nonzero(masks[b, q, :height, :width], as_tuple=True)
+                if not len(ys):
+                    continue
+                gaps = (ys.min(), xs.min(), height - 1 - ys.max(), width - 1 - xs.max())
+                if min(int(g) for g in gaps) < self.SHY:
+                    m = masks[b, q]
+                    inner = m.clone()
+                    inner[1:] &= m[:-1]
+                    inner[:-1] &= m[1:]
+                    inner[:, 1:] &= m[:, :-1]
+                    inner[:, :-1] &= m[:, 1:]
+                    out["pred_masks"][b, q] = torch.where(inner, 20.0, -20.0)
+                    out["pred_logits"][b, q, self.labels[q]] = 14.0
+        return prediction
+
+
+def _edge_shy_scene():
+    """12-pixel boxes anywhere on a 150 x 210 image of 64-pixel windows sharing half (off
+    the image's border, where every window would see them shyly)."""
+    rng = np.random.default_rng(4)
+    boxes, taken = [], np.zeros((150, 210), bool)
+    while len(boxes) < 24:
+        y, x = int(rng.integers(8, 130)), int(rng.integers(8, 190))
+        if not taken[max(0, y - 2) : y + 14, max(0, x - 2) : x + 14].any():
+            taken[y : y + 12, x : x + 12] = True
+            boxes.append((y, x, y + 12, x + 12, int(rng.integers(1, 3))))
+    image, colour_model, truth, labels = scene(150, 210, boxes)
+    model = EdgeShyModel(colour_model.colours.tolist(), labels, len(CATEGORIES))
+    return image, model, truth, labels
+
+
+def test_each_object_is_taken_from_its_best_view(label_map):
+    """With windows sharing half their side, every small object lies well inside some window;
+    the merge takes it from there, so it comes back exact although most windows see it
+    eroded (and scores the eroded view higher, so a choice by score would not do)."""
+    image, model, truth, labels = _edge_shy_scene()
+    _check_seams(image, model, truth, labels, label_map, 64, 32)
+
+
+def test_without_best_view_the_eroded_views_show(label_map, monkeypatch):
+    """The check above can fail: placing whole segments by score instead."""
+
+    def by_score(self):
+        return sorted(range(len(self.crops)), key=lambda i: -self.scores[i])
+
+    monkeypatch.setattr(tile_merge._Candidates, "best_view_first", by_score)
+    image, model, truth, labels = _edge_shy_scene()
+    with pytest.raises(AssertionError):
+        _check_seams(image, model, truth, labels, label_map, 64, 32)
+
+
 def test_window_grid_covers_the_image_with_the_overlap():
     rows = plan_windows(300, 410, 128, 32)
     cover = np.zeros((300, 410), int)
