@@ -17,7 +17,8 @@ Accuracy: semantic maps of the converted model in bf16 against fp32 on synthetic
 512² (pixels equal, class-logit change, mask-logit signs equal), for both implementations;
 with --demo, each demo model's PQ / mIoU / AP on the demo's validation split in each
 precision (`oneseg evaluate` with evaluate.precision). Training: one step (forward, loss, backward,
-AdamW) of oneseg in fp32 and under bf16 autocast (what Lightning's bf16-mixed does), alternated.
+AdamW) of oneseg in fp32 and under bf16 autocast (what Lightning's bf16-mixed does), alternated,
+each with the optimizer `oneseg train` builds at its precision.
 Writes benchmarks/results/NAME.{md,json} (--name, default bf16).
 """
 
@@ -183,8 +184,12 @@ def train_steps(
     folder: Path, size: int, batch: int, steps: int, checkpoint: Path | None = None
 ) -> dict:
     """Seconds per oneseg training step in fp32 and under bf16 autocast, alternated: the
-    converted Swin-T model, or the model of `checkpoint`."""
+    converted Swin-T model, or the model of `checkpoint`. The optimizer is the one `oneseg
+    train` builds at that precision (default `train.optim`; fused AdamW in bf16-mixed)."""
     from bench_train import Trainer
+
+    from oneseg.config import OptimConfig
+    from oneseg.engine.optim import build_optimizer
 
     data = training_targets(batch, size)
     trainers = {}
@@ -193,6 +198,8 @@ def train_steps(
             trainer, data = checkpoint_trainer(checkpoint, batch, size)
         else:
             trainer = Trainer("oneseg", folder)
+        fused = precision == "bf16"
+        trainer.optimizer, _ = build_optimizer(trainer.model, OptimConfig(), 1, fused=fused)
         loss = trainer._loss
 
         def autocast_loss(b, loss=loss, precision=precision):  # forward and loss, as Lightning

@@ -76,6 +76,30 @@ def test_packed_linear_gets_a_bf16_pack_under_autocast():
     assert torch.allclose(fp32, exact, atol=1e-5)  # the fp32 pack still serves fp32
 
 
+def test_training_attention_runs_in_float32_on_cpu(monkeypatch):
+    from oneseg.model.layers import attention
+
+    seen = []
+    sdpa = F.scaled_dot_product_attention
+
+    def recording_sdpa(q, k, v, **options):
+        seen.append(q.dtype)
+        return sdpa(q, k, v, **options)
+
+    monkeypatch.setattr(F, "scaled_dot_product_attention", recording_sdpa)
+    attn = torch.nn.MultiheadAttention(16, 2, batch_first=True)
+    x = torch.randn(2, 5, 16)
+    reference = attention(attn, x, x, x)
+    with precision.autocast("bf16", "cpu"):
+        out = attention(attn, x, x, x)  # training: the kernels' bf16 backward is the slower
+        with torch.no_grad():
+            attention(attn, x, x, x)  # inference keeps bf16
+    out.float().sum().backward()
+    assert seen == [torch.float32, torch.float32, torch.bfloat16]
+    assert out.dtype == torch.bfloat16 and attn.in_proj_weight.grad.dtype == torch.float32
+    assert relative_error(out.float(), reference) < 0.03
+
+
 @pytest.fixture(scope="module")
 def model(tiny_model_cfg):
     torch.manual_seed(0)
@@ -217,6 +241,7 @@ def test_train_bf16_mixed_on_cpu(tmp_path, monkeypatch, synth_data, tiny_model_c
     import json
 
     from oneseg.config import LossConfig
+    from oneseg.engine import module
     from oneseg.engine.train import run_train
     from oneseg.experiment import ActionRun
     from oneseg.model.oneformer import OneFormer
@@ -231,6 +256,14 @@ def test_train_bf16_mixed_on_cpu(tmp_path, monkeypatch, synth_data, tiny_model_c
         return forward(self, *args, **kwargs)
 
     monkeypatch.setattr(OneFormer, "forward", recording_forward)
+    fused = []
+    build = module.build_optimizer
+
+    def recording_build(*args, **kwargs):
+        fused.append(kwargs.get("fused", False))
+        return build(*args, **kwargs)
+
+    monkeypatch.setattr(module, "build_optimizer", recording_build)
     model = dataclasses.replace(tiny_model_cfg, loss=LossConfig(train_num_points=256))
     train_split = synth_data["train"]
     spec = spec_from_dict(
@@ -258,6 +291,7 @@ def test_train_bf16_mixed_on_cpu(tmp_path, monkeypatch, synth_data, tiny_model_c
     lines = (tmp_path / "train" / "status.json").read_text().splitlines()
     losses = [d["loss"] for d in map(json.loads, lines) if "loss" in d]
     assert seen and set(seen) == {torch.bfloat16}  # every training forward under bf16 autocast
+    assert fused == [True]  # AdamW fused in bf16-mixed
     assert len(losses) == 2 and all(0 < loss < 1e4 for loss in losses)
 
 

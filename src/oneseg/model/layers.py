@@ -11,6 +11,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from oneseg.model.packed import linear_relu, packed_linear
+from oneseg.precision import full_precision
 
 
 def tokens(x: torch.Tensor) -> torch.Tensor:
@@ -56,6 +57,13 @@ def attention(
     return attend(attn, query, k, v, attn_mask, causal)
 
 
+def attention_in_float32(x: torch.Tensor) -> bool:
+    """Whether attention on bf16 `x` runs in float32: on CPU where a gradient is wanted. CPU's
+    bf16 attention kernels at these head sizes (32-64) are slower than its float32 ones, the
+    backward 1.5-3x; the operands are small, so their casts cost little."""
+    return x.device.type == "cpu" and x.dtype == torch.bfloat16 and torch.is_grad_enabled()
+
+
 def attend(
     attn: nn.MultiheadAttention,
     query: torch.Tensor,
@@ -78,9 +86,12 @@ def attend(
         else:
             allowed = ~attn_mask.view(batch, 1, num_queries, -1)
     dropout = attn.dropout if attn.training else 0.0
-    out = F.scaled_dot_product_attention(
-        q, k, v, attn_mask=allowed, dropout_p=dropout, is_causal=causal
-    )
+    options = {"attn_mask": allowed, "dropout_p": dropout, "is_causal": causal}
+    if attention_in_float32(q):
+        with full_precision(q):
+            out = F.scaled_dot_product_attention(q.float(), k.float(), v.float(), **options)
+    else:
+        out = F.scaled_dot_product_attention(q, k, v, **options)
     # [B, heads, Q, D/heads] -> [B, Q, D]
     return attn.out_proj(out.transpose(1, 2).reshape(batch, num_queries, dim))
 
