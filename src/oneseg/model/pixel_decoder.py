@@ -195,6 +195,10 @@ class PixelDecoder(nn.Module):
         out = maps[-1]
         fine = features[: self.num_fpn_levels][::-1]
         for feat, lateral, output in zip(fine, self.lateral_convs, self.output_convs):
+            if out.dtype != torch.float32:
+                # in bf16 the NCHW resizing kernel is twice as fast as the channels-last one
+                # and gives the same numbers to rounding (fp32 keeps its kernel and results)
+                out = out.contiguous()
             up = F.interpolate(out, size=feat.shape[-2:], mode="bilinear", align_corners=False)
             out = torch.relu(output(lateral(feat) + up))
         # channels-last whatever the backbone gave (a copy only where it was not): the decoder

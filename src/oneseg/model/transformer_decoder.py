@@ -219,6 +219,14 @@ class TaskConditionedQueries(nn.Module):
         return tables
 
 
+def features_product(mask_embed: torch.Tensor, features: torch.Tensor) -> torch.Tensor:
+    """[B, Q, C] x [B, C, HW] -> [B, Q, HW]. One image goes through `mm`, which reads a
+    transposed operand in place, where a bf16 `matmul` copies it first (the same numbers)."""
+    if mask_embed.shape[0] == 1 and not is_exporting():
+        return torch.mm(mask_embed[0], features[0])[None]
+    return torch.matmul(mask_embed, features)
+
+
 class TransformerDecoder(nn.Module):
     """Queries -> per-layer class logits [B, Q, K+1] and mask logits [B, Q, H/4, W/4]."""
 
@@ -290,10 +298,10 @@ class TransformerDecoder(nn.Module):
                 class_logits = self.class_embed(x.to(self.class_embed.weight.dtype))
             # [B, Q, C] x [B, C, HW]: the features' own layout (channels-last) read as is
             height, width = mask_features.shape[-2:]
-            mask_logits = torch.matmul(mask_embed, tokens(mask_features).transpose(1, 2))
+            mask_logits = features_product(mask_embed, tokens(mask_features).transpose(1, 2))
             mask_logits = mask_logits.view(*mask_logits.shape[:2], height, width)
-        # [B, Q, C] x [B, C, h*w] -> [B, Q, h*w]
-        small = torch.matmul(mask_embed, tokens(attn_features).transpose(1, 2))
+        # [B, Q, C] x [B, C, h*w] -> [B, Q, h*w]: resized maps come as NCHW, a view then
+        small = features_product(mask_embed, attn_features.flatten(2))
         attn_mask = small.sigmoid() < 0.5
         # a query whose mask is empty everywhere may look everywhere
         attn_mask = attn_mask & ~attn_mask.all(-1, keepdim=True)
