@@ -129,10 +129,17 @@ def gather_sample(
     lower = point.floor()
     frac = point - lower
     corner = lower.to(torch.int32)
-    row = corner[..., 1] * grid.row_stride + corner[..., 0] * heads + grid.row_base
     # the 4 corners before the levels and points ([B, Q, heads, 4, L, P]): the order within a
-    # head's bag is free, and stacking whole [L, P] blocks copies faster than interleaving
-    rows = torch.stack([row] + [row + step for step in grid.corner_steps], 3)
+    # head's bag is free, and whole [L, P] blocks are written faster than interleaved ones;
+    # each corner's rows and weights go straight into their slot (no stacking pass)
+    rows = corner.new_empty(batch, num_queries, heads, 4, levels, points)
+    row = torch.add(
+        corner[..., 1] * grid.row_stride + corner[..., 0] * heads,
+        grid.row_base,
+        out=rows[:, :, :, 0],
+    )
+    for i, step in enumerate(grid.corner_steps, 1):
+        torch.add(row, step, out=rows[:, :, :, i])
     # a NaN point (a diverged model) has no row: keep it inside the table, its weight is NaN
     rows.clamp_(0, batch * grid.tokens * heads - 1)
 
@@ -140,14 +147,16 @@ def gather_sample(
     bottom = attention_weights * frac_y  # the weight of the lower row (y1)
     top = attention_weights - bottom  # of the upper row (y0): weight * (1 - frac_y)
     left = 1 - frac_x
-    # corners (y0, x0), (y0, x1), (y1, x0), (y1, x1), as the steps
-    weights = torch.stack((top * left, top * frac_x, bottom * left, bottom * frac_x), 3)
+    # corners (y0, x0), (y0, x1), (y1, x0), (y1, x1), as the steps; the float32 products
+    # rounded once into the values' dtype
+    weights = rows.new_empty(rows.shape, dtype=value.dtype)
+    for i, (y_weight, x_weight) in enumerate(
+        ((top, left), (top, frac_x), (bottom, left), (bottom, frac_x))
+    ):
+        torch.mul(y_weight, x_weight, out=weights[:, :, :, i])
     bag = levels * points * 4
     out = F.embedding_bag(
-        rows.view(-1, bag),
-        grid.table(value),
-        per_sample_weights=weights.view(-1, bag).to(value.dtype),
-        mode="sum",
+        rows.view(-1, bag), grid.table(value), per_sample_weights=weights.view(-1, bag), mode="sum"
     )  # [B * Q * heads, Dh]
     return out.view(batch, num_queries, heads * head_dim)
 

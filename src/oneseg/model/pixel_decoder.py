@@ -14,6 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from oneseg.model.constants import compute_dtype, constant
 from oneseg.model.deformable_attention import (
     MultiScaleDeformableAttention,
     SamplingGrid,
@@ -133,29 +134,56 @@ class PixelDecoder(nn.Module):
         nn.init.kaiming_uniform_(self.mask_features.weight, a=1)
         nn.init.zeros_(self.mask_features.bias)
 
+    def positions(self, shapes: list[tuple[int, int]], src: torch.Tensor) -> torch.Tensor:
+        """The encoder's positions: each level's sine encoding (in src's dtype) plus its level
+        embedding, [1, S, D], levels in `shapes` order."""
+        pos = []
+        for level, (height, width) in enumerate(shapes):
+            like = src.new_empty(1, 0, height, width)
+            level_pos = self.pos_encoding(like).flatten(2).transpose(1, 2)  # [1, HW, D]
+            pos.append(level_pos + self.level_embed[level].view(1, 1, -1))
+        return torch.cat(pos, 1)
+
+    @staticmethod
+    def sampling_grid(shapes, batch: int, attn: MultiScaleDeformableAttention, device, dtype):
+        """The reference points [B, S, levels, 2] and the `SamplingGrid` the layers share."""
+        ref = reference_points(shapes, batch, device, dtype)
+        return ref, SamplingGrid(shapes, batch, attn.n_heads, attn.n_points, device, dtype, ref)
+
     def forward(self, features: list[torch.Tensor]) -> tuple[torch.Tensor, list[torch.Tensor]]:
         """features: backbone maps [B, C_i, H_i, W_i], finest first.
 
         Returns mask features [B, mask_dim, H/4, W/4] and the encoder's maps
         [B, conv_dim, H_l, W_l] at strides 32, 16, 8 (coarse to fine)."""
         coarse = features[-NUM_LEVELS:][::-1]
-        srcs, pos, shapes = [], [], []
-        for level, (feat, proj) in enumerate(zip(coarse, self.input_proj)):
-            src = proj(feat)
-            shapes.append((src.shape[2], src.shape[3]))
-            srcs.append(tokens(src))  # [B, C, H, W] -> [B, HW, C]
-            level_pos = self.pos_encoding(src).flatten(2).transpose(1, 2)
-            pos.append(level_pos + self.level_embed[level].view(1, 1, -1))
-        src, pos = torch.cat(srcs, 1), torch.cat(pos, 1)
+        srcs = [proj(feat) for feat, proj in zip(coarse, self.input_proj)]
+        shapes = [(src.shape[2], src.shape[3]) for src in srcs]
+        # [B, C, H, W] -> [B, HW, C]
+        src = torch.cat([tokens(level_src) for level_src in srcs], 1)
+        setting = (tuple(shapes), src.device)
+        pos = constant(
+            self,
+            "pos",
+            setting,
+            (self.level_embed,),
+            lambda: self.positions(shapes, src),
+            compute_dtype(src),
+        )
         # the points in float32 at least: bf16 cannot tell pixels apart on a map 256 wide
         dtype = torch.promote_types(src.dtype, torch.float32)
-        ref = reference_points(shapes, src.shape[0], src.device, dtype)
+        batch = src.shape[0]
         grid = None
         if self.encoder and not uses_grid_sample(src, *self.encoder.parameters()):
             attn = self.encoder[0].self_attn
-            grid = SamplingGrid(
-                shapes, src.shape[0], attn.n_heads, attn.n_points, src.device, dtype, ref
+            ref, grid = constant(
+                self,
+                "grid",
+                (setting, batch, dtype),
+                (),
+                lambda: self.sampling_grid(shapes, batch, attn, src.device, dtype),
             )
+        else:
+            ref = reference_points(shapes, batch, src.device, dtype)
         for layer in self.encoder:
             src = layer(src, pos, ref, shapes, grid)
 
@@ -167,6 +195,10 @@ class PixelDecoder(nn.Module):
         out = maps[-1]
         fine = features[: self.num_fpn_levels][::-1]
         for feat, lateral, output in zip(fine, self.lateral_convs, self.output_convs):
+            if out.dtype != torch.float32:
+                # in bf16 the NCHW resizing kernel is twice as fast as the channels-last one
+                # and gives the same numbers to rounding (fp32 keeps its kernel and results)
+                out = out.contiguous()
             up = F.interpolate(out, size=feat.shape[-2:], mode="bilinear", align_corners=False)
             out = torch.relu(output(lateral(feat) + up))
         # channels-last whatever the backbone gave (a copy only where it was not): the decoder

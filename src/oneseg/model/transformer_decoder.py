@@ -16,6 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from oneseg.model.constants import compute_dtype, constant
 from oneseg.model.layers import (
     MLP,
     CrossAttentionLayer,
@@ -162,35 +163,68 @@ class TaskConditionedQueries(nn.Module):
         At 512x512 this replaces five [HW, 256] x [256, 256] products and the additions of
         positions with two."""
         batch, _, height, width = mask_features.shape
-        pos_y, pos_x = self.pos_encoding.axes(height, width, mask_features.device)
-        pos_y, pos_x = pos_y.to(mask_features.dtype), pos_x.to(mask_features.dtype)
-        half = pos_y.shape[1]
-        proj_w = self.query_input_proj.weight.flatten(1)  # [D, C]
-        proj_b = self.query_input_proj.bias
-        features = tokens(mask_features)  # [B, HW, C]
         count = height * width
-        keys, values = [], []
+        weights = [self.query_input_proj.weight, self.query_input_proj.bias]
         for layer in self.query_transformer.layers:
-            attn = layer.cross_attn.attn
-            heads = attn.num_heads
-            _, w_k, w_v = attn.in_proj_weight.chunk(3)
-            _, b_k, b_v = attn.in_proj_bias.chunk(3)
-            # [H, 1, D] + [1, W, D]: the projection of every grid position's sine encoding
-            key_table = (pos_y @ w_k[:, :half].T + (w_k @ proj_b + b_k))[:, None] + (
-                pos_x @ w_k[:, half:].T
-            )[None]
-            value_table = (pos_y @ w_v[:, :half].T + b_v)[:, None] + (pos_x @ w_v[:, half:].T)[None]
-            weight = (w_k @ proj_w).T  # [C, D]
+            weights += [layer.cross_attn.attn.in_proj_weight, layer.cross_attn.attn.in_proj_bias]
+        tables = constant(
+            self,
+            "memory_tables",
+            (height, width, mask_features.device),
+            tuple(weights),
+            lambda: self.memory_tables(height, width, mask_features),
+            compute_dtype(mask_features),
+        )
+        features = tokens(mask_features)  # [B, HW, C]
+        keys, values = [], []
+        for layer, (weight, key_table, value) in zip(self.query_transformer.layers, tables):
             # (a graph gets MatMul + Add: a Gemm whose C is a matrix confuses quantizers)
             if batch == 1 and not is_exporting():
-                k = torch.addmm(key_table.view(count, -1), features[0], weight)[None]
+                k = torch.addmm(key_table, features[0], weight)[None]
             else:
-                k = torch.matmul(features, weight) + key_table.view(1, count, -1)
+                k = torch.matmul(features, weight) + key_table
             # [B, HW, D] -> [B, heads, HW, Dh]
-            keys.append(k.view(batch, count, heads, -1).transpose(1, 2))
-            v = value_table.view(1, count, heads, -1).transpose(1, 2)
-            values.append(v.expand(batch, -1, -1, -1))
+            keys.append(k.view(batch, count, layer.cross_attn.attn.num_heads, -1).transpose(1, 2))
+            values.append(value.expand(batch, -1, -1, -1))
         return keys, values
+
+    def memory_tables(self, height: int, width: int, mask_features: torch.Tensor) -> list:
+        """What `projected_memory` reads besides the features, per layer: the folded weight
+        (W_k W_proj)^T [C, D], the keys' table [HW, D] (the sine encoding's keys plus the folded
+        biases) and the values [1, heads, HW, Dh]; the same for every image of this size, so
+        computed once at inference, in float32 (rounded once where the forward is bf16)."""
+        with full_precision(mask_features):
+            pos_y, pos_x = self.pos_encoding.axes(height, width, mask_features.device)
+            dtype = torch.promote_types(mask_features.dtype, torch.float32)
+            pos_y, pos_x = pos_y.to(dtype), pos_x.to(dtype)
+            half = pos_y.shape[1]
+            proj_w = self.query_input_proj.weight.flatten(1)  # [D, C]
+            proj_b = self.query_input_proj.bias
+            tables = []
+            for layer in self.query_transformer.layers:
+                attn = layer.cross_attn.attn
+                _, w_k, w_v = attn.in_proj_weight.chunk(3)
+                _, b_k, b_v = attn.in_proj_bias.chunk(3)
+                # [H, 1, D] + [1, W, D]: the projection of every grid position's sine encoding
+                key_table = (pos_y @ w_k[:, :half].T + (w_k @ proj_b + b_k))[:, None] + (
+                    pos_x @ w_k[:, half:].T
+                )[None]
+                value_table = (pos_y @ w_v[:, :half].T + b_v)[:, None] + (pos_x @ w_v[:, half:].T)[
+                    None
+                ]
+                weight = (w_k @ proj_w).T  # [C, D]
+                # [H, W, D] -> [1, heads, HW, Dh], in the layout attention reads
+                value = value_table.view(1, height * width, attn.num_heads, -1).transpose(1, 2)
+                tables.append((weight, key_table.view(height * width, -1), value.contiguous()))
+        return tables
+
+
+def features_product(mask_embed: torch.Tensor, features: torch.Tensor) -> torch.Tensor:
+    """[B, Q, C] x [B, C, HW] -> [B, Q, HW]. One image goes through `mm`, which reads a
+    transposed operand in place, where a bf16 `matmul` copies it first (the same numbers)."""
+    if mask_embed.shape[0] == 1 and not is_exporting():
+        return torch.mm(mask_embed[0], features[0])[None]
+    return torch.matmul(mask_embed, features)
 
 
 class TransformerDecoder(nn.Module):
@@ -264,10 +298,10 @@ class TransformerDecoder(nn.Module):
                 class_logits = self.class_embed(x.to(self.class_embed.weight.dtype))
             # [B, Q, C] x [B, C, HW]: the features' own layout (channels-last) read as is
             height, width = mask_features.shape[-2:]
-            mask_logits = torch.matmul(mask_embed, tokens(mask_features).transpose(1, 2))
+            mask_logits = features_product(mask_embed, tokens(mask_features).transpose(1, 2))
             mask_logits = mask_logits.view(*mask_logits.shape[:2], height, width)
-        # [B, Q, C] x [B, C, h*w] -> [B, Q, h*w]
-        small = torch.matmul(mask_embed, tokens(attn_features).transpose(1, 2))
+        # [B, Q, C] x [B, C, h*w] -> [B, Q, h*w]: resized maps come as NCHW, a view then
+        small = features_product(mask_embed, attn_features.flatten(2))
         attn_mask = small.sigmoid() < 0.5
         # a query whose mask is empty everywhere may look everywhere
         attn_mask = attn_mask & ~attn_mask.all(-1, keepdim=True)
@@ -289,18 +323,45 @@ class TransformerDecoder(nn.Module):
         earlier predictions, first to last; empty without `aux`) and "queries" [B, Q, D], the
         queries before the first layer (what the contrastive loss compares with the texts)."""
         memories, positions, sizes = [], [], []
+        dtype = compute_dtype(mask_features)
         for level, (feat, proj) in enumerate(zip(features, self.input_proj)):
             sizes.append(feat.shape[-2:])
-            positions.append(self.pos_encoding(feat).flatten(2).transpose(1, 2))
+            # [1, D, h, w] -> [1, hw, D]
+            setting = (tuple(feat.shape[-2:]), feat.dtype, feat.device)
+            pos = constant(
+                self,
+                f"pos{level}",
+                setting,
+                (),
+                lambda feat=feat: self.pos_encoding(feat[:1]).flatten(2).transpose(1, 2),
+                dtype,
+            )
+            positions.append(pos.expand(feat.shape[0], -1, -1))
+            level_embed = constant(
+                self,
+                f"level_embed{level}",
+                None,
+                (self.level_embed.weight,),
+                lambda level=level: self.level_embed.weight[level],
+                dtype,
+            )
             memory = tokens(proj(feat))  # [B, C, h, w] -> [B, hw, D]
-            memories.append(memory + self.level_embed.weight[level])
+            memories.append(memory + level_embed)
         # the mask features at each attention size, for the attention masks
         attn_features = [
             F.interpolate(mask_features, size=size, mode="bilinear", align_corners=False)
             for size in sizes
         ]
         batch = mask_features.shape[0]
-        query_pos = self.query_embed.weight.unsqueeze(0).expand(batch, -1, -1)
+        query_embed = constant(
+            self,
+            "query_embed",
+            None,
+            (self.query_embed.weight,),
+            lambda: self.query_embed.weight,
+            dtype,
+        )
+        query_pos = query_embed.unsqueeze(0).expand(batch, -1, -1)
         queries = self.initial_queries(mask_features, task_token)
 
         x = queries
