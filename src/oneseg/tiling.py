@@ -4,19 +4,20 @@ was trained at, in overlapping windows, merged into one result at full resolutio
     result = run_tiled(runner, image, ["panoptic"], size=512, overlap=128)[task]
 
 The image is never downscaled: windows of `size` x `size` pixels (fewer where the image is
-smaller) cover it with at least `overlap` pixels shared by neighbours, and go through any
-runner (`oneseg.runner`) `batch_size` at a time, one row of windows after another. Each window
-owns the cell of pixels nearer to it than to its neighbours (the seams cut the shared bands in
-the middle), and the results are merged (`oneseg.tile_merge`):
+smaller) cover it with at least `overlap` pixels shared by neighbours (default: half a window),
+and go through any runner (`oneseg.runner`) `batch_size` at a time, one row of windows after
+another. Each window owns the cell of pixels nearer to it than to its neighbours. The results
+are merged (`oneseg.tile_merge`):
 
 - semantic: per-class scores blended with a window weight that is 1 in the window and falls
   linearly to 0 across each band it shares with a neighbour (sides on the image border keep
   weight 1). A runner with `run_scored` (`TorchRunner`) gives class scores; the others (exported
   graphs give label maps) vote for their label with the same weight. Only the rows still shared
   with the next row of windows are held: [K, size, W] float32.
-- instance and panoptic: each window's segments are cut to its cell; a segment whose bulk (half
-  its area) lies outside the cell is left to the neighbour that sees it there, unless it joins
-  one; pieces of one object on both sides of a seam (IoU >= 0.5 in the shared band) are joined.
+- instance and panoptic: an object a window sees whole is taken from the window that sees it
+  farthest from its shared sides (its best view); objects no window sees whole are pieced
+  together across seams. Panoptic stuff follows the blended class scores of the panoptic
+  forward (votes of the windows' stuff for exported graphs).
 
 One window covering the whole image gives exactly the result of the runner on it.
 """
