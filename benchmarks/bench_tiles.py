@@ -135,10 +135,12 @@ def _found(pred_ids, pred_things, mask) -> bool:
     return False
 
 
-def alone_predictions(predictor, image, grid: int):
-    """Each scene of the mosaic segmented on its own, laid out as the mosaic: ids, segments."""
+def alone_predictions(predictor, image, truth, truth_segments, grid: int):
+    """Each scene of the mosaic segmented on its own: laid out as the mosaic (ids, segments),
+    and (truth, segments, result) of each scene, for the per-scene PQ of this mosaic's scenes
+    (flips included)."""
     ids = np.zeros(image.shape[:2], np.int32)
-    segments, seen = [], {}
+    segments, seen, pairs = [], {}, []
     for place in range(grid * grid):
         y, x = SCENE * (place // grid), SCENE * (place % grid)
         crop = image[y : y + SCENE, x : x + SCENE]
@@ -151,7 +153,10 @@ def alone_predictions(predictor, image, grid: int):
             result.segment_ids > 0, result.segment_ids + offset, 0
         )
         segments += [{**s, "id": s["id"] + offset} for s in result.segments]
-    return ids, segments
+        scene_truth = truth[y : y + SCENE, x : x + SCENE]
+        present = set(np.unique(scene_truth).tolist())
+        pairs.append((scene_truth, [t for t in truth_segments if t["id"] in present], result))
+    return ids, segments, pairs
 
 
 def merged_segments(truth, things, pred_ids, pred_things) -> int:
@@ -234,7 +239,8 @@ def child(args) -> dict:
     alone = None
     if args.size:
         predictor.tile = tile_settings("off", SCENE)  # scenes one by one, as per scene
-        alone = alone_predictions(predictor, image, args.grid)
+        *alone, pairs = alone_predictions(predictor, image, truth, segments, args.grid)
+        out["pq_per_scene"] = pq_of(label_map, pairs)["pq"]
     cells = (row_cell, col_cell)
     out.update(split_counts(truth, segments, result.segment_ids, result.segments, cells, alone))
     return out
@@ -309,6 +315,7 @@ def main() -> None:
         print(runs[-1], flush=True)
     keys = [
         "pq",
+        "pq_per_scene",
         "pq_th",
         "pq_st",
         "seam_things",

@@ -216,6 +216,35 @@ class _Candidates:
         """Farthest reach first, then higher score, then arrival."""
         return sorted(range(len(self.crops)), key=lambda i: (-self.reach[i], -self.scores[i], i))
 
+    def objects(self, step: int, same_label: bool) -> tuple[list[int], list[float], _BoxIndex]:
+        """The candidates grouped into objects: each object is its best view (farthest reach),
+        and a candidate of another window whose mask matches that view (IoU >= `SAME`; of
+        the same class with `same_label`) is the same object seen again. Segments of one
+        window are never one object. Returns each object's view (a candidate index) and score
+        (the highest of its views: how sure the windows are of it, apart from where they saw
+        it), and the views bucketed by box."""
+        index, views, scores = _BoxIndex(step), [], []
+        areas = [int(np.count_nonzero(c)) for c in self.crops]
+        for i in self.best_view_first():
+            best, best_iou = None, SAME
+            for k in index.near(self.boxes[i]):
+                j = views[k]
+                if self.window[j] == self.window[i] or (
+                    same_label and self.labels[j] != self.labels[i]
+                ):
+                    continue
+                shared = _overlap(self.crops[i], self.boxes[i], self.crops[j], self.boxes[j])
+                iou = shared / (areas[i] + areas[j] - shared)
+                if iou >= best_iou:
+                    best, best_iou = k, iou
+            if best is None:
+                index.add(len(views), self.boxes[i])
+                views.append(i)
+                scores.append(self.scores[i])
+            else:
+                scores[best] = max(scores[best], self.scores[i])
+        return views, scores, index
+
 
 class _BoxIndex:
     """Boxes bucketed on a coarse grid: which placed boxes may overlap a box."""
@@ -330,39 +359,14 @@ class InstanceMerger:
         for i, j in _greedy_pairs(iou):
             self.pieces.union(ids_a[i], ids_b[j])
 
-    def _place_whole(self):
-        """Whole detections, best view first; one that is the same object (same class, more
-        than `SAME` of it shared) as a placed detection of another window is dropped, and
-        lifts that one's score. Detections of one window never drop each other."""
-        whole, index = self.whole, _BoxIndex(self.step)
-        placed: list[int] = []
-        scores = list(whole.scores)
-        areas = [int(np.count_nonzero(c)) for c in whole.crops]
-        for i in whole.best_view_first():
-            same = None
-            for j in index.near(whole.boxes[i]):
-                if whole.labels[j] != whole.labels[i] or whole.window[j] == whole.window[i]:
-                    continue
-                shared = _overlap(whole.crops[i], whole.boxes[i], whole.crops[j], whole.boxes[j])
-                if shared > SAME * min(areas[i], areas[j]):
-                    same = j
-                    break
-            if same is None:
-                index.add(i, whole.boxes[i])
-                placed.append(i)
-            else:
-                scores[same] = max(scores[same], scores[i])
-        return placed, scores, index
-
     def result(self, label_map=None) -> InstanceResult:
         if self.only is not None:
             return self.only
-        placed, whole_scores, index = self._place_whole()
         whole = self.whole
-        crops = [whole.crops[i] for i in placed]
-        boxes = [whole.boxes[i] for i in placed]
-        scores = [whole_scores[i] for i in placed]
-        labels = [whole.labels[i] for i in placed]
+        views, scores, index = whole.objects(self.step, same_label=True)
+        crops = [whole.crops[i] for i in views]
+        boxes = [whole.boxes[i] for i in views]
+        labels = [whole.labels[i] for i in views]
         groups: dict[int, list[int]] = {}
         for piece in range(len(self.crops)):
             groups.setdefault(self.pieces.find(piece), []).append(piece)
@@ -373,9 +377,8 @@ class InstanceMerger:
             label = self.labels[members[0]]
             area = int(np.count_nonzero(crop))
             if not area or any(
-                whole.labels[j] == label
-                and _overlap(crop, box, whole.crops[j], whole.boxes[j]) > SAME * area
-                for j in index.near(box)
+                labels[k] == label and _overlap(crop, box, crops[k], boxes[k]) > SAME * area
+                for k in index.near(box)
             ):
                 continue  # an object placed whole, seen cut here
             crops.append(crop)
@@ -431,6 +434,7 @@ class PanopticMerger:
         self.pieces.add()  # id 0: none
         self.whole = _Candidates()
         self.bands = _Bands()
+        self.step = 1
         self.only: PanopticResult | None = None
 
     def _piece(self, segment: dict, area: int, core_area: int) -> int:
@@ -447,6 +451,7 @@ class PanopticMerger:
         if self.single:
             self.only = result
             return
+        self.step = max(self.step, window.height, window.width)
         local = result.segment_ids  # [h, w]
         rows, cols = _cell_slices(window)
         lookup = np.zeros(int(local.max(initial=0)) + 1, np.int64)  # local id -> piece
@@ -527,21 +532,19 @@ class PanopticMerger:
         before = np.zeros(count, np.int64)  # pixels of each joined piece group
         for rows in self._strips():
             before += np.bincount(roots[seg[rows]].ravel(), minlength=count)
-        # whole things, best view first, over pieces; ids from `count` on
+        # whole things over pieces, surest first, each in its best view; ids from `count` on
         segments, base = [], count
         whole = self.whole
-        for i in whole.best_view_first():
+        views, scores, _ = whole.objects(self.step, same_label=False)
+        for k in sorted(range(len(views)), key=lambda k: (-scores[k], k)):
+            i = views[k]
             y0, x0, y1, x1 = whole.boxes[i]
             view = seg[y0:y1, x0:x1]
             crop = whole.crops[i]
             if np.count_nonzero(view[crop] >= base) > SAME * np.count_nonzero(crop):
-                same = view[crop & (view >= base)]
-                placed = segments[int(np.bincount(same - base).argmax())]
-                placed["score"] = max(placed["score"], whole.scores[i])
-                continue
-            new = base + len(segments)
-            view[crop & (view < base)] = new
-            segments.append({"label": whole.labels[i], "isthing": True, "score": whole.scores[i]})
+                continue  # mostly on surer objects: two of them taken for one
+            view[crop & (view < base)] = base + len(segments)
+            segments.append({"label": whole.labels[i], "isthing": True, "score": scores[k]})
         # pieces keep what whole things left them, unless that is less than half
         after = np.zeros(count, np.int64)
         for rows in self._strips():
