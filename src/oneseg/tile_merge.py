@@ -203,6 +203,18 @@ class _Candidates:
         self.reach: list[int] = []
         self.window: list[tuple[int, int]] = []
 
+    def offer(self, window, mask: np.ndarray, score, label) -> bool | None:
+        """Keep a window's [h, w] segment when it is whole there (True); False when it comes
+        near a side the window shares (a piece), None when it is empty."""
+        box = _box(mask)
+        if box is None:
+            return None
+        reach = _reach(window, box)
+        if reach is None:
+            return False
+        self.add(window, mask[box[0] : box[2], box[1] : box[3]].copy(), box, score, label, reach)
+        return True
+
     def add(self, window, crop, box, score, label, reach) -> None:
         y0, x0, y1, x1 = box
         self.crops.append(crop)
@@ -309,14 +321,8 @@ class InstanceMerger:
         rows, cols = _cell_slices(window)
         ids, labels, cut = [], [], []
         for i, mask in enumerate(masks):
-            box = _box(mask)
-            if box is None:
-                continue
-            reach = _reach(window, box)
-            if reach is not None:
-                crop = mask[box[0] : box[2], box[1] : box[3]].copy()
-                self.whole.add(window, crop, box, result.scores[i], result.labels[i], reach)
-                continue
+            if self.whole.offer(window, mask, result.scores[i], result.labels[i]) is not False:
+                continue  # whole, or empty
             ids.append(self.pieces.add())
             labels.append(int(result.labels[i]))
             cut.append(i)
@@ -463,14 +469,7 @@ class PanopticMerger:
                 stuff_of[sid] = channel[int(segment["label"])]
                 continue
             mask = local == sid
-            box = _box(mask)
-            if box is None:
-                continue
-            reach = _reach(window, box)
-            if reach is not None:
-                crop = mask[box[0] : box[2], box[1] : box[3]].copy()
-                self.whole.add(window, crop, box, segment["score"], segment["label"], reach)
-            else:
+            if self.whole.offer(window, mask, segment["score"], segment["label"]) is False:
                 core_area = int(np.count_nonzero(mask[rows, cols]))
                 lookup[sid] = self._piece(segment, int(np.count_nonzero(mask)), core_area)
         self._add_stuff(window, local, stuff_of, scores)
