@@ -294,6 +294,22 @@ def test_train_bf16_mixed_on_cpu(tmp_path, monkeypatch, synth_data, tiny_model_c
     assert fused == [True]  # AdamW fused in bf16-mixed
     assert len(losses) == 2 and all(0 < loss < 1e4 for loss in losses)
 
+    # resumed in 32: the saved optimizer state's `fused` flag does not come along
+    groups_fused = []
+    step = module.SegmentationModule.training_step
+
+    def recording_step(self, *args, **kwargs):
+        groups_fused.extend(g["fused"] for g in self.trainer.optimizers[0].param_groups)
+        return step(self, *args, **kwargs)
+
+    monkeypatch.setattr(module.SegmentationModule, "training_step", recording_step)
+    spec.train.precision = "32"
+    spec.train.num_epochs = 3
+    with ActionRun(spec, "train") as run:
+        run_train(spec, run)
+    assert fused == [True, False]
+    assert groups_fused and not any(groups_fused)
+
 
 def test_serve_precision_in_model_info(tmp_path, tiny_checkpoint):
     from oneseg.serve.action import build_app

@@ -150,6 +150,14 @@ class SegmentationModule(L.LightningModule):
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         self._rng_to_restore = checkpoint.get("rng_state")
 
+    def on_train_start(self) -> None:
+        """A resumed optimizer's state brings the `fused` flag of the run that saved it: keep
+        this run's (fused in bf16-mixed only), so a `32` run stays on the per-tensor loop."""
+        for optimizer in self.trainer.optimizers:
+            for group in optimizer.param_groups:
+                if "fused" in group:
+                    group["fused"] = optimizer.defaults.get("fused")
+
 
 def _get_rng_state() -> dict:
     """RNG states as tensors and plain lists, so the checkpoint loads with weights_only=True."""
