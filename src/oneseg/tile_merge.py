@@ -528,9 +528,9 @@ class PanopticMerger:
         lone = (members[roots] == 1) & (core < BULK * area)  # bulk outside its cell, unjoined
         roots[lone] = 0
         roots[0] = 0
-        before = np.zeros(count, np.int64)  # pixels of each joined piece group
+        before = np.zeros(count, np.int64)  # pixels of each piece
         for rows in self._strips():
-            before += np.bincount(roots[seg[rows]].ravel(), minlength=count)
+            before += np.bincount(seg[rows].ravel(), minlength=count)
         # whole things over pieces, surest first, each in its best view; ids from `count` on
         segments, base = [], count
         whole = self.whole
@@ -544,16 +544,16 @@ class PanopticMerger:
                 continue  # mostly on surer objects: two of them taken for one
             view[crop & (view < base)] = base + len(segments)
             segments.append({"label": whole.labels[i], "isthing": True, "score": scores[k]})
-        # pieces keep what whole things left them, unless that is less than half
+        # each piece keeps what whole things left it, unless that is less than half: a piece
+        # of an object placed whole goes, and with it the link it made to other objects
         after = np.zeros(count, np.int64)
         for rows in self._strips():
             strip = seg[rows]
-            after += np.bincount(roots[strip[strip < base]], minlength=count)
-        keep = np.zeros(count, bool)
-        keep[1:] = (roots[1:] == np.arange(1, count)) & (after[1:] > 0)
-        keep &= after * 2 >= before
+            after += np.bincount(strip[strip < base], minlength=count)
+        alive = (after > 0) & (after * 2 >= before) & (roots > 0)
+        roots = np.where(alive, roots, 0).astype(np.int32)
         group_id = np.zeros(count, np.int32)
-        for root in np.flatnonzero(keep):
+        for root in np.unique(roots[alive]):
             group = np.flatnonzero(roots == root)
             largest = group[np.argmax(core[group])]
             group_id[root] = base + len(segments)
