@@ -14,8 +14,8 @@ to its neighbours: the cells partition the image).
   *pieces*: each window's piece is cut to its cell, and two pieces on both sides of a seam are
   one object when they cover the band the two windows share alike (IoU >= `JOIN_IOU` there).
   A piece whose bulk lies outside its cell and that joins nothing is dropped: the window owning
-  those pixels did not find it. Pieces yield to whole objects: a joined object that loses more
-  than half its pixels to them was one of them, seen cut.
+  those pixels did not find it. Pieces yield to whole objects, one by one: a piece that loses
+  more than half its pixels to them was one of them seen cut, and goes with its links.
 - Panoptic stuff: each stuff class is one segment over the image; a pixel no thing holds takes
   the stuff class of the blended scores (votes of the windows' stuff labels for runners that give
   no scores), so a window that straddles two regions does not decide alone.
