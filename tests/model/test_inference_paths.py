@@ -86,3 +86,25 @@ def test_query_memory_shortcut_equals_the_modules(tiny_model_cfg):
             shortcut = query_init(features, embed, token)
         assert (shortcut - modules.detach()).abs().max() < 1e-5
         assert modules.std() > 0.1
+
+
+def test_bf16_pixel_decoder_does_not_depend_on_the_maps_layout(tiny_model_cfg):
+    """The FPN resizes in the layout of the map it adds to; channels-last and NCHW backbone maps
+    give the same bf16 mask features, at one image and at two."""
+    from oneseg.model.pixel_decoder import memory_format
+    from oneseg.precision import autocast
+
+    torch.manual_seed(0)
+    model = build_model(tiny_model_cfg, num_classes=3).eval()
+    for batch in (1, 2):
+        with torch.inference_mode():
+            maps = model.backbone(torch.randn(batch, 3, 64, 64))
+            nchw = [m.contiguous() for m in maps]
+            channels_last = [m.contiguous(memory_format=torch.channels_last) for m in maps]
+            assert memory_format(channels_last[0]) == torch.channels_last
+            assert memory_format(nchw[0]) == torch.contiguous_format
+            with autocast("bf16", "cpu"):
+                masks, _ = model.pixel_decoder(nchw)
+                masks_cl, _ = model.pixel_decoder(channels_last)
+        assert masks.dtype == torch.bfloat16
+        assert (masks.float() - masks_cl.float()).abs().max() < 1e-2

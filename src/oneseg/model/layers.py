@@ -59,8 +59,9 @@ def attention(
 
 def attention_in_float32(x: torch.Tensor) -> bool:
     """Whether attention on bf16 `x` runs in float32: on CPU where a gradient is wanted. CPU's
-    bf16 attention kernels at these head sizes (32-64) are slower than its float32 ones, the
-    backward 1.5-3x; the operands are small, so their casts cost little."""
+    bf16 attention backward at these head sizes (32-64) is 1.5-3x slower than its float32 one;
+    the operands are small, so their casts cost little. Inference keeps bf16: its forward
+    kernels are as fast or faster (`benchmarks/bench_attention.py`)."""
     return x.device.type == "cpu" and x.dtype == torch.bfloat16 and torch.is_grad_enabled()
 
 

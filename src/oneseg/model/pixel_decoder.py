@@ -64,6 +64,13 @@ def reference_points(spatial_shapes: list[tuple[int, int]], batch: int, device, 
     return ref[None, :, None, :].expand(batch, -1, len(spatial_shapes), -1)
 
 
+def memory_format(x: torch.Tensor) -> torch.memory_format:
+    """channels-last where `x` [B, C, H, W] is laid out so, else the contiguous NCHW."""
+    if x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous():
+        return torch.channels_last
+    return torch.contiguous_format
+
+
 def conv_norm(in_ch: int, out_ch: int, kernel: int, groups: int, bias: bool) -> nn.Sequential:
     return nn.Sequential(
         nn.Conv2d(in_ch, out_ch, kernel, padding=kernel // 2, bias=bias),
@@ -195,12 +202,15 @@ class PixelDecoder(nn.Module):
         out = maps[-1]
         fine = features[: self.num_fpn_levels][::-1]
         for feat, lateral, output in zip(fine, self.lateral_convs, self.output_convs):
+            side = lateral(feat)
             if out.dtype != torch.float32:
-                # in bf16 the NCHW resizing kernel is twice as fast as the channels-last one
-                # and gives the same numbers to rounding (fp32 keeps its kernel and results)
-                out = out.contiguous()
+                # in bf16, resized in the layout of the map it is added to (an addition across
+                # layouts costs several times the resizing), from a copy with that layout's
+                # strides (the tokens' slice has other ones); the same numbers, and fp32 keeps
+                # its kernel and results
+                out = out.clone(memory_format=memory_format(side))
             up = F.interpolate(out, size=feat.shape[-2:], mode="bilinear", align_corners=False)
-            out = torch.relu(output(lateral(feat) + up))
+            out = torch.relu(output(side + up))
         # channels-last whatever the backbone gave (a copy only where it was not): the decoder
         # reads the mask features as tokens and resizes them, both copy-free in that layout
         mask_features = self.mask_features(out).contiguous(memory_format=torch.channels_last)
