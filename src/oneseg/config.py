@@ -340,8 +340,8 @@ class TileConfig:
     batch_size: int = f(4, "windows per forward", ge=1)
     join: bool = f(
         True,
-        "join an object's pieces across seams (instance, panoptic); false leaves each window's "
-        "part on its own: a seam may split an object, but one window's merged objects stay in it",
+        "join the pieces of objects no window sees whole across seams (instance, panoptic); "
+        "false leaves each window's piece on its own (objects seen whole are not affected)",
     )
 
 
