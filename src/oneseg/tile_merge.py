@@ -306,7 +306,7 @@ class InstanceMerger:
         self.size, self.label_map, self.single, self.join = size, label_map, single, join
         self.whole = _Candidates()
         self.pieces = _UnionFind()
-        self.crops, self.boxes, self.scores, self.labels, self.queries = [], [], [], [], []
+        self.crops, self.boxes, self.scores, self.labels = [], [], [], []
         self.bulk_inside: list[bool] = []
         self.bands = _Bands()
         self.step = 1
