@@ -36,6 +36,23 @@ def tiny_model_config(**overrides) -> ModelConfig:
     return ModelConfig(**values)
 
 
+def evaluate_command(results_dir, checkpoint, synth_data, *overrides) -> list[str]:
+    """`oneseg evaluate` arguments: a checkpoint on the synthetic data's val split at 64."""
+    val = synth_data["val"]
+    return [
+        "evaluate",
+        f"results_dir={results_dir}",
+        f"evaluate.checkpoint={checkpoint}",
+        f"dataset.label_map={synth_data['label_map']}",
+        f"dataset.val.images={val['images']}",
+        f"dataset.val.annotations={val['panoptic_json']}",
+        f"dataset.val.panoptic={val['panoptic']}",
+        "dataset.augmentation.eval_min_size=64",
+        "dataset.workers=0",
+        *overrides,
+    ]
+
+
 @pytest.fixture(scope="session")
 def tiny_model_cfg() -> ModelConfig:
     return tiny_model_config()

@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from conftest import evaluate_command
 
 from oneseg import precision
 from oneseg.model import packed
@@ -213,20 +214,14 @@ def test_evaluate_action_in_bf16(tmp_path, synth_data, tiny_checkpoint):
     kpis = {}
     for asked in ("fp32", "bf16"):
         code = cli.main(
-            [
-                "evaluate",
-                f"results_dir={tmp_path / asked}",
-                f"evaluate.checkpoint={tiny_checkpoint}",
-                f"dataset.label_map={synth_data['label_map']}",
-                f"dataset.val.images={synth_data['val']['images']}",
-                f"dataset.val.annotations={synth_data['val']['panoptic_json']}",
-                f"dataset.val.panoptic={synth_data['val']['panoptic']}",
-                "dataset.augmentation.eval_min_size=64",
-                "dataset.workers=0",
+            evaluate_command(
+                tmp_path / asked,
+                tiny_checkpoint,
+                synth_data,
                 "evaluate.tasks=[semantic]",
                 "evaluate.iou_per_class=false",
                 f"evaluate.precision={asked}",
-            ]
+            )
         )
         assert code == 0
         status = (tmp_path / asked / "evaluate" / "status.json").read_text()

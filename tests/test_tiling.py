@@ -12,6 +12,7 @@ import tracemalloc
 import numpy as np
 import pytest
 import torch
+from conftest import evaluate_command
 from torch import nn
 
 from oneseg import tile_merge, tiling
@@ -357,20 +358,14 @@ def _evaluate(tmp_path, synth_data, checkpoint, *overrides) -> dict:
     from oneseg import cli
 
     code = cli.main(
-        [
-            "evaluate",
-            f"results_dir={tmp_path}",
-            f"evaluate.checkpoint={checkpoint}",
-            f"dataset.label_map={synth_data['label_map']}",
-            f"dataset.val.images={synth_data['val']['images']}",
-            f"dataset.val.annotations={synth_data['val']['panoptic_json']}",
-            f"dataset.val.panoptic={synth_data['val']['panoptic']}",
-            "dataset.augmentation.eval_min_size=64",
-            "dataset.workers=0",
+        evaluate_command(
+            tmp_path,
+            checkpoint,
+            synth_data,
             "evaluate.iou_per_class=false",
             "model.object_mask_threshold=0.0",
             *overrides,
-        ]
+        )
     )
     assert code == 0
     return json.loads((tmp_path / "evaluate" / "metrics.json").read_text())["metrics"]

@@ -9,6 +9,7 @@ import math
 import numpy as np
 import pytest
 import torch
+from conftest import evaluate_command
 from torch import nn
 
 from oneseg.data.build import build_dataset
@@ -203,19 +204,13 @@ def test_evaluate_action_writes_metrics_tables_and_chart(tmp_path, synth_data, t
     from oneseg import cli
 
     code = cli.main(
-        [
-            "evaluate",
-            f"results_dir={tmp_path}",
-            f"evaluate.checkpoint={tiny_checkpoint}",
-            f"dataset.label_map={synth_data['label_map']}",
-            f"dataset.val.images={synth_data['val']['images']}",
-            f"dataset.val.annotations={synth_data['val']['panoptic_json']}",
-            f"dataset.val.panoptic={synth_data['val']['panoptic']}",
-            "dataset.augmentation.eval_min_size=64",
-            "dataset.workers=0",
+        evaluate_command(
+            tmp_path,
+            tiny_checkpoint,
+            synth_data,
             "evaluate.batch_size=2",
             "model.object_mask_threshold=0.0",
-        ]
+        )
     )
     assert code == 0
     folder = tmp_path / "evaluate"
