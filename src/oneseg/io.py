@@ -92,7 +92,7 @@ def remove_stale_temporaries(folder: str | Path) -> list[Path]:
         return removed
     for entry in entries:
         found = _TEMP.search("." + entry.name.lstrip("."))
-        if found is None or _pid_running(int(found.group(1))):
+        if found is None or pid_running(int(found.group(1))):
             continue
         if entry.is_dir() and not entry.is_symlink():
             shutil.rmtree(entry, ignore_errors=True)
@@ -102,7 +102,8 @@ def remove_stale_temporaries(folder: str | Path) -> list[Path]:
     return removed
 
 
-def _pid_running(pid: int) -> bool:
+def pid_running(pid: int) -> bool:
+    """Whether process `pid` exists and has not ended (a zombie has ended its work)."""
     if pid == os.getpid():
         return True
     try:
@@ -111,7 +112,7 @@ def _pid_running(pid: int) -> bool:
         return False
     except PermissionError:
         return True
-    try:  # a zombie has ended its work
+    try:
         state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
     except (OSError, IndexError):
         return True

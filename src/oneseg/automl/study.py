@@ -28,6 +28,7 @@ from oneseg.automl.report import append_status_line, count_finished, retried_num
 from oneseg.automl.space import search_space
 from oneseg.automl.trial import make_objective, process_start_time
 from oneseg.errors import BadInput
+from oneseg.io import pid_running
 from oneseg.redact import redact
 from oneseg.spec import SpecError, check_inputs
 
@@ -273,18 +274,7 @@ def _alive(pid, started) -> bool:
         start = process_start_time(pid)
         if start is None or (started is not None and start != started):
             return False
-        try:
-            state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-        except OSError:
-            return False
-        return state not in ("Z", "X")
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
+    return pid_running(pid)
 
 
 def _trial_kpi(trial: optuna.trial.FrozenTrial, metric: str) -> dict:
