@@ -36,23 +36,6 @@ def tiny_model_config(**overrides) -> ModelConfig:
     return ModelConfig(**values)
 
 
-def evaluate_command(results_dir, checkpoint, synth_data, *overrides) -> list[str]:
-    """`oneseg evaluate` arguments: a checkpoint on the synthetic data's val split at 64."""
-    val = synth_data["val"]
-    return [
-        "evaluate",
-        f"results_dir={results_dir}",
-        f"evaluate.checkpoint={checkpoint}",
-        f"dataset.label_map={synth_data['label_map']}",
-        f"dataset.val.images={val['images']}",
-        f"dataset.val.annotations={val['panoptic_json']}",
-        f"dataset.val.panoptic={val['panoptic']}",
-        "dataset.augmentation.eval_min_size=64",
-        "dataset.workers=0",
-        *overrides,
-    ]
-
-
 @pytest.fixture(scope="session")
 def tiny_model_cfg() -> ModelConfig:
     return tiny_model_config()
@@ -66,6 +49,29 @@ def synth_data(tmp_path_factory) -> dict:
     return write_synthetic_dataset(
         tmp_path_factory.mktemp("synth"), num_train=2, num_val=4, size=(64, 64), seed=4
     )
+
+
+@pytest.fixture(scope="session")
+def evaluate_command(synth_data):
+    """`oneseg evaluate` arguments for a checkpoint on the synthetic data's val split at 64:
+    `evaluate_command(results_dir, checkpoint, *overrides)`."""
+    val = synth_data["val"]
+
+    def command(results_dir, checkpoint, *overrides) -> list[str]:
+        return [
+            "evaluate",
+            f"results_dir={results_dir}",
+            f"evaluate.checkpoint={checkpoint}",
+            f"dataset.label_map={synth_data['label_map']}",
+            f"dataset.val.images={val['images']}",
+            f"dataset.val.annotations={val['panoptic_json']}",
+            f"dataset.val.panoptic={val['panoptic']}",
+            "dataset.augmentation.eval_min_size=64",
+            "dataset.workers=0",
+            *overrides,
+        ]
+
+    return command
 
 
 @pytest.fixture(scope="session")

@@ -12,7 +12,6 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import evaluate_command
 
 from oneseg import precision
 from oneseg.model import packed
@@ -206,7 +205,7 @@ def test_cli_precision_in_status_and_refused_for_exported(
     assert "inference.precision: bf16 applies to checkpoints" in capsys.readouterr().err
 
 
-def test_evaluate_action_in_bf16(tmp_path, synth_data, tiny_checkpoint):
+def test_evaluate_action_in_bf16(tmp_path, evaluate_command, tiny_checkpoint):
     import json
 
     from oneseg import cli
@@ -217,7 +216,6 @@ def test_evaluate_action_in_bf16(tmp_path, synth_data, tiny_checkpoint):
             evaluate_command(
                 tmp_path / asked,
                 tiny_checkpoint,
-                synth_data,
                 "evaluate.tasks=[semantic]",
                 "evaluate.iou_per_class=false",
                 f"evaluate.precision={asked}",

@@ -12,7 +12,6 @@ import tracemalloc
 import numpy as np
 import pytest
 import torch
-from conftest import evaluate_command
 from torch import nn
 
 from oneseg import tile_merge, tiling
@@ -352,7 +351,7 @@ def test_spec_tile_sections(tmp_path):
         spec_from_dict({}, ["evaluate.tile.size=64", "evaluate.tile.overlap=64"])
 
 
-def _evaluate(tmp_path, synth_data, checkpoint, *overrides) -> dict:
+def _evaluate(tmp_path, evaluate_command, checkpoint, *overrides) -> dict:
     import json
 
     from oneseg import cli
@@ -361,7 +360,6 @@ def _evaluate(tmp_path, synth_data, checkpoint, *overrides) -> dict:
         evaluate_command(
             tmp_path,
             checkpoint,
-            synth_data,
             "evaluate.iou_per_class=false",
             "model.object_mask_threshold=0.0",
             *overrides,
@@ -371,16 +369,18 @@ def _evaluate(tmp_path, synth_data, checkpoint, *overrides) -> dict:
     return json.loads((tmp_path / "evaluate" / "metrics.json").read_text())["metrics"]
 
 
-def test_evaluate_tile(tmp_path, synth_data, tiny_checkpoint):
+def test_evaluate_tile(tmp_path, evaluate_command, tiny_checkpoint):
     """evaluate.tile: one window per 64x64 image scores as the loader's path does; 32-pixel
     windows run and score in range."""
-    plain = _evaluate(tmp_path / "plain", synth_data, tiny_checkpoint)
-    whole = _evaluate(tmp_path / "whole", synth_data, tiny_checkpoint, "evaluate.tile.mode=on")
+    plain = _evaluate(tmp_path / "plain", evaluate_command, tiny_checkpoint)
+    whole = _evaluate(
+        tmp_path / "whole", evaluate_command, tiny_checkpoint, "evaluate.tile.mode=on"
+    )
     for key in ("pq", "miou", "ap", "num_images"):
         assert whole[key] == plain[key], key
     small = _evaluate(
         tmp_path / "small",
-        synth_data,
+        evaluate_command,
         tiny_checkpoint,
         "evaluate.tile.mode=on",
         "evaluate.tile.size=32",

@@ -9,7 +9,6 @@ import math
 import numpy as np
 import pytest
 import torch
-from conftest import evaluate_command
 from torch import nn
 
 from oneseg.data.build import build_dataset
@@ -198,7 +197,9 @@ def test_rejects_unknown_task(synth_data, tiny_model_cfg):
         Evaluator(dataset, label_map, tasks=["depth"])
 
 
-def test_evaluate_action_writes_metrics_tables_and_chart(tmp_path, synth_data, tiny_checkpoint):
+def test_evaluate_action_writes_metrics_tables_and_chart(
+    tmp_path, evaluate_command, tiny_checkpoint
+):
     import json
 
     from oneseg import cli
@@ -207,7 +208,6 @@ def test_evaluate_action_writes_metrics_tables_and_chart(tmp_path, synth_data, t
         evaluate_command(
             tmp_path,
             tiny_checkpoint,
-            synth_data,
             "evaluate.batch_size=2",
             "model.object_mask_threshold=0.0",
         )
