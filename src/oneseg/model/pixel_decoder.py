@@ -20,6 +20,7 @@ from oneseg.model.deformable_attention import (
     SamplingGrid,
     uses_grid_sample,
 )
+from oneseg.model.dropout import Dropout
 from oneseg.model.layers import tokens
 from oneseg.model.packed import linear_relu
 from oneseg.model.position_encoding import SinePositionEncoding
@@ -38,7 +39,7 @@ class DeformableEncoderLayer(nn.Module):
         self.linear1 = nn.Linear(dim, ffn_dim)
         self.linear2 = nn.Linear(ffn_dim, dim)
         self.norm2 = nn.LayerNorm(dim)
-        self.dropout = nn.Dropout(dropout)
+        self.dropout = Dropout(dropout)
 
     def forward(self, src, pos, reference_points, spatial_shapes, grid=None):
         """src, pos: [B, S, D]; reference_points: [B, S, levels, 2] -> [B, S, D];
