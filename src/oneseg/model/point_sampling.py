@@ -61,7 +61,8 @@ def sample_uncertain_points(
     candidates = torch.rand(num_masks, num_candidates, 2, device=logits.device)
     # [N, 1, H, W] at [N, C, 2] -> [N, C]
     uncertainty = -point_sample(logits, candidates)[:, 0].abs()
-    top = uncertainty.topk(num_uncertain, dim=1).indices
+    # the set of points is what counts (the losses sum over them): unsorted is 2x faster
+    top = uncertainty.topk(num_uncertain, dim=1, sorted=False).indices
     # [N, num_uncertain] -> [N, num_uncertain, 2]
     coords = candidates.gather(1, top.unsqueeze(-1).expand(-1, -1, 2))
     if num_random > 0:
