@@ -10,6 +10,7 @@ import torch
 from oneseg.model.backbone import (
     BACKBONES,
     PadThenShiftSwinBlock,
+    StridedDepthwiseConv,
     build_backbone,
     lite0_package_weights,
     load_backbone_weights,
@@ -197,3 +198,28 @@ def test_lite0_package_weights_load_into_frozen_batchnorm():
     state = backbone.body.state_dict()
     assert torch.equal(state["bn1.running_var"], source["_bn0.running_var"])
     assert torch.equal(state["blocks.6.0.bn3.running_mean"], source["_blocks.15._bn2.running_mean"])
+
+
+def test_strided_depthwise_convolutions_train_in_float32_under_cpu_autocast():
+    """EfficientNet's downsampling convolutions: float32 under bf16 autocast where a gradient
+    is wanted (the same numbers as a float32 convolution), the autocast dtype at inference."""
+    backbone = build_backbone("efficientnet_lite0")
+    convs = [m for m in backbone.modules() if isinstance(m, StridedDepthwiseConv)]
+    assert convs and all(max(m.stride) > 1 and m.groups == m.in_channels for m in convs)
+    assert not any(
+        type(m) is torch.nn.Conv2d and m.groups == m.in_channels > 1 and max(m.stride) > 1
+        for m in backbone.modules()
+    )
+    conv = convs[0]
+    x = torch.randn(2, conv.in_channels, 16, 16, requires_grad=True)
+    reference = torch.nn.functional.conv2d(
+        x, conv.weight, conv.bias, conv.stride, conv.padding, conv.dilation, conv.groups
+    )
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = conv(x)
+        with torch.no_grad():
+            inference = conv(x)
+    assert out.dtype == torch.float32 and torch.equal(out, reference)
+    out.sum().backward()
+    assert x.grad is not None and conv.weight.grad is not None
+    assert inference.dtype == torch.bfloat16
