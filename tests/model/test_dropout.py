@@ -62,3 +62,13 @@ def test_dropped_attention_is_sdpa_without_drops_and_unbiased_with_them():
     mean = torch.stack([dropped_attention(q, k, v, allowed, False, 0.3) for _ in range(3000)])
     assert (mean.mean(0) - reference).abs().max() < 0.05
     assert (dropped_attention(q, k, v, allowed, False, 0.3) - reference).abs().max() > 0.05
+
+
+def test_dropped_attention_under_bf16_autocast_stays_near_float32():
+    gen = torch.Generator().manual_seed(3)
+    q, k, v = (torch.randn(2, 4, n, 16, generator=gen) for n in (10, 64, 64))
+    reference = F.scaled_dot_product_attention(q, k, v)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = dropped_attention(q, k, v, None, False, 1e-9)
+    assert out.dtype == torch.bfloat16
+    torch.testing.assert_close(out.float(), reference, atol=0.03, rtol=0.03)
