@@ -221,6 +221,114 @@ def test_without_best_view_the_eroded_views_show(label_map, monkeypatch):
         _check_seams(image, model, truth, labels, label_map, 64, 32)
 
 
+def _check_panoptic(image, model, truth, label_map, size, overlap):
+    """Each object of the truth is one panoptic segment, exact to the pixel."""
+    runner = TorchRunner(model, label_map, tasks=("panoptic",))
+    panoptic = run_tiled(runner, image, ["panoptic"], size, overlap, batch_size=3)["panoptic"]
+    masks = [panoptic.segment_ids == s["id"] for s in panoptic.segments if s["isthing"]]
+    found = _objects_found(truth, masks)
+    assert all(len(v) == 1 for v in found.values()), f"split or missed: {found}"
+    assert len(masks) == len(found), f"{len(masks)} segments for {len(found)} objects"
+    for k, (i,) in found.items():
+        assert np.array_equal(masks[i], truth == k), k
+
+
+class SplittingModel(ColourModel):
+    """A ColourModel that splits object `split` into two segments of its class (its left two
+    thirds and the rest, the latter by the last query) in the window that sees it best: where
+    it keeps `CLEAR` pixels from every side. Every other window sees it as one."""
+
+    CLEAR = 16
+    split = 1
+
+    def predict(self, images, tasks, image_sizes, precision="fp32"):
+        prediction = super().predict(images, tasks, image_sizes, precision)
+        masks = prediction.outputs[tasks[0]]["pred_masks"]  # [B, Q, H, W]
+        for b, (height, width) in enumerate(image_sizes):
+            ys, xs = torch.nonzero(masks[b, self.split, :height, :width] > 0, as_tuple=True)
+            if not len(ys):
+                continue
+            gaps = (ys.min(), xs.min(), height - 1 - ys.max(), width - 1 - xs.max())
+            if min(int(g) for g in gaps) >= self.CLEAR:
+                cut = int(xs.min()) + 2 * (int(xs.max()) - int(xs.min()) + 1) // 3
+                masks[b, -1, :, cut:] = masks[b, self.split, :, cut:]
+                masks[b, self.split, :, cut:] = -20.0
+        return prediction
+
+
+def _split_scene():
+    """A 12-pixel box on a 150 x 210 image of 64-pixel windows sharing half: 20 pixels from
+    the sides of window (1, 1), 3 from those of its neighbours, cut by the others."""
+    rows = plan_windows(150, 210, 64, 32)
+    y, x = rows[1][1].y0 + 20, rows[1][1].x0 + 20
+    image, colour_model, truth, labels = scene(150, 210, [(y, x, y + 12, x + 12, 1)])
+    colours = [*colour_model.colours.tolist(), (255, 255, 255)]  # the last: no pixel's colour
+    model = SplittingModel(colours, [*labels, labels[1]], len(CATEGORIES))
+    return image, model, truth
+
+
+def test_an_object_one_window_splits_is_one_when_the_others_see_one(label_map):
+    """The window that sees an object best gives it as two segments, each whole there; the
+    windows around it see one segment there (one of them cut): the object comes back one."""
+    image, model, truth = _split_scene()
+    _check_panoptic(image, model, truth, label_map, 64, 32)
+
+
+def test_without_the_vote_the_best_view_splits_the_object(label_map, monkeypatch):
+    monkeypatch.setattr(tile_merge._Votes, "one_object", lambda self: [])
+    image, model, truth = _split_scene()
+    with pytest.raises(AssertionError, match="split or missed"):
+        _check_panoptic(image, model, truth, label_map, 64, 32)
+
+
+class ShortSightedModel(ColourModel):
+    """A ColourModel that, seeing only a sliver of an object along its border (every pixel
+    within 2 * `SHORT` of a side), stops `SHORT` pixels short of the sides: it gives a small
+    segment clear of the window's sides, which looks like a whole object there."""
+
+    SHORT = 6
+
+    def predict(self, images, tasks, image_sizes, precision="fp32"):
+        prediction = super().predict(images, tasks, image_sizes, precision)
+        masks = prediction.outputs[tasks[0]]["pred_masks"]  # [B, Q, H, W]
+        for b, (height, width) in enumerate(image_sizes):
+            ys = torch.arange(height)[:, None]
+            xs = torch.arange(width)[None, :]
+            border = torch.minimum(
+                torch.minimum(ys, height - 1 - ys), torch.minimum(xs, width - 1 - xs)
+            )  # [h, w] pixels to the nearest side
+            for q in range(1, masks.shape[1]):  # query 0: the ground
+                seen = masks[b, q, :height, :width] > 0
+                if seen.any() and int(border[seen].max()) < 2 * self.SHORT:
+                    masks[b, q, :height, :width][border < self.SHORT] = -20.0
+        return prediction
+
+
+def _corner_scene():
+    """A 12-pixel wide box from row 85 down to the bottom of a 150 x 210 image of 64-pixel
+    windows sharing half (rows of windows from 29, 57 and 86; columns from 29 and 58 hold
+    it): no window sees it whole, and the row of windows from 29 sees only its top 8 rows."""
+    image, colour_model, truth, labels = scene(150, 210, [(85, 69, 150, 81, 1)])
+    model = ShortSightedModel(colour_model.colours.tolist(), labels, len(CATEGORIES))
+    return image, model, truth
+
+
+def test_a_corner_seen_short_of_a_side_is_no_object(label_map):
+    """Two windows see an object's top as a small segment stopping short of their side (whole
+    there); the windows that see that place farther from their sides see it as part of a
+    larger segment that goes on below: the object comes back one, joined from its pieces."""
+    assert [w.y0 for w in (r[0] for r in plan_windows(150, 210, 64, 32))] == [0, 29, 57, 86]
+    image, model, truth = _corner_scene()
+    _check_panoptic(image, model, truth, label_map, 64, 32)
+
+
+def test_without_the_vote_the_corner_splits_the_object(label_map, monkeypatch):
+    monkeypatch.setattr(tile_merge._Votes, "corners", lambda self: set())
+    image, model, truth = _corner_scene()
+    with pytest.raises(AssertionError, match="2 segments for 1 objects"):
+        _check_panoptic(image, model, truth, label_map, 64, 32)
+
+
 def test_window_grid_covers_the_image_with_the_overlap():
     rows = plan_windows(300, 410, 128, 32)
     cover = np.zeros((300, 410), int)

@@ -16,16 +16,24 @@ to its neighbours: the cells partition the image).
   A piece whose bulk lies outside its cell and that joins nothing is dropped: the window owning
   those pixels did not find it. Pieces yield to whole objects, one by one: a piece that loses
   more than half its pixels to them was one of them seen cut, and goes with its links.
+- Panoptic: the windows vote on each other's whole views (`_Votes`): a view that the windows
+  seeing its place with more context see as part of a larger object going on beyond its
+  window is a corner, no object; two touching views of one window that the other windows see
+  as one segment are one object.
 - Panoptic stuff: each stuff class is one segment over the image; a pixel no thing holds takes
   the stuff class of the blended scores (votes of the windows' stuff labels for runners that give
   no scores), so a window that straddles two regions does not decide alone.
 
 Held at a time: the band each window shares with the next window and with the row below, the
 candidates' crops, the blend's rows still shared with the next row of windows ([K, size, W]),
-and [H, W] maps (panoptic: an int32 map and a one-byte stuff map). Never [Q, H, W].
+the thing maps of the windows a later window still overlaps (panoptic votes: one byte a pixel;
+the previous and the current row of windows at half overlap), and [H, W] maps (panoptic: an
+int32 map and a one-byte stuff map). Never [Q, H, W].
 """
 
 from __future__ import annotations
+
+from collections.abc import Container
 
 import numpy as np
 import torch
@@ -224,20 +232,40 @@ class _Candidates:
         self.reach.append(int(reach))
         self.window.append((window.row, window.col))
 
+    def join(self, members: list[int]) -> None:
+        """A new candidate: the union of views of one window (their nearest reach to a side,
+        their highest score)."""
+        boxes = np.asarray([self.boxes[m] for m in members])
+        y0, x0 = boxes[:, 0].min(), boxes[:, 1].min()
+        crop = np.zeros((boxes[:, 2].max() - y0, boxes[:, 3].max() - x0), bool)
+        for m, (by0, bx0, by1, bx1) in zip(members, boxes):
+            crop[by0 - y0 : by1 - y0, bx0 - x0 : bx1 - x0] |= self.crops[m]
+        self.crops.append(crop)
+        self.boxes.append((int(y0), int(x0), int(y0) + crop.shape[0], int(x0) + crop.shape[1]))
+        self.scores.append(max(self.scores[m] for m in members))
+        self.labels.append(self.labels[members[0]])
+        self.reach.append(min(self.reach[m] for m in members))
+        self.window.append(self.window[members[0]])
+
     def best_view_first(self) -> list[int]:
         """Farthest reach first, then higher score, then arrival."""
         return sorted(range(len(self.crops)), key=lambda i: (-self.reach[i], -self.scores[i], i))
 
-    def objects(self, step: int, same_label: bool) -> tuple[list[int], list[float], _BoxIndex]:
+    def objects(
+        self, step: int, same_label: bool, skip: Container[int] = ()
+    ) -> tuple[list[int], list[float], _BoxIndex]:
         """The candidates grouped into objects: each object is its best view (farthest reach),
         and a candidate of another window whose mask matches that view (IoU >= `SAME`; of
         the same class with `same_label`) is the same object seen again. Segments of one
-        window are never one object. Returns each object's view (a candidate index) and score
-        (the highest of its views: how sure the windows are of it, apart from where they saw
-        it), and the views bucketed by box."""
+        window are never one object here (`_Votes` joins those the other windows see as one).
+        Candidates in `skip` are left out. Returns each object's view (a candidate index) and
+        score (the highest of its views: how sure the windows are of it, apart from where they
+        saw it), and the views bucketed by box."""
         index, views, scores = _BoxIndex(step), [], []
         areas = [int(np.count_nonzero(c)) for c in self.crops]
         for i in self.best_view_first():
+            if i in skip:
+                continue
             best, best_iou = None, SAME
             for k in index.near(self.boxes[i]):
                 j = views[k]
@@ -290,6 +318,116 @@ def _overlap(crop_a, box_a, crop_b, box_b) -> int:
     a = crop_a[y0 - box_a[0] : y1 - box_a[0], x0 - box_a[1] : x1 - box_a[1]]
     b = crop_b[y0 - box_b[0] : y1 - box_b[0], x0 - box_b[1] : x1 - box_b[1]]
     return int(np.count_nonzero(a & b))
+
+
+def _seen_as(window, ids: np.ndarray, crop: np.ndarray, box) -> tuple[int, int, int]:
+    """How a window's map of thing segments ([h, w], 0 = none) shows a boxed mask of the image:
+    (the segment holding most of the mask's pixels the window sees, those pixels, pixels seen)."""
+    y0, x0 = max(box[0], window.y0), max(box[1], window.x0)
+    y1, x1 = min(box[2], window.y0 + window.height), min(box[3], window.x0 + window.width)
+    if y0 >= y1 or x0 >= x1:
+        return 0, 0, 0
+    seen = ids[y0 - window.y0 : y1 - window.y0, x0 - window.x0 : x1 - window.x0][
+        crop[y0 - box[0] : y1 - box[0], x0 - box[1] : x1 - box[1]]
+    ]
+    counts = np.bincount(seen, minlength=1)
+    counts[0] = 0
+    segment = int(counts.argmax())
+    return segment, int(counts[segment]), int(seen.size)
+
+
+class _Votes:
+    """The windows' votes on the whole views of the windows they overlap, where one window's
+    word is not enough:
+
+    - a *corner*: a window that sees a view's place farther from its shared sides (more
+      context) than the view's own window sees there a segment that is not the view (inside the
+      view's window they match with IoU < `SAME`) and whose bulk lies outside the view's window.
+      The view is a corner of an object that goes on beyond its window, which the model there
+      stopped short of the window's side; it is no object of its own.
+    - *one object*: two touching whole views of one class from one window, each held mostly by
+      one segment of another window that sees them: the same segment (one object) or two.
+
+    Either is taken when more windows say so than not, the view's own window counted against.
+    A window's map of thing segments is held until no later window overlaps it."""
+
+    def __init__(self):
+        self.held: list[tuple] = []  # (window, [h, w] thing map, its views, its pairs)
+        self.corner: dict[int, list[int]] = {}  # view -> [windows: a corner, not]
+        self.joined: dict[tuple[int, int], list[int]] = {}  # pair -> [windows: one, two]
+
+    def add(self, window, ids: np.ndarray, views: list[int], whole: _Candidates) -> None:
+        """`ids`: the window's [h, w] thing segments (0 = none); `views`: its whole views."""
+        self.held = [h for h in self.held if h[0].y0 + h[0].height > window.y0]
+        pairs = [
+            (i, j)
+            for n, i in enumerate(views)
+            for j in views[n + 1 :]
+            if whole.labels[i] == whole.labels[j] and _touch(whole.boxes[i], whole.boxes[j])
+        ]
+        self.corner.update((view, [0, 0]) for view in views)
+        self.joined.update((pair, [0, 0]) for pair in pairs)
+        mine = (window, ids, views, pairs)
+        for other in self.held:
+            if _intersect(window, other[0]):
+                self._vote(other, mine, whole)
+                self._vote(mine, other, whole)
+        self.held.append(mine)
+
+    def _vote(self, voter, asked, whole: _Candidates) -> None:
+        """The voter's votes on the views and pairs of the window `asked`."""
+        window, ids, _, _ = voter
+        own = asked[0]
+        for view in asked[2]:
+            y0, x0, y1, x1 = whole.boxes[view]
+            box = (y0 - window.y0, x0 - window.x0, y1 - window.y0, x1 - window.x0)
+            if min(box[:2]) < 0 or box[2] > window.height or box[3] > window.width:
+                continue  # the voter does not see all of it
+            reach = _reach(window, box)
+            if reach is None or reach <= whole.reach[view]:
+                continue  # the voter sees the view's place with no more context
+            segment, covered, _ = _seen_as(window, ids, whole.crops[view], whole.boxes[view])
+            area = int(np.count_nonzero(whole.crops[view]))
+            if 2 * covered <= area:
+                continue  # no one segment there
+            mask = ids == segment
+            inside = np.count_nonzero(
+                mask[
+                    max(0, own.y0 - window.y0) : own.y0 + own.height - window.y0,
+                    max(0, own.x0 - window.x0) : own.x0 + own.width - window.x0,
+                ]
+            )
+            other = covered / (inside + area - covered) < SAME
+            beyond = 2 * inside < np.count_nonzero(mask)
+            self.corner[view][0 if other and beyond else 1] += 1
+        for pair in asked[3]:
+            seen_as = []
+            for view in pair:
+                segment, covered, seen = _seen_as(window, ids, whole.crops[view], whole.boxes[view])
+                if segment and 2 * covered > seen:
+                    seen_as.append(segment)
+            if len(seen_as) == 2:
+                self.joined[pair][0 if seen_as[0] == seen_as[1] else 1] += 1
+
+    def corners(self) -> set[int]:
+        return {view for view, (yes, no) in self.corner.items() if yes > no + 1}
+
+    def one_object(self) -> list[tuple[int, int]]:
+        return [pair for pair, (one, two) in self.joined.items() if one > two + 1]
+
+
+def _intersect(a, b) -> bool:
+    return (
+        a.y0 < b.y0 + b.height
+        and b.y0 < a.y0 + a.height
+        and a.x0 < b.x0 + b.width
+        and b.x0 < a.x0 + a.width
+    )
+
+
+def _touch(a, b) -> bool:
+    """Two boxes (y0, x0, y1, x1) overlap or meet."""
+    return a[0] <= b[2] and b[0] <= a[2] and a[1] <= b[3] and b[1] <= a[3]
 
 
 class InstanceMerger:
@@ -439,6 +577,7 @@ class PanopticMerger:
         self.pieces = _UnionFind()
         self.pieces.add()  # id 0: none
         self.whole = _Candidates()
+        self.votes = _Votes()
         self.bands = _Bands()
         self.step = 1
         self.only: PanopticResult | None = None
@@ -463,15 +602,20 @@ class PanopticMerger:
         lookup = np.zeros(int(local.max(initial=0)) + 1, np.int64)  # local id -> piece
         stuff_of = np.zeros(len(lookup), np.int64)  # local id -> stuff channel (0: none)
         channel = {k: c for c, k in enumerate(self.stuff_classes, 1)}
+        thing_of = np.zeros(len(lookup), np.uint8 if len(lookup) <= 256 else np.int32)
+        first_view = len(self.whole.crops)
         for segment in result.segments:
             sid = int(segment["id"])
             if not segment["isthing"]:
                 stuff_of[sid] = channel[int(segment["label"])]
                 continue
+            thing_of[sid] = sid
             mask = local == sid
             if self.whole.offer(window, mask, segment["score"], segment["label"]) is False:
                 core_area = int(np.count_nonzero(mask[rows, cols]))
                 lookup[sid] = self._piece(segment, int(np.count_nonzero(mask)), core_area)
+        views = list(range(first_view, len(self.whole.crops)))
+        self.votes.add(window, thing_of[local], views, self.whole)
         self._add_stuff(window, local, stuff_of, scores)
         pieces = lookup[local]  # [h, w]
         cy0, cy1, cx0, cx1 = window.cell
@@ -510,6 +654,28 @@ class PanopticMerger:
             if n / (size_a[pa] + size_b[pb] - n) >= JOIN_IOU:
                 self.pieces.union(int(pa), int(pb))
 
+    def _whole_objects(self) -> tuple[list[int], list[float]]:
+        """The whole views grouped into objects (`_Candidates.objects`), once the windows'
+        votes are in: corners left out, views of one window that are one object joined."""
+        whole = self.whole
+        corners = self.votes.corners()
+        same = _UnionFind()
+        for _ in whole.crops:
+            same.add()
+        for i, j in self.votes.one_object():
+            if i not in corners and j not in corners:
+                same.union(i, j)
+        groups: dict[int, list[int]] = {}
+        for i in range(len(whole.crops)):
+            groups.setdefault(same.find(i), []).append(i)
+        skip = set(corners)
+        for group in groups.values():
+            if len(group) > 1:
+                whole.join(group)
+                skip.update(group)
+        views, scores, _ = whole.objects(self.step, same_label=False, skip=skip)
+        return views, scores
+
     def _strips(self):
         step = max(1, STRIP_PIXELS // self.size[1])
         for start in range(0, self.size[0], step):  # no [H, W] int64 temporaries
@@ -534,7 +700,7 @@ class PanopticMerger:
         # whole things over pieces, surest first, each in its best view; ids from `count` on
         segments, base = [], count
         whole = self.whole
-        views, scores, _ = whole.objects(self.step, same_label=False)
+        views, scores = self._whole_objects()
         for k in sorted(range(len(views)), key=lambda k: (-scores[k], k)):
             i = views[k]
             y0, x0, y1, x1 = whole.boxes[i]
