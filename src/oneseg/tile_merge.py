@@ -576,6 +576,7 @@ class PanopticMerger:
         self.labels, self.scores, self.areas, self.core_areas = [], [], [], []
         self.pieces = _UnionFind()
         self.pieces.add()  # id 0: none
+        self.links: list[tuple[int, int]] = []  # the joins made, to redo without lost pieces
         self.whole = _Candidates()
         self.votes = _Votes()
         self.bands = _Bands()
@@ -653,6 +654,7 @@ class PanopticMerger:
         for (pa, pb), n in zip(pairs.T, inter):
             if n / (size_a[pa] + size_b[pb] - n) >= JOIN_IOU:
                 self.pieces.union(int(pa), int(pb))
+                self.links.append((int(pa), int(pb)))
 
     def _whole_objects(self) -> tuple[list[int], list[float]]:
         """The whole views grouped into objects (`_Candidates.objects`), once the windows'
@@ -717,7 +719,13 @@ class PanopticMerger:
             strip = seg[rows]
             after += np.bincount(strip[strip < base], minlength=count)
         alive = (after > 0) & (after * 2 >= before) & (roots > 0)
-        roots = np.where(alive, roots, 0).astype(np.int32)
+        joined = _UnionFind()
+        for _ in range(count):
+            joined.add()
+        for a, b in self.links:
+            if alive[a] and alive[b]:
+                joined.union(a, b)
+        roots = np.asarray([joined.find(p) if alive[p] else 0 for p in range(count)], np.int32)
         group_id = np.zeros(count, np.int32)
         for root in np.unique(roots[alive]):
             group = np.flatnonzero(roots == root)
