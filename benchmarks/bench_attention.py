@@ -8,6 +8,10 @@ this times `F.scaled_dot_product_attention` at the shapes the model calls it wit
 float32 with the casts it would take (q, k, v and a float bias to float32, the output back to
 bf16), and the float32 kernel alone. Per site and batch: the best of `--repeats` runs, the two
 settings alternated in rounds (robust to a load that drifts). Inference mode, as the predictor.
+
+The query transformer's cross-attention on CPU runs `grid_attention` (its values are a row plus
+a column table): a second table times it against the fused kernel on the dense values, both
+precisions, with each one's largest error against float64 on the same inputs.
 Writes benchmarks/results/NAME.{md,json} (--name, default attention).
 """
 
@@ -26,6 +30,7 @@ import torch.nn.functional as F  # noqa: E402
 from machine import describe, machine_line, table, write_report  # noqa: E402
 
 from oneseg.cpu_threads import set_intra_op_threads  # noqa: E402
+from oneseg.model.layers import GridValues, grid_attention  # noqa: E402
 from oneseg.precision import cpu_flags  # noqa: E402
 
 HEAD_DIM = 32  # every attention of Swin-T OneFormer (hidden 256, 8 heads; Swin 96 per 3 heads)
@@ -94,6 +99,31 @@ def time_site(args, repeats: int, rounds: int) -> dict:
     return times
 
 
+def grid_site(size: int, batch: int, repeats: int, rounds: int) -> dict:
+    """The query transformer's cross-attention (149 queries, (size/4)² keys, 8 heads): the fused
+    kernel on dense values against `grid_attention`, bf16 and float32; ms and max error."""
+    side = size // 4
+    gen = torch.Generator().manual_seed(size + batch)
+    rows = torch.randn(8, side, HEAD_DIM, generator=gen) * 0.5
+    cols = torch.randn(8, side, HEAD_DIM, generator=gen) * 0.5
+    dense = (rows[:, :, None] + cols[:, None]).flatten(1, 2)[None].expand(batch, -1, -1, -1)
+    q = torch.randn(batch, 149, 8, HEAD_DIM, generator=gen).transpose(1, 2) * 0.5
+    k = torch.randn(batch, side * side, 8, HEAD_DIM, generator=gen).transpose(1, 2)
+    ref = F.scaled_dot_product_attention(q.double(), k.double(), dense.double())
+    grid = GridValues(rows, cols)
+    runs = {}
+    for dtype, name in ((torch.bfloat16, "bf16"), (torch.float32, "fp32")):
+        qd, kd, vd = q.to(dtype), k.to(dtype), dense.to(dtype)
+        runs[f"fused {name}"] = lambda q=qd, k=kd, v=vd: F.scaled_dot_product_attention(q, k, v)
+        runs[f"grid {name}"] = lambda q=qd, k=kd: grid_attention(q, k, grid)
+    times = {name: float("inf") for name in runs}
+    errors = {name: float((fn().double() - ref).abs().max()) for name, fn in runs.items()}
+    for _ in range(rounds):
+        for name, fn in runs.items():
+            times[name] = min(times[name], best_of(fn, (), repeats) * 1e3)
+    return {"ms": times, "max_error": errors}
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--size", type=int, default=512)
@@ -115,11 +145,23 @@ def main(argv: list[str] | None = None) -> None:
                 ratio = times["fp32+casts"] / times["bf16"]
                 rows.append([batch, name] + [f"{times[k]:.2f}" for k in times] + [f"{ratio:.2f}"])
                 print(f"x{batch} {name}: {times} fp32+casts/bf16 {ratio:.2f}", flush=True)
+    grid_rows = []
+    with torch.inference_mode():
+        for batch in args.batches:
+            result = grid_site(args.size, batch, args.repeats, args.rounds)
+            report["grid"] = report.get("grid", []) + [{"batch": batch, **result}]
+            for name in result["ms"]:
+                ms, err = result["ms"][name], result["max_error"][name]
+                grid_rows.append([batch, name, f"{ms:.2f}", f"{err:.1e}"])
+            print(f"x{batch} query transformer: {result}", flush=True)
     header = ["batch", "site", "bf16 ms", "fp32+casts ms", "fp32 kernel ms", "fp32+casts / bf16"]
+    grid_header = ["batch", "attention", "ms", "max error vs float64"]
     markdown = (
         f"# Attention per call site, bf16 against float32 ({args.size}²)\n\n"
         f"Machine: {describe(report['machine'])}; CPU bf16 flags: {', '.join(flags) or 'none'}."
         f"\n\n{table(header, rows)}\n\nAbove 1: float32 (with its casts) is slower than bf16.\n"
+        f"\n## Query transformer: fused kernel on dense values against `grid_attention`\n\n"
+        f"{table(grid_header, grid_rows)}\n"
     )
     md_path, _ = write_report(args.name, markdown, report)
     print(md_path.read_text())

@@ -41,3 +41,22 @@ def test_constant_in_the_compute_dtype():
         kept = constant(owner, "w", None, (owner.weight,), lambda: owner.weight, dtype)
     assert dtype == torch.bfloat16 and kept.dtype == torch.bfloat16
     assert compute_dtype(x) == torch.float32  # autocast off: the input's own
+
+
+def test_each_dtype_keeps_its_own_constant():
+    """Alternating precisions (an evaluation in fp32 then bf16) remakes nothing: one entry
+    per name and dtype."""
+    owner = nn.Linear(4, 4)
+    calls = []
+
+    def make():
+        calls.append(1)
+        return owner.weight * 2
+
+    with torch.no_grad():
+        for _ in range(3):
+            full = constant(owner, "double", (4,), (owner.weight,), make, torch.float32)
+            half = constant(owner, "double", (4,), (owner.weight,), make, torch.bfloat16)
+    assert len(calls) == 2
+    assert full.dtype == torch.float32 and half.dtype == torch.bfloat16
+    assert torch.equal(half, full.to(torch.bfloat16))

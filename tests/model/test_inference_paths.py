@@ -108,3 +108,27 @@ def test_bf16_pixel_decoder_does_not_depend_on_the_maps_layout(tiny_model_cfg):
                 masks_cl, _ = model.pixel_decoder(channels_last)
         assert masks.dtype == torch.bfloat16
         assert (masks.float() - masks_cl.float()).abs().max() < 1e-2
+
+
+def test_grid_values_attention_equals_dense_attention():
+    """`grid_attention` (row and column sums of the probabilities against the values' row and
+    column tables) against PyTorch's `scaled_dot_product_attention` on the dense values, in
+    float32 and under CPU bf16 autocast (the reference in float64)."""
+    import torch.nn.functional as F
+
+    from oneseg.model.layers import GridValues, grid_attention
+
+    torch.manual_seed(0)
+    batch, heads, queries, dim, height, width = 2, 4, 7, 8, 5, 6
+    rows, cols = torch.randn(heads, height, dim), torch.randn(heads, width, dim)
+    dense = (rows[:, :, None] + cols[:, None]).flatten(1, 2)  # [heads, HW, Dh]
+    q = torch.randn(batch, heads, queries, dim) * 2
+    k = torch.randn(batch, height * width, heads, dim).transpose(1, 2)  # a strided view
+    ref = F.scaled_dot_product_attention(q.double(), k.double(), dense.double()[None])
+    out = grid_attention(q, k, GridValues(rows, cols))
+    assert out.dtype == torch.float32 and (out - ref).abs().max() < 1e-5
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        half = grid_attention(q.bfloat16(), k.bfloat16(), GridValues(rows, cols))
+    assert half.dtype == torch.bfloat16
+    assert 1e-4 < (half.double() - ref).abs().max() < 0.05  # bf16 scores, float32 values
+    assert ref.std() > 0.3  # the probabilities are far from uniform

@@ -6,7 +6,9 @@ every time and, in low precision, casts them every time as well (an fp32 constan
 bf16 activations makes the sum fp32, and the next product casts it back). `constant` keeps
 them on the module that owns the weights, in the dtype the forward computes in, made again
 whenever a weight they read changes (its storage or version counter) or the size, dtype or
-device does; one entry per name, so the memory held is that of one input size.
+device does; one entry per name and dtype, so the memory held is that of one input size
+in each precision used (a process that alternates fp32 and bf16 forwards, as an evaluation
+in both precisions or a benchmark does, keeps both instead of remaking them every forward).
 
 No cache where a gradient may flow or a graph is traced: there the constants are computed
 as before, every time.
@@ -56,15 +58,15 @@ def constant(
     Where `caching(owner, *weights)` is False: `make()` as it is, every time."""
     if not caching(owner, *weights):
         return make()
-    key = (setting, dtype, tuple((w.data_ptr(), w._version, w.dtype, w.device) for w in weights))
+    key = (setting, tuple((w.data_ptr(), w._version, w.dtype, w.device) for w in weights))
     cache = owner.__dict__.setdefault("_constants", {})
-    entry = cache.get(name)
+    entry = cache.get((name, dtype))
     if entry is None or entry[0] != key:
         value = make()
         if dtype is not None:
             value = _cast(value, dtype)
         entry = (key, value)
-        cache[name] = entry
+        cache[(name, dtype)] = entry
     return entry[1]
 
 

@@ -21,6 +21,7 @@ from oneseg.model.layers import (
     MLP,
     CrossAttentionLayer,
     FFNLayer,
+    GridValues,
     SelfAttentionLayer,
     tokens,
     xavier_init_,
@@ -161,7 +162,8 @@ class TaskConditionedQueries(nn.Module):
         - the keys' projection of the projected mask features is one product with W_k W_proj
           per layer (the 1x1 convolution folded in).
         At 512x512 this replaces five [HW, 256] x [256, 256] products and the additions of
-        positions with two."""
+        positions with two. On CPU the values go to attention as their row and column tables
+        (`GridValues`, float32), outside a graph export and without attention dropout."""
         batch, _, height, width = mask_features.shape
         count = height * width
         weights = [self.query_input_proj.weight, self.query_input_proj.bias]
@@ -177,7 +179,10 @@ class TaskConditionedQueries(nn.Module):
         )
         features = tokens(mask_features)  # [B, HW, C]
         keys, values = [], []
-        for layer, (weight, key_table, value) in zip(self.query_transformer.layers, tables):
+        grid = mask_features.device.type == "cpu" and not is_exporting()
+        for layer, (weight, key_table, value, grid_values) in zip(
+            self.query_transformer.layers, tables
+        ):
             # (a graph gets MatMul + Add: a Gemm whose C is a matrix confuses quantizers)
             if batch == 1 and not is_exporting():
                 k = torch.addmm(key_table, features[0], weight)[None]
@@ -185,14 +190,17 @@ class TaskConditionedQueries(nn.Module):
                 k = torch.matmul(features, weight) + key_table
             # [B, HW, D] -> [B, heads, HW, Dh]
             keys.append(k.view(batch, count, layer.cross_attn.attn.num_heads, -1).transpose(1, 2))
-            values.append(value.expand(batch, -1, -1, -1))
+            attn = layer.cross_attn.attn
+            dropped = attn.training and attn.dropout > 0  # (no_grad in train mode)
+            values.append(grid_values if grid and not dropped else value.expand(batch, -1, -1, -1))
         return keys, values
 
     def memory_tables(self, height: int, width: int, mask_features: torch.Tensor) -> list:
         """What `projected_memory` reads besides the features, per layer: the folded weight
         (W_k W_proj)^T [C, D], the keys' table [HW, D] (the sine encoding's keys plus the folded
-        biases) and the values [1, heads, HW, Dh]; the same for every image of this size, so
-        computed once at inference, in float32 (rounded once where the forward is bf16)."""
+        biases), the values [1, heads, HW, Dh] and the same values as `GridValues` (kept in
+        float32); the same for every image of this size, so computed once at inference, in
+        float32 (the tensors rounded once where the forward is bf16)."""
         with full_precision(mask_features):
             pos_y, pos_x = self.pos_encoding.axes(height, width, mask_features.device)
             dtype = torch.promote_types(mask_features.dtype, torch.float32)
@@ -209,13 +217,19 @@ class TaskConditionedQueries(nn.Module):
                 key_table = (pos_y @ w_k[:, :half].T + (w_k @ proj_b + b_k))[:, None] + (
                     pos_x @ w_k[:, half:].T
                 )[None]
-                value_table = (pos_y @ w_v[:, :half].T + b_v)[:, None] + (pos_x @ w_v[:, half:].T)[
-                    None
-                ]
+                # the values: a row table plus a column table, [H, D] and [W, D]
+                rows, cols = pos_y @ w_v[:, :half].T + b_v, pos_x @ w_v[:, half:].T
                 weight = (w_k @ proj_w).T  # [C, D]
                 # [H, W, D] -> [1, heads, HW, Dh], in the layout attention reads
-                value = value_table.view(1, height * width, attn.num_heads, -1).transpose(1, 2)
-                tables.append((weight, key_table.view(height * width, -1), value.contiguous()))
+                value = (rows[:, None] + cols[None]).view(1, height * width, attn.num_heads, -1)
+                value = value.transpose(1, 2)
+                heads = attn.num_heads
+                grid = GridValues(  # [heads, H, Dh], [heads, W, Dh]
+                    rows.view(height, heads, -1).transpose(0, 1).contiguous(),
+                    cols.view(width, heads, -1).transpose(0, 1).contiguous(),
+                )
+                key_table = key_table.view(height * width, -1)
+                tables.append((weight, key_table, value.contiguous(), grid))
         return tables
 
 
