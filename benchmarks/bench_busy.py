@@ -8,10 +8,12 @@ Three situations, each timed over a window of steps after a warm-up:
 - alone: batches prepared beforehand, nothing else started;
 - beside a spin process: a pure-Python busy loop running in another process;
 - beside a data-loader worker: batches come from a DataLoader with one worker process.
-Two thread settings, each in a fresh process (OpenMP reads its settings once, when loaded):
-- "torch defaults": as many threads as cores, OpenMP's default spin-waiting;
-- "oneseg": OMP_WAIT_POLICY=PASSIVE and threads = cores available minus loader workers, as
-  `oneseg train` does.
+Three thread settings, each in a fresh process (OpenMP reads its settings once, when loaded):
+- "torch defaults": as many threads as cores, OpenMP's default spin-waiting (milliseconds);
+- "oneseg": threads = cores available minus loader workers, waiting threads spin ~10 us then
+  sleep (`quiet_thread_pool`: GOMP_SPINCOUNT=1000), as `oneseg train` does;
+- "sleep at once": oneseg's thread count with OMP_WAIT_POLICY=PASSIVE (oneseg's setting
+  before the brief spin).
 The slowdown is the ratio of steps/s alone to steps/s beside the busy process, within one
 setting. Writes benchmarks/results/busy.{md,json}.
 """
@@ -27,7 +29,7 @@ import tempfile
 import time
 from pathlib import Path
 
-SETTINGS = ("torch defaults", "oneseg")
+SETTINGS = ("torch defaults", "oneseg", "sleep at once")
 SITUATIONS = ("alone", "beside a spin process", "beside a data-loader worker")
 
 
@@ -96,7 +98,7 @@ def run_setting(setting: str, data: Path, seconds: float, max_steps: int) -> dic
     prepared = list(loader(0))
     for situation in SITUATIONS:
         workers = 1 if "worker" in situation else 0
-        if setting == "oneseg":
+        if setting != "torch defaults":
             threads = set_intra_op_threads(0, loader_workers=workers)
         else:
             threads = os.cpu_count() or 1
@@ -144,7 +146,9 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     data = args.data or Path(tempfile.gettempdir()) / "oneseg-bench-busy"
     if args.child:
-        if args.child == "oneseg":
+        if args.child == "sleep at once":
+            os.environ["OMP_WAIT_POLICY"] = "PASSIVE"
+        if args.child != "torch defaults":
             from oneseg.cpu_threads import quiet_thread_pool
 
             quiet_thread_pool()
@@ -159,14 +163,15 @@ def main(argv: list[str] | None = None) -> None:
     from machine import machine_line, write_report
 
     report = {"machine": machine_line()}
-    env = {k: v for k, v in os.environ.items() if k not in ("OMP_WAIT_POLICY", "KMP_BLOCKTIME")}
+    keys = ("OMP_WAIT_POLICY", "GOMP_SPINCOUNT", "KMP_BLOCKTIME")
+    env = {k: v for k, v in os.environ.items() if k not in keys}
     env.pop("OMP_NUM_THREADS", None)
     for setting in SETTINGS:
         command = [sys.executable, __file__, "--child", setting, "--data", str(data)]
         command += ["--seconds", str(args.seconds), "--max-steps", str(args.max_steps)]
         done = subprocess.run(command, env=env, stdout=subprocess.PIPE, text=True, check=True)
         report[setting] = json.loads(done.stdout.strip().splitlines()[-1])
-    report["machine"]["omp_wait_policy"] = "per setting"
+    report["machine"]["omp_wait_policy"] = report["machine"]["gomp_spincount"] = "per setting"
     md_path, _ = write_report("busy", markdown(report), report)
     print(md_path.read_text())
 

@@ -37,6 +37,7 @@ def machine_line() -> dict:
         "cores_available": available_cores(),
         "torch_threads": torch.get_num_threads(),
         "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY", "(default)"),
+        "gomp_spincount": os.environ.get("GOMP_SPINCOUNT", "(default)"),
         "load_average_1m_5m": [round(load[0], 2), round(load[1], 2)],
         "torch": torch.__version__,
         "transformers": transformers.__version__,
@@ -49,6 +50,7 @@ def describe(machine: dict) -> str:
     return (
         f"{machine['cpu']}, {machine['cores_available']} cores available, "
         f"{machine['torch_threads']} torch threads, OMP_WAIT_POLICY {machine['omp_wait_policy']}, "
+        f"GOMP_SPINCOUNT {machine.get('gomp_spincount', '(default)')}, "
         f"load average {machine['load_average_1m_5m'][0]} (1 min) at start; torch "
         f"{machine['torch']}, transformers {machine['transformers']}; {machine['date']}"
     )

@@ -63,3 +63,33 @@ def test_keep_freed_memory_applies_on_glibc_and_respects_the_user(monkeypatch):
     monkeypatch.delenv("MALLOC_TRIM_THRESHOLD_", raising=False)
     expected = platform.system() == "Linux" and platform.libc_ver()[0] == "glibc"
     assert keep_freed_memory() is expected
+
+
+def test_quiet_pool_spins_briefly_unless_the_user_said_how_to_wait(monkeypatch):
+    for key in ("OMP_WAIT_POLICY", "GOMP_SPINCOUNT", "KMP_BLOCKTIME"):
+        monkeypatch.delenv(key, raising=False)
+    cpu_threads.quiet_thread_pool()
+    assert os.environ["GOMP_SPINCOUNT"] == "1000" and "OMP_WAIT_POLICY" not in os.environ
+    monkeypatch.delenv("GOMP_SPINCOUNT")
+    monkeypatch.setenv("OMP_WAIT_POLICY", "PASSIVE")  # the user's policy sets the spin
+    cpu_threads.quiet_thread_pool()
+    assert "GOMP_SPINCOUNT" not in os.environ
+    monkeypatch.delenv("OMP_WAIT_POLICY")
+    monkeypatch.setenv("GOMP_SPINCOUNT", "50000")
+    cpu_threads.quiet_thread_pool()
+    assert os.environ["GOMP_SPINCOUNT"] == "50000" and "OMP_WAIT_POLICY" not in os.environ
+
+
+def test_a_fresh_process_gets_the_brief_spin():
+    """Importing oneseg's thread module does not load torch, so the setting is in place
+    before OpenMP reads it."""
+    import subprocess
+    import sys
+
+    env = {k: v for k, v in os.environ.items() if k not in ("OMP_WAIT_POLICY", "GOMP_SPINCOUNT")}
+    code = (
+        "import os; from oneseg.cpu_threads import quiet_thread_pool; "
+        "print(quiet_thread_pool(), os.environ.get('GOMP_SPINCOUNT'))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
+    assert out.stdout.split() == ["True", "1000"], out.stderr

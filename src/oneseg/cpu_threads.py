@@ -8,9 +8,10 @@ fitting the machine:
 
 - `quiet_thread_pool()` lets a waiting OpenMP thread spin only ~10 us (libgomp's
   GOMP_SPINCOUNT=1000; about 100 spins a microsecond) before it sleeps, instead of OpenMP's
-  default of milliseconds. Measured on 2 Zen 4 cores, Swin-T OneFormer bf16 at 512x512: alone
-  10% faster than sleeping at once (OMP_WAIT_POLICY=PASSIVE, this module's earlier setting),
-  beside one busy process 5% slower; spinning 10x longer costs 45% beside a busy process.
+  default of milliseconds. Against sleeping at once (OMP_WAIT_POLICY=PASSIVE, this module's
+  earlier setting), on 2 Zen 4 cores: Swin-T OneFormer bf16 at 512x512 8% faster alone, 5%
+  slower beside a busy process; the demo model's training 1.59x the steps/s alone, 0.77x
+  beside a spinning process (docs/benchmarks.md, "CPU threads").
   OpenMP reads this once, when torch loads it, so it must run before `import torch` (the
   `oneseg` command does; a script can call it first thing). Later it changes nothing and says
   so. A wait policy or spin count the user set is kept.
