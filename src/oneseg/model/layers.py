@@ -85,23 +85,31 @@ def grid_attention(q: torch.Tensor, k: torch.Tensor, values: GridValues) -> torc
     the probabilities' row and column sums replace the [Q, HW] x [HW, Dh] product, and the
     values stay in their tables' precision (float32). One image and head at a time, the
     scores are one product in q's dtype and a float32 softmax. On CPU at OneFormer's query
-    transformer shape (149 queries, 128 x 128 keys, 8 heads of 32) it took 21 ms against the
-    fused kernel's 27 ms in bf16 (26 against 30 in float32), with the same largest error
+    transformer shape (149 queries, 128 x 128 keys, 8 heads of 32) it took 14 ms against the
+    fused kernel's 27 ms in bf16 (25 against 31 in float32), with the same largest error
     against float64 (`benchmarks/bench_attention.py`, 2 Zen 4 cores).
 
     q: [B, heads, Q, Dh]; k: [B, heads, HW, Dh] -> [B, heads, Q, Dh] in q's dtype."""
     batch, heads, num_queries, head_dim = q.shape
     height, width = values.rows.shape[1], values.cols.shape[1]
-    out = q.new_empty(q.shape, dtype=values.rows.dtype)
+    dtype = values.rows.dtype
+    out = q.new_empty(q.shape, dtype=dtype)
     scaled = q * head_dim**-0.5
+    # one float32 buffer for every head's probabilities: the softmax runs in place in it
+    # (a softmax with a dtype argument, or a fresh buffer per head, is ~10% slower here)
+    probs = q.new_empty(num_queries, height * width, dtype=dtype)
+    grid = probs.view(num_queries, height, width)
     with full_precision(q):  # the products in their operands' dtypes
         for b in range(batch):
             for h in range(heads):
-                scores = torch.mm(scaled[b, h], k[b, h].transpose(0, 1))  # [Q, HW]
-                probs = torch.softmax(scores, -1, dtype=torch.float32)
-                probs = probs.view(num_queries, height, width)
-                rows = torch.mm(probs.sum(-1), values.rows[h])
-                torch.addmm(rows, probs.sum(-2), values.cols[h], out=out[b, h])
+                scores = (scaled[b, h], k[b, h].transpose(0, 1))  # -> [Q, HW]
+                if q.dtype == dtype:
+                    torch.mm(*scores, out=probs)
+                else:
+                    probs.copy_(torch.mm(*scores))
+                torch._softmax(probs, -1, False, out=probs)
+                rows = torch.mm(grid.sum(-1), values.rows[h])
+                torch.addmm(rows, grid.sum(-2), values.cols[h], out=out[b, h])
     return out.to(q.dtype)
 
 
