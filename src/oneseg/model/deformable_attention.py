@@ -28,12 +28,13 @@ class SamplingGrid:
     """What the gather sampling of every layer shares at one input size, computed once.
 
     The value rows are copied into a table where every level has a border of zeros (one row and
-    column before, two after). Points are clamped into [-1, size]: a point farther out samples
-    zeros either way, and every corner of a clamped point is a row of the table, so no corner
-    needs a validity test. The per-level constants are stored at the full [heads, levels,
-    points] shape (and the anchors at the full query shape): elementwise arithmetic against
-    contiguous operands of equal trailing shape runs several times faster on CPU than against
-    constants broadcast over short inner axes.
+    column before, two after). Points are taken one pixel further on (x + 1, y + 1: the border
+    is at 0) and clamped into [0, size + 1]: a point farther out samples zeros either way, every
+    corner of a clamped point is a row of the table, so no corner needs a validity test, and a
+    point is never negative, so its integer part is its floor. The per-level constants are
+    stored at the full [heads, levels, points] shape (and the anchors at the full query shape):
+    elementwise arithmetic against contiguous operands of equal trailing shape runs several
+    times faster on CPU than against constants broadcast over short inner axes.
     """
 
     def __init__(
@@ -58,17 +59,20 @@ class SamplingGrid:
 
         def per_level(values, dtype_):
             table = torch.tensor(values, dtype=dtype_, device=device)
-            return table.view(1, levels, 1, *table.shape[1:]).expand(*shape, *table.shape[1:])
+            return table.view(1, levels, 1).expand(shape).contiguous()
 
-        sizes = [[w, h] for h, w in spatial_shapes]
-        self.high = per_level(sizes, dtype).contiguous()  # [heads, L, P, 2]
-        self.low = torch.full_like(self.high, -1.0)
+        # x and y apart: each is a contiguous [heads, L, P] block
+        self.high = (  # size + 1: the far border
+            per_level([w + 1 for _, w in spatial_shapes], dtype),
+            per_level([h + 1 for h, _ in spatial_shapes], dtype),
+        )
+        self.low = torch.zeros_like(self.high[0])
         widths = [w for _, w in self.padded]
         int32 = torch.int32
         # row of a corner in the [B * S_padded * heads, Dh] table:
-        # y * row_stride + x * heads + row_base (the border shifts rows and columns by 1)
-        self.row_stride = per_level([w * heads for w in widths], int32).contiguous()
-        first = [(start + w + 1) * heads for start, w in zip(self.starts, widths)]
+        # y * row_stride + x * heads + row_base (x, y counted from the border)
+        self.row_stride = per_level([w * heads for w in widths], int32)
+        first = [start * heads for start in self.starts]
         base = (
             per_level(first, int32) + torch.arange(heads, dtype=int32, device=device)[:, None, None]
         )  # [heads, L, P]
@@ -82,10 +86,11 @@ class SamplingGrid:
         ]
         self.anchors = None
         if reference_points is not None:
-            # location * size - 0.5: the pixel whose centre is at k + 0.5 is at k
-            anchor = reference_points * torch.tensor(sizes, dtype=dtype, device=device) - 0.5
-            self.anchors = anchor[:, :, None, :, None, :].expand(-1, -1, heads, -1, points, -1)
-            self.anchors = self.anchors.contiguous()  # [B, Q, heads, L, P, 2]
+            # location * size - 0.5 (the pixel whose centre is at k + 0.5 is at k), + 1
+            sizes = torch.tensor([[w, h] for h, w in spatial_shapes], dtype=dtype, device=device)
+            anchor = reference_points * sizes + 0.5
+            anchor = anchor[:, :, None, :, None, :].expand(-1, -1, heads, -1, points, -1)
+            self.anchors = (anchor[..., 0].contiguous(), anchor[..., 1].contiguous())
 
     def table(self, value: torch.Tensor) -> torch.Tensor:
         """[B, S, heads, Dh] -> the padded rows [B * S_padded * heads, Dh]."""
@@ -100,6 +105,49 @@ class SamplingGrid:
             level[:, 1 : height + 1, 1 : width + 1] = source.view(batch, height, width, heads, -1)
             first += height * width
         return table.view(-1, head_dim)
+
+    def bags(
+        self, x: torch.Tensor, y: torch.Tensor, attention_weights: torch.Tensor, dtype
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """The rows and weights of every query's bag of bilinear corners.
+
+        x, y: [B, Q, heads, L, P] float32, the points one pixel further on (overwritten);
+        attention_weights: [B, Q, heads, L, P] float32 (overwritten). Returns rows (int32) and
+        weights (`dtype`, the float32 products rounded once), both [B, Q, heads, 4, L, P]: the
+        4 corners before the levels and points (the order within a head's bag is free, and
+        whole [L, P] blocks are written faster than interleaved ones)."""
+        batch, num_queries, heads, levels, points = x.shape
+        x, y = x.clamp_(self.low, self.high[0]), y.clamp_(self.low, self.high[1])
+        x0, y0 = x.to(torch.int32), y.to(torch.int32)  # the floor: never negative
+        frac_x, frac_y = x.sub_(x0), y.sub_(y0)
+        rows = x0.new_empty(batch, num_queries, heads, 4, levels, points)
+        row = torch.addcmul(self.row_base, y0, self.row_stride, out=rows[:, :, :, 0])
+        row.add_(x0, alpha=heads)
+        for i, step in enumerate(self.corner_steps, 1):
+            torch.add(row, step, out=rows[:, :, :, i])
+        # a NaN point (a diverged model) has no row: keep it inside the table, its weight is NaN
+        rows.clamp_(0, batch * self.tokens * heads - 1)
+        bottom = attention_weights * frac_y  # the weight of the lower row (y1)
+        top = attention_weights.sub_(bottom)  # of the upper row (y0): weight * (1 - frac_y)
+        left = 1 - frac_x
+        weights = frac_x.new_empty(rows.shape)
+        # corners (y0, x0), (y0, x1), (y1, x0), (y1, x1), as the steps
+        for i, (y_weight, x_weight) in enumerate(
+            ((top, left), (top, frac_x), (bottom, left), (bottom, frac_x))
+        ):
+            torch.mul(y_weight, x_weight, out=weights[:, :, :, i])
+        return rows, weights.to(dtype)
+
+
+def _bag_sum(value: torch.Tensor, grid: SamplingGrid, rows, weights) -> torch.Tensor:
+    """[B, Q * heads bags of rows] summed over `grid.table(value)` -> [B, Q, heads * Dh]."""
+    batch, _, heads, head_dim = value.shape
+    num_queries = rows.shape[1]
+    bag = rows[0, 0, 0].numel()
+    out = F.embedding_bag(
+        rows.view(-1, bag), grid.table(value), per_sample_weights=weights.view(-1, bag), mode="sum"
+    )  # [B * Q * heads, Dh]
+    return out.view(batch, num_queries, heads * head_dim)
 
 
 def gather_sample(
@@ -121,44 +169,13 @@ def gather_sample(
     Returns:
         [B, Q, heads * Dh].
     """
-    batch, _, heads, head_dim = value.shape
-    _, num_queries, _, levels, points, _ = pixels.shape
+    batch, _, heads, _ = value.shape
+    points = pixels.shape[-2]
     if grid is None:
         grid = SamplingGrid(spatial_shapes, batch, heads, points, value.device, pixels.dtype)
-    point = torch.clamp(pixels, grid.low, grid.high)
-    lower = point.floor()
-    frac = point - lower
-    corner = lower.to(torch.int32)
-    # the 4 corners before the levels and points ([B, Q, heads, 4, L, P]): the order within a
-    # head's bag is free, and whole [L, P] blocks are written faster than interleaved ones;
-    # each corner's rows and weights go straight into their slot (no stacking pass)
-    rows = corner.new_empty(batch, num_queries, heads, 4, levels, points)
-    row = torch.add(
-        corner[..., 1] * grid.row_stride + corner[..., 0] * heads,
-        grid.row_base,
-        out=rows[:, :, :, 0],
-    )
-    for i, step in enumerate(grid.corner_steps, 1):
-        torch.add(row, step, out=rows[:, :, :, i])
-    # a NaN point (a diverged model) has no row: keep it inside the table, its weight is NaN
-    rows.clamp_(0, batch * grid.tokens * heads - 1)
-
-    frac_x, frac_y = frac[..., 0], frac[..., 1]
-    bottom = attention_weights * frac_y  # the weight of the lower row (y1)
-    top = attention_weights - bottom  # of the upper row (y0): weight * (1 - frac_y)
-    left = 1 - frac_x
-    # corners (y0, x0), (y0, x1), (y1, x0), (y1, x1), as the steps; the float32 products
-    # rounded once into the values' dtype
-    weights = rows.new_empty(rows.shape, dtype=value.dtype)
-    for i, (y_weight, x_weight) in enumerate(
-        ((top, left), (top, frac_x), (bottom, left), (bottom, frac_x))
-    ):
-        torch.mul(y_weight, x_weight, out=weights[:, :, :, i])
-    bag = levels * points * 4
-    out = F.embedding_bag(
-        rows.view(-1, bag), grid.table(value), per_sample_weights=weights.view(-1, bag), mode="sum"
-    )  # [B * Q * heads, Dh]
-    return out.view(batch, num_queries, heads * head_dim)
+    x, y = pixels[..., 0] + 1, pixels[..., 1] + 1
+    rows, weights = grid.bags(x, y, attention_weights.clone(), value.dtype)
+    return _bag_sum(value, grid, rows, weights)
 
 
 def softmax_last(x: torch.Tensor) -> torch.Tensor:
@@ -277,6 +294,8 @@ class MultiScaleDeformableAttention(nn.Module):
             grid = SamplingGrid(
                 spatial_shapes, batch, heads, points, query.device, dtype, reference_points
             )
-        # the same points in pixels: location * size - 0.5 (align_corners=False)
-        pixels = offsets + grid.anchors
-        return self.output_proj(gather_sample(value, spatial_shapes, pixels, weights, grid))
+        # the points in pixels, one further on: location * size - 0.5 + 1 (align_corners=False)
+        x = torch.add(offsets[..., 0], grid.anchors[0])
+        y = torch.add(offsets[..., 1], grid.anchors[1])
+        rows, bag_weights = grid.bags(x, y, weights, value.dtype)
+        return self.output_proj(_bag_sum(value, grid, rows, bag_weights))
