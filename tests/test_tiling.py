@@ -329,6 +329,51 @@ def test_without_the_vote_the_corner_splits_the_object(label_map, monkeypatch):
         _check_panoptic(image, model, truth, label_map, 64, 32)
 
 
+class BridgingModel(ColourModel):
+    """A ColourModel that, in a window seeing all of the objects `bridged` at once, gives them
+    as one segment (by the first one's query), as a model may paint neighbours as one."""
+
+    bridged = (1, 2, 3)
+
+    def predict(self, images, tasks, image_sizes, precision="fp32"):
+        prediction = super().predict(images, tasks, image_sizes, precision)
+        masks = prediction.outputs[tasks[0]]["pred_masks"]  # [B, Q, H, W]
+        first, *others = self.bridged
+        for b in range(len(images)):
+            if all((masks[b, q] > 0).any() for q in self.bridged):
+                masks[b, first] = masks[b, list(self.bridged)].amax(0)
+                masks[b, others] = -20.0
+        return prediction
+
+
+def _bridge_scene():
+    """Three boxes on a 64 x 128 image of 64-pixel windows from x = 0, 32, 64 (cells split at
+    48 and 80): A (x 0-63) cut by the first window, W (x 50-62) whole only in the first, C
+    (x 65-128) cut by the last. The middle window gives A, W and C as one piece P: A's and C's
+    pieces join it across both seams, and P loses most of its cell to W, placed whole."""
+    (row,) = plan_windows(64, 128, 64, 32)
+    assert [(w.x0, w.cell[3]) for w in row] == [(0, 48), (32, 80), (64, 128)]
+    boxes = [(0, 0, 20, 63, 1), (22, 50, 58, 62, 1), (60, 65, 64, 128, 1)]
+    image, colour_model, truth, labels = scene(64, 128, boxes)
+    model = BridgingModel(colour_model.colours.tolist(), labels, len(CATEGORIES))
+    return image, model, truth
+
+
+def test_a_piece_that_yields_takes_its_joins_with_it(label_map):
+    """The piece P that yields to W goes with the joins it made: A and C, joined only through
+    P, come back as two segments (each its own cell's part; their pixels in P's cell go with
+    P), not as one."""
+    image, model, truth = _bridge_scene()
+    runner = TorchRunner(model, label_map, tasks=("panoptic",))
+    panoptic = run_tiled(runner, image, ["panoptic"], 64, 32)["panoptic"]
+    things = [s for s in panoptic.segments if s["isthing"]]
+    assert [s["label"] for s in things] == [1, 1, 1], f"{len(things)} thing segments, not 3"
+    x = np.arange(128)[None, :]
+    expected = [truth == 2, (truth == 1) & (x < 48), (truth == 3) & (x >= 80)]  # W, A, C
+    for segment, mask in zip(things, expected):
+        np.testing.assert_array_equal(panoptic.segment_ids == segment["id"], mask)
+
+
 def test_window_grid_covers_the_image_with_the_overlap():
     rows = plan_windows(300, 410, 128, 32)
     cover = np.zeros((300, 410), int)
