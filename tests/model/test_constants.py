@@ -9,14 +9,20 @@ from torch import nn
 from oneseg.model.constants import compute_dtype, constant
 
 
-def test_constant_is_kept_and_follows_weight_changes():
-    owner = nn.Linear(4, 4)
+def counted_double(owner: nn.Linear):
+    """A maker of 2 * owner.weight, and the list its calls append to."""
     calls = []
 
     def make():
         calls.append(1)
         return owner.weight * 2
 
+    return make, calls
+
+
+def test_constant_is_kept_and_follows_weight_changes():
+    owner = nn.Linear(4, 4)
+    make, calls = counted_double(owner)
     with torch.no_grad():
         first = constant(owner, "double", (4,), (owner.weight,), make)
         assert constant(owner, "double", (4,), (owner.weight,), make) is first
@@ -47,12 +53,7 @@ def test_each_dtype_keeps_its_own_constant():
     """Alternating precisions (an evaluation in fp32 then bf16) remakes nothing: one entry
     per name and dtype."""
     owner = nn.Linear(4, 4)
-    calls = []
-
-    def make():
-        calls.append(1)
-        return owner.weight * 2
-
+    make, calls = counted_double(owner)
     with torch.no_grad():
         for _ in range(3):
             full = constant(owner, "double", (4,), (owner.weight,), make, torch.float32)
