@@ -132,3 +132,31 @@ def test_grid_values_attention_equals_dense_attention():
     assert half.dtype == torch.bfloat16
     assert 1e-4 < (half.double() - ref).abs().max() < 0.05  # bf16 scores, float32 values
     assert ref.std() > 0.3  # the probabilities are far from uniform
+
+
+def test_forward_is_the_same_on_one_and_two_threads(tiny_model_cfg):
+    """Processes of a multi-process run have fewer threads than one process alone: the
+    inference forward gives the same numbers on 1 and 2 threads, in float32 and in bf16 (where
+    the query transformer takes `grid_attention`)."""
+    torch.manual_seed(0)
+    model = build_model(tiny_model_cfg, num_classes=3).eval()
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(torch.randn_like(p) * 0.05)
+    images = torch.randn(1, 3, 64, 64)
+    tokens = tokenize([task_text("panoptic")])
+    before = torch.get_num_threads()
+    try:
+        for dtype in (torch.float32, torch.bfloat16):
+            outputs = []
+            for threads in (1, 2):
+                torch.set_num_threads(threads)
+                with (
+                    torch.inference_mode(),
+                    torch.autocast("cpu", torch.bfloat16, dtype != torch.float32),
+                ):
+                    outputs.append(model(images, tokens, aux=False))
+            for key in ("pred_logits", "pred_masks"):
+                assert torch.equal(outputs[0][key], outputs[1][key]), (dtype, key)
+    finally:
+        torch.set_num_threads(before)
