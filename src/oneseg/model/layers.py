@@ -88,8 +88,8 @@ def grid_attention(q: torch.Tensor, k: torch.Tensor, values: GridValues) -> torc
     transformer shape (149 queries, 128 x 128 keys, 8 heads of 32) it took 14 ms against the
     fused kernel's 27 ms in bf16 (25 against 31 in float32), with the same largest error
     against float64 (`benchmarks/bench_attention.py`, 2 Zen 4 cores). The model takes it in
-    low precision only: its bf16 products are oneDNN's, the same on any thread count, where
-    MKL's float32 product of the scores is not.
+    bf16 only: its bf16 products are oneDNN's, the same on any thread count, where MKL's
+    float32 product of the scores is not.
 
     q: [B, heads, Q, Dh]; k: [B, heads, HW, Dh] -> [B, heads, Q, Dh] in q's dtype."""
     batch, heads, num_queries, head_dim = q.shape

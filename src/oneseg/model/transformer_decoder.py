@@ -162,9 +162,8 @@ class TaskConditionedQueries(nn.Module):
         - the keys' projection of the projected mask features is one product with W_k W_proj
           per layer (the 1x1 convolution folded in).
         At 512x512 this replaces five [HW, 256] x [256, 256] products and the additions of
-        positions with two. On CPU in low precision the values go to attention as their row and
-        column tables (`GridValues`, float32), outside a graph export and without attention
-        dropout."""
+        positions with two. On CPU in bf16 the values go to attention as their row and column
+        tables (`GridValues`, float32), outside a graph export and without attention dropout."""
         batch, _, height, width = mask_features.shape
         count = height * width
         weights = [self.query_input_proj.weight, self.query_input_proj.bias]
@@ -182,8 +181,8 @@ class TaskConditionedQueries(nn.Module):
         keys, values = [], []
         # (in float32 the fused kernel: MKL's float32 product of the scores is not the same
         # on every thread count, and one process must give what many give)
-        low = compute_dtype(mask_features) in (torch.bfloat16, torch.float16)
-        grid = low and mask_features.device.type == "cpu" and not is_exporting()
+        bf16 = compute_dtype(mask_features) == torch.bfloat16
+        grid = bf16 and mask_features.device.type == "cpu" and not is_exporting()
         for layer, (weight, key_table, value, grid_values) in zip(
             self.query_transformer.layers, tables
         ):
