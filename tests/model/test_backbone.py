@@ -223,3 +223,31 @@ def test_strided_depthwise_convolutions_train_in_float32_under_cpu_autocast():
     out.sum().backward()
     assert x.grad is not None and conv.weight.grad is not None
     assert inference.dtype == torch.bfloat16
+
+
+@pytest.mark.parametrize("batch,height,width", [(2, 10, 13), (1, 14, 7)])
+def test_gathered_window_attention_equals_pad_shift_partition(monkeypatch, batch, height, width):
+    """Low-precision inference takes `gathered_attn` (q, k, v of the map's tokens gathered into
+    windows, padding filled with the qkv bias); the reference is the pad / shift / partition
+    path with timm's attention, both in float64, shifted and unshifted blocks, maps that need
+    padding on both sides (10 x 13) and none (14 x 7)."""
+    import oneseg.model.backbone as backbone_module
+
+    torch.manual_seed(0)
+    backbone = build_backbone("swin_tiny", embed_dim=24, depths=[2, 1, 1, 1]).double().eval()
+    blocks = [m for m in backbone.modules() if isinstance(m, PadThenShiftSwinBlock)][:2]
+    assert [any(b.shift_size) for b in blocks] == [False, True]
+    with torch.no_grad():
+        for p in backbone.parameters():
+            p.add_(torch.randn_like(p) * 0.1)
+    x = torch.randn(batch, height, width, 24, dtype=torch.float64)
+    for block in blocks:
+        with torch.no_grad():
+            fast = block._attn(x)  # float64 is not float32: the low-precision path
+            assert ("window_order", None) in block._constants
+            monkeypatch.setattr(backbone_module, "caching", lambda *_: False)
+            reference = block._attn(x)
+            monkeypatch.undo()
+        assert fast.shape == reference.shape == x.shape
+        assert (fast - reference).abs().max() < 1e-5 * reference.abs().max()
+        assert reference.std() > 0.1

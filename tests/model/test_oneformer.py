@@ -145,21 +145,51 @@ def test_dropout_follows_train_mode():
     assert not torch.allclose(noisy["pred_masks"], first["pred_masks"])
 
 
-def test_attention_mask_unmasks_empty_rows():
+@pytest.mark.parametrize("inference", [False, True])
+def test_attention_mask_unmasks_empty_rows(inference):
+    """Training gets a boolean mask (True: masked), inference an additive one (0 / lowest)."""
     torch.manual_seed(0)
     model = build_model(tiny_cfg(), num_classes=2).eval()
     decoder = model.decoder
-    with torch.no_grad():
-        decoder.mask_embed.layers[-1].bias.fill_(-100.0)  # every mask empty
-        decoder.mask_embed.layers[-1].weight.zero_()
-        x = torch.randn(2, 6, 32)
-        _, _, attn_mask = decoder.predict(x, torch.ones(2, 32, 16, 16), torch.ones(2, 32, 4, 4))
-    assert attn_mask.shape == (2, 6, 16)  # one mask for all heads
-    assert not attn_mask.any()  # fully masked rows look everywhere
-    with torch.no_grad():
-        decoder.mask_embed.layers[-1].bias.fill_(100.0)
-        _, _, attn_mask = decoder.predict(x, torch.ones(2, 32, 16, 16), torch.ones(2, 32, 4, 4))
-    assert not attn_mask.any()  # sigmoid >= 0.5 everywhere: nothing masked
+    x = torch.randn(2, 6, 32)
+    for bias, weight in ((-100.0, 0.0), (100.0, 0.0), (0.0, 1.0)):
+        with torch.no_grad():
+            decoder.mask_embed.layers[-1].bias.fill_(bias)  # -100: every mask empty
+            decoder.mask_embed.layers[-1].weight.fill_(weight)
+        with torch.set_grad_enabled(not inference):
+            features = torch.randn(2, 32, 4, 4) if weight else torch.ones(2, 32, 4, 4)
+            _, _, attn_mask = decoder.predict(x, torch.ones(2, 32, 16, 16), features)
+        assert attn_mask.shape == (2, 6, 16)  # one mask for all heads
+        assert attn_mask.dtype == (torch.float32 if inference else torch.bool)
+        masked = attn_mask < 0 if inference else attn_mask
+        if weight == 0:  # fully masked rows look everywhere; sigmoid >= 0.5: nothing masked
+            assert not masked.any()
+        else:
+            assert 0 < masked.float().mean() < 1
+            if inference:
+                assert set(attn_mask.unique().tolist()) == {torch.finfo().min, 0.0}
+
+
+def test_additive_mask_gives_the_boolean_masks_attention():
+    """`additive_mask` of mask logits in attention against the boolean mask (sigmoid < 0.5,
+    empty rows unmasked) through PyTorch's attention, float64; in bf16 it decides by the sign
+    where sigmoid rounds to 0.5."""
+    import torch.nn.functional as F
+
+    from oneseg.model.transformer_decoder import additive_mask
+
+    torch.manual_seed(0)
+    logits = torch.randn(2, 5, 40, dtype=torch.float64)
+    logits[0, 1] = -torch.rand(40, dtype=torch.float64) - 0.1  # a query with an empty mask
+    masked = logits.sigmoid() < 0.5
+    masked &= ~masked.all(-1, keepdim=True)
+    q, k, v = (torch.randn(2, 3, n, 8, dtype=torch.float64) for n in (5, 40, 40))
+    reference = F.scaled_dot_product_attention(q, k, v, attn_mask=~masked[:, None])
+    out = F.scaled_dot_product_attention(q, k, v, attn_mask=additive_mask(logits)[:, None])
+    assert (out - reference).abs().max() < 1e-12 and masked.float().mean() > 0.3
+    near = torch.tensor([-0.003, -1e-6, 0.0, 2e-3], dtype=torch.bfloat16)
+    assert (near.sigmoid() < 0.5).tolist() == [False, False, False, False]
+    assert (additive_mask(near[None].expand(2, -1))[0] < 0).tolist() == [True, True, False, False]
 
 
 def test_text_encoder_is_causal():

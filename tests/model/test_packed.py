@@ -98,3 +98,20 @@ def test_a_layer_built_under_inference_mode_runs():
         x = torch.randn(2, 4)
         assert (layer(x) - F.linear(x, layer.weight, layer.bias)).abs().max() < 1e-5
     assert "_packed_weights" not in layer.__dict__  # F.linear: no version counter to trust
+
+
+@needs_onednn
+@pytest.mark.skipif(not packed._BF16, reason="no oneDNN bf16 on this CPU")
+def test_bf16_bias_cast_once_and_after_every_bias_change():
+    torch.manual_seed(0)
+    layer = torch.nn.Linear(32, 16)
+    layer.__class__ = PackedLinear
+    x = torch.randn(5, 32)
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        out = layer(x)
+        cast = layer._packed_weights[("weight", torch.bfloat16)][2]
+        assert cast.dtype == torch.bfloat16 and layer(x) is not out
+        assert layer._packed_weights[("weight", torch.bfloat16)][2] is cast  # kept
+        layer.bias.add_(10.0)  # the bias alone changes, in place
+        moved = layer(x)
+    assert (moved.float() - out.float() - 10).abs().max() < 0.1

@@ -43,7 +43,8 @@ def attention(
 
     Arguments:
         query: [B, Q, D]; key, value: [B, K, D].
-        attn_mask: bool, True where a query may not look: [B*heads, Q, K] (one per head) or
+        attn_mask: bool, True where a query may not look, or float, added to the scores
+            (`transformer_decoder.additive_mask`): [B*heads, Q, K] (one per head) or
             [B, Q, K] (the same for every head).
         causal: position i sees positions <= i only (instead of a mask).
     Returns:
@@ -134,10 +135,12 @@ def attend(
     q = q.transpose(1, 2)
     allowed = None
     if attn_mask is not None:
-        if attn_mask.dim() == 3 and attn_mask.shape[0] == batch * heads and heads > 1:
-            allowed = ~attn_mask.view(batch, heads, num_queries, -1)
-        else:
-            allowed = ~attn_mask.view(batch, 1, num_queries, -1)
+        per_head = attn_mask.dim() == 3 and attn_mask.shape[0] == batch * heads and heads > 1
+        allowed = attn_mask.view(batch, heads if per_head else 1, num_queries, -1)
+        if allowed.dtype == torch.bool:
+            allowed = ~allowed
+        elif allowed.dtype != q.dtype:
+            allowed = allowed.to(q.dtype)
     dropout = attn.dropout if attn.training else 0.0
     options = {"attn_mask": allowed, "dropout_p": dropout, "is_causal": causal}
     if isinstance(v, GridValues):
@@ -168,9 +171,12 @@ def dropped_attention(
     with a Bernoulli mask that costs 3-4x more to draw. The products run in the inputs' dtype
     (bf16 under autocast: forward and backward 1.3-1.5x faster than in float32 here, unlike
     the fused kernels' bf16 backward), the softmax in float32. q: [B, heads, Q, Dh]; k, v:
-    [B, heads, K, Dh]; allowed: bool, True where a query may look, broadcast to
-    [B, heads, Q, K]."""
+    [B, heads, K, Dh]; allowed: bool, True where a query may look, or a float mask added to
+    the scores, broadcast to [B, heads, Q, K]."""
     scores = torch.matmul(q * q.shape[-1] ** -0.5, k.transpose(-1, -2))
+    if allowed is not None and allowed.dtype != torch.bool:  # an additive mask
+        scores = scores + allowed
+        allowed = None
     if causal:
         below = torch.ones(scores.shape[-2:], dtype=torch.bool, device=q.device).tril()
         allowed = below if allowed is None else allowed & below

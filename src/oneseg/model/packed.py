@@ -72,15 +72,20 @@ def packed_linear(
     if dtype is None:
         return _ACTIVATIONS[activation](F.linear(x, weight, bias))
     key = (weight.data_ptr(), weight._version, tuple(weight.shape), dtype)
+    cast_bias = bias is not None and bias.dtype != dtype  # then kept, cast, with the pack
+    if cast_bias:
+        key += (bias.data_ptr(), bias._version) if not bias.is_inference() else (None,)
     cache = owner.__dict__.setdefault("_packed_weights", {})
     entry = cache.get((name, dtype))  # one pack per dtype: precisions may alternate
     if entry is None or entry[0] != key:
         with torch.no_grad():
             packed = weight.detach().to(dtype)
-            entry = (key, torch.ops.mkldnn._reorder_linear_weight(packed, None))
-        cache[(name, dtype)] = entry
-    if bias is not None:
-        bias = bias.to(dtype)
+            cast = bias.detach().to(dtype) if cast_bias else None
+            entry = (key, torch.ops.mkldnn._reorder_linear_weight(packed, None), cast)
+        if key[-1] is not None:
+            cache[(name, dtype)] = entry
+    if cast_bias:
+        bias = entry[2]
     flat = x.to(dtype).reshape(-1, x.shape[-1])
     algorithm = "none" if activation == "gelu" else ""
     out = torch.ops.mkldnn._linear_pointwise(flat, entry[1], bias, activation, [], algorithm)
