@@ -98,8 +98,9 @@ class PadThenShiftSwinBlock(SwinTransformerBlock):
         )
         qkv = self.attn.qkv(x)
         windows = qkv.view(batch * height * width, -1).index_select(0, order)
-        if padding is not None:
-            windows[padding] = self.attn.qkv.bias.to(windows.dtype)
+        if padding is not None:  # the projection of zeros
+            qkv_bias = self.attn.qkv.bias
+            windows[padding] = 0 if qkv_bias is None else qkv_bias.to(windows.dtype)
         out = window_attention(self.attn, windows.view(-1, self.window_area, 3 * channels), bias)
         tokens = out.reshape(-1, channels).index_select(0, inverse)
         return self.attn.proj(tokens.view(batch, height, width, channels))

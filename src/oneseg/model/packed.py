@@ -73,16 +73,18 @@ def packed_linear(
         return _ACTIVATIONS[activation](F.linear(x, weight, bias))
     key = (weight.data_ptr(), weight._version, tuple(weight.shape), dtype)
     cast_bias = bias is not None and bias.dtype != dtype  # then kept, cast, with the pack
-    if cast_bias:
-        key += (bias.data_ptr(), bias._version) if not bias.is_inference() else (None,)
+    # a bias built under inference mode has no version counter: cast every call
+    keep = not (cast_bias and bias.is_inference())
+    if cast_bias and keep:
+        key += (bias.data_ptr(), bias._version)
     cache = owner.__dict__.setdefault("_packed_weights", {})
     entry = cache.get((name, dtype))  # one pack per dtype: precisions may alternate
-    if entry is None or entry[0] != key:
+    if not keep or entry is None or entry[0] != key:
         with torch.no_grad():
             packed = weight.detach().to(dtype)
             cast = bias.detach().to(dtype) if cast_bias else None
             entry = (key, torch.ops.mkldnn._reorder_linear_weight(packed, None), cast)
-        if key[-1] is not None:
+        if keep:
             cache[(name, dtype)] = entry
     if cast_bias:
         bias = entry[2]

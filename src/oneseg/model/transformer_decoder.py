@@ -246,7 +246,7 @@ def additive_mask(logits: torch.Tensor) -> torch.Tensor:
     Against sigmoid < 0.5 in bf16 (where sigmoid rounds to 0.5 for logits above ~-0.004),
     the sign is the float32 decision."""
     negative = logits.clamp(max=0).sign_()  # -1 where masked, else 0
-    # per query: lowest / -1 where some key is allowed, 0 where none is
+    # per query: -lowest where some key is allowed (max 0), 0 where none is (max -1)
     scale = negative.amax(-1, keepdim=True).add_(1).mul_(-torch.finfo(logits.dtype).min)
     return negative.mul_(scale)
 
@@ -316,7 +316,8 @@ class TransformerDecoder(nn.Module):
 
     def predict(self, x, mask_features, attn_features, full: bool = True):
         """Class logits [B, Q, K+1], mask logits [B, Q, H, W] (both None unless `full`) and the
-        attention mask of the next layer, [B, Q, h*w], True where a query may not look.
+        attention mask of the next layer, [B, Q, h*w]: where a gradient may flow or a graph
+        is exported, bool, True where a query may not look; else `additive_mask`'s.
 
         attn_features: the mask features resized to the next layer's attention size
         [B, C, h, w]. Bilinear resizing acts on every channel alike, so the product with the
