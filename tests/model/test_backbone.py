@@ -251,3 +251,27 @@ def test_gathered_window_attention_equals_pad_shift_partition(monkeypatch, batch
         assert fast.shape == reference.shape == x.shape
         assert (fast - reference).abs().max() < 1e-5 * reference.abs().max()
         assert reference.std() > 0.1
+
+
+def test_swin_patch_embedding_writes_channels_last_in_bf16_inference():
+    """At bf16 CPU inference Swin's patch embedding is fed channels-last, so its output is NHWC
+    in memory and timm's permute before the LayerNorm is a view; the values are the plain
+    convolution's (reference: the same weights as a plain `nn.Conv2d`), and float32 keeps the
+    NCHW output."""
+    from oneseg.model.backbone import ChannelsLastPatchConv
+
+    torch.manual_seed(0)
+    backbone = build_backbone("swin_tiny", embed_dim=24, depths=[1, 1, 1, 1]).eval()
+    conv = backbone.body.patch_embed.proj
+    assert isinstance(conv, ChannelsLastPatchConv)
+    plain = torch.nn.Conv2d(3, 24, 4, stride=4)
+    plain.load_state_dict(conv.state_dict())
+    images = torch.randn(2, 3, 64, 96)
+    with torch.no_grad():
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            fast, reference = conv(images), plain(images)
+        assert fast.dtype == torch.bfloat16
+        assert fast.is_contiguous(memory_format=torch.channels_last)
+        assert not reference.is_contiguous(memory_format=torch.channels_last)
+        assert torch.allclose(fast.float(), reference.float(), atol=1e-2, rtol=1e-2)
+        assert conv(images).is_contiguous()  # float32: NCHW as before
