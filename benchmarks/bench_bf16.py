@@ -92,10 +92,13 @@ def time_setting(runners: dict, size: int, batch: int, repeats: int) -> dict:
         post = statistics.median(t[1] for t in times[key])
         result[key] = {"forward_s": fwd, "postprocess_s": post, "latency_s": fwd + post,
                        "runs": times[key]}  # fmt: skip
-    result["ratios"] = {
-        label: statistics.median(sum(a) / sum(b) for a, b in zip(times[slow], times[fast]))
+    per_round = {
+        label: [sum(a) / sum(b) for a, b in zip(times[slow], times[fast])]
         for label, (slow, fast) in RATIOS.items()
     }
+    result["ratios"] = {label: statistics.median(r) for label, r in per_round.items()}
+    # the spread between rounds: on a shared machine it can exceed a change being measured
+    result["ratio_ranges"] = {label: [min(r), max(r)] for label, r in per_round.items()}
     return result
 
 
@@ -253,6 +256,11 @@ def profile(runner: Runner, size: int, rows: int) -> str:
     return prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=rows)
 
 
+def ratio_range(setting: dict, label: str) -> str:
+    low, high = setting.get("ratio_ranges", {}).get(label, (None, None))
+    return "n/a" if low is None else f"{low:.2f}-{high:.2f}"
+
+
 def markdown(report: dict) -> str:
     out = ["# bf16 against fp32 (Swin-T OneFormer, 150 queries, same weights)", ""]
     out += [f"Machine: {describe(report['machine'])}.", ""]
@@ -270,10 +278,11 @@ def markdown(report: dict) -> str:
         out.append(
             table(["input", "contender", "precision", "forward s", "post s", "images/s"], rows)
         )
-        out += ["", "Median of per-round latency ratios:", ""]
+        out += ["", "Median of per-round latency ratios (lowest-highest round):", ""]
         labels = list(RATIOS)
         ratio_rows = [
-            [f"{s['size']}² ×{s['batch']}"] + [f"{s['ratios'][k]:.2f}×" for k in labels]
+            [f"{s['size']}² ×{s['batch']}"]
+            + [f"{s['ratios'][k]:.2f}× ({ratio_range(s, k)})" for k in labels]
             for s in report["settings"]
         ]
         out.append(table(["input", *labels], ratio_rows))
