@@ -256,11 +256,6 @@ def profile(runner: Runner, size: int, rows: int) -> str:
     return prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=rows)
 
 
-def ratio_range(setting: dict, label: str) -> str:
-    low, high = setting.get("ratio_ranges", {}).get(label, (None, None))
-    return "n/a" if low is None else f"{low:.2f}-{high:.2f}"
-
-
 def markdown(report: dict) -> str:
     out = ["# bf16 against fp32 (Swin-T OneFormer, 150 queries, same weights)", ""]
     out += [f"Machine: {describe(report['machine'])}.", ""]
@@ -282,7 +277,11 @@ def markdown(report: dict) -> str:
         labels = list(RATIOS)
         ratio_rows = [
             [f"{s['size']}² ×{s['batch']}"]
-            + [f"{s['ratios'][k]:.2f}× ({ratio_range(s, k)})" for k in labels]
+            + [
+                f"{s['ratios'][k]:.2f}× ({low:.2f}-{high:.2f})"
+                for k in labels
+                for low, high in [s["ratio_ranges"][k]]
+            ]
             for s in report["settings"]
         ]
         out.append(table(["input", *labels], ratio_rows))

@@ -9,6 +9,7 @@ import torch
 
 from oneseg.model.backbone import (
     BACKBONES,
+    ChannelsLastPatchConv,
     PadThenShiftSwinBlock,
     StridedDepthwiseConv,
     build_backbone,
@@ -258,8 +259,6 @@ def test_swin_patch_embedding_writes_channels_last_in_bf16_inference():
     in memory and timm's permute before the LayerNorm is a view; the values are the plain
     convolution's (reference: the same weights as a plain `nn.Conv2d`), and float32 keeps the
     NCHW output."""
-    from oneseg.model.backbone import ChannelsLastPatchConv
-
     torch.manual_seed(0)
     backbone = build_backbone("swin_tiny", embed_dim=24, depths=[1, 1, 1, 1]).eval()
     conv = backbone.body.patch_embed.proj

@@ -178,10 +178,10 @@ class StridedDepthwiseConv(nn.Conv2d):
 class ChannelsLastPatchConv(nn.Conv2d):
     """Swin's patch-embedding convolution giving a channels-last map at low-precision CPU
     inference. timm turns its output to NHWC (a permute) and normalises it at once; from an
-    NCHW map that LayerNorm first copies the permuted map, ~2.5 ms of a 512 x 512 bf16 forward
-    on 2 cores, 4x the LayerNorm itself. Fed channels-last, the convolution writes NHWC and the
-    permute is a view. The same products (oneDNN picks the layout, not the arithmetic); float32
-    and training keep timm's path."""
+    NCHW map that LayerNorm first copies the permuted map. Fed channels-last, the convolution
+    writes NHWC and the permute is a view: cast, convolution and LayerNorm 5.0 -> 1.9 ms of a
+    512 x 512 bf16 forward on 2 cores. The same products (oneDNN picks the layout, not the
+    arithmetic); float32 and training keep timm's path."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         dtype = compute_dtype(x)
